@@ -1,0 +1,1 @@
+"""The four mailsync services (auth, ingest, threading, outbound) and their shared runtime."""

@@ -1,0 +1,153 @@
+"""Database engines, sessions and migrations for every service (SQLAlchemy 2 asyncio + Alembic).
+
+SQLite is the embedded default (one file per service); any SQLAlchemy URL works, PostgreSQL (psycopg) in
+production. On PostgreSQL each service lives in its own schema (`search_path`), so services never see each
+other's tables even when they share a database.
+
+SQLite note: the sqlite3 driver only emits BEGIN before the first write, so a read-then-write transaction is not
+serialised and a count-then-insert limiter over-admits (reference/reliability.md section 3). Write transactions
+here therefore start with BEGIN IMMEDIATE; read-only sessions use a deferred BEGIN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_SQLITE_BEGIN = "mailsync_sqlite_begin"
+
+
+class DatabaseConfigError(ValueError):
+    """The database URL or schema in the configuration is unusable."""
+
+
+@dataclass(frozen=True)
+class Database:
+    """A service's engine with its two kinds of session."""
+
+    engine: AsyncEngine
+    schema: str | None
+    _writer: async_sessionmaker[AsyncSession]
+    _reader: async_sessionmaker[AsyncSession]
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncSession]:
+        """A read-write transaction, committed on success and rolled back on error."""
+        async with self._writer() as session, session.begin():
+            yield session
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        """A read-only session (never takes SQLite's write lock)."""
+        async with self._reader() as session, session.begin():
+            yield session
+
+    async def ping(self) -> None:
+        """Raises when the database does not answer (used by health checks)."""
+        async with self.read() as session:
+            await session.connection()
+            from sqlalchemy import text
+
+            await session.execute(text("SELECT 1"))
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def normalize_url(url: str) -> str:
+    """Picks the asyncio driver for plain URLs (sqlite:// -> aiosqlite, postgresql:// -> psycopg)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise DatabaseConfigError(f"malformed database URL {url!r}: {exc}") from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        parsed = parsed.set(drivername="sqlite+aiosqlite")
+    elif backend == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    else:
+        raise DatabaseConfigError(f"unsupported database {backend!r} in {url!r}: use sqlite:// or postgresql://")
+    return parsed.render_as_string(hide_password=False)
+
+
+def open_database(url: str, *, schema: str | None = None, echo: bool = False) -> Database:
+    """Creates the engine (no connection is made until first use)."""
+    url = normalize_url(url)
+    parsed = make_url(url)
+    kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": True}
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        kwargs["connect_args"] = {"timeout": 30}
+        engine = create_async_engine(url, **kwargs)
+        _configure_sqlite(engine)
+        schema = None
+    else:
+        if schema is not None and not _SCHEMA_NAME.match(schema):
+            raise DatabaseConfigError(f"invalid schema name {schema!r}: lower-case letters, digits, underscore")
+        if schema:
+            kwargs["connect_args"] = {"options": f"-csearch_path={schema}"}
+        kwargs["pool_size"] = 10
+        kwargs["max_overflow"] = 20
+        engine = create_async_engine(url, **kwargs)
+    writer = async_sessionmaker(engine, expire_on_commit=False)
+    reader = async_sessionmaker(engine.execution_options(**{_SQLITE_BEGIN: "DEFERRED"}), expire_on_commit=False)
+    return Database(engine=engine, schema=schema, _writer=writer, _reader=reader)
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control from the driver so BEGIN is ours (see the module docstring).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        mode = conn.get_execution_options().get(_SQLITE_BEGIN, "IMMEDIATE")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+async def ensure_schema(db: Database) -> None:
+    """Creates the service's PostgreSQL schema if missing (no-op on SQLite)."""
+    if db.dialect != "postgresql" or not db.schema:
+        return
+    from sqlalchemy import text
+
+    async with db.engine.begin() as conn:
+        await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{db.schema}"'))
+
+
+async def migrate(db: Database, migrations_dir: Path) -> None:
+    """Applies the service's Alembic migrations up to head."""
+    await ensure_schema(db)
+    from services.runtime.migrations import upgrade_to_head
+
+    async with db.engine.connect() as conn:
+        await conn.run_sync(lambda sync_conn: upgrade_to_head(sync_conn, migrations_dir, db.schema))
+        await conn.commit()
+
+
+def run_blocking(coro: Any) -> Any:
+    """Runs a coroutine from synchronous code (CLI commands)."""
+    return asyncio.run(coro)

@@ -1,0 +1,6 @@
+"""Fixtures shared by every tier live in tests/fixtures/ and are registered here once."""
+
+pytest_plugins = [
+    "tests.fixtures.nats_server",
+    "tests.fixtures.databases",
+]
