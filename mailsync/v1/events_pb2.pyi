@@ -297,14 +297,22 @@ class MessageChanged(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     GMAIL_STATE_FIELD_NUMBER: _builtins.int
     OBSERVE_TIME_FIELD_NUMBER: _builtins.int
+    LABELS_ADDED_FIELD_NUMBER: _builtins.int
+    LABELS_REMOVED_FIELD_NUMBER: _builtins.int
     mailbox_id: _builtins.str
     gmail_message_id: _builtins.str
     history_id: _builtins.int
     kind: Global___MessageChangeKind.ValueType
     @_builtins.property
-    def gmail_state(self) -> _common_pb2.GmailState: ...
+    def gmail_state(self) -> _common_pb2.GmailState:
+        """The labels after the change when ingest knows them (otherwise only the deltas below are set)."""
+
     @_builtins.property
     def observe_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def labels_added(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def labels_removed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -314,10 +322,12 @@ class MessageChanged(_message.Message):
         kind: Global___MessageChangeKind.ValueType = ...,
         gmail_state: _common_pb2.GmailState | None = ...,
         observe_time: _timestamp_pb2.Timestamp | None = ...,
+        labels_added: _abc.Iterable[_builtins.str] | None = ...,
+        labels_removed: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["gmail_state", b"gmail_state", "observe_time", b"observe_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gmail_message_id", b"gmail_message_id", "gmail_state", b"gmail_state", "history_id", b"history_id", "kind", b"kind", "mailbox_id", b"mailbox_id", "observe_time", b"observe_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gmail_message_id", b"gmail_message_id", "gmail_state", b"gmail_state", "history_id", b"history_id", "kind", b"kind", "labels_added", b"labels_added", "labels_removed", b"labels_removed", "mailbox_id", b"mailbox_id", "observe_time", b"observe_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
