@@ -1,0 +1,115 @@
+"""One worker per mailbox, across replicas: the fenced lease of ingest's store (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import pytest
+
+from services.ingest.store import (
+    LeaseLost,
+    PublishedEntry,
+    acquire_lease,
+    ensure_mailbox,
+    get_sync_row,
+    metadata,
+    published_among,
+    record_progress,
+    release_lease,
+)
+from services.runtime.db import Database, open_database
+
+NOW = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
+TTL = dt.timedelta(seconds=30)
+
+
+@pytest.fixture
+async def db(database: Database) -> Database:
+    async with database.engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
+    async with database.write() as session:
+        await ensure_mailbox(session, "mb1", "alice@example.com")
+    return database
+
+
+async def test_only_one_of_many_concurrent_workers_gets_the_lease(db: Database, database_target) -> None:
+    # Separate engines stand for separate replicas.
+    replicas = [open_database(database_target.url, schema=database_target.schema) for _ in range(4)]
+
+    async def try_acquire(replica: Database, owner: str):
+        async with replica.write() as session:
+            return await acquire_lease(session, "mb1", owner, now=NOW, ttl=TTL)
+
+    try:
+        leases = await asyncio.gather(*(try_acquire(r, f"w{i}") for i, r in enumerate(replicas)))
+    finally:
+        for replica in replicas:
+            await replica.dispose()
+    assert sum(lease is not None for lease in leases) == 1
+
+
+async def test_an_expired_lease_is_taken_over_with_a_higher_token(db: Database) -> None:
+    async with db.write() as session:
+        first = await acquire_lease(session, "mb1", "w1", now=NOW, ttl=TTL)
+    async with db.write() as session:
+        refused = await acquire_lease(session, "mb1", "w2", now=NOW + TTL / 2, ttl=TTL)
+    async with db.write() as session:
+        second = await acquire_lease(session, "mb1", "w2", now=NOW + TTL * 2, ttl=TTL)
+    assert first is not None and refused is None and second is not None
+    assert second.token > first.token
+
+
+async def test_a_worker_that_overran_its_lease_cannot_move_the_cursor(db: Database) -> None:
+    async with db.write() as session:
+        stale = await acquire_lease(session, "mb1", "w1", now=NOW, ttl=TTL)
+    async with db.write() as session:
+        current = await acquire_lease(session, "mb1", "w2", now=NOW + TTL * 2, ttl=TTL)
+    assert stale is not None and current is not None
+    entry = PublishedEntry("g1", "<a@x>", 101, 1000)
+    with pytest.raises(LeaseLost):
+        async with db.write() as session:
+            await record_progress(
+                session,
+                stale,
+                published=[entry],
+                history_cursor=500,
+                skipped=0,
+                latest_seen_history_id=500,
+                now=NOW,
+            )
+    async with db.read() as session:
+        row = await get_sync_row(session, "mb1")
+        assert row is not None and row.history_cursor is None
+        assert await published_among(session, "mb1", ["g1"]) == set()
+
+
+async def test_progress_moves_the_cursor_and_records_published_ids_once(db: Database) -> None:
+    async with db.write() as session:
+        lease = await acquire_lease(session, "mb1", "w1", now=NOW, ttl=TTL)
+    assert lease is not None
+    entries = [PublishedEntry("g1", "<a@x>", 101, 1000), PublishedEntry("g2", "", 102, 2000)]
+    for cursor in (102, 102):
+        async with db.write() as session:
+            await record_progress(
+                session,
+                lease,
+                published=entries,
+                history_cursor=cursor,
+                skipped=1,
+                latest_seen_history_id=105,
+                now=NOW,
+            )
+    async with db.write() as session:
+        await release_lease(session, lease)
+    async with db.read() as session:
+        row = await get_sync_row(session, "mb1")
+        assert row is not None
+        assert (row.history_cursor, row.last_synced_internal_ms, row.latest_seen_history_id) == (
+            102,
+            2000,
+            105,
+        )
+        assert row.lease_owner is None
+        assert row.messages_published == 2
+        assert await published_among(session, "mb1", ["g1", "g2", "g3"]) == {"g1", "g2"}
