@@ -1,0 +1,105 @@
+"""The process-wide Gmail API handle: the discovery-built client pointed at Google or a sandbox, a bounded pool
+of worker threads for its blocking calls, and one httplib2 connection per worker thread."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, TypeVar
+
+import google.auth.credentials
+import google_auth_httplib2
+import httplib2
+from googleapiclient.discovery import build_from_document
+
+from services.runtime.gmail.errors import AccessTokenRejected
+
+GOOGLE_ROOT_URL = "https://gmail.googleapis.com/"
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class GmailEndpoint:
+    """Where Gmail is and how hard to use it: Google unless `root_url` names a sandbox."""
+
+    root_url: str | None = None
+    timeout_seconds: float = 60.0
+    max_workers: int = 8
+    batch_size: int = 25
+    # Larger messages go through the /upload media path instead of a base64 JSON body.
+    media_upload_threshold: int = 5 * 1024 * 1024
+
+
+def load_discovery_document(root_url: str | None = None) -> dict[str, Any]:
+    """The bundled gmail.v1 discovery document, with every root rewritten when a sandbox root is given.
+
+    Rewriting the document (rather than client_options api_endpoint) is what sends batches and media uploads to
+    the same server as plain calls (reference/gmail_api.md section 6.2).
+    """
+    text = (
+        resources.files("googleapiclient")
+        .joinpath("discovery_cache/documents/gmail.v1.json")
+        .read_text(encoding="utf-8")
+    )
+    document: dict[str, Any] = json.loads(text)
+    if root_url:
+        root = root_url if root_url.endswith("/") else root_url + "/"
+        document["rootUrl"] = document["baseUrl"] = document["mtlsRootUrl"] = root
+    return document
+
+
+class GivenAccessToken(google.auth.credentials.Credentials):  # type: ignore[misc]
+    """Credentials made of an access token handed to us; refreshing is the auth service's job, never ours."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__()
+        self.token = token
+
+    def refresh(self, request: Any) -> None:
+        # google-auth-httplib2 and the batch runner call this on a 401: the token we were given is no good.
+        raise AccessTokenRejected(
+            "Gmail refused the access token it was given", status=401, reason="authError"
+        )
+
+    def __repr__(self) -> str:
+        return "GivenAccessToken(<hidden>)"
+
+
+class GmailApi:
+    """Builds requests with google-api-python-client and runs them on a bounded thread pool."""
+
+    def __init__(self, endpoint: GmailEndpoint | None = None) -> None:
+        self.endpoint = endpoint or GmailEndpoint()
+        self.root_url = self.endpoint.root_url or GOOGLE_ROOT_URL
+        self._executor = ThreadPoolExecutor(max_workers=self.endpoint.max_workers, thread_name_prefix="gmail")
+        self._local = threading.local()
+        # Passing an http object keeps the client from looking for application default credentials; every
+        # request runs with its own authorised http (see `authorized_http`).
+        self.resource: Any = build_from_document(
+            load_discovery_document(self.endpoint.root_url), http=httplib2.Http()
+        )
+
+    def thread_http(self) -> httplib2.Http:
+        """This worker thread's connection (httplib2.Http is not thread-safe, so never shared)."""
+        http = getattr(self._local, "http", None)
+        if http is None:
+            http = httplib2.Http(timeout=self.endpoint.timeout_seconds)
+            self._local.http = http
+        return http
+
+    def authorized_http(self, access_token: str) -> google_auth_httplib2.AuthorizedHttp:
+        """An http that sends the bearer token, on this thread's connection."""
+        return google_auth_httplib2.AuthorizedHttp(GivenAccessToken(access_token), http=self.thread_http())
+
+    async def run(self, call: Callable[[], T]) -> T:
+        """Runs a blocking client call on the pool, never on the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, call)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
