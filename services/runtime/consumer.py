@@ -1,0 +1,296 @@
+"""The consumer loop: a durable pull consumer that runs a handler and acknowledges only after it returned.
+
+The handler commits its own database transaction (using `inbox.claim` to make its effect idempotent); the loop then
+acks with a double ack. A failing handler's message is redelivered with a growing delay, and after `max_deliver`
+failures it is written to the service's dead_letters table and terminated. A handler that raises `RetryLater` is
+not failing: the message comes back after the delay, and only the separate `max_waits` budget limits how often.
+
+Why failures and waits are counted apart: JetStream has one counter (`num_delivered`) for every delivery. The
+server's MaxDeliver is therefore set to `max_deliver + max_waits`, a hard bound that always holds, and the loop
+counts failures per message in memory so that a poison message is dead-lettered after `max_deliver` failures even
+when it waited before. After a restart the in-memory count starts again, bounded by the server's limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+import nats.errors
+from google.protobuf.message import Message
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
+
+from services.runtime.clock import Clock, SystemClock
+from services.runtime.db import Database
+from services.runtime.deadletters import record_dead_letter
+from services.runtime.faults import CONSUMER_AFTER_HANDLER, fault_point
+from services.runtime.jetstream import MSG_ID_HEADER, extract_context, tracer
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=Message)
+
+# How many per-message failure counts a consumer remembers (messages that moved to another replica leave theirs).
+_FAILURE_MEMORY = 10_000
+
+
+class RetryLater(Exception):
+    """Raised by a handler: nothing is wrong, but this message cannot be handled yet; redeliver after `delay`."""
+
+    def __init__(self, delay: float, reason: str = "") -> None:
+        super().__init__(reason or f"retry in {delay} s")
+        self.delay = delay
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One delivery of a message to a handler."""
+
+    consumer: str
+    stream: str
+    stream_sequence: int
+    subject: str
+    payload: bytes
+    headers: Mapping[str, str]
+    msg_id: str | None
+    num_delivered: int
+
+    def parse(self, message_type: type[M]) -> M:
+        """Decodes the payload as the given protobuf message type."""
+        message = message_type()
+        message.ParseFromString(self.payload)
+        return message
+
+
+Handler = Callable[[Delivery], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    """A durable pull consumer and its redelivery policy (times in seconds)."""
+
+    stream: str
+    durable: str
+    filter_subjects: tuple[str, ...]
+    ack_wait: float = 30.0
+    # Failed deliveries before the dead-letter record.
+    max_deliver: int = 5
+    # Extra deliveries a handler may spend on RetryLater before the message is dead-lettered as stuck.
+    max_waits: int = 0
+    # Delay before the redelivery of a failed message; doubles with each failure up to max_retry_delay.
+    retry_delay: float = 1.0
+    max_retry_delay: float = 60.0
+    max_ack_pending: int = 1000
+    # Messages fetched at once; 1 keeps a message from waiting behind a slow one in the same process.
+    batch: int = 1
+
+    @property
+    def server_max_deliver(self) -> int:
+        return self.max_deliver + self.max_waits
+
+    def config(self) -> ConsumerConfig:
+        return ConsumerConfig(
+            name=self.durable,
+            durable_name=self.durable,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.ack_wait,
+            max_deliver=self.server_max_deliver,
+            max_ack_pending=self.max_ack_pending,
+            filter_subjects=list(self.filter_subjects),
+        )
+
+    def retry_delay_after(self, failures: int) -> float:
+        return min(self.retry_delay * 2 ** max(failures - 1, 0), self.max_retry_delay)
+
+
+async def declare_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:
+    """Creates the durable consumer, or updates it to the spec (idempotent)."""
+    await js.add_consumer(spec.stream, spec.config())
+
+
+class Consumer:
+    """Runs `handler` for every message of a durable consumer until `stop()`."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        spec: ConsumerSpec,
+        handler: Handler,
+        *,
+        db: Database,
+        clock: Clock | None = None,
+        tracer_provider: TracerProvider | None = None,
+        fetch_timeout: float = 1.0,
+        ack_timeout: float = 5.0,
+    ) -> None:
+        self._js = js
+        self._spec = spec
+        self._handler = handler
+        self._db = db
+        self._clock = clock or SystemClock()
+        self._tracer = tracer(tracer_provider)
+        self._fetch_timeout = fetch_timeout
+        self._ack_timeout = ack_timeout
+        self._stopping = asyncio.Event()
+        self._failures: OrderedDict[int, int] = OrderedDict()
+
+    @property
+    def spec(self) -> ConsumerSpec:
+        return self._spec
+
+    def stop(self) -> None:
+        """Stops fetching; `run()` returns once the message in hand is finished."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        await declare_consumer(self._js, self._spec)
+        subscription = await self._js.pull_subscribe_bind(
+            durable=self._spec.durable, stream=self._spec.stream
+        )
+        try:
+            while not self._stopping.is_set():
+                try:
+                    messages = await subscription.fetch(self._spec.batch, timeout=self._fetch_timeout)
+                except nats.errors.TimeoutError:
+                    continue
+                except (nats.errors.ConnectionClosedError, nats.errors.Error) as exc:
+                    log.warning("fetch from %s failed: %s", self._spec.durable, exc)
+                    await self._pause(1.0)
+                    continue
+                for message in messages:
+                    if self._stopping.is_set():
+                        # Hand the rest of the batch back at once rather than after ack_wait.
+                        await _quietly(message.nak())
+                        continue
+                    await self.process(message)
+        finally:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+
+    async def process(self, message: Msg) -> None:
+        """Handles one message: handler, then ack; or nak/dead-letter on failure."""
+        delivery = self._delivery(message)
+        with self._tracer.start_as_current_span(
+            f"process {delivery.subject}",
+            context=extract_context(delivery.headers),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.operation.name": "process",
+                "messaging.operation.type": "process",
+                "messaging.destination.name": delivery.subject,
+                "messaging.consumer.group.name": delivery.consumer,
+                "messaging.message.id": delivery.msg_id or "",
+                "messaging.nats.stream_sequence": delivery.stream_sequence,
+                "messaging.nats.num_delivered": delivery.num_delivered,
+            },
+        ) as span:
+            keep_alive = asyncio.create_task(self._keep_alive(message))
+            try:
+                await self._handler(delivery)
+            except RetryLater as wait:
+                keep_alive.cancel()
+                span.set_attribute("messaging.nats.retry_later", wait.delay)
+                await self._on_wait(message, delivery, wait)
+                return
+            except Exception as exc:
+                keep_alive.cancel()
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                await self._on_failure(message, delivery, exc)
+                return
+            finally:
+                keep_alive.cancel()
+            fault_point(CONSUMER_AFTER_HANDLER)
+            self._failures.pop(delivery.stream_sequence, None)
+            try:
+                await message.ack_sync(timeout=self._ack_timeout)
+            except Exception as exc:
+                # The effect is committed and idempotent: the redelivery this causes is skipped by the handler.
+                log.warning("ack of %s seq %s failed: %s", delivery.subject, delivery.stream_sequence, exc)
+
+    def _delivery(self, message: Msg) -> Delivery:
+        metadata = message.metadata
+        headers = dict(message.headers or {})
+        return Delivery(
+            consumer=self._spec.durable,
+            stream=metadata.stream,
+            stream_sequence=metadata.sequence.stream,
+            subject=message.subject,
+            payload=message.data,
+            headers=headers,
+            msg_id=headers.get(MSG_ID_HEADER),
+            num_delivered=metadata.num_delivered,
+        )
+
+    async def _on_wait(self, message: Msg, delivery: Delivery, wait: RetryLater) -> None:
+        if delivery.num_delivered >= self._spec.server_max_deliver:
+            reason = f"still waiting after {delivery.num_delivered} deliveries: {wait.reason or 'RetryLater'}"
+            await self._dead_letter(message, delivery, reason)
+            return
+        await _quietly(message.nak(delay=max(wait.delay, 0.001)))
+
+    async def _on_failure(self, message: Msg, delivery: Delivery, exc: Exception) -> None:
+        failures = self._count_failure(delivery.stream_sequence)
+        log.warning(
+            "handler %s failed on %s seq %s (delivery %s, failure %s): %r",
+            self._spec.durable,
+            delivery.subject,
+            delivery.stream_sequence,
+            delivery.num_delivered,
+            failures,
+            exc,
+        )
+        if failures >= self._spec.max_deliver or delivery.num_delivered >= self._spec.server_max_deliver:
+            await self._dead_letter(message, delivery, f"{type(exc).__name__}: {exc}")
+            return
+        await _quietly(message.nak(delay=self._spec.retry_delay_after(failures)))
+
+    async def _dead_letter(self, message: Msg, delivery: Delivery, error: str) -> None:
+        try:
+            await record_dead_letter(self._db, delivery, error, clock=self._clock)
+        except Exception as exc:
+            log.error(
+                "cannot record dead letter for %s seq %s: %r", delivery.subject, delivery.stream_sequence, exc
+            )
+            await _quietly(message.nak(delay=self._spec.max_retry_delay))
+            return
+        self._failures.pop(delivery.stream_sequence, None)
+        log.error("dead-lettered %s seq %s: %s", delivery.subject, delivery.stream_sequence, error)
+        await _quietly(message.term())
+
+    def _count_failure(self, sequence: int) -> int:
+        failures = self._failures.pop(sequence, 0) + 1
+        self._failures[sequence] = failures
+        while len(self._failures) > _FAILURE_MEMORY:
+            self._failures.popitem(last=False)
+        return failures
+
+    async def _keep_alive(self, message: Msg) -> None:
+        """Tells JetStream the handler is still working, so a long handler is not redelivered mid-way."""
+        interval = max(self._spec.ack_wait / 3, 0.05)
+        while True:
+            await asyncio.sleep(interval)
+            await _quietly(message.in_progress())
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+
+
+async def _quietly(operation: Awaitable[object]) -> None:
+    """Acks that fail (connection lost) are harmless: the message is simply redelivered."""
+    try:
+        await operation
+    except Exception as exc:
+        log.warning("JetStream ack operation failed: %s", exc)

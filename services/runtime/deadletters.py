@@ -1,0 +1,183 @@
+"""Dead letters: messages a consumer gave up on, kept in the service's database to be listed and redriven.
+
+A redrive republishes the stored payload to its original subject with a fresh `Nats-Msg-Id` that says it is a
+redrive of that record (stable per record, so a repeated redrive is absorbed by JetStream's de-duplication), and
+marks the record redriven. `run_cli` is the `dead-letters list|redrive <id>` command every service mounts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TextIO
+
+from nats.js import JetStreamContext
+from nats.js.api import PubAck
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from services.runtime.clock import Clock, SystemClock
+from services.runtime.db import Database
+from services.runtime.jetstream import MSG_ID_HEADER, publish_payload
+from services.runtime.messaging_tables import dead_letters_table
+
+if TYPE_CHECKING:
+    from services.runtime.consumer import Delivery
+
+REDRIVE_OF_HEADER = "Mailsync-Redrive-Of"
+DEAD_LETTER_ID_HEADER = "Mailsync-Dead-Letter-Id"
+_ERROR_LIMIT = 4000
+
+
+class DeadLetterNotFound(LookupError):
+    """No dead letter has this id."""
+
+
+class DeadLetterAlreadyRedriven(RuntimeError):
+    """The dead letter was redriven before."""
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    id: int
+    consumer: str
+    stream: str
+    stream_sequence: int
+    subject: str
+    msg_id: str | None
+    headers: dict[str, str]
+    payload: bytes
+    error: str
+    num_delivered: int
+    failed_at: dt.datetime
+    redriven_at: dt.datetime | None
+    redrive_msg_id: str | None
+
+
+def redrive_msg_id(dead_letter_id: int, original_msg_id: str | None) -> str:
+    """The Nats-Msg-Id of a redrive: new (the original id may still be in the duplicate window) and stable."""
+    return f"redrive:{dead_letter_id}:{original_msg_id or ''}"
+
+
+async def record_dead_letter(
+    db: Database, delivery: Delivery, error: str, *, clock: Clock | None = None
+) -> None:
+    """Stores a delivery the consumer gives up on (once per consumer and stream sequence)."""
+    values: dict[str, Any] = {
+        "consumer": delivery.consumer,
+        "stream": delivery.stream,
+        "stream_sequence": delivery.stream_sequence,
+        "subject": delivery.subject,
+        "msg_id": delivery.msg_id,
+        "headers": dict(delivery.headers),
+        "payload": delivery.payload,
+        "error": error[:_ERROR_LIMIT],
+        "num_delivered": delivery.num_delivered,
+        "failed_at": (clock or SystemClock()).now(),
+    }
+    async with db.write() as session:
+        insert = postgresql.insert if db.dialect == "postgresql" else sqlite.insert
+        await session.execute(
+            insert(dead_letters_table)
+            .values(**values)
+            .on_conflict_do_nothing(index_elements=["consumer", "stream", "stream_sequence"])
+        )
+
+
+async def list_dead_letters(
+    db: Database, *, include_redriven: bool = False, limit: int = 100
+) -> list[DeadLetter]:
+    """Dead letters, oldest first; only those not yet redriven unless asked."""
+    table = dead_letters_table
+    query = select(table).order_by(table.c.id).limit(limit)
+    if not include_redriven:
+        query = query.where(table.c.redriven_at.is_(None))
+    async with db.read() as session:
+        rows = (await session.execute(query)).mappings().all()
+    return [DeadLetter(**dict(row)) for row in rows]
+
+
+async def get_dead_letter(db: Database, dead_letter_id: int) -> DeadLetter:
+    async with db.read() as session:
+        row = (
+            (
+                await session.execute(
+                    select(dead_letters_table).where(dead_letters_table.c.id == dead_letter_id)
+                )
+            )
+            .mappings()
+            .first()
+        )
+    if row is None:
+        raise DeadLetterNotFound(f"no dead letter {dead_letter_id}")
+    return DeadLetter(**dict(row))
+
+
+async def redrive(
+    db: Database, js: JetStreamContext, dead_letter_id: int, *, clock: Clock | None = None
+) -> PubAck:
+    """Republishes a dead letter to its subject and marks it redriven."""
+    letter = await get_dead_letter(db, dead_letter_id)
+    if letter.redriven_at is not None:
+        raise DeadLetterAlreadyRedriven(f"dead letter {dead_letter_id} was redriven at {letter.redriven_at}")
+    msg_id = redrive_msg_id(letter.id, letter.msg_id)
+    extra = {DEAD_LETTER_ID_HEADER: str(letter.id)}
+    if letter.msg_id:
+        extra[REDRIVE_OF_HEADER] = letter.msg_id
+    trace_headers = {k: v for k, v in letter.headers.items() if k != MSG_ID_HEADER}
+    # Publish first, then mark: a crash in between leaves the record redrivable, and the repeat is a duplicate.
+    ack = await publish_payload(
+        js, letter.subject, letter.payload, msg_id=msg_id, parent_headers=trace_headers, extra_headers=extra
+    )
+    async with db.write() as session:
+        await session.execute(
+            update(dead_letters_table)
+            .where(dead_letters_table.c.id == letter.id)
+            .values(redriven_at=(clock or SystemClock()).now(), redrive_msg_id=msg_id)
+        )
+    return ack
+
+
+def build_parser(prog: str = "dead-letters") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="List and redrive this service's dead letters.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    listing = commands.add_parser("list", help="dead letters not yet redriven")
+    listing.add_argument("--all", action="store_true", help="include redriven ones")
+    listing.add_argument("--limit", type=int, default=100)
+    redriving = commands.add_parser("redrive", help="republish a dead letter to its subject")
+    redriving.add_argument("id", type=int)
+    return parser
+
+
+async def run_cli(
+    argv: Sequence[str], *, db: Database, nats_url: str, out: TextIO = sys.stdout, prog: str = "dead-letters"
+) -> int:
+    """`dead-letters list [--all]` or `dead-letters redrive <id>`; returns the process exit code."""
+    args = build_parser(prog).parse_args(list(argv))
+    if args.command == "list":
+        letters = await list_dead_letters(db, include_redriven=args.all, limit=args.limit)
+        for letter in letters:
+            state = f"redriven {letter.redriven_at:%Y-%m-%dT%H:%M:%SZ}" if letter.redriven_at else "dead"
+            out.write(
+                f"{letter.id}\t{state}\t{letter.failed_at:%Y-%m-%dT%H:%M:%SZ}\t{letter.consumer}\t"
+                f"{letter.subject}\tseq={letter.stream_sequence}\tmsg_id={letter.msg_id}\t"
+                f"deliveries={letter.num_delivered}\t{letter.error.splitlines()[0] if letter.error else ''}\n"
+            )
+        if not letters:
+            out.write("no dead letters\n")
+        return 0
+    from services.runtime.nats_client import connect
+
+    client = await connect(nats_url, name="mailsync-dead-letters")
+    try:
+        ack = await redrive(db, client.jetstream(), args.id)
+    except (DeadLetterNotFound, DeadLetterAlreadyRedriven) as exc:
+        out.write(f"{exc}\n")
+        return 1
+    finally:
+        await client.drain()
+    out.write(f"redriven dead letter {args.id} as {ack.stream} seq {ack.seq}\n")
+    return 0
