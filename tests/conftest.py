@@ -3,4 +3,5 @@
 pytest_plugins = [
     "tests.fixtures.nats_server",
     "tests.fixtures.databases",
+    "tests.fixtures.messaging",
 ]
