@@ -1,0 +1,88 @@
+"""Trace context survives a NATS hop: the consumer's span is a child of the producer's span, in the same trace, and
+an event relayed by the outbox continues the trace of the transaction that staged it."""
+
+from __future__ import annotations
+
+import asyncio
+
+from nats.js import JetStreamContext
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from mailsync.v1 import events_pb2
+from services.runtime import subjects
+from services.runtime.consumer import Consumer, ConsumerSpec, Delivery
+from services.runtime.db import Database
+from services.runtime.jetstream import publish
+from services.runtime.outbox import OutboxRelay, stage
+from services.runtime.streams import MESSAGES, declare_streams
+
+SUBJECT = subjects.normalized("mbx-t")
+SPEC = ConsumerSpec(stream=MESSAGES.name, durable="trace-test", filter_subjects=(subjects.NORMALIZED_ALL,))
+
+
+def _provider() -> tuple[TracerProvider, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider, exporter
+
+
+async def _consume_one(js: JetStreamContext, db: Database, provider: TracerProvider) -> tuple[Delivery, int]:
+    """Runs a consumer until one message was handled; returns it and the trace id current inside the handler."""
+    handled: asyncio.Future[tuple[Delivery, int]] = asyncio.get_running_loop().create_future()
+
+    async def handle(delivery: Delivery) -> None:
+        handled.set_result((delivery, trace.get_current_span().get_span_context().trace_id))
+
+    consumer = Consumer(js, SPEC, handle, db=db, tracer_provider=provider, fetch_timeout=0.5)
+    task = asyncio.create_task(consumer.run())
+    try:
+        return await asyncio.wait_for(handled, timeout=10)
+    finally:
+        consumer.stop()
+        await asyncio.wait_for(task, timeout=10)
+
+
+def _span(exporter: InMemorySpanExporter, name: str) -> ReadableSpan:
+    [span] = [span for span in exporter.get_finished_spans() if span.name == name]
+    return span
+
+
+async def test_consumer_span_is_a_child_of_the_producer_span_across_nats(
+    runtime_database: Database, jetstream: JetStreamContext
+) -> None:
+    await declare_streams(jetstream)
+    provider, exporter = _provider()
+    event = events_pb2.NormalizedMessage(mailbox_id="mbx-t", subject="traced")
+    await publish(jetstream, SUBJECT, event, msg_id="t-1", tracer_provider=provider)
+
+    delivery, trace_in_handler = await _consume_one(jetstream, runtime_database, provider)
+
+    producer, consumer = _span(exporter, f"publish {SUBJECT}"), _span(exporter, f"process {SUBJECT}")
+    assert producer.kind == SpanKind.PRODUCER and consumer.kind == SpanKind.CONSUMER
+    assert consumer.context.trace_id == producer.context.trace_id == trace_in_handler
+    assert consumer.parent is not None and consumer.parent.span_id == producer.context.span_id
+    assert "traceparent" in delivery.headers
+    assert delivery.payload == event.SerializeToString()
+
+
+async def test_outbox_relay_publishes_in_the_trace_of_the_staging_transaction(
+    runtime_database: Database, jetstream: JetStreamContext
+) -> None:
+    await declare_streams(jetstream)
+    provider, exporter = _provider()
+    with provider.get_tracer("test").start_as_current_span("request") as request:
+        async with runtime_database.write() as session:
+            await stage(session, SUBJECT, events_pb2.NormalizedMessage(subject="staged"), "o-1")
+    await OutboxRelay(runtime_database, jetstream, tracer_provider=provider).publish_pending()
+
+    await _consume_one(jetstream, runtime_database, provider)
+
+    producer, consumer = _span(exporter, f"publish {SUBJECT}"), _span(exporter, f"process {SUBJECT}")
+    trace_id = request.get_span_context().trace_id
+    assert producer.context.trace_id == consumer.context.trace_id == trace_id
+    assert producer.parent is not None and producer.parent.span_id == request.get_span_context().span_id
