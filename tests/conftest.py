@@ -1,7 +1,9 @@
 """Fixtures shared by every tier live in tests/fixtures/ and are registered here once."""
 
 pytest_plugins = [
+    "tests.fixtures.sandbox",
     "tests.fixtures.nats_server",
     "tests.fixtures.databases",
     "tests.fixtures.messaging",
+    "tests.fixtures.threading_store",
 ]

@@ -1,0 +1,120 @@
+"""Batch requests at /batch and /batch/gmail/v1: multipart/mixed in, multipart/mixed out, at most 100 parts."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+from http import HTTPStatus
+from urllib.parse import parse_qsl, urlsplit
+
+from multidict import CIMultiDict, MultiDict
+
+from sandbox.errors import bad_request
+from sandbox.gmail_api import ApiRequest, ApiResponse, GmailApi, error_response
+
+MAX_PARTS = 100
+_NEWLINE = re.compile(rb"\r?\n")
+
+
+def _boundary(content_type: str) -> str:
+    found = re.search(r'boundary="?([^";]+)"?', content_type, re.IGNORECASE)
+    if not found:
+        raise bad_request("Missing boundary in multipart/mixed Content-Type")
+    return found.group(1)
+
+
+def _split_head(blob: bytes) -> tuple[list[bytes], bytes]:
+    """Header lines and the rest, accepting CRLF or LF line endings."""
+    found = re.search(rb"\r?\n\r?\n", blob)
+    if not found:
+        return [line for line in _NEWLINE.split(blob) if line], b""
+    return [line for line in _NEWLINE.split(blob[: found.start()]) if line], blob[found.end() :]
+
+
+def _headers(lines: list[bytes]) -> CIMultiDict[str]:
+    headers: CIMultiDict[str] = CIMultiDict()
+    for line in lines:
+        name, _, value = line.decode("latin-1").partition(":")
+        headers.add(name.strip(), value.strip())
+    return headers
+
+
+def split_parts(body: bytes, boundary: str) -> list[bytes]:
+    delimiter = b"--" + boundary.encode()
+    chunks = body.split(delimiter)
+    parts = []
+    for chunk in chunks[1:]:
+        if chunk.startswith(b"--"):
+            break
+        parts.append(re.sub(rb"^\r?\n", b"", chunk, count=1))
+    return parts
+
+
+def parse_inner(part: bytes, outer: CIMultiDict[str]) -> tuple[str | None, ApiRequest]:
+    """One part: its Content-ID and the HTTP request it carries (outer non-Content headers apply too)."""
+    part_header_lines, http_blob = _split_head(part)
+    part_headers = _headers(part_header_lines)
+    request_lines, inner_body = _split_head(http_blob)
+    if not request_lines:
+        raise bad_request("Empty batch part")
+    method, target, *_ = request_lines[0].decode("latin-1").split(" ")
+    headers: CIMultiDict[str] = CIMultiDict(
+        (k, v) for k, v in outer.items() if not k.lower().startswith("content-")
+    )
+    for name, value in _headers(request_lines[1:]).items():
+        headers.pop(name, None)
+        headers[name] = value
+    url = urlsplit(target)
+    body = re.sub(rb"\r?\n$", b"", inner_body)
+    return part_headers.get("Content-ID"), ApiRequest(
+        method=method.upper(),
+        path=url.path,
+        query=MultiDict(parse_qsl(url.query, keep_blank_values=True)),
+        headers=headers,
+        body=body,
+    )
+
+
+def _response_part(content_id: str | None, response: ApiResponse) -> bytes:
+    lines = ["Content-Type: application/http"]
+    if content_id:
+        inner = content_id.strip("<>")
+        lines.append(f"Content-ID: <response-{inner}>")
+    reason = HTTPStatus(response.status).phrase if response.status in HTTPStatus._value2member_map_ else ""
+    head = [f"HTTP/1.1 {response.status} {reason}"]
+    if response.content_type:
+        head.append(f"Content-Type: {response.content_type}")
+    head.extend(f"{k}: {v}" for k, v in response.headers.items())
+    return (
+        ("\r\n".join(lines) + "\r\n\r\n" + "\r\n".join(head) + "\r\n\r\n").encode() + response.body + b"\r\n"
+    )
+
+
+async def run_batch(api: GmailApi, content_type: str, body: bytes, outer: CIMultiDict[str]) -> ApiResponse:
+    """Execute every part (concurrently, as Google may) and answer in one multipart/mixed body."""
+    if not content_type.lower().startswith("multipart/mixed"):
+        return error_response(bad_request("Batch requests must be multipart/mixed"))
+    try:
+        parts = split_parts(body, _boundary(content_type))
+    except Exception as error:
+        return error_response(bad_request(f"Malformed batch body: {error}"))
+    if len(parts) > MAX_PARTS:
+        return error_response(bad_request(f"Too many requests in batch request. The maximum is {MAX_PARTS}."))
+    if not parts:
+        return error_response(bad_request("Empty batch request"))
+    try:
+        parsed = [parse_inner(part, outer) for part in parts]
+    except ValueError as error:
+        return error_response(bad_request(f"Malformed batch part: {error}"))
+    for _, request in parsed:
+        if request.path.startswith("/upload/"):
+            return error_response(bad_request("Media requests cannot be used in a batch request."))
+    responses = await asyncio.gather(*(api.handle(request) for _, request in parsed))
+    boundary = "batch_" + secrets.token_hex(12)
+    out = b"".join(
+        b"--" + boundary.encode() + b"\r\n" + _response_part(cid, resp)
+        for (cid, _), resp in zip(parsed, responses, strict=True)
+    )
+    out += b"--" + boundary.encode() + b"--\r\n"
+    return ApiResponse(200, out, content_type=f"multipart/mixed; boundary={boundary}")
