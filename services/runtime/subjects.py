@@ -11,7 +11,7 @@ import re
 PREFIX = "mailsync.v1"
 
 # A subject token: no dots (token separator), no wildcards, no whitespace; ids are opaque but plain.
-_TOKEN = re.compile(r"^[A-Za-z0-9_\-:@+=]{1,200}$")
+_TOKEN = re.compile(r"[A-Za-z0-9_\-:@+=]{1,200}")
 
 CONNECTION_KINDS = frozenset({"connected", "replaced", "disconnected", "reauth_required", "reauthorized"})
 
@@ -22,7 +22,7 @@ class InvalidSubjectToken(ValueError):
 
 def token(value: str) -> str:
     """Returns the value if it is a safe subject token, else raises InvalidSubjectToken."""
-    if not isinstance(value, str) or not _TOKEN.match(value):
+    if not isinstance(value, str) or not _TOKEN.fullmatch(value):
         raise InvalidSubjectToken(f"not a valid NATS subject token: {value!r}")
     return value
 
