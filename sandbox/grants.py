@@ -95,7 +95,7 @@ class TokenSet:
     def response(self, now_ms: int, id_token: str | None = None) -> dict[str, object]:
         body: dict[str, object] = {
             "access_token": self.access.token,
-            "expires_in": max(0, (self.access.expires_at_ms - now_ms) // 1000),
+            "expires_in": max(0, -(-(self.access.expires_at_ms - now_ms) // 1000)),
             "scope": " ".join(self.access.scopes),
             "token_type": "Bearer",
         }

@@ -140,6 +140,8 @@ class OAuthEndpoints:
             for k, v in params.items()
             if k != "scope"
         )
+        # The requested scopes travel separately from the ticked ones, so an unticked scope is a choice.
+        hidden += f'<input type="hidden" name="requested_scope" value="{html.escape(" ".join(scopes))}">'
         boxes = "".join(
             f'<li><label><input type="checkbox" name="scope" value="{html.escape(s)}" checked> '
             f"{html.escape(_SCOPE_TEXT.get(s, s))} <small>({html.escape(s)})</small></label></li>"
@@ -162,7 +164,12 @@ class OAuthEndpoints:
 
     async def consent_decision(self, request: web.Request) -> web.Response:
         form = await request.post()
-        params = {k: str(v) for k, v in form.items() if k not in ("scope", "email", "password", "decision")}
+        params = {
+            k: str(v)
+            for k, v in form.items()
+            if k not in ("scope", "email", "password", "decision", "requested_scope")
+        }
+        params["scope"] = str(form.get("requested_scope", ""))
         allow = form.get("decision") == "allow"
         scopes = [str(s) for s in form.getall("scope", [])]
         try:
