@@ -112,6 +112,7 @@ class GmailClient:
         *,
         history_types: Sequence[str] | None = None,
         label_id: str | None = None,
+        page_size: int = _HISTORY_PAGE,
     ) -> HistoryListing:
         """All pages of history.list; raises HistoryExpired when Gmail no longer keeps `start_history_id`."""
         records: list[dict[str, Any]] = []
@@ -121,7 +122,7 @@ class GmailClient:
             params: dict[str, Any] = {
                 "userId": self._user_id,
                 "startHistoryId": start_history_id,
-                "maxResults": _HISTORY_PAGE,
+                "maxResults": page_size,
             }
             if history_types:
                 params["historyTypes"] = list(history_types)
@@ -144,13 +145,18 @@ class GmailClient:
                 return HistoryListing(records=records, history_id=history_id)
 
     async def list_messages(
-        self, q: str | None = None, *, label_ids: Sequence[str] | None = None, limit: int | None = None
+        self,
+        q: str | None = None,
+        *,
+        label_ids: Sequence[str] | None = None,
+        limit: int | None = None,
+        page_size: int = _LIST_PAGE,
     ) -> list[dict[str, Any]]:
         """Message stubs ({id, threadId}) matching the query, across pages, newest first as Gmail lists them."""
         found: list[dict[str, Any]] = []
         page_token: str | None = None
         while limit is None or len(found) < limit:
-            params: dict[str, Any] = {"userId": self._user_id, "maxResults": _LIST_PAGE}
+            params: dict[str, Any] = {"userId": self._user_id, "maxResults": page_size}
             if q:
                 params["q"] = q
             if label_ids:
