@@ -14,6 +14,7 @@ from services.runtime.gmail.client import (
     fixed_access_token,
 )
 from services.runtime.gmail.credentials import (
+    GOOGLE_REVOKE_URI,
     GOOGLE_TOKEN_URI,
     OAuthClient,
     RefreshedToken,
@@ -34,21 +35,30 @@ from services.runtime.gmail.errors import (
     SendOutcomeUnknown,
     classify,
 )
+from services.runtime.gmail.google_oauth import (
+    AuthorizationCodeRejected,
+    GrantedTokens,
+    exchange_code,
+    revoke_token,
+)
 from services.runtime.gmail.retry import RetryPolicy, RetryTiming
 
 __all__ = [
+    "GOOGLE_REVOKE_URI",
     "GOOGLE_ROOT_URL",
     "GOOGLE_TOKEN_URI",
     "MAX_SEND_BYTES",
     "PERMANENT_OAUTH_ERRORS",
     "AccessTokenRejected",
     "AccessTokenSource",
+    "AuthorizationCodeRejected",
     "GivenAccessToken",
     "GmailApi",
     "GmailClient",
     "GmailEndpoint",
     "GmailError",
     "GmailNotFound",
+    "GrantedTokens",
     "HistoryExpired",
     "HistoryListing",
     "MessageBatch",
@@ -66,7 +76,9 @@ __all__ = [
     "WatchStarted",
     "classify",
     "decode_base64url",
+    "exchange_code",
     "fixed_access_token",
     "refresh_access_token",
     "refreshable_credentials",
+    "revoke_token",
 ]

@@ -13,15 +13,17 @@ from services.runtime.gmail.api import GmailApi
 from services.runtime.gmail.errors import classify
 
 GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
+GOOGLE_REVOKE_URI = "https://oauth2.googleapis.com/revoke"
 
 
 @dataclass(frozen=True)
 class OAuthClient:
-    """The OAuth client registration; `token_uri` points at Google or the sandbox."""
+    """The OAuth client registration; the endpoints point at Google or the sandbox."""
 
     client_id: str
     client_secret: str = field(repr=False)
     token_uri: str = GOOGLE_TOKEN_URI
+    revoke_uri: str = GOOGLE_REVOKE_URI
 
 
 @dataclass(frozen=True)
