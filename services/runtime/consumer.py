@@ -9,12 +9,17 @@ Why failures and waits are counted apart: JetStream has one counter (`num_delive
 server's MaxDeliver is therefore set to `max_deliver + max_waits`, a hard bound that always holds, and the loop
 counts failures per message in memory so that a poison message is dead-lettered after `max_deliver` failures even
 when it waited before. After a restart the in-memory count starts again, bounded by the server's limit.
+
+A process that crashes (or hangs past ack_wait) on the last allowed delivery never reaches the dead-letter code,
+and JetStream then leaves the message in the stream with no further delivery. The loop therefore also listens to
+JetStream's MAX_DELIVERIES advisory for its consumer and records such a message as a dead letter too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
@@ -23,9 +28,11 @@ from typing import TypeVar
 
 import nats.errors
 from google.protobuf.message import Message
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy
+from nats.js.errors import NotFoundError
 from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
 
 from services.runtime.clock import Clock, SystemClock
@@ -123,7 +130,7 @@ class Consumer:
 
     def __init__(
         self,
-        js: JetStreamContext,
+        client: Client,
         spec: ConsumerSpec,
         handler: Handler,
         *,
@@ -133,7 +140,8 @@ class Consumer:
         fetch_timeout: float = 1.0,
         ack_timeout: float = 5.0,
     ) -> None:
-        self._js = js
+        self._client = client
+        self._js = client.jetstream()
         self._spec = spec
         self._handler = handler
         self._db = db
@@ -154,6 +162,10 @@ class Consumer:
 
     async def run(self) -> None:
         await declare_consumer(self._js, self._spec)
+        advisories = await self._client.subscribe(
+            f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self._spec.stream}.{self._spec.durable}",
+            cb=self._on_max_deliveries,
+        )
         subscription = await self._js.pull_subscribe_bind(
             durable=self._spec.durable, stream=self._spec.stream
         )
@@ -163,7 +175,7 @@ class Consumer:
                     messages = await subscription.fetch(self._spec.batch, timeout=self._fetch_timeout)
                 except nats.errors.TimeoutError:
                     continue
-                except (nats.errors.ConnectionClosedError, nats.errors.Error) as exc:
+                except nats.errors.Error as exc:
                     log.warning("fetch from %s failed: %s", self._spec.durable, exc)
                     await self._pause(1.0)
                     continue
@@ -176,6 +188,8 @@ class Consumer:
         finally:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
+            with contextlib.suppress(Exception):
+                await advisories.unsubscribe()
 
     async def process(self, message: Msg) -> None:
         """Handles one message: handler, then ack; or nak/dead-letter on failure."""
@@ -268,6 +282,44 @@ class Consumer:
         self._failures.pop(delivery.stream_sequence, None)
         log.error("dead-lettered %s seq %s: %s", delivery.subject, delivery.stream_sequence, error)
         await _quietly(message.term())
+
+    async def _on_max_deliveries(self, advisory: Msg) -> None:
+        """Records a message whose last delivery ended without an outcome (the process crashed or timed out)."""
+        try:
+            body = json.loads(advisory.data)
+            sequence, deliveries = int(body["stream_seq"]), int(body["deliveries"])
+            stored = await self._js.get_msg(self._spec.stream, sequence)
+        except NotFoundError:
+            return
+        except Exception as exc:
+            log.error(
+                "cannot read the message of a max-deliveries advisory for %s: %r", self._spec.durable, exc
+            )
+            return
+        headers = dict(stored.headers or {})
+        delivery = Delivery(
+            consumer=self._spec.durable,
+            stream=self._spec.stream,
+            stream_sequence=sequence,
+            subject=stored.subject or "",
+            payload=stored.data or b"",
+            headers=headers,
+            msg_id=headers.get(MSG_ID_HEADER),
+            num_delivered=deliveries,
+        )
+        error = f"no outcome after {deliveries} deliveries (the handler crashed or exceeded ack_wait on the last one)"
+        try:
+            await record_dead_letter(self._db, delivery, error, clock=self._clock)
+            log.error("dead-lettered %s seq %s: %s", delivery.subject, sequence, error)
+            # A work queue would keep the undeliverable message forever; other streams age it out.
+            info = await self._js.stream_info(self._spec.stream)
+            if info.config.retention == RetentionPolicy.WORK_QUEUE:
+                with contextlib.suppress(NotFoundError):
+                    await self._js.delete_msg(self._spec.stream, sequence)
+        except Exception as exc:
+            log.error(
+                "cannot dead-letter %s seq %s after max deliveries: %r", delivery.subject, sequence, exc
+            )
 
     def _count_failure(self, sequence: int) -> int:
         failures = self._failures.pop(sequence, 0) + 1

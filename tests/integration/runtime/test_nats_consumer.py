@@ -9,11 +9,12 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from mailsync.v1 import events_pb2
 from services.runtime import subjects
-from services.runtime.consumer import Consumer, ConsumerSpec, Delivery, Handler, RetryLater
+from services.runtime.consumer import Consumer, ConsumerSpec, Delivery, Handler, RetryLater, declare_consumer
 from services.runtime.db import Database
 from services.runtime.deadletters import (
     REDRIVE_OF_HEADER,
@@ -46,9 +47,9 @@ def _spec(**overrides: Any) -> ConsumerSpec:
 
 @asynccontextmanager
 async def _running(
-    js: JetStreamContext, db: Database, spec: ConsumerSpec, handler: Handler
+    client: Client, db: Database, spec: ConsumerSpec, handler: Handler
 ) -> AsyncIterator[Consumer]:
-    consumer = Consumer(js, spec, handler, db=db, fetch_timeout=0.5)
+    consumer = Consumer(client, spec, handler, db=db, fetch_timeout=0.5)
     task = asyncio.create_task(consumer.run())
     try:
         yield consumer
@@ -80,7 +81,7 @@ def _recording_handler(
 
 
 async def test_poison_message_is_dead_lettered_after_max_deliver_and_redriven_to_a_fixed_handler(
-    runtime_database: Database, jetstream: JetStreamContext, nats_server: Any
+    runtime_database: Database, jetstream: JetStreamContext, nats_client: Client, nats_server: Any
 ) -> None:
     db, js = runtime_database, jetstream
     await declare_streams(js)
@@ -88,7 +89,7 @@ async def test_poison_message_is_dead_lettered_after_max_deliver_and_redriven_to
     fixed = False
     handler, done = _recording_handler(db, spec, lambda: not fixed)
 
-    async with _running(js, db, spec, handler):
+    async with _running(nats_client, db, spec, handler):
         await _publish(js, "poison", "p-1")
         await _publish(js, "fine", "f-1")
 
@@ -145,13 +146,13 @@ def _waiting_handler(waits: int, seen: list[int]) -> Handler:
 
 
 async def test_retry_later_waits_beyond_max_deliver_without_a_dead_letter(
-    runtime_database: Database, jetstream: JetStreamContext
+    runtime_database: Database, jetstream: JetStreamContext, nats_client: Client
 ) -> None:
     await declare_streams(jetstream)
     seen: list[int] = []
     spec = _spec(max_deliver=2, max_waits=10)
 
-    async with _running(jetstream, runtime_database, spec, _waiting_handler(4, seen)):
+    async with _running(nats_client, runtime_database, spec, _waiting_handler(4, seen)):
         await _publish(jetstream, "echo", "w-1")
 
         async def handled() -> bool:
@@ -165,13 +166,13 @@ async def test_retry_later_waits_beyond_max_deliver_without_a_dead_letter(
 
 
 async def test_negative_control_without_a_wait_budget_retry_later_ends_in_a_dead_letter(
-    runtime_database: Database, jetstream: JetStreamContext
+    runtime_database: Database, jetstream: JetStreamContext, nats_client: Client
 ) -> None:
     await declare_streams(jetstream)
     seen: list[int] = []
     spec = _spec(max_deliver=2, max_waits=0)
 
-    async with _running(jetstream, runtime_database, spec, _waiting_handler(4, seen)):
+    async with _running(nats_client, runtime_database, spec, _waiting_handler(4, seen)):
         await _publish(jetstream, "echo", "w-2")
 
         async def dead_lettered() -> bool:
@@ -185,7 +186,7 @@ async def test_negative_control_without_a_wait_budget_retry_later_ends_in_a_dead
 
 
 async def test_stop_finishes_the_message_in_hand_and_acks_it(
-    runtime_database: Database, jetstream: JetStreamContext
+    runtime_database: Database, jetstream: JetStreamContext, nats_client: Client
 ) -> None:
     await declare_streams(jetstream)
     started, release = asyncio.Event(), asyncio.Event()
@@ -196,7 +197,7 @@ async def test_stop_finishes_the_message_in_hand_and_acks_it(
         await release.wait()
         finished.append(delivery.msg_id)
 
-    consumer = Consumer(jetstream, _spec(), slow, db=runtime_database, fetch_timeout=0.5)
+    consumer = Consumer(nats_client, _spec(), slow, db=runtime_database, fetch_timeout=0.5)
     task = asyncio.create_task(consumer.run())
     await _publish(jetstream, "slow", "s-1")
     await asyncio.wait_for(started.wait(), timeout=10)
@@ -212,3 +213,34 @@ async def test_stop_finishes_the_message_in_hand_and_acks_it(
 
 async def _stream_empty(js: JetStreamContext) -> bool:
     return (await js.stream_info(MESSAGES.name)).state.messages == 0
+
+
+async def test_message_whose_last_delivery_crashed_becomes_a_dead_letter_and_leaves_the_work_queue(
+    runtime_database: Database, jetstream: JetStreamContext, nats_client: Client
+) -> None:
+    await declare_streams(jetstream)
+    spec = _spec(max_deliver=2, ack_wait=0.5)
+    await declare_consumer(jetstream, spec)
+    crashed_worker = await jetstream.pull_subscribe_bind(durable=spec.durable, stream=spec.stream)
+    await _publish(jetstream, "crashes its worker", "c-1")
+    # Two deliveries that never come back, as if two worker processes died holding the message.
+    for expected in (1, 2):
+        [taken] = await crashed_worker.fetch(1, timeout=5)
+        assert taken.metadata.num_delivered == expected
+    await crashed_worker.unsubscribe()
+
+    async def never_called(delivery: Delivery) -> None:
+        raise AssertionError("a message past max_deliver was delivered again")
+
+    async with _running(nats_client, runtime_database, spec, never_called):
+
+        async def dead_lettered() -> bool:
+            return len(await list_dead_letters(runtime_database)) == 1
+
+        await eventually(dead_lettered)
+        await eventually(lambda: _stream_empty(jetstream))
+
+    [letter] = await list_dead_letters(runtime_database)
+    assert (letter.msg_id, letter.num_delivered) == ("c-1", 2)
+    assert "no outcome after 2 deliveries" in letter.error
+    assert events_pb2.NormalizedMessage.FromString(letter.payload).subject == "crashes its worker"

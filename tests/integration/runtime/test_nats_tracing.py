@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -31,14 +32,14 @@ def _provider() -> tuple[TracerProvider, InMemorySpanExporter]:
     return provider, exporter
 
 
-async def _consume_one(js: JetStreamContext, db: Database, provider: TracerProvider) -> tuple[Delivery, int]:
+async def _consume_one(client: Client, db: Database, provider: TracerProvider) -> tuple[Delivery, int]:
     """Runs a consumer until one message was handled; returns it and the trace id current inside the handler."""
     handled: asyncio.Future[tuple[Delivery, int]] = asyncio.get_running_loop().create_future()
 
     async def handle(delivery: Delivery) -> None:
         handled.set_result((delivery, trace.get_current_span().get_span_context().trace_id))
 
-    consumer = Consumer(js, SPEC, handle, db=db, tracer_provider=provider, fetch_timeout=0.5)
+    consumer = Consumer(client, SPEC, handle, db=db, tracer_provider=provider, fetch_timeout=0.5)
     task = asyncio.create_task(consumer.run())
     try:
         return await asyncio.wait_for(handled, timeout=10)
@@ -53,14 +54,14 @@ def _span(exporter: InMemorySpanExporter, name: str) -> ReadableSpan:
 
 
 async def test_consumer_span_is_a_child_of_the_producer_span_across_nats(
-    runtime_database: Database, jetstream: JetStreamContext
+    runtime_database: Database, jetstream: JetStreamContext, nats_client: Client
 ) -> None:
     await declare_streams(jetstream)
     provider, exporter = _provider()
     event = events_pb2.NormalizedMessage(mailbox_id="mbx-t", subject="traced")
     await publish(jetstream, SUBJECT, event, msg_id="t-1", tracer_provider=provider)
 
-    delivery, trace_in_handler = await _consume_one(jetstream, runtime_database, provider)
+    delivery, trace_in_handler = await _consume_one(nats_client, runtime_database, provider)
 
     producer, consumer = _span(exporter, f"publish {SUBJECT}"), _span(exporter, f"process {SUBJECT}")
     assert producer.kind == SpanKind.PRODUCER and consumer.kind == SpanKind.CONSUMER
@@ -71,7 +72,7 @@ async def test_consumer_span_is_a_child_of_the_producer_span_across_nats(
 
 
 async def test_outbox_relay_publishes_in_the_trace_of_the_staging_transaction(
-    runtime_database: Database, jetstream: JetStreamContext
+    runtime_database: Database, jetstream: JetStreamContext, nats_client: Client
 ) -> None:
     await declare_streams(jetstream)
     provider, exporter = _provider()
@@ -80,7 +81,7 @@ async def test_outbox_relay_publishes_in_the_trace_of_the_staging_transaction(
             await stage(session, SUBJECT, events_pb2.NormalizedMessage(subject="staged"), "o-1")
     await OutboxRelay(runtime_database, jetstream, tracer_provider=provider).publish_pending()
 
-    await _consume_one(jetstream, runtime_database, provider)
+    await _consume_one(nats_client, runtime_database, provider)
 
     producer, consumer = _span(exporter, f"publish {SUBJECT}"), _span(exporter, f"process {SUBJECT}")
     trace_id = request.get_span_context().trace_id
