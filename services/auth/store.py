@@ -34,6 +34,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.auth.crypto import SealedToken, SecretToken, TokenCipher
 from services.auth.domain import ACTIVE_STATES, Connection, ConnectionState, OAuthState
+from services.runtime.db import Database
 from services.runtime.messaging_tables import add_runtime_tables
 
 _WHEN = DateTime(timezone=True)
@@ -453,11 +454,19 @@ async def release_refresh_lease(session: AsyncSession, mailbox_id: str, owner: s
 # Key rotation ----------------------------------------------------------------------------------------------------
 
 
-async def reseal_batch(session: AsyncSession, cipher: TokenCipher, *, limit: int) -> int:
-    """Re-encrypts up to `limit` mailboxes whose tokens use an older key; returns how many rows changed.
+@dataclass(frozen=True)
+class ResealProgress:
+    """One rotation batch: rows found under an older key, and rows actually rewritten."""
 
-    Each row is updated only if its ciphertext is still the one read (compare-and-set), so a refresh that
-    wrote a new token meanwhile is never overwritten; run until it returns 0 (idempotent, restartable).
+    examined: int
+    resealed: int
+
+
+async def reseal_batch(session: AsyncSession, cipher: TokenCipher, *, limit: int) -> ResealProgress:
+    """Re-encrypts up to `limit` mailboxes whose tokens use an older key.
+
+    Each row is updated only if its ciphertext is still the one read (compare-and-set), so a token a refresh
+    wrote meanwhile is never overwritten; repeat until nothing is examined (idempotent, restartable).
     """
     current = cipher.ring.current_version
     rows = (
@@ -473,7 +482,7 @@ async def reseal_batch(session: AsyncSession, cipher: TokenCipher, *, limit: int
             .limit(limit)
         )
     ).all()
-    changed = 0
+    resealed = 0
     for row in rows:
         key = mailbox_row_key(row.mailbox_id)
         conditions = [MailboxRow.mailbox_id == row.mailbox_id]
@@ -486,15 +495,27 @@ async def reseal_batch(session: AsyncSession, cipher: TokenCipher, *, limit: int
             version = getattr(row, version_attr.key)
             if ciphertext is None or version is None or version == current:
                 continue
-            resealed = cipher.reseal(SealedToken(version, ciphertext), row=key, column=column)
+            fresh = cipher.reseal(SealedToken(version, ciphertext), row=key, column=column)
             conditions.append(sealed_attr == ciphertext)
-            values[sealed_attr.key] = resealed.ciphertext
-            values[version_attr.key] = resealed.key_version
+            values[sealed_attr.key] = fresh.ciphertext
+            values[version_attr.key] = fresh.key_version
         if values:
             result = await session.execute(update(MailboxRow).where(*conditions).values(**values))
-            changed += int(result.rowcount)  # type: ignore[attr-defined]
+            resealed += int(result.rowcount)  # type: ignore[attr-defined]
     session.expunge_all()
-    return changed
+    return ResealProgress(examined=len(rows), resealed=resealed)
+
+
+async def rotate_token_keys(db: Database, cipher: TokenCipher, *, batch_size: int = 100) -> int:
+    """Re-encrypts every token row under the ring's first key, one short transaction per batch so the service
+    keeps serving; returns how many rows were rewritten. Retire the old key only after this returns."""
+    total = 0
+    while True:
+        async with db.write() as session:
+            progress = await reseal_batch(session, cipher, limit=batch_size)
+        total += progress.resealed
+        if progress.examined == 0:
+            return total
 
 
 # Connections -----------------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from services.auth.store import (
     order_for_saving,
     release_refresh_lease,
     reseal_batch,
+    rotate_token_keys,
     save_connections,
     save_oauth_state,
     store_grant,
@@ -138,13 +139,12 @@ async def test_key_rotation_reseals_every_row_in_batches_then_the_old_key_retire
     rounds = []
     while True:
         async with db.write() as session:
-            changed = await reseal_batch(session, rotating, limit=2)
-        if not changed:
+            progress = await reseal_batch(session, rotating, limit=2)
+        if not progress.examined:
             break
-        rounds.append(changed)
+        rounds.append(progress.resealed)
     assert rounds == [2, 2, 1]
-    async with db.write() as session:
-        assert await reseal_batch(session, rotating, limit=2) == 0
+    assert await rotate_token_keys(db, rotating, batch_size=2) == 0
     retired = TokenCipher(KeyRing.parse(V2))
     async with db.read() as session:
         for name, mailbox_id in zip(names, mailboxes, strict=True):
@@ -154,6 +154,24 @@ async def test_key_rotation_reseals_every_row_in_batches_then_the_old_key_retire
         # Negative control: the old key alone no longer opens the rotated rows.
         with pytest.raises(TokenDecryptError):
             await load_refresh_token(session, old, mailboxes[0])
+
+
+async def test_rotate_token_keys_does_every_row_and_is_idempotent(db: Database) -> None:
+    old = TokenCipher(KeyRing.parse(V1))
+    mailboxes = [await add_mailbox(db, old, f"user{i}") for i in range(3)]
+    rotating = TokenCipher(KeyRing.parse(f"{V2},{V1}"))
+    assert await rotate_token_keys(db, rotating, batch_size=2) == 3
+    assert await rotate_token_keys(db, rotating, batch_size=2) == 0
+    async with db.read() as session:
+        versions = (
+            await session.execute(
+                select(MailboxRow.refresh_token_key_version, MailboxRow.access_token_key_version)
+            )
+        ).all()
+        assert await load_refresh_token(session, TokenCipher(KeyRing.parse(V2)), mailboxes[2]) == SecretToken(
+            REFRESH.format("user2")
+        )
+    assert set(versions) == {(2, 2)}
 
 
 async def test_a_permanent_grant_failure_is_recorded_once_and_cleared_by_a_new_grant(db: Database) -> None:
