@@ -455,8 +455,10 @@ class GmailApi:
         result = self.core.mail.send(
             mailbox, raw, thread_id, settings.replace_message_id, deliver_sent_copy=echo_first
         )
-        if echo_first:
-            await self.core.push.wait_pushed(mailbox.address, result.sent.history_id)
+        if echo_first and settings.echo_first_push_wait_s > 0:
+            await self.core.push.wait_pushed(
+                mailbox.address, result.sent.history_id, settings.echo_first_push_wait_s
+            )
         else:
             asyncio.get_running_loop().call_later(
                 settings.sent_copy_delay_ms / 1000, self.core.mail.commit_sent, mailbox, result.sent

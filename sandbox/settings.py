@@ -22,6 +22,8 @@ class SandboxSettings:
     # "before_response": the SENT copy is in history (and pushed) before messages.send answers.
     sent_copy_timing: str = SENT_COPY_BEFORE_RESPONSE
     sent_copy_delay_ms: int = 200
+    # How long an echo-first send waits for its push (pushes are paced per mailbox); 0 = history only.
+    echo_first_push_wait_s: float = 2.0
     # "legacy" (2023 page: send 100, get 5) or "2026" (get 20, threads.get 40).
     quota_table: str = "legacy"
     enforce_quota: bool = False

@@ -1,0 +1,150 @@
+"""Conformance: users.watch / users.stop and the Pub/Sub push that follows, authenticated by an OIDC JWT."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import google.auth.transport.requests
+import pytest
+from google.oauth2 import id_token
+from googleapiclient.errors import HttpError
+
+from tests.fixtures.sandbox import GmailSandbox, PushReceiver
+
+ALICE = "alice@example.com"
+TOPIC = "projects/sandbox-project/topics/gmail"
+PUSH_ACCOUNT = "gmail-push@sandbox-project.iam.gserviceaccount.com"
+
+
+@pytest.fixture
+def watched(gmail_sandbox: GmailSandbox, push_receiver: PushReceiver):
+    gmail_sandbox.create_mailbox(ALICE)
+    gmail_sandbox.admin.set_topic(
+        TOPIC,
+        push_endpoint=push_receiver.url,
+        audience="https://crm.test/push",
+        service_account_email=PUSH_ACCOUNT,
+    )
+    gmail_sandbox.admin.settings(push_min_interval_s=0.3, push_retry_initial_s=0.05)
+    gmail = gmail_sandbox.gmail(ALICE)
+    answer = (
+        gmail.users()
+        .watch(
+            userId="me", body={"topicName": TOPIC, "labelIds": ["INBOX"], "labelFilterBehavior": "INCLUDE"}
+        )
+        .execute()
+    )
+    return gmail, answer
+
+
+def decoded(push) -> dict:
+    return json.loads(base64.b64decode(push.body["message"]["data"]))
+
+
+def test_watch_answers_strings_and_pushes_immediately_with_verifiable_jwt(
+    gmail_sandbox: GmailSandbox, push_receiver, watched
+) -> None:
+    """https://developers.google.com/workspace/gmail/api/guides/push and
+    https://docs.cloud.google.com/pubsub/docs/authenticate-push-subscriptions: envelope and OIDC token."""
+    _, answer = watched
+    assert isinstance(answer["historyId"], str) and isinstance(answer["expiration"], str)
+    [push] = push_receiver.wait_for(1)
+    assert decoded(push) == {"emailAddress": ALICE, "historyId": int(answer["historyId"])}
+    message = push.body["message"]
+    assert message["messageId"] == message["message_id"] and message["publishTime"] == message["publish_time"]
+    assert push.body["subscription"].startswith("projects/")
+    token = push.headers["Authorization"].removeprefix("Bearer ")
+    claims = id_token.verify_token(
+        token,
+        google.auth.transport.requests.Request(),
+        audience="https://crm.test/push",
+        certs_url=gmail_sandbox.url + "/oauth2/v1/certs",
+    )
+    assert claims["iss"] == "https://accounts.google.com"
+    assert claims["email"] == PUSH_ACCOUNT and claims["email_verified"] is True
+    assert {"exp", "iat", "sub", "azp"} <= set(claims)
+    with pytest.raises(ValueError):
+        id_token.verify_token(
+            token,
+            google.auth.transport.requests.Request(),
+            audience="https://other.test",
+            certs_url=gmail_sandbox.url + "/oauth2/v1/certs",
+        )
+
+
+def test_changes_are_coalesced_to_the_latest_history_id(
+    gmail_sandbox: GmailSandbox, push_receiver, watched
+) -> None:
+    """https://developers.google.com/workspace/gmail/api/guides/push: at most one notification per second."""
+    push_receiver.wait_for(1)
+    last = None
+    for index in range(5):
+        last = gmail_sandbox.admin.deliver(
+            ALICE, sender="x@outside.test", to=[ALICE], subject=f"s{index}", body="b"
+        )
+    pushes = push_receiver.wait_for(2)
+    while decoded(pushes[-1])["historyId"] < int(last["historyId"]):
+        pushes = push_receiver.wait_for(len(pushes) + 1)
+    assert len(pushes) <= 3
+    assert decoded(pushes[-1])["historyId"] == int(last["historyId"])
+
+
+def test_label_filter_include_skips_changes_outside_the_labels(
+    gmail_sandbox: GmailSandbox, push_receiver, watched
+) -> None:
+    """https://developers.google.com/workspace/gmail/api/reference/rest/v1/users/watch: labelIds filter."""
+    push_receiver.wait_for(1)
+    gmail_sandbox.admin.deliver(
+        ALICE, sender="x@outside.test", to=[ALICE], subject="spam", body="b", label_ids=["SPAM"]
+    )
+    inbox = gmail_sandbox.admin.deliver(ALICE, sender="x@outside.test", to=[ALICE], subject="in", body="b")
+    pushes = push_receiver.wait_for(2)
+    assert [decoded(p)["historyId"] for p in pushes[1:]] == [int(inbox["historyId"])]
+
+
+def test_non_2xx_answers_are_retried_with_backoff(gmail_sandbox: GmailSandbox, push_receiver) -> None:
+    """https://developers.google.com/workspace/gmail/api/guides/push: unacknowledged pushes are retried."""
+    gmail_sandbox.create_mailbox(ALICE)
+    gmail_sandbox.admin.set_push(push_endpoint=push_receiver.url)
+    gmail_sandbox.admin.settings(push_retry_initial_s=0.05)
+    push_receiver.statuses = [500, 503]
+    gmail_sandbox.gmail(ALICE).users().watch(userId="me", body={"topicName": TOPIC}).execute()
+    pushes = push_receiver.wait_for(3)
+    assert len({p.body["message"]["messageId"] for p in pushes}) == 1
+    [delivery] = gmail_sandbox.admin.push_report()["deliveries"]
+    assert delivery["statuses"] == [500, 503, 204] and delivery["acknowledged"] is True
+
+
+def test_stop_ends_notifications(gmail_sandbox: GmailSandbox, push_receiver, watched) -> None:
+    """https://developers.google.com/workspace/gmail/api/reference/rest/v1/users/stop."""
+    gmail, _ = watched
+    push_receiver.wait_for(1)
+    gmail.users().stop(userId="me").execute()
+    gmail_sandbox.admin.deliver(ALICE, sender="x@outside.test", to=[ALICE], subject="after stop", body="b")
+    assert len(push_receiver.wait_for(2, timeout=1.0)) == 1
+
+
+@pytest.mark.parametrize(
+    ("topic", "status"),
+    [
+        ("projects/other-project/topics/gmail", 400),
+        ("not-a-topic", 400),
+        ("projects/sandbox-project/topics/unknown", 404),
+    ],
+)
+def test_watch_validates_topic_name(gmail_sandbox: GmailSandbox, topic: str, status: int) -> None:
+    """https://developers.google.com/workspace/gmail/api/reference/rest/v1/users/watch: topicName rules."""
+    gmail_sandbox.create_mailbox(ALICE)
+    with pytest.raises(HttpError) as refused:
+        gmail_sandbox.gmail(ALICE).users().watch(userId="me", body={"topicName": topic}).execute()
+    assert refused.value.resp.status == status
+
+
+def test_watch_without_publish_grant_is_forbidden(gmail_sandbox: GmailSandbox, push_receiver) -> None:
+    """https://developers.google.com/workspace/gmail/api/guides/push: grant publish to gmail-api-push."""
+    gmail_sandbox.create_mailbox(ALICE)
+    gmail_sandbox.admin.set_topic(TOPIC, push_endpoint=push_receiver.url, publish_granted=False)
+    with pytest.raises(HttpError) as refused:
+        gmail_sandbox.gmail(ALICE).users().watch(userId="me", body={"topicName": TOPIC}).execute()
+    assert refused.value.resp.status == 403 and refused.value.error_details[0]["reason"] == "forbidden"
