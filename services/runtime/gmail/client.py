@@ -342,11 +342,12 @@ class GmailClient:
     async def _run_get_batch(
         self, message_ids: list[str], format: str, metadata_headers: Sequence[str] | None
     ) -> dict[str, dict[str, Any] | GmailError]:
-        """One batch request; a failure of the whole batch becomes the outcome of each of its items."""
+        """One batch request; a failure of the whole batch becomes the outcome of each of its items. A rejected
+        access token is fetched again once, as for single calls."""
         token = await self._access_token()
         now = self._timing.clock.now()
 
-        def execute() -> dict[str, Any]:
+        def execute(current: str) -> dict[str, Any]:
             answers: dict[str, Any] = {}
 
             def collect(request_id: str, response: Any, exception: Exception | None) -> None:
@@ -357,16 +358,25 @@ class GmailClient:
             for message_id in message_ids:
                 params = self._get_params(message_id, format, metadata_headers)
                 batch.add(users.messages().get(**params), request_id=message_id)
-            batch.execute(http=self._api.authorized_http(token))
+            batch.execute(http=self._api.authorized_http(current))
             return answers
 
-        try:
-            answers = await self._api.run(execute)
-        except Exception as exc:
-            error = classify(exc, now=now)
-            if not isinstance(error, RetryableGmailError):
-                raise _chained(error, exc) from None
-            return dict.fromkeys(message_ids, error)
+        token_refetched = False
+        while True:
+            try:
+                answers = await self._api.run(functools.partial(execute, token))
+                break
+            except Exception as exc:
+                error = classify(exc, now=now)
+                if isinstance(error, AccessTokenRejected) and not token_refetched:
+                    token_refetched = True
+                    fresh = await self._access_token()
+                    if fresh != token:
+                        token = fresh
+                        continue
+                if not isinstance(error, RetryableGmailError):
+                    raise _chained(error, exc) from None
+                return dict.fromkeys(message_ids, error)
         outcomes: dict[str, dict[str, Any] | GmailError] = {}
         for message_id in message_ids:
             answer = answers.get(message_id)

@@ -255,6 +255,12 @@ async def test_a_rejected_access_token_is_fetched_again_once(
     client = GmailClient(api, source, timing=RetryTiming(sleep=sleeps))
     assert (await client.get_profile()).email_address == ALICE
     assert handed_out == ["ya29.stale", good]
+    kept = world.admin.deliver(ALICE, sender="carol@outside.example", to=ALICE, subject="k", body="x")["id"]
+    handed_out.clear()
+    batch = await GmailClient(api, source, timing=RetryTiming(sleep=sleeps)).get_messages(
+        [kept], format="minimal"
+    )
+    assert set(batch.messages) == {kept} and handed_out == ["ya29.stale", good]
     stuck = GmailClient(api, fixed_access_token("ya29.stale"), timing=RetryTiming(sleep=sleeps))
     with pytest.raises(AccessTokenRejected):
         await stuck.get_profile()
