@@ -209,29 +209,32 @@ class Consumer:
                 "messaging.nats.num_delivered": delivery.num_delivered,
             },
         ) as span:
+            outcome: Exception | None = None
             keep_alive = asyncio.create_task(self._keep_alive(message))
             try:
                 await self._handler(delivery)
-            except RetryLater as wait:
-                keep_alive.cancel()
-                span.set_attribute("messaging.nats.retry_later", wait.delay)
-                await self._on_wait(message, delivery, wait)
-                return
             except Exception as exc:
-                keep_alive.cancel()
-                span.record_exception(exc)
-                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-                await self._on_failure(message, delivery, exc)
-                return
+                outcome = exc
             finally:
                 keep_alive.cancel()
-            fault_point(CONSUMER_AFTER_HANDLER)
-            self._failures.pop(delivery.stream_sequence, None)
-            try:
-                await message.ack_sync(timeout=self._ack_timeout)
-            except Exception as exc:
-                # The effect is committed and idempotent: the redelivery this causes is skipped by the handler.
-                log.warning("ack of %s seq %s failed: %s", delivery.subject, delivery.stream_sequence, exc)
+            if isinstance(outcome, RetryLater):
+                span.set_attribute("messaging.nats.retry_later", outcome.delay)
+                await self._on_wait(message, delivery, outcome)
+            elif outcome is not None:
+                span.record_exception(outcome)
+                span.set_status(Status(StatusCode.ERROR, type(outcome).__name__))
+                await self._on_failure(message, delivery, outcome)
+            else:
+                fault_point(CONSUMER_AFTER_HANDLER)
+                await self._ack(message, delivery)
+
+    async def _ack(self, message: Msg, delivery: Delivery) -> None:
+        self._failures.pop(delivery.stream_sequence, None)
+        try:
+            await message.ack_sync(timeout=self._ack_timeout)
+        except Exception as exc:
+            # The effect is committed and idempotent: the redelivery this causes is skipped by the handler.
+            log.warning("ack of %s seq %s failed: %s", delivery.subject, delivery.stream_sequence, exc)
 
     def _delivery(self, message: Msg) -> Delivery:
         metadata = message.metadata
