@@ -10,6 +10,9 @@ instead of both publishing everything. On SQLite it reads, publishes and then ma
 because holding SQLite's single write lock while waiting on NATS would stall the whole service during a NATS outage.
 With several relays, events are published in order per relay, not globally: consumers rely on unique keys, not on
 arrival order.
+
+The relay's periodic housekeeping also forgets idempotency claims (`processed_messages`) older than
+`claim_retention`, far beyond the time in which JetStream redelivers an acknowledged message.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from sqlalchemy.orm import Session
 from services.runtime.clock import Clock, SystemClock
 from services.runtime.db import Database
 from services.runtime.faults import OUTBOX_AFTER_COMMIT, OUTBOX_AFTER_PUBLISH, fault_point
+from services.runtime.inbox import prune_processed
 from services.runtime.jetstream import publish_payload, trace_carrier
 from services.runtime.messaging_tables import outbox_table
 
@@ -115,6 +119,7 @@ class OutboxRelay:
         poll_interval: float = 1.0,
         retention: dt.timedelta = dt.timedelta(days=1),
         prune_interval: dt.timedelta = dt.timedelta(minutes=10),
+        claim_retention: dt.timedelta = dt.timedelta(days=14),
         tracer_provider: TracerProvider | None = None,
     ) -> None:
         self._db = db
@@ -124,6 +129,7 @@ class OutboxRelay:
         self._poll_interval = poll_interval
         self._retention = retention
         self._prune_interval = prune_interval
+        self._claim_retention = claim_retention
         self._tracer_provider = tracer_provider
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
@@ -226,7 +232,14 @@ class OutboxRelay:
         if self._next_prune is not None and now < self._next_prune:
             return
         self._next_prune = now + self._prune_interval
+        await self.housekeep()
+
+    async def housekeep(self) -> None:
+        """Deletes published events past `retention` and idempotency claims past `claim_retention`."""
+        now = self._clock.now()
         await prune_published(self._db, older_than=now - self._retention)
+        async with self._db.write() as session:
+            await prune_processed(session, older_than=now - self._claim_retention)
 
 
 async def prune_published(db: Database, *, older_than: dt.datetime) -> int:
