@@ -103,3 +103,7 @@ class GmailApi:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+    async def aclose(self) -> None:
+        """`close` from async code: waits for running calls off the event loop."""
+        await asyncio.to_thread(self.close)

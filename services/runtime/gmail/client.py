@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from googleapiclient.http import BatchHttpRequest, MediaIoBaseUpload
+from opentelemetry import metrics, trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from services.runtime.gmail.api import GmailApi
 from services.runtime.gmail.errors import (
@@ -24,6 +26,7 @@ from services.runtime.gmail.errors import (
     SendOutcomeUnknown,
     classify,
 )
+from services.runtime.gmail.quota import quota_units
 from services.runtime.gmail.retry import RetryPolicy, RetryTiming
 
 AccessTokenSource = Callable[[], Awaitable[str]]
@@ -31,6 +34,11 @@ AccessTokenSource = Callable[[], Awaitable[str]]
 MAX_SEND_BYTES = 36_700_160
 _HISTORY_PAGE = 500
 _LIST_PAGE = 500
+_QUOTA_UNITS = metrics.get_meter("mailsync.gmail").create_counter(
+    "gmail.quota_units",
+    unit="{unit}",
+    description="Gmail quota units spent by requests sent (legacy cost table)",
+)
 
 
 def fixed_access_token(token: str) -> AccessTokenSource:
@@ -90,7 +98,9 @@ class GmailClient:
         user_id: str = "me",
         policy: RetryPolicy | None = None,
         timing: RetryTiming | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
     ) -> None:
+        self._tracer = trace.get_tracer("mailsync.gmail", tracer_provider=tracer_provider)
         self._api = api
         self._access_token = access_token
         self._user_id = user_id
@@ -98,7 +108,7 @@ class GmailClient:
         self._timing = timing or RetryTiming()
 
     async def get_profile(self) -> Profile:
-        body = await self._call(lambda users: users.getProfile(userId=self._user_id))
+        body = await self._call("users.getProfile", lambda users: users.getProfile(userId=self._user_id))
         return Profile(
             email_address=body["emailAddress"],
             history_id=str(body["historyId"]),
@@ -131,7 +141,7 @@ class GmailClient:
             if page_token:
                 params["pageToken"] = page_token
             try:
-                body = await self._call(functools.partial(_list_history, params=params))
+                body = await self._call("users.history.list", functools.partial(_list_history, params=params))
             except GmailNotFound as exc:
                 raise HistoryExpired(
                     f"Gmail no longer has history from id {start_history_id}: resync the mailbox",
@@ -163,7 +173,7 @@ class GmailClient:
                 params["labelIds"] = list(label_ids)
             if page_token:
                 params["pageToken"] = page_token
-            body = await self._call(functools.partial(_list_messages, params=params))
+            body = await self._call("users.messages.list", functools.partial(_list_messages, params=params))
             found.extend(body.get("messages", []))
             page_token = body.get("nextPageToken")
             if not page_token:
@@ -179,7 +189,9 @@ class GmailClient:
         self, message_id: str, *, format: str = "full", metadata_headers: Sequence[str] | None = None
     ) -> dict[str, Any]:
         params = self._get_params(message_id, format, metadata_headers)
-        result: dict[str, Any] = await self._call(lambda users: users.messages().get(**params))
+        result: dict[str, Any] = await self._call(
+            "users.messages.get", lambda users: users.messages().get(**params)
+        )
         return result
 
     async def get_messages_raw(self, message_ids: Iterable[str]) -> MessageBatch:
@@ -204,7 +216,16 @@ class GmailClient:
             last_errors: dict[str, RetryableGmailError] = {}
             for start in range(0, len(pending), size):
                 chunk = pending[start : start + size]
-                outcomes = await self._run_get_batch(chunk, format, metadata_headers)
+                with self._tracer.start_as_current_span(
+                    "Gmail batch users.messages.get", kind=SpanKind.CLIENT
+                ) as span:
+                    span.set_attribute("gmail.method", "users.messages.get")
+                    span.set_attribute("gmail.batch_size", len(chunk))
+                    span.set_attribute("gmail.retry_round", retry_round)
+                    _QUOTA_UNITS.add(
+                        quota_units("users.messages.get") * len(chunk), {"gmail.method": "users.messages.get"}
+                    )
+                    outcomes = await self._run_get_batch(chunk, format, metadata_headers)
                 for message_id, outcome in outcomes.items():
                     if isinstance(outcome, RetryableGmailError):
                         again.append(message_id)
@@ -229,11 +250,12 @@ class GmailClient:
 
     async def get_attachment(self, message_id: str, attachment_id: str) -> bytes:
         body = await self._call(
+            "users.messages.attachments.get",
             lambda users: (
                 users.messages()
                 .attachments()
                 .get(userId=self._user_id, messageId=message_id, id=attachment_id)
-            )
+            ),
         )
         return decode_base64url(body.get("data", ""))
 
@@ -246,7 +268,8 @@ class GmailClient:
     ) -> dict[str, Any]:
         body = {"addLabelIds": list(add_label_ids), "removeLabelIds": list(remove_label_ids)}
         result: dict[str, Any] = await self._call(
-            lambda users: users.messages().modify(userId=self._user_id, id=message_id, body=body)
+            "users.messages.modify",
+            lambda users: users.messages().modify(userId=self._user_id, id=message_id, body=body),
         )
         return result
 
@@ -271,7 +294,7 @@ class GmailClient:
                 return users.messages().send(userId=self._user_id, body=body)
 
         try:
-            result: dict[str, Any] = await self._call(request, retry=False)
+            result: dict[str, Any] = await self._call("users.messages.send", request, retry=False)
         except RetryableGmailError as exc:
             if exc.status is not None and exc.status < 500:
                 # 429 and rate-limit 403 are refusals before acceptance: the caller may send again later.
@@ -294,12 +317,12 @@ class GmailClient:
         if label_ids:
             body["labelIds"] = list(label_ids)
             body["labelFilterBehavior"] = label_filter_behavior
-        answer = await self._call(lambda users: users.watch(userId=self._user_id, body=body))
+        answer = await self._call("users.watch", lambda users: users.watch(userId=self._user_id, body=body))
         expiration = dt.datetime.fromtimestamp(int(answer["expiration"]) / 1000, tz=dt.UTC)
         return WatchStarted(history_id=str(answer["historyId"]), expiration=expiration)
 
     async def stop(self) -> None:
-        await self._call(lambda users: users.stop(userId=self._user_id))
+        await self._call("users.stop", lambda users: users.stop(userId=self._user_id))
 
     def _get_params(
         self, message_id: str, format: str, metadata_headers: Sequence[str] | None
@@ -309,9 +332,21 @@ class GmailClient:
             params["metadataHeaders"] = list(metadata_headers)
         return params
 
-    async def _call(self, build: Callable[[Any], Any], *, retry: bool = True) -> Any:
-        """Runs one request on the pool; retries transient failures when `retry`, and a rejected access token
-        once with a newly fetched one."""
+    async def _call(self, method: str, build: Callable[[Any], Any], *, retry: bool = True) -> Any:
+        """Runs one request (`method` as in the discovery document) on the pool, in a CLIENT span."""
+        with self._tracer.start_as_current_span(f"Gmail {method}", kind=SpanKind.CLIENT) as span:
+            span.set_attribute("gmail.method", method)
+            try:
+                return await self._call_with_retries(method, build, retry=retry, span=span)
+            except GmailError as error:
+                span.set_attribute("gmail.error", type(error).__name__)
+                span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+                raise
+
+    async def _call_with_retries(
+        self, method: str, build: Callable[[Any], Any], *, retry: bool, span: Span
+    ) -> Any:
+        """Retries transient failures when `retry`, and a rejected access token once with a newly fetched one."""
         token = await self._access_token()
         token_refetched = False
         attempt = 0
@@ -320,6 +355,8 @@ class GmailClient:
             def execute(current: str = token) -> Any:
                 return build(self._api.resource.users()).execute(http=self._api.authorized_http(current))
 
+            span.set_attribute("gmail.attempts", attempt + 1)
+            _QUOTA_UNITS.add(quota_units(method), {"gmail.method": method})
             try:
                 return await self._api.run(execute)
             except Exception as exc:

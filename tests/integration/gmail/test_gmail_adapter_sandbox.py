@@ -11,6 +11,10 @@ from collections.abc import AsyncIterator, Iterator
 from email.message import EmailMessage
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 
 from sandbox.grants import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 from services.runtime.clock import SystemClock
@@ -116,6 +120,28 @@ async def test_injected_429_and_500_are_retried_with_backoff(
     assert injected(world, "rateLimitExceeded") == 1 and injected(world, "backendError") == 1
     assert len(sleeps.delays) == 2
     assert 1.0 <= sleeps.delays[0] <= 1.5 and 2.0 <= sleeps.delays[1] <= 3.0
+
+
+async def test_each_call_is_a_client_span_with_its_attempts(
+    api: GmailApi, world: GmailSandbox, sleeps: RecordedSleeps
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    token = world.tokens(ALICE, [GMAIL_MODIFY])["access_token"]
+    client = GmailClient(
+        api, fixed_access_token(token), timing=RetryTiming(sleep=sleeps), tracer_provider=provider
+    )
+    world.admin.set_faults("gmail.users.getProfile", next_errors=["backendError"])
+    await client.get_profile()
+    with pytest.raises(HistoryExpired):
+        world.admin.expire_history(ALICE, 10**9)
+        await client.list_history("1")
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    assert spans["Gmail users.getProfile"].attributes["gmail.attempts"] == 2
+    assert spans["Gmail users.getProfile"].kind is SpanKind.CLIENT
+    assert spans["Gmail users.history.list"].attributes["gmail.error"] == "GmailNotFound"
+    assert not spans["Gmail users.history.list"].status.is_ok
 
 
 async def test_retries_are_bounded(api: GmailApi, world: GmailSandbox, sleeps: RecordedSleeps) -> None:
