@@ -1,0 +1,373 @@
+"""MIME normalization: raw RFC 5322 bytes to a `NormalizedMail`, never raising, whatever the input.
+
+The raw bytes first go through `bound_raw_message` (size, header, depth and part caps), then the stdlib
+parser with `policy.default`; anything that still fails is recorded in `defects` and the message is
+published with whatever could be read.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import html
+import re
+from dataclasses import dataclass, field
+from email import policy
+from email.message import Message
+from email.parser import BytesHeaderParser, BytesParser
+
+from services.ingest.domain.automail import is_auto_submitted, is_list_mail
+from services.ingest.domain.message import (
+    Attachment,
+    Direction,
+    MailboxCopy,
+    MessageSource,
+    NormalizedMail,
+    Participant,
+    ParticipantRole,
+)
+from services.ingest.domain.mime_bounds import bound_raw_message
+from services.ingest.domain.mime_headers import (
+    clean_header_text,
+    clean_text,
+    decoded_addresses,
+    decoded_text,
+    header_date,
+    message_ids,
+)
+from services.ingest.domain.mime_limits import MimeLimits
+
+DEFAULT_LIMITS = MimeLimits()
+SENT_LABEL = "SENT"
+
+_ROLE_FIELDS = (
+    (ParticipantRole.FROM, "from"),
+    (ParticipantRole.SENDER, "sender"),
+    (ParticipantRole.REPLY_TO, "reply-to"),
+    (ParticipantRole.TO, "to"),
+    (ParticipantRole.CC, "cc"),
+    (ParticipantRole.BCC, "bcc"),
+    (ParticipantRole.DELIVERED_TO, "delivered-to"),
+)
+_FORWARD_SUBJECT = re.compile(r"^\s*(?:(?:re|aw|sv)\s*:\s*)*(?:fwd?|fw|wg|tr)\s*:", re.IGNORECASE)
+# Patterns run on hostile text, so none may backtrack super-linearly (a run of dashes is tried once).
+_FORWARD_MARKER = re.compile(
+    r"(?<!-)-{5,}[ \t]*Forwarded message[ \t]*-{5}|^Begin forwarded message:", re.MULTILINE
+)
+_HTML_INVISIBLE_START = re.compile(r"<(script|style|head)\b", re.IGNORECASE)
+_HTML_TAG = re.compile(r"<[^<>]*>")
+_WHITESPACE = re.compile(r"\s+")
+_MARKER_SCAN_CHARS = 64 * 1024
+# Serializes an embedded message with its header lines as received: refolding hostile headers is slow.
+_VERBATIM = policy.default.clone(refold_source="none")
+_SNIPPET_SOURCE_CHARS = 16 * 1024
+
+
+@dataclass
+class _Content:
+    """What the walk over the MIME tree collects."""
+
+    limits: MimeLimits
+    defects: list[str]
+    text_parts: list[str] = field(default_factory=list)
+    html_parts: list[str] = field(default_factory=list)
+    attachments: list[Attachment] = field(default_factory=list)
+    forwarded_part: bool = False
+    body_cut: bool = False
+    parts_seen: int = 0
+
+
+def normalize_message(
+    raw: bytes,
+    *,
+    copy: MailboxCopy | None = None,
+    source: MessageSource = MessageSource.GMAIL_SYNC,
+    limits: MimeLimits = DEFAULT_LIMITS,
+) -> NormalizedMail:
+    """Normalize one raw message. Never raises: what cannot be read is listed in the result's `defects`."""
+    copy = copy or MailboxCopy()
+    defects: list[str] = []
+    bounded = bound_raw_message(raw, limits)
+    defects.extend(bounded.defects)
+    message = _parse(bounded.data, defects)
+    content = _Content(limits=limits, defects=defects)
+    if message is not None:
+        try:
+            _walk(message, "", 0, content, in_related=False)
+        except RecursionError:
+            defects.append("limit:depth:recursion")
+        except Exception as error:
+            defects.append(f"parse_failed:body:{type(error).__name__}")
+    return _assemble(raw, message, content, copy, source, limits, defects)
+
+
+def _parse(data: bytes, defects: list[str]) -> Message | None:
+    try:
+        return BytesParser(policy=policy.default).parsebytes(data)
+    except RecursionError:
+        defects.append("limit:depth:recursion")
+    except Exception as error:
+        defects.append(f"parse_failed:{type(error).__name__}")
+    try:
+        return BytesHeaderParser(policy=policy.default).parsebytes(data)
+    except Exception as error:
+        defects.append(f"parse_failed:headers:{type(error).__name__}")
+        return None
+
+
+def _assemble(
+    raw: bytes,
+    message: Message | None,
+    content: _Content,
+    copy: MailboxCopy,
+    source: MessageSource,
+    limits: MimeLimits,
+    defects: list[str],
+) -> NormalizedMail:
+    subject = ""
+    participants: tuple[Participant, ...] = ()
+    rfc_message_id = ""
+    in_reply_to: tuple[str, ...] = ()
+    references: tuple[str, ...] = ()
+    date = None
+    auto_submitted = list_mail = False
+    if message is not None:
+        try:
+            subject = decoded_text(message, "subject", defects)
+            participants = _participants(message, limits, defects)
+            ids = message_ids(message, "message-id")
+            rfc_message_id = ids[0] if ids else ""
+            in_reply_to = _capped_ids(message_ids(message, "in-reply-to"), limits, defects)
+            references = _capped_ids(message_ids(message, "references"), limits, defects)
+            date = header_date(message, defects)
+            senders = [p.email for p in participants if p.role is ParticipantRole.FROM]
+            auto_submitted = is_auto_submitted(message, senders[0] if senders else "")
+            list_mail = is_list_mail(message)
+        except RecursionError:
+            defects.append("limit:depth:recursion")
+        except Exception as error:
+            defects.append(f"parse_failed:headers:{type(error).__name__}")
+    text_body, text_cut = _capped("\n".join(content.text_parts), limits.max_body_chars)
+    html_body, html_cut = _capped("\n".join(content.html_parts), limits.max_body_chars)
+    forwarded = (
+        content.forwarded_part
+        or bool(_FORWARD_SUBJECT.match(subject))
+        or bool(_FORWARD_MARKER.search(text_body[:_MARKER_SCAN_CHARS]))
+    )
+    outbound = SENT_LABEL in copy.label_ids or source is not MessageSource.GMAIL_SYNC
+    return NormalizedMail(
+        copy=copy,
+        source=source,
+        direction=Direction.OUTBOUND if outbound else Direction.INBOUND,
+        rfc_message_id=rfc_message_id,
+        in_reply_to=in_reply_to,
+        references=references,
+        subject=subject,
+        participants=participants,
+        text_body=text_body,
+        html_body=html_body,
+        body_truncated=text_cut or html_cut or content.body_cut,
+        attachments=tuple(content.attachments),
+        header_date=date,
+        auto_submitted=auto_submitted,
+        list_mail=list_mail,
+        forwarded=forwarded,
+        size_bytes=len(raw),
+        snippet=_snippet(text_body, html_body, limits.snippet_chars),
+        defects=_capped_defects(defects, limits),
+    )
+
+
+def _participants(message: Message, limits: MimeLimits, defects: list[str]) -> tuple[Participant, ...]:
+    participants: list[Participant] = []
+    for role, name in _ROLE_FIELDS:
+        seen: set[str] = set()
+        for email_address, display_name in decoded_addresses(message, name, defects):
+            if email_address in seen:
+                continue
+            if len(participants) >= limits.max_participants:
+                defects.append("limit:participants")
+                return tuple(participants)
+            seen.add(email_address)
+            participants.append(Participant(email_address, display_name, role, len(seen) - 1))
+    return tuple(participants)
+
+
+def _capped_ids(ids: list[str], limits: MimeLimits, defects: list[str]) -> tuple[str, ...]:
+    """Keep the thread root (first) and the nearest ancestors (last) when a chain is too long."""
+    if len(ids) <= limits.max_message_ids:
+        return tuple(ids)
+    defects.append("limit:message_ids")
+    return (ids[0], *ids[len(ids) - limits.max_message_ids + 1 :])
+
+
+def _capped(text: str, limit: int) -> tuple[str, bool]:
+    return (text, False) if len(text) <= limit else (text[:limit], True)
+
+
+def _capped_defects(defects: list[str], limits: MimeLimits) -> tuple[str, ...]:
+    unique = list(dict.fromkeys(defects))
+    if len(unique) > limits.max_defects:
+        unique = [*unique[: limits.max_defects - 1], "limit:defects"]
+    return tuple(unique)
+
+
+def _snippet(text_body: str, html_body: str, length: int) -> str:
+    source = text_body[:_SNIPPET_SOURCE_CHARS]
+    if not source.strip() and html_body:
+        source = html.unescape(_HTML_TAG.sub(" ", _visible_html(html_body[:_SNIPPET_SOURCE_CHARS])))
+    return _WHITESPACE.sub(" ", source).strip()[:length]
+
+
+def _visible_html(markup: str) -> str:
+    """`markup` without script, style and head elements (an unclosed one hides the rest)."""
+    lowered = markup.lower()
+    kept: list[str] = []
+    position = 0
+    while (opening := _HTML_INVISIBLE_START.search(markup, position)) is not None:
+        kept.append(markup[position : opening.start()])
+        closing = lowered.find(f"</{opening.group(1).lower()}", opening.end())
+        if closing < 0:
+            return " ".join(kept)
+        position = lowered.find(">", closing)
+        position = len(markup) if position < 0 else position + 1
+    kept.append(markup[position:])
+    return " ".join(kept)
+
+
+def _content_type(part: Message) -> str:
+    try:
+        return part.get_content_type()
+    except Exception:
+        return "application/octet-stream"
+
+
+def _walk(part: Message, path: str, depth: int, content: _Content, *, in_related: bool) -> None:
+    content.parts_seen += 1
+    if content.parts_seen > content.limits.max_parts:
+        content.defects.append("limit:parts")
+        return
+    if depth > content.limits.max_depth:
+        content.defects.append("limit:depth")
+        return
+    try:
+        _read_part(part, path, depth, content, in_related=in_related)
+    finally:
+        # Decoding adds defects (bad base64, for example), so they are collected after the part was read.
+        content.defects.extend(f"mime:{type(defect).__name__}" for defect in part.defects)
+
+
+def _read_part(part: Message, path: str, depth: int, content: _Content, *, in_related: bool) -> None:
+    content_type = _content_type(part)
+    if part.is_multipart() and content_type.startswith("multipart/"):
+        for index, child in enumerate(part.get_payload(), start=1):
+            child_path = f"{path}.{index}" if path else str(index)
+            _walk(child, child_path, depth + 1, content, in_related=content_type == "multipart/related")
+        return
+    leaf_path = path or "1"
+    if content_type == "message/rfc822" or part.is_multipart():
+        content.forwarded_part = True
+        content.attachments.append(_describe(part, leaf_path, content_type, in_related, content.defects))
+        return
+    disposition, filename = _disposition(part, content.defects)
+    if content_type in ("text/plain", "text/html") and disposition != "attachment" and not filename:
+        text, cut = decoded_text_payload(part, content.defects, max_chars=content.limits.max_body_chars)
+        content.body_cut = content.body_cut or cut
+        (content.text_parts if content_type == "text/plain" else content.html_parts).append(text)
+        return
+    content.attachments.append(_describe(part, leaf_path, content_type, in_related, content.defects))
+
+
+def _disposition(part: Message, defects: list[str]) -> tuple[str | None, str]:
+    try:
+        disposition = part.get_content_disposition()
+    except Exception:
+        defects.append("header_unparseable:content-disposition")
+        disposition = None
+    try:
+        filename = clean_header_text(part.get_filename() or "")
+    except Exception:
+        defects.append("header_unparseable:filename")
+        filename = ""
+    return disposition, filename
+
+
+def _describe(
+    part: Message, path: str, content_type: str, in_related: bool, defects: list[str]
+) -> Attachment:
+    disposition, filename = _disposition(part, defects)
+    payload = part_content(part, defects)
+    content_id = ""
+    try:
+        content_id = clean_header_text(str(part.get("content-id", ""))).strip("<>")
+    except Exception:
+        defects.append("header_unparseable:content-id")
+    if not filename and content_type == "message/rfc822":
+        filename = "forwarded-message.eml"
+    inline = disposition == "inline" or (disposition is None and bool(content_id) and in_related)
+    return Attachment(
+        part_path=path,
+        filename=filename,
+        content_type=content_type,
+        size_bytes=len(payload),
+        content_id=content_id,
+        inline=inline,
+        sha256=hashlib.sha256(payload).hexdigest(),
+    )
+
+
+def part_content(part: Message, defects: list[str]) -> bytes:
+    """The decoded bytes of a leaf part, or the serialized message of a message/rfc822 part."""
+    try:
+        if part.is_multipart():
+            inner = part.get_payload(0)
+            return inner.as_bytes(policy=_VERBATIM) if isinstance(inner, Message) else b""
+        payload = part.get_payload(decode=True)
+    except Exception as error:
+        defects.append(f"payload_unreadable:{type(error).__name__}")
+        return b""
+    return payload if isinstance(payload, bytes) else b""
+
+
+def decoded_text_payload(part: Message, defects: list[str], *, max_chars: int) -> tuple[str, bool]:
+    """A text part's content as str (declared charset, else UTF-8; undecodable bytes become U+FFFD),
+    cut to at most about `max_chars`, and whether it was cut."""
+    payload = part_content(part, defects)
+    # No charset needs more than 4 bytes per character for the characters we keep.
+    cut = len(payload) > 4 * max_chars + 4
+    if cut:
+        payload = payload[: 4 * max_chars + 4]
+    try:
+        charset = part.get_content_charset() or "utf-8"
+    except Exception:
+        charset = "utf-8"
+    try:
+        codecs.lookup(charset)
+        text = payload.decode(charset, "replace")
+    except Exception:  # unknown or non-text codecs (LookupError), and codec bugs on hostile input
+        defects.append(f"charset_unknown:{clean_header_text(charset)[:40]}")
+        text = payload.decode("utf-8", "replace")
+    return clean_text(text), cut
+
+
+def attachment_content(raw: bytes, part_path: str, limits: MimeLimits = DEFAULT_LIMITS) -> bytes | None:
+    """The decoded bytes of the attachment at `part_path` (as `Attachment.part_path`), None if there is none."""
+    defects: list[str] = []
+    message = _parse(bound_raw_message(raw, limits).data, defects)
+    if message is None:
+        return None
+    part: Message = message
+    try:
+        steps = [int(step) for step in part_path.split(".")]
+    except ValueError:
+        return None
+    if steps == [1] and not _content_type(message).startswith("multipart/"):
+        return part_content(message, defects)
+    for step in steps:
+        if not (part.is_multipart() and _content_type(part).startswith("multipart/")):
+            return None
+        children = part.get_payload()
+        if not 1 <= step <= len(children):
+            return None
+        part = children[step - 1]
+    return part_content(part, defects)

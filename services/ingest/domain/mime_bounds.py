@@ -1,0 +1,260 @@
+"""A linear pre-pass over raw message bytes that trims what would make the stdlib parser stall or recurse.
+
+It follows the MIME structure the way `email.feedparser` will (header blocks, boundary lines, embedded
+message/rfc822), truncates oversized header fields, drops fields beyond the per-block caps, and cuts the
+message off where it would exceed the depth or part limits, so the parser only ever sees a bounded input.
+Every change is reported as a defect code.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from services.ingest.domain.mime_limits import MimeLimits
+
+# The same test email.feedparser applies to decide whether a line still belongs to a header block.
+_HEADER_LINE = re.compile(rb"From |[\x21-\x39\x3b-\x7e]*:|[\t ]")
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+_DASH_LINE_START = re.compile(rb"(?<=[\r\n])--")
+_MULTIPART = re.compile(rb"content-type:\s*multipart/", re.IGNORECASE)
+_EMBEDDED_MESSAGE = re.compile(rb"content-type:\s*message/rfc822", re.IGNORECASE)
+_BOUNDARY_PARAM = re.compile(rb"""[;\s]boundary\s*=\s*(?:"([^"\r\n]*)"|([^\s;"]+))""", re.IGNORECASE)
+_FOLD = re.compile(rb"\r\n|\r|\n")
+_ENCODED_WORD_START = b"=?"
+_MIME_FIELD = re.compile(rb"content-", re.IGNORECASE)
+_ADDRESS_FIELD = re.compile(
+    rb"(?:resent-)?(?:from|sender|reply-to|to|cc|bcc|delivered-to)\s*:", re.IGNORECASE
+)
+
+
+@dataclass(frozen=True)
+class BoundedSource:
+    """The bytes to hand to the parser and the defect codes of everything that was trimmed."""
+
+    data: bytes
+    defects: tuple[str, ...]
+
+
+@dataclass
+class _OpenMultipart:
+    delimiter: bytes
+    depth: int
+
+
+@dataclass
+class _BlockShape:
+    """What a header block announced about the body that follows it."""
+
+    boundary: bytes | None = None
+    embedded_message: bool = False
+    boundary_field_start: int = 0
+
+
+@dataclass
+class _Scan:
+    raw: bytes
+    limits: MimeLimits
+    chunks: list[bytes] = field(default_factory=list)
+    copied_until: int = 0
+    cut_at: int | None = None
+    defects: list[str] = field(default_factory=list)
+    encoded_words: int = 0
+    parts: int = 0
+    open_multiparts: list[_OpenMultipart] = field(default_factory=list)
+
+    def defect(self, code: str) -> None:
+        if code not in self.defects:
+            self.defects.append(code)
+
+    def replace(self, start: int, end: int, replacement: bytes) -> None:
+        self.chunks.append(self.raw[self.copied_until : start])
+        self.chunks.append(replacement)
+        self.copied_until = end
+
+    def cut(self, at: int, code: str) -> None:
+        self.cut_at = at
+        self.defect(code)
+
+    def result(self) -> BoundedSource:
+        end = len(self.raw) if self.cut_at is None else self.cut_at
+        if not self.chunks:
+            data = self.raw if end == len(self.raw) else self.raw[:end]
+        else:
+            data = b"".join([*self.chunks, self.raw[self.copied_until : end]])
+        return BoundedSource(data=data, defects=tuple(self.defects))
+
+
+def bound_raw_message(raw: bytes, limits: MimeLimits) -> BoundedSource:
+    """Return a copy of `raw` that respects `limits`, in one pass linear in its size."""
+    scan = _Scan(raw=raw, limits=limits)
+    if len(raw) > limits.max_message_bytes:
+        scan.raw = raw = raw[: limits.max_message_bytes]
+        scan.defect("limit:message_bytes")
+    position = 0
+    depth = 0
+    while position < len(raw) and scan.cut_at is None:
+        body_start, shape = _scan_header_block(scan, position)
+        if scan.cut_at is not None:
+            break
+        if shape.embedded_message:
+            depth += 1
+            if depth > limits.max_depth:
+                scan.cut(body_start, "limit:depth")
+                break
+            position = body_start
+            continue
+        if shape.boundary is not None:
+            if depth + 1 > limits.max_depth:
+                scan.cut(shape.boundary_field_start, "limit:depth")
+                break
+            scan.open_multiparts.append(_OpenMultipart(b"--" + shape.boundary, depth + 1))
+        next_part = _find_next_part(scan, body_start)
+        if next_part is None:
+            break
+        position, depth = next_part
+    return scan.result()
+
+
+def _line_end(raw: bytes, start: int) -> int:
+    match = _LINE_END.search(raw, start)
+    return len(raw) if match is None else match.end()
+
+
+def _is_blank(line: bytes) -> bool:
+    return line in (b"\r\n", b"\n", b"\r")
+
+
+def _boundary_index(scan: _Scan, line: bytes) -> tuple[int, bool] | None:
+    """Which open multipart `line` delimits (innermost first), and whether it is the closing delimiter."""
+    stripped = line.rstrip(b"\r\n").rstrip(b" \t")
+    for index in range(len(scan.open_multiparts) - 1, -1, -1):
+        delimiter = scan.open_multiparts[index].delimiter
+        if stripped == delimiter:
+            return index, False
+        if stripped == delimiter + b"--":
+            return index, True
+    return None
+
+
+def _scan_header_block(scan: _Scan, start: int) -> tuple[int, _BlockShape]:
+    """Walk one header block from `start`; return where its body starts and what the body is."""
+    raw, limits = scan.raw, scan.limits
+    shape = _BlockShape()
+    block_bytes = 0
+    field_count = 0
+    position = start
+    while position < len(raw):
+        line_end = _line_end(raw, position)
+        line = raw[position:line_end]
+        if _is_blank(line):
+            return line_end, shape
+        if line[:1] in (b" ", b"\t") or not _HEADER_LINE.match(line):
+            # A stray continuation or a non-header line starts the body, as in email.feedparser.
+            if line[:1] not in (b" ", b"\t"):
+                return position, shape
+        if line.startswith(b"--") and _boundary_index(scan, line) is not None:
+            return position, shape
+        field_end = line_end
+        while field_end < len(raw) and raw[field_end : field_end + 1] in (b" ", b"\t"):
+            field_end = _line_end(raw, field_end)
+        field_count += 1
+        field_bytes = raw[position:field_end]
+        kept = _bounded_field(scan, field_bytes) if field_count <= limits.max_header_count else b""
+        if field_count > limits.max_header_count:
+            scan.defect("limit:header_count")
+        elif block_bytes + len(kept) > limits.max_header_block_bytes:
+            scan.defect("limit:header_block_bytes")
+            kept = b""
+        if kept is not field_bytes:
+            scan.replace(position, field_end, kept)
+        block_bytes += len(kept)
+        _note_shape(shape, kept, position)
+        position = field_end
+    return position, shape
+
+
+def _bounded_field(scan: _Scan, field_bytes: bytes) -> bytes:
+    limits = scan.limits
+    kept = field_bytes
+    size_limit = limits.max_header_bytes
+    if _MIME_FIELD.match(kept):
+        size_limit = limits.max_mime_header_bytes
+    elif _ADDRESS_FIELD.match(kept):
+        size_limit = limits.max_address_header_bytes
+    if len(kept) > size_limit:
+        scan.defect("limit:header_bytes")
+        kept = kept[:size_limit]
+    if _ADDRESS_FIELD.match(kept):
+        kept = _bounded_address_list(scan, kept)
+    word_count = kept.count(_ENCODED_WORD_START)
+    allowed = min(limits.max_encoded_words_per_header, limits.max_encoded_words_total - scan.encoded_words)
+    if word_count > allowed:
+        scan.defect("limit:encoded_words")
+        cut = -1
+        for _ in range(max(allowed, 0) + 1):
+            cut = kept.find(_ENCODED_WORD_START, cut + 1)
+        kept = kept[:cut]
+        word_count = max(allowed, 0)
+    scan.encoded_words += word_count
+    if kept is not field_bytes:
+        kept = kept.rstrip(b"\r\n") + b"\r\n"
+    return kept
+
+
+def _bounded_address_list(scan: _Scan, field_bytes: bytes) -> bytes:
+    """Cut an address field after `max_addresses_per_header` commas (quoted commas count too: a safe bound)."""
+    cut = -1
+    for _ in range(scan.limits.max_addresses_per_header):
+        cut = field_bytes.find(b",", cut + 1)
+        if cut < 0:
+            return field_bytes
+    scan.defect("limit:addresses")
+    return field_bytes[:cut]
+
+
+def _note_shape(shape: _BlockShape, field_bytes: bytes, field_start: int) -> None:
+    if _MULTIPART.match(field_bytes):
+        unfolded = _FOLD.sub(b"", field_bytes)
+        match = _BOUNDARY_PARAM.search(unfolded)
+        if match is not None:
+            boundary = (match.group(1) if match.group(1) is not None else match.group(2)).rstrip(b" \t")
+            if boundary:
+                shape.boundary = boundary
+                shape.boundary_field_start = field_start
+                shape.embedded_message = False
+    elif _EMBEDDED_MESSAGE.match(field_bytes):
+        shape.embedded_message = True
+        shape.boundary = None
+
+
+def _find_next_part(scan: _Scan, start: int) -> tuple[int, int] | None:
+    """Skip body text to the next part delimiter; return where that part's headers start and its depth."""
+    raw = scan.raw
+    position = start
+    while scan.open_multiparts:
+        if position == 0 or raw[position - 1 : position] in (b"\r", b"\n"):
+            line_start = position if raw.startswith(b"--", position) else None
+        else:
+            line_start = None
+        if line_start is None:
+            match = _DASH_LINE_START.search(raw, position)
+            if match is None:
+                return None
+            line_start = match.start()
+        line_end = _line_end(raw, line_start)
+        found = _boundary_index(scan, raw[line_start:line_end])
+        position = line_end
+        if found is None:
+            continue
+        index, closing = found
+        if closing:
+            del scan.open_multiparts[index:]
+            continue
+        scan.parts += 1
+        if scan.parts > scan.limits.max_parts:
+            scan.cut(line_start, "limit:parts")
+            return None
+        del scan.open_multiparts[index + 1 :]
+        return line_end, scan.open_multiparts[index].depth
+    return None

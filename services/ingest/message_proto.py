@@ -1,0 +1,109 @@
+"""Translates the domain's `NormalizedMail` into the `NormalizedMessage` event published on NATS."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from mailsync.v1 import common_pb2, events_pb2
+from services.ingest.domain.message import (
+    Attachment,
+    Direction,
+    MessageSource,
+    NormalizedMail,
+    Participant,
+    ParticipantRole,
+)
+
+_DIRECTIONS = {
+    Direction.INBOUND: common_pb2.DIRECTION_INBOUND,
+    Direction.OUTBOUND: common_pb2.DIRECTION_OUTBOUND,
+}
+_SOURCES = {
+    MessageSource.GMAIL_SYNC: common_pb2.MESSAGE_SOURCE_GMAIL_SYNC,
+    MessageSource.BCC_DROP: common_pb2.MESSAGE_SOURCE_BCC_DROP,
+    MessageSource.CRM_SEND: common_pb2.MESSAGE_SOURCE_CRM_SEND,
+}
+_ROLES = {
+    ParticipantRole.FROM: common_pb2.PARTICIPANT_ROLE_FROM,
+    ParticipantRole.SENDER: common_pb2.PARTICIPANT_ROLE_SENDER,
+    ParticipantRole.REPLY_TO: common_pb2.PARTICIPANT_ROLE_REPLY_TO,
+    ParticipantRole.TO: common_pb2.PARTICIPANT_ROLE_TO,
+    ParticipantRole.CC: common_pb2.PARTICIPANT_ROLE_CC,
+    ParticipantRole.BCC: common_pb2.PARTICIPANT_ROLE_BCC,
+    ParticipantRole.DELIVERED_TO: common_pb2.PARTICIPANT_ROLE_DELIVERED_TO,
+}
+
+
+def _timestamp(when: dt.datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(when.astimezone(dt.UTC))
+    return stamp
+
+
+def participant_to_proto(participant: Participant) -> common_pb2.Participant:
+    return common_pb2.Participant(
+        email=participant.email,
+        display_name=participant.display_name,
+        role=_ROLES[participant.role],
+        position=participant.position,
+    )
+
+
+def attachment_to_proto(attachment: Attachment) -> common_pb2.AttachmentDescriptor:
+    return common_pb2.AttachmentDescriptor(
+        attachment_id=attachment.part_path,
+        filename=attachment.filename,
+        content_type=attachment.content_type,
+        size_bytes=attachment.size_bytes,
+        content_id=attachment.content_id,
+        inline=attachment.inline,
+        sha256=attachment.sha256,
+    )
+
+
+def normalized_message_to_proto(
+    mail: NormalizedMail,
+    *,
+    connections: Iterable[common_pb2.ConnectionSnapshot] = (),
+    bcc_drop: events_pb2.BccDropInfo | None = None,
+    observe_time: dt.datetime | None = None,
+) -> events_pb2.NormalizedMessage:
+    """The event for `mail`; the worker supplies what MIME does not know (connections, drop, observation)."""
+    event = events_pb2.NormalizedMessage(
+        mailbox_id=mail.copy.mailbox_id,
+        mailbox_email=mail.copy.mailbox_email,
+        gmail_message_id=mail.copy.gmail_message_id,
+        gmail_thread_id=mail.copy.gmail_thread_id,
+        history_id=mail.copy.history_id,
+        rfc_message_id=mail.rfc_message_id,
+        in_reply_to=mail.in_reply_to,
+        references=mail.references,
+        direction=_DIRECTIONS[mail.direction],
+        label_ids=mail.copy.label_ids,
+        participants=[participant_to_proto(p) for p in mail.participants],
+        subject=mail.subject,
+        text_body=mail.text_body,
+        html_body=mail.html_body,
+        body_truncated=mail.body_truncated,
+        attachments=[attachment_to_proto(a) for a in mail.attachments],
+        source=_SOURCES[mail.source],
+        connections=list(connections),
+        auto_submitted=mail.auto_submitted,
+        list_mail=mail.list_mail,
+        forwarded=mail.forwarded,
+        defects=mail.defects,
+        size_bytes=mail.size_bytes,
+        snippet=mail.snippet,
+    )
+    if mail.copy.internal_time is not None:
+        event.internal_time.CopyFrom(_timestamp(mail.copy.internal_time))
+    if mail.header_date is not None:
+        event.header_date.CopyFrom(_timestamp(mail.header_date))
+    if bcc_drop is not None:
+        event.bcc_drop.CopyFrom(bcc_drop)
+    if observe_time is not None:
+        event.observe_time.CopyFrom(_timestamp(observe_time))
+    return event
