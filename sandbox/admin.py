@@ -169,25 +169,28 @@ class AdminApi:
         return web.json_response({"changed": True})
 
     async def deliver(self, request: web.Request) -> web.Response:
+        """One inbound message, or `copies` of it (each with its own Message-ID) for seeding benchmarks."""
         body = await self._body(request)
-        raw = build_inbound_raw(body)
         internal_date = body.get("internal_date_ms")
-        message = self.core.mail.deliver_inbound(
-            request.match_info["address"],
-            raw,
-            body.get("label_ids"),
-            int(internal_date) if internal_date else None,
-        )
-        return web.json_response(
-            {
-                "id": message.id,
-                "threadId": message.thread_id,
-                "labelIds": message.label_ids,
-                "historyId": str(message.history_id),
-                "message_id": message.rfc_message_id,
-            },
-            status=201,
-        )
+        ids = []
+        for _ in range(max(1, int(body.get("copies", 1)))):
+            message = self.core.mail.deliver_inbound(
+                request.match_info["address"],
+                build_inbound_raw(body),
+                body.get("label_ids"),
+                int(internal_date) if internal_date else None,
+            )
+            ids.append(message.id)
+        answer = {
+            "id": message.id,
+            "threadId": message.thread_id,
+            "labelIds": message.label_ids,
+            "historyId": str(message.history_id),
+            "message_id": message.rfc_message_id,
+        }
+        if len(ids) > 1:
+            answer["ids"] = ids
+        return web.json_response(answer, status=201)
 
     async def revoke(self, request: web.Request) -> web.Response:
         body = await self._body(request)
