@@ -107,6 +107,10 @@ def user_rate_limit_403() -> GoogleApiError:
     return GoogleApiError(403, "userRateLimitExceeded", "User Rate Limit Exceeded", domain="usageLimits")
 
 
+def daily_limit_exceeded() -> GoogleApiError:
+    return GoogleApiError(403, "dailyLimitExceeded", "Daily Limit Exceeded", domain="usageLimits")
+
+
 def backend_error() -> GoogleApiError:
     return GoogleApiError(500, "backendError", "Backend Error")
 

@@ -12,6 +12,7 @@ from sandbox.errors import (
     GoogleApiError,
     backend_error,
     bad_request,
+    daily_limit_exceeded,
     too_many_concurrent,
     user_rate_exceeded,
     user_rate_limit_403,
@@ -22,6 +23,7 @@ _SCRIPTED = {
     "tooManyConcurrent": too_many_concurrent,
     "userRateLimitExceeded": user_rate_limit_403,
     "backendError": backend_error,
+    "dailyLimitExceeded": daily_limit_exceeded,
 }
 
 
