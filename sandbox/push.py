@@ -92,6 +92,8 @@ class PushService:
     def reset(self) -> None:
         for timer in self._timers.values():
             timer.cancel()
+        for task in self._tasks:
+            task.cancel()
         self._timers.clear()
         self.watches.clear()
         self.topics.clear()
