@@ -6,6 +6,9 @@ import nats
 from nats.aio.client import Client
 
 
+_STARTUP_ATTEMPTS = 3
+
+
 class NatsUnavailable(RuntimeError):
     """NATS could not be reached at startup."""
 
@@ -13,13 +16,17 @@ class NatsUnavailable(RuntimeError):
 async def connect(url: str, *, name: str, connect_timeout: float = 5.0) -> Client:
     """Connects (failing fast at startup with a clear error) and then reconnects forever."""
     try:
-        return await nats.connect(
+        client = await nats.connect(
             servers=[url],
             name=name,
             connect_timeout=connect_timeout,
             allow_reconnect=True,
-            max_reconnect_attempts=-1,
+            # nats-py applies this limit to the first connection too, where -1 would retry forever; so start
+            # bounded and lift the limit once connected.
+            max_reconnect_attempts=_STARTUP_ATTEMPTS,
             reconnect_time_wait=0.5,
         )
     except Exception as exc:
         raise NatsUnavailable(f"cannot reach NATS at {url}: {exc or type(exc).__name__}") from None
+    client.options["max_reconnect_attempts"] = -1
+    return client

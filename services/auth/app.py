@@ -1,0 +1,20 @@
+"""Composition root of the auth service: wires the database, NATS and gRPC servicers into one process.
+
+`build(settings)` creates everything (nothing connects at import time) and returns the components that
+`services.runtime.service` serves and later cleans up.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from services.auth.settings import AuthSettings
+from services.runtime.service import ServiceComponents, open_foundation
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+
+async def build(settings: AuthSettings) -> ServiceComponents:
+    """Opens and migrates the database, connects NATS, and registers the service's servicers and tasks."""
+    components = await open_foundation(settings, MIGRATIONS_DIR)
+    return components

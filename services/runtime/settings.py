@@ -1,0 +1,182 @@
+"""Typed configuration from environment variables, shared by the four services.
+
+Shared fields are read from `MAILSYNC_<FIELD>` and a service overrides any of them with
+`MAILSYNC_<SERVICE>_<FIELD>` (for example MAILSYNC_THREADING_DATABASE_URL). Every field has a default that
+works on a developer machine, except the service token keys, which are a secret. Problems surface as one
+`ConfigurationError` whose message names the variable.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+SHARED_PREFIX = "MAILSYNC_"
+TOKEN_KEYS_VARIABLE = "MAILSYNC_SERVICE_TOKEN_KEYS"
+
+
+class ConfigurationError(ValueError):
+    """The configuration cannot work; the message is one line that names the problem."""
+
+
+class ServiceSettings(BaseSettings):
+    """The settings every service has. A service subclasses it, sets `service_name` and its ports."""
+
+    service_name: ClassVar[str] = "service"
+
+    model_config = SettingsConfigDict(env_prefix=SHARED_PREFIX, extra="ignore", validate_default=True)
+
+    data_dir: Path = Field(
+        default=Path("var/data"),
+        description="Folder for local state: the SQLite database files live here by default.",
+    )
+    database_url: str = Field(
+        default="",
+        description="SQLAlchemy URL of the service's database (sqlite:///path or postgresql://...). "
+        "Empty means a SQLite file <data_dir>/<service>.db.",
+    )
+    database_schema: str = Field(
+        default="",
+        description="PostgreSQL schema holding the service's tables (empty: the service name). Ignored on SQLite.",
+    )
+    nats_url: str = Field(default="nats://127.0.0.1:4222", description="NATS server URL (JetStream enabled).")
+    nats_connect_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="How long startup waits for NATS before failing."
+    )
+    grpc_host: str = Field(
+        default="127.0.0.1",
+        description="Address the gRPC server binds (0.0.0.0 or [::] in a container).",
+    )
+    grpc_port: int = Field(default=50050, ge=0, le=65535, description="gRPC port (0 picks a free port).")
+    grpc_max_message_bytes: int = Field(
+        default=4 * 1024 * 1024, gt=0, description="Largest gRPC message sent or received."
+    )
+    grpc_shutdown_grace_seconds: float = Field(
+        default=10.0, ge=0, description="How long in-flight RPCs may finish after SIGTERM."
+    )
+    service_token_keys: str = Field(
+        default="",
+        description="Keys for the per-call service tokens (HS256 JWT): 'kid=base64secret,kid2=...'. "
+        "The first key signs, every key verifies, so keys rotate by prepending a new one.",
+    )
+    service_token_ttl_seconds: int = Field(
+        default=300, gt=0, description="Lifetime of the tokens this service mints for its own outgoing calls."
+    )
+    tls_cert_file: Path | None = Field(
+        default=None, description="PEM certificate of this server (enables TLS)."
+    )
+    tls_key_file: Path | None = Field(default=None, description="PEM private key of tls_cert_file.")
+    tls_ca_file: Path | None = Field(
+        default=None,
+        description="PEM CA bundle: verifies peers' certificates (clients: the server; servers: client certs).",
+    )
+    tls_require_client_cert: bool = Field(
+        default=False, description="Servers demand a client certificate (mTLS)."
+    )
+    health_check_interval_seconds: float = Field(
+        default=1.0, gt=0, description="How often the dependency checks behind gRPC health run."
+    )
+    log_level: str = Field(default="INFO", description="Minimum log level (DEBUG, INFO, WARNING, ERROR).")
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        per_service = EnvSettingsSource(settings_cls, env_prefix=cls.service_env_prefix())
+        return (init_settings, per_service, env_settings)
+
+    @classmethod
+    def service_env_prefix(cls) -> str:
+        return f"{SHARED_PREFIX}{cls.service_name.upper()}_"
+
+    @model_validator(mode="after")
+    def _fill_local_defaults(self) -> Self:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / f'{self.service_name}.db'}"
+        if not self.database_schema:
+            self.database_schema = self.service_name
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together: set both or neither")
+        return self
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_cert_file is not None
+
+    @classmethod
+    def load(cls, **overrides: Any) -> Self:
+        """Reads and validates the environment; raises ConfigurationError naming the variable."""
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            raise ConfigurationError(describe_validation_error(cls, exc)) from None
+
+    @classmethod
+    def variable_names(cls, field: str) -> tuple[str, str]:
+        """The service-specific and the shared variable that set `field`."""
+        return (f"{cls.service_env_prefix()}{field.upper()}", f"{SHARED_PREFIX}{field.upper()}")
+
+    @classmethod
+    def variable_for(cls, field: str) -> str:
+        """The variable that set `field` in this environment (the shared one when neither is set)."""
+        specific, shared = cls.variable_names(field)
+        return specific if specific in os.environ else shared
+
+
+def describe_validation_error(settings_cls: type[ServiceSettings], exc: ValidationError) -> str:
+    """One line for the first problem, naming the environment variable that carries it."""
+    first = exc.errors()[0]
+    location = [str(part) for part in first.get("loc", ()) if part != "__root__"]
+    message = first.get("msg", "invalid value").removeprefix("Value error, ")
+    if not location:
+        return f"invalid configuration: {message}"
+    variable = settings_cls.variable_for(location[0])
+    value = os.environ.get(variable)
+    shown = f" (got {value!r})" if value is not None and "KEY" not in variable else ""
+    return f"{variable}: {message}{shown}"
+
+
+def parse_token_keys(raw: str, variable: str = TOKEN_KEYS_VARIABLE) -> dict[str, bytes]:
+    """Parses 'kid=base64secret,kid2=...' into an ordered {kid: secret}; the first entry signs."""
+    if not raw.strip():
+        raise ConfigurationError(
+            f"{variable} is not set: give at least one signing key as 'kid=base64secret' "
+            "(`make run` generates development keys)"
+        )
+    keys: dict[str, bytes] = {}
+    for entry in raw.split(","):
+        kid, separator, encoded = entry.strip().partition("=")
+        if not separator or not kid or not encoded:
+            raise ConfigurationError(f"{variable}: entry {kid or entry!r} is not 'kid=base64secret'")
+        try:
+            secret = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            raise ConfigurationError(f"{variable}: the secret of key {kid!r} is not valid base64") from None
+        if len(secret) < 32:
+            raise ConfigurationError(f"{variable}: the secret of key {kid!r} is shorter than 32 bytes")
+        keys[kid] = secret
+    return keys
