@@ -217,24 +217,28 @@ def _echo_of_crm_send(message: IncomingMessage, sends: tuple[CrmSend, ...]) -> C
 
 
 def _echo_decision(key: str, scopes: list[_Scope], send: CrmSend) -> Decision:
-    decisions = []
-    for scope in scopes:
-        if scope.location_id == send.location_id:
-            reason = (
-                f"the Gmail copy of CRM send {send.send_id}, already recorded here; linked, not stored twice"
-            )
-            decisions.append(LocationDecision(scope.location_id, True, "R6", reason))
-        else:
-            reason = (
-                f"the Gmail copy of CRM send {send.send_id} from location {send.location_id}; it stays there"
-            )
-            decisions.append(LocationDecision(scope.location_id, False, "R6", reason))
-    if send.location_id not in {s.location_id for s in scopes}:
-        reason = f"the Gmail copy of CRM send {send.send_id}, already recorded here; linked, not stored twice"
-        decisions.append(LocationDecision(send.location_id, True, "R6", reason))
-    return Decision(
-        Outcome.DECIDED, key, tuple(decisions), echo=EchoLink(send.send_id, send.location_id, send.message_id)
+    recorded = bool(send.message_id)
+    if recorded:
+        home_reason = (
+            f"the Gmail copy of CRM send {send.send_id}, already recorded here; linked, not stored twice"
+        )
+    else:
+        home_reason = (
+            f"the Gmail copy of CRM send {send.send_id}, which was not recorded (no contact to file it under)"
+        )
+    away_reason = (
+        f"the Gmail copy of CRM send {send.send_id} from location {send.location_id}; it stays there"
     )
+    decisions = [
+        LocationDecision(s.location_id, recorded, "R6", home_reason)
+        if s.location_id == send.location_id
+        else LocationDecision(s.location_id, False, "R6", away_reason)
+        for s in scopes
+    ]
+    if send.location_id not in {s.location_id for s in scopes}:
+        decisions.append(LocationDecision(send.location_id, recorded, "R6", home_reason))
+    echo = EchoLink(send.send_id, send.location_id, send.message_id) if recorded else None
+    return Decision(Outcome.DECIDED, key, tuple(decisions), echo=echo)
 
 
 def _waits_for_crm_send(message: IncomingMessage, sends: tuple[CrmSend, ...]) -> bool:

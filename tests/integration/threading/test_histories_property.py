@@ -101,6 +101,8 @@ def histories(draw: st.DrawFn) -> tuple[list[tuple[str, str, str, int]], list[Ev
             )
             previous.append(rfc)
     if draw(st.booleans()):
+        # The CRM writes from a contact's conversation: the contact exists in the sending location.
+        contacts.append(("alice@example.com", "loc-a", draw(st.sampled_from(["user-1", "user-2", ""])), 0))
         events += _crm_thread(draw(st.booleans()), minute + 1)
     if draw(st.booleans()):
         events += _drop_thread(draw(st.lists(st.sampled_from(KNOWN), max_size=2)), minute + 1)
