@@ -1,7 +1,8 @@
 """MIME normalization: raw RFC 5322 bytes to a `NormalizedMail`, never raising, whatever the input.
 
 The raw bytes first go through `bound_raw_message` (size, header, depth and part caps), then the stdlib
-parser with `policy.default`; anything that still fails is recorded in `defects` and the message is
+parser. The structure is parsed with `compat32`, whose header handling is cheap, and only the fields the
+result needs go through the modern header parser (see mime_headers); anything that still fails is recorded in `defects` and the message is
 published with whatever could be read.
 """
 
@@ -32,6 +33,7 @@ from services.ingest.domain.mime_headers import (
     clean_text,
     decoded_addresses,
     decoded_text,
+    decoded_value,
     header_date,
     message_ids,
 )
@@ -58,8 +60,6 @@ _HTML_INVISIBLE_START = re.compile(r"<(script|style|head)\b", re.IGNORECASE)
 _HTML_TAG = re.compile(r"<[^<>]*>")
 _WHITESPACE = re.compile(r"\s+")
 _MARKER_SCAN_CHARS = 64 * 1024
-# Serializes an embedded message with its header lines as received: refolding hostile headers is slow.
-_VERBATIM = policy.default.clone(refold_source="none")
 _SNIPPET_SOURCE_CHARS = 16 * 1024
 
 
@@ -103,13 +103,13 @@ def normalize_message(
 
 def _parse(data: bytes, defects: list[str]) -> Message | None:
     try:
-        return BytesParser(policy=policy.default).parsebytes(data)
+        return BytesParser(policy=policy.compat32).parsebytes(data)
     except RecursionError:
         defects.append("limit:depth:recursion")
     except Exception as error:
         defects.append(f"parse_failed:{type(error).__name__}")
     try:
-        return BytesHeaderParser(policy=policy.default).parsebytes(data)
+        return BytesHeaderParser(policy=policy.compat32).parsebytes(data)
     except Exception as error:
         defects.append(f"parse_failed:headers:{type(error).__name__}")
         return None
@@ -285,7 +285,7 @@ def _disposition(part: Message, defects: list[str]) -> tuple[str | None, str]:
         defects.append("header_unparseable:content-disposition")
         disposition = None
     try:
-        filename = clean_header_text(part.get_filename() or "")
+        filename = decoded_value("content-disposition", part.get_filename() or "", defects)
     except Exception:
         defects.append("header_unparseable:filename")
         filename = ""
@@ -321,7 +321,8 @@ def part_content(part: Message, defects: list[str]) -> bytes:
     try:
         if part.is_multipart():
             inner = part.get_payload(0)
-            return inner.as_bytes(policy=_VERBATIM) if isinstance(inner, Message) else b""
+            # compat32 writes header lines as received: refolding hostile headers would be slow.
+            return inner.as_bytes() if isinstance(inner, Message) else b""
         payload = part.get_payload(decode=True)
     except Exception as error:
         defects.append(f"payload_unreadable:{type(error).__name__}")
