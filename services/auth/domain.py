@@ -34,6 +34,8 @@ REQUIRED_SCOPES: dict[str, frozenset[str]] = {
 }
 STATE_TTL = dt.timedelta(minutes=10)
 ACCESS_TOKEN_MARGIN = dt.timedelta(minutes=5)
+# Gmail watches last 7 days and Google asks for a daily renewal: one is due once it has less than 6 days left.
+WATCH_RENEWAL_MARGIN = dt.timedelta(days=6)
 
 
 class AuthDomainError(Exception):
@@ -240,6 +242,13 @@ def access_token_needs_refresh(
     """True when there is no access token or it expires within `margin` (so callers never get one that dies
     in flight)."""
     return expiry is None or expiry - margin <= now
+
+
+def watch_renewal_due(
+    expires_at: dt.datetime | None, *, now: dt.datetime, margin: dt.timedelta = WATCH_RENEWAL_MARGIN
+) -> bool:
+    """True when the mailbox has no watch or it ends within `margin`."""
+    return expires_at is None or expires_at - margin <= now
 
 
 # Connections ------------------------------------------------------------------------------------------------

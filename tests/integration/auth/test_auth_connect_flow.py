@@ -34,6 +34,7 @@ from services.auth.store import (
     load_refresh_token,
     metadata,
 )
+from services.auth.watches import WatchRenewal, WatchRenewalOutcome
 from services.runtime.clock import FrozenClock
 from services.runtime.db import Database
 from services.runtime.gmail import (
@@ -263,3 +264,31 @@ async def test_R12_reconnect_after_a_password_change_resumes_the_same_connection
     assert harness.events[-1] == (ConnectionEventKind.REAUTHORIZED, first.connection.connection_id)
     issued = await harness.tokens.access_token(first.connection.mailbox_id)
     assert issued.token.reveal()
+
+
+async def test_watches_are_renewed_daily_with_a_status_per_mailbox(harness: Harness) -> None:
+    alice = await harness.connect("u1", "L1", ALICE)
+    bob = await harness.connect("u2", "L1", BOB)
+    renewal = WatchRenewal(
+        db=harness.db, api=harness.api, access_tokens=harness.tokens, clock=harness.clock, topic=TOPIC
+    )
+    assert await renewal.renew() == []
+    [not_due] = await renewal.renew([alice.connection.mailbox_id])
+    assert not_due.outcome is WatchRenewalOutcome.NOT_DUE
+
+    day = dt.timedelta(days=1, minutes=1)
+    harness.clock.advance(day)
+    harness.sandbox.admin.advance_clock(day.total_seconds())
+    harness.sandbox.admin.change_password(BOB, "changed")
+    statuses = {s.mailbox_email: s for s in await renewal.renew()}
+    assert statuses[ALICE].outcome is WatchRenewalOutcome.RENEWED
+    assert statuses[ALICE].watch_expires_at is not None
+    assert statuses[ALICE].watch_expires_at > harness.clock.now() + dt.timedelta(days=6)
+    assert statuses[BOB].outcome is WatchRenewalOutcome.REAUTH_REQUIRED
+    # Renewed today: not due again until tomorrow; the dead grant is no longer a candidate.
+    assert await renewal.renew() == []
+
+    harness.sandbox.admin.set_topic(TOPIC, publish_granted=False)
+    [failed] = await renewal.renew([alice.connection.mailbox_id], force=True)
+    assert failed.outcome is WatchRenewalOutcome.FAILED and "forbidden" in failed.error.lower()
+    assert bob.connection.mailbox_id not in {s.mailbox_id for s in await renewal.renew()}
