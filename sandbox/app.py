@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
+from multidict import CIMultiDict, MultiDict
 
 from sandbox.admin import AdminApi, admin_errors
 from sandbox.batch import run_batch
@@ -29,7 +30,7 @@ async def _api_request(request: web.Request) -> ApiRequest:
     return ApiRequest(
         method=request.method,
         path=request.path,
-        query=request.query.copy(),
+        query=MultiDict(request.query),
         headers=request.headers,
         body=await request.read(),
     )
@@ -49,7 +50,9 @@ def build_app(core: SandboxCore, state_file: Path | None = None) -> web.Applicat
     async def batch_route(request: web.Request) -> web.Response:
         body = await request.read()
         return _to_web(
-            await run_batch(gmail, request.headers.get("Content-Type", ""), body, request.headers.copy())
+            await run_batch(
+                gmail, request.headers.get("Content-Type", ""), body, CIMultiDict(request.headers)
+            )
         )
 
     async def upload_route(request: web.Request) -> web.Response:
@@ -112,7 +115,7 @@ class ThreadedSandbox:
         self.core = SandboxCore.create(seed=seed)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="gmail-sandbox", daemon=True)
-        self._stop: Callable[[], Awaitable[None]] | None = None
+        self._runner: web.AppRunner | None = None
 
     @property
     def url(self) -> str:
@@ -126,18 +129,16 @@ class ThreadedSandbox:
             await runner.setup()
             site = web.TCPSite(runner, self.host, self.port)
             await site.start()
-            server = site._server
-            assert server is not None and server.sockets  # type: ignore[union-attr]
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self.port = int(runner.addresses[0][1])
 
         asyncio.run_coroutine_threadsafe(start(), self.loop).result(timeout=30)
-        self._stop = runner.cleanup
+        self._runner = runner
         return self
 
     def stop(self) -> None:
-        if self._stop:
-            asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(timeout=30)
-            self._stop = None
+        if self._runner:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self.loop).result(timeout=30)
+            self._runner = None
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
         self.loop.close()

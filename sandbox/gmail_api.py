@@ -340,7 +340,7 @@ class GmailApi:
         predicates, named_spam_trash = compile_query(call.mailbox, query, self.core.clock.now_ms())
         label_ids = call.args("labelIds")
         include_spam_trash = (
-            call.arg("includeSpamTrash", "false").lower() == "true"
+            (call.arg("includeSpamTrash") or "false").lower() == "true"
             or named_spam_trash
             or bool({"SPAM", "TRASH"} & set(label_ids))
         )

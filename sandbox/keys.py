@@ -57,7 +57,8 @@ class SigningKey:
 
     def jwks(self) -> dict[str, Any]:
         public = x509.load_pem_x509_certificate(self.certificate_pem).public_key()
-        numbers = public.public_numbers()  # type: ignore[union-attr]
+        assert isinstance(public, rsa.RSAPublicKey)
+        numbers = public.public_numbers()
 
         def encode(value: int) -> str:
             raw = value.to_bytes((value.bit_length() + 7) // 8, "big")

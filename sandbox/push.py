@@ -173,7 +173,7 @@ class PushService:
         if watch is None or watch.expiration_ms < self.clock.now_ms():
             return
         if watch.label_ids:
-            labels = set(record.message["labelIds"]) | set(record.changed_labels)  # type: ignore[arg-type]
+            labels = set(record.message["labelIds"]) | set(record.changed_labels)
             touches = bool(labels & set(watch.label_ids))
             if touches != (watch.behavior == "include"):
                 return

@@ -98,6 +98,10 @@ def _term(mailbox: Mailbox, term: str, now_ms: int) -> tuple[Predicate, bool]:
     return (lambda m: needle in _text_of(m)), False
 
 
+def _negation(predicate: Predicate) -> Predicate:
+    return lambda message: not predicate(message)
+
+
 def compile_query(mailbox: Mailbox, query: str, now_ms: int) -> tuple[list[Predicate], bool]:
     """All predicates of a query (implicit AND; `-term` negates) and whether it opts into TRASH/SPAM."""
     try:
@@ -110,7 +114,7 @@ def compile_query(mailbox: Mailbox, query: str, now_ms: int) -> tuple[list[Predi
         negated = term.startswith("-") and len(term) > 1
         predicate, names_spam_trash = _term(mailbox, term[1:] if negated else term, now_ms)
         if negated:
-            predicates.append(lambda m, p=predicate: not p(m))
+            predicates.append(_negation(predicate))
         else:
             predicates.append(predicate)
             includes_spam_trash = includes_spam_trash or names_spam_trash

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict, deque
 from collections.abc import Callable
+from typing import Any
 
 from sandbox.errors import GoogleApiError, user_rate_exceeded
 
@@ -86,7 +87,7 @@ class QuotaLedger:
         return user_rate_exceeded()
 
     def report(self) -> dict[str, object]:
-        users = {}
+        users: dict[str, dict[str, Any]] = {}
         for user, per_method in self.units.items():
             users[user] = {
                 "total_units": sum(per_method.values()),

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime, getaddresses, parseaddr
+from typing import Any
 
 from sandbox import mime
 from sandbox.errors import GoogleApiError, bad_request, not_found, sending_limit
@@ -76,7 +77,7 @@ class StoredMessage:
     history_id: int
     rfc_message_id: str
 
-    def ref(self) -> dict[str, object]:
+    def ref(self) -> dict[str, Any]:
         return {"id": self.id, "threadId": self.thread_id, "labelIds": list(self.label_ids)}
 
 
@@ -84,7 +85,7 @@ class StoredMessage:
 class HistoryRecord:
     id: int
     kind: HistoryKind
-    message: dict[str, object]
+    message: dict[str, Any]
     changed_labels: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, object]:

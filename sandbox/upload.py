@@ -60,7 +60,7 @@ class UploadApi:
             if request.method != "POST":
                 raise GoogleApiError(405, "methodNotAllowed", "Method Not Allowed")
             if upload_type == "media":
-                raw, metadata = request.body, {}
+                raw, metadata = request.body, dict[str, Any]()
             elif upload_type == "multipart":
                 raw, metadata = self._multipart(request.body, content_type)
             elif upload_type == "resumable":
