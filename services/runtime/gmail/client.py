@@ -22,6 +22,7 @@ from services.runtime.gmail.errors import (
     GmailNotFound,
     HistoryExpired,
     MessageTooLarge,
+    PermanentAuthFailure,
     RetryableGmailError,
     SendOutcomeUnknown,
     classify,
@@ -30,6 +31,8 @@ from services.runtime.gmail.quota import quota_units
 from services.runtime.gmail.retry import RetryPolicy, RetryTiming
 
 AccessTokenSource = Callable[[], Awaitable[str]]
+# Gmail caps a batch at 100 parts but answers bigger ones with per-user concurrency 429s; 25 keeps them rare.
+MAX_BATCH_PARTS = 25
 # messages.send's mediaUpload maxSize in the gmail.v1 discovery document (35 MiB).
 MAX_SEND_BYTES = 36_700_160
 _HISTORY_PAGE = 500
@@ -209,7 +212,7 @@ class GmailClient:
         failed transiently, with backoff between rounds."""
         result = MessageBatch()
         pending = list(dict.fromkeys(message_ids))
-        size = max(1, min(self._api.endpoint.batch_size, 100))
+        size = max(1, min(self._api.endpoint.batch_size, MAX_BATCH_PARTS))
         retry_round = 0
         while pending:
             again: list[str] = []
@@ -232,6 +235,8 @@ class GmailClient:
                         last_errors[message_id] = outcome
                     elif isinstance(outcome, GmailNotFound):
                         result.not_found.add(message_id)
+                    elif isinstance(outcome, PermanentAuthFailure):
+                        raise outcome  # the grant itself is refused: no item of this mailbox can succeed
                     elif isinstance(outcome, GmailError):
                         result.failed[message_id] = outcome
                     else:

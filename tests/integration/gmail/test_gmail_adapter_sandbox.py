@@ -175,6 +175,40 @@ async def test_batched_gets_fetch_every_message_in_chunks_of_at_most_25(
     assert method_calls(world, ALICE, "gmail.users.messages.get") == 110
 
 
+async def test_batches_never_exceed_25_parts_even_if_configured_larger(world: GmailSandbox) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    api = GmailApi(GmailEndpoint(root_url=world.url, batch_size=100))
+    try:
+        token = world.tokens(ALICE, [GMAIL_MODIFY])["access_token"]
+        client = GmailClient(api, fixed_access_token(token), tracer_provider=provider)
+        ids = [
+            world.admin.deliver(ALICE, sender="carol@outside.example", to=ALICE, subject=f"b{n}", body="x")[
+                "id"
+            ]
+            for n in range(60)
+        ]
+        batch = await client.get_messages(ids, format="minimal")
+    finally:
+        api.close()
+    assert len(batch.messages) == 60
+    sizes = [
+        s.attributes["gmail.batch_size"]
+        for s in exporter.get_finished_spans()
+        if s.name.startswith("Gmail batch")
+    ]
+    assert sizes == [25, 25, 10]
+
+
+async def test_a_grant_without_read_scope_fails_the_whole_batch(api: GmailApi, world: GmailSandbox) -> None:
+    token = world.tokens(ALICE, ["https://www.googleapis.com/auth/gmail.send"])["access_token"]
+    kept = world.admin.deliver(ALICE, sender="carol@outside.example", to=ALICE, subject="k", body="x")["id"]
+    with pytest.raises(PermanentAuthFailure) as raised:
+        await GmailClient(api, fixed_access_token(token)).get_messages([kept], format="minimal")
+    assert raised.value.reason == "insufficientPermissions"
+
+
 async def test_a_batch_retries_only_its_failed_items(
     alice: GmailClient, world: GmailSandbox, sleeps: RecordedSleeps
 ) -> None:
