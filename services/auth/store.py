@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     delete,
+    func,
     or_,
     select,
     text,
@@ -205,6 +206,40 @@ async def get_user(session: AsyncSession, user_id: str) -> UserRecord | None:
         .order_by(UserLocationRow.location_id)
     )
     return UserRecord(row.user_id, row.crm_email, row.display_name, tuple(locations), row.version)
+
+
+async def list_users(
+    session: AsyncSession,
+    location_id: str,
+    *,
+    email: str | None = None,
+    limit: int = 100,
+    after_user_id: str | None = None,
+) -> list[UserRecord]:
+    """Users of a location ordered by id (keyset paging after `after_user_id`); with `email`, only those whose
+    CRM address or mailbox connected in that location is that address (case-insensitive)."""
+    query = (
+        select(UserRow.user_id)
+        .join(UserLocationRow, UserLocationRow.user_id == UserRow.user_id)
+        .where(UserLocationRow.location_id == location_id)
+    )
+    if email:
+        address = normalize_email(email)
+        connected = (
+            select(ConnectionRow.user_id)
+            .join(MailboxRow, MailboxRow.mailbox_id == ConnectionRow.mailbox_id)
+            .where(
+                ConnectionRow.location_id == location_id,
+                ConnectionRow.state.in_([s.value for s in ACTIVE_STATES]),
+                MailboxRow.email == address,
+            )
+        )
+        query = query.where(or_(func.lower(UserRow.crm_email) == address, UserRow.user_id.in_(connected)))
+    if after_user_id:
+        query = query.where(UserRow.user_id > after_user_id)
+    user_ids = list(await session.scalars(query.order_by(UserRow.user_id).limit(limit)))
+    users = [await get_user(session, user_id) for user_id in user_ids]
+    return [user for user in users if user is not None]
 
 
 # Mailboxes and tokens ------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from services.auth.store import (
     ensure_mailbox,
     find_oauth_state,
     get_user,
+    list_users,
     load_access_token,
     load_refresh_token,
     mark_grant_failed,
@@ -89,6 +90,31 @@ async def test_a_stale_user_upsert_never_wins(db: Database) -> None:
     async with db.read() as session:
         user = await get_user(session, "u1")
     assert user == UserRecord("u1", "b@crm.example", "B", ("L2", "L3"), 3)
+
+
+async def test_users_of_a_location_are_listed_by_crm_or_connected_address(db: Database) -> None:
+    cipher = TokenCipher(KeyRing.parse(V1))
+    async with db.write() as session:
+        for n, locations in enumerate([("L1",), ("L1", "L2"), ("L2",), ("L1",)]):
+            await upsert_user(session, UserRecord(f"u{n}", f"User{n}@CRM.example", "", locations, 1), now=NOW)
+    gmail = await add_mailbox(db, cipher, "personal")
+    async with db.write() as session:
+        await save_connections(
+            session,
+            [Connection("c1", "u3", "L1", gmail, ConnectionState.CONNECTED, 1, NOW, NOW)],
+        )
+    async with db.read() as session:
+        everyone = [u.user_id for u in await list_users(session, "L1")]
+        first_page = [u.user_id for u in await list_users(session, "L1", limit=2)]
+        next_page = [
+            u.user_id for u in await list_users(session, "L1", limit=2, after_user_id=first_page[-1])
+        ]
+        by_crm = [u.user_id for u in await list_users(session, "L1", email="user1@crm.example")]
+        by_gmail = [u.user_id for u in await list_users(session, "L1", email="Personal@Example.com")]
+        elsewhere = [u.user_id for u in await list_users(session, "L2", email="personal@example.com")]
+    assert everyone == ["u0", "u1", "u3"]
+    assert first_page + next_page == everyone
+    assert by_crm == ["u1"] and by_gmail == ["u3"] and elsewhere == []
 
 
 async def test_one_mailbox_per_gmail_address(db: Database) -> None:
