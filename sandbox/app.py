@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
-from multidict import CIMultiDict, MultiDict
+from multidict import MultiDict
 
 from sandbox.admin import AdminApi, admin_errors
 from sandbox.batch import run_batch
@@ -49,11 +49,7 @@ def build_app(core: SandboxCore, state_file: Path | None = None) -> web.Applicat
 
     async def batch_route(request: web.Request) -> web.Response:
         body = await request.read()
-        return _to_web(
-            await run_batch(
-                gmail, request.headers.get("Content-Type", ""), body, CIMultiDict(request.headers)
-            )
-        )
+        return _to_web(await run_batch(gmail, request.headers.get("Content-Type", ""), body, request.headers))
 
     async def upload_route(request: web.Request) -> web.Response:
         api_request = await _api_request(request)

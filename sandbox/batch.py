@@ -5,16 +5,16 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
+from collections.abc import Mapping
 from http import HTTPStatus
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
-from multidict import CIMultiDict, MultiDict
+from multidict import MultiDict
 
 from sandbox.errors import bad_request
 from sandbox.gmail_api import ApiRequest, ApiResponse, GmailApi, error_response
 
 MAX_PARTS = 100
-_NEWLINE = re.compile(rb"\r?\n")
 
 
 def _boundary(content_type: str) -> str:
@@ -26,17 +26,22 @@ def _boundary(content_type: str) -> str:
 
 def _split_head(blob: bytes) -> tuple[list[bytes], bytes]:
     """Header lines and the rest, accepting CRLF or LF line endings."""
-    found = re.search(rb"\r?\n\r?\n", blob)
-    if not found:
-        return [line for line in _NEWLINE.split(blob) if line], b""
-    return [line for line in _NEWLINE.split(blob[: found.start()]) if line], blob[found.end() :]
+    crlf, lf = blob.find(b"\r\n\r\n"), blob.find(b"\n\n")
+    if crlf >= 0 and (lf < 0 or crlf < lf):
+        head, rest = blob[:crlf], blob[crlf + 4 :]
+    elif lf >= 0:
+        head, rest = blob[:lf], blob[lf + 2 :]
+    else:
+        head, rest = blob, b""
+    return [line for line in head.replace(b"\r\n", b"\n").split(b"\n") if line], rest
 
 
-def _headers(lines: list[bytes]) -> CIMultiDict[str]:
-    headers: CIMultiDict[str] = CIMultiDict()
+def _headers(lines: list[bytes]) -> dict[str, str]:
+    """Header lines as a dict keyed by lower-cased name (later lines win)."""
+    headers: dict[str, str] = {}
     for line in lines:
         name, _, value = line.decode("latin-1").partition(":")
-        headers.add(name.strip(), value.strip())
+        headers[name.strip().lower()] = value.strip()
     return headers
 
 
@@ -47,11 +52,18 @@ def split_parts(body: bytes, boundary: str) -> list[bytes]:
     for chunk in chunks[1:]:
         if chunk.startswith(b"--"):
             break
-        parts.append(re.sub(rb"^\r?\n", b"", chunk, count=1))
+        parts.append(
+            chunk[2:] if chunk.startswith(b"\r\n") else chunk[1:] if chunk.startswith(b"\n") else chunk
+        )
     return parts
 
 
-def parse_inner(part: bytes, outer: CIMultiDict[str]) -> tuple[str | None, ApiRequest]:
+def inherited_headers(outer: Mapping[str, str]) -> dict[str, str]:
+    """Outer headers that apply to every part: all but the Content-* ones."""
+    return {k.lower(): v for k, v in outer.items() if not k.lower().startswith("content-")}
+
+
+def parse_inner(part: bytes, inherited: dict[str, str]) -> tuple[str | None, ApiRequest]:
     """One part: its Content-ID and the HTTP request it carries (outer non-Content headers apply too)."""
     part_header_lines, http_blob = _split_head(part)
     part_headers = _headers(part_header_lines)
@@ -59,20 +71,18 @@ def parse_inner(part: bytes, outer: CIMultiDict[str]) -> tuple[str | None, ApiRe
     if not request_lines:
         raise bad_request("Empty batch part")
     method, target, *_ = request_lines[0].decode("latin-1").split(" ")
-    headers: CIMultiDict[str] = CIMultiDict(
-        (k, v) for k, v in outer.items() if not k.lower().startswith("content-")
-    )
-    for name, value in _headers(request_lines[1:]).items():
-        headers.pop(name, None)
-        headers[name] = value
-    url = urlsplit(target)
-    body = re.sub(rb"\r?\n$", b"", inner_body)
-    return part_headers.get("Content-ID"), ApiRequest(
+    headers = {**inherited, **_headers(request_lines[1:])}
+    path, _, query = target.partition("?")
+    if inner_body.endswith(b"\r\n"):
+        inner_body = inner_body[:-2]
+    elif inner_body.endswith(b"\n"):
+        inner_body = inner_body[:-1]
+    return part_headers.get("content-id"), ApiRequest(
         method=method.upper(),
-        path=url.path,
-        query=MultiDict(parse_qsl(url.query, keep_blank_values=True)),
+        path=path,
+        query=MultiDict(parse_qsl(query, keep_blank_values=True)),
         headers=headers,
-        body=body,
+        body=inner_body,
     )
 
 
@@ -91,7 +101,7 @@ def _response_part(content_id: str | None, response: ApiResponse) -> bytes:
     )
 
 
-async def run_batch(api: GmailApi, content_type: str, body: bytes, outer: CIMultiDict[str]) -> ApiResponse:
+async def run_batch(api: GmailApi, content_type: str, body: bytes, outer: Mapping[str, str]) -> ApiResponse:
     """Execute every part (concurrently, as Google may) and answer in one multipart/mixed body."""
     if not content_type.lower().startswith("multipart/mixed"):
         return error_response(bad_request("Batch requests must be multipart/mixed"))
@@ -104,7 +114,8 @@ async def run_batch(api: GmailApi, content_type: str, body: bytes, outer: CIMult
     if not parts:
         return error_response(bad_request("Empty batch request"))
     try:
-        parsed = [parse_inner(part, outer) for part in parts]
+        inherited = inherited_headers(outer)
+        parsed = [parse_inner(part, inherited) for part in parts]
     except ValueError as error:
         return error_response(bad_request(f"Malformed batch part: {error}"))
     for _, request in parsed:

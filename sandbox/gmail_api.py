@@ -182,7 +182,8 @@ class GmailApi:
         return error_response(not_found())
 
     def authenticate(self, request: ApiRequest) -> AccessToken:
-        header = request.headers.get("Authorization") or request.headers.get("authorization") or ""
+        # aiohttp's headers are case-insensitive; batch parts carry lower-cased names.
+        header = request.headers.get("authorization") or ""
         scheme, _, value = header.partition(" ")
         if not value and "access_token" in request.query:
             scheme, value = "Bearer", request.query["access_token"]

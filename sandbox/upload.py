@@ -93,7 +93,7 @@ class UploadApi:
         media_lines, media = _split_head(parts[1])
         media = re.sub(rb"\r?\n$", b"", media)
         headers = _headers(media_lines)
-        if not headers.get("Content-Type", "message/rfc822").lower().startswith("message/"):
+        if not headers.get("content-type", "message/rfc822").lower().startswith("message/"):
             raise bad_request("Media type not accepted: expected message/*", reason="badContent")
         try:
             metadata = json.loads(metadata_blob.strip() or b"{}")
