@@ -22,6 +22,7 @@ from services.threading.store.placements import (
     record_pending_send,
     record_send_failed,
     record_send_sent,
+    was_seen,
 )
 
 # Called inside the write transaction with what changed, to stage events through the outbox.
@@ -115,3 +116,8 @@ class MessageSync:
                 labels_removed=labels_removed,
                 deleted=deleted,
             )
+
+    async def has_seen(self, mailbox_id: str, gmail_message_id: str) -> bool:
+        """Whether a copy with this Gmail id was ever handed to the rules (placed or not)."""
+        async with self._db.read() as session:
+            return await was_seen(session, mailbox_id, gmail_message_id)

@@ -952,3 +952,12 @@ async def apply_gmail_change(
         changed += 1
     await session.flush()
     return changed
+
+
+async def was_seen(session: AsyncSession, mailbox_id: str, gmail_message_id: str) -> bool:
+    found = await session.scalar(
+        select(SeenMessageRow.seen_key).where(
+            SeenMessageRow.mailbox_id == mailbox_id, SeenMessageRow.gmail_message_id == gmail_message_id
+        )
+    )
+    return found is not None

@@ -1,0 +1,153 @@
+"""Attachment content: a content-addressed blob store (a folder by default) and the collector that fetches the
+content of attachments of placed messages through an injected port (ingest's FetchAttachment in production).
+
+Only attachments of messages that synced somewhere have rows, so nothing of an unsynced email is ever fetched
+(R18). Blobs are never deleted on disconnect: what synced stays (R11).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Protocol
+
+from services.runtime.db import Database
+from services.threading.store.attachments import (
+    AttachmentToFetch,
+    attachments_to_fetch,
+    mark_fetch_failed,
+    mark_fetched,
+)
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 64 * 1024
+
+
+class BlobNotFound(LookupError):
+    """No blob with that digest."""
+
+
+class AttachmentFetcher(Protocol):
+    """Where attachment content comes from (ingest streams it from Gmail or from the BCC drop)."""
+
+    def fetch(self, attachment: AttachmentToFetch) -> AsyncIterator[bytes]: ...
+
+
+class FolderBlobStore:
+    """Blobs as files named by their SHA-256 under a folder (two levels of fan-out); writes are atomic renames."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+
+    def _path(self, digest: str) -> Path:
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise BlobNotFound(digest)
+        return self._root / digest[:2] / digest[2:4] / digest
+
+    async def put(self, chunks: AsyncIterator[bytes]) -> tuple[str, int]:
+        """Stores the content; returns its hex SHA-256 and size. Storing the same content twice keeps one file."""
+        self._root.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        size = 0
+        handle, temporary = tempfile.mkstemp(dir=self._root, prefix=".incoming-")
+        try:
+            with os.fdopen(handle, "wb") as out:
+                async for chunk in chunks:
+                    digest.update(chunk)
+                    size += len(chunk)
+                    await asyncio.to_thread(out.write, chunk)
+            target = self._path(digest.hexdigest())
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(temporary, target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+        return digest.hexdigest(), size
+
+    def exists(self, digest: str) -> bool:
+        try:
+            return self._path(digest).is_file()
+        except BlobNotFound:
+            return False
+
+    async def read(self, digest: str, chunk_bytes: int = CHUNK_BYTES) -> AsyncIterator[bytes]:
+        path = self._path(digest)
+        if not path.is_file():
+            raise BlobNotFound(digest)
+        with path.open("rb") as source:
+            while chunk := await asyncio.to_thread(source.read, chunk_bytes):
+                yield chunk
+
+
+class AttachmentCollector:
+    """Fetches the content of attachments of placed messages into the blob store, retrying a bounded number of times."""
+
+    def __init__(
+        self,
+        db: Database,
+        blobs: FolderBlobStore,
+        fetcher: AttachmentFetcher,
+        *,
+        batch: int = 20,
+        max_attempts: int = 5,
+        poll_interval: float = 5.0,
+    ) -> None:
+        self._db = db
+        self._blobs = blobs
+        self._fetcher = fetcher
+        self._batch = batch
+        self._max_attempts = max_attempts
+        self._poll_interval = poll_interval
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.clear()
+            try:
+                fetched = await self.collect_once()
+            except Exception as exc:
+                log.warning("attachment collection pass failed: %r", exc)
+                fetched = 0
+            if fetched >= self._batch:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self._poll_interval)
+
+    async def collect_once(self) -> int:
+        """One pass over attachments still missing content; returns how many were stored."""
+        async with self._db.read() as session:
+            pending = await attachments_to_fetch(session, limit=self._batch, max_attempts=self._max_attempts)
+        stored = 0
+        for item in pending:
+            try:
+                digest, size = await self._blobs.put(self._fetcher.fetch(item))
+                if item.expected_sha256 and item.expected_sha256 != digest:
+                    raise ValueError(
+                        f"content digest {digest} differs from the announced {item.expected_sha256}"
+                    )
+            except Exception as exc:
+                log.warning(
+                    "fetching attachment %s of %s failed: %r", item.attachment_id, item.message_id, exc
+                )
+                async with self._db.write() as session:
+                    await mark_fetch_failed(session, item.message_id, item.attachment_id)
+                continue
+            async with self._db.write() as session:
+                await mark_fetched(session, item.message_id, item.attachment_id, digest, size)
+            stored += 1
+        return stored

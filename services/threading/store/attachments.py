@@ -1,0 +1,90 @@
+"""Attachment rows: which placed messages still need their content fetched, and where fetched content lives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.threading.store.models import AttachmentRow
+
+
+@dataclass(frozen=True)
+class AttachmentToFetch:
+    message_id: str
+    attachment_id: str
+    location_id: str
+    mailbox_id: str
+    gmail_message_id: str
+    gmail_attachment_id: str
+    drop_id: str
+    expected_sha256: str
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class StoredAttachment:
+    filename: str
+    content_type: str
+    size_bytes: int
+    sha256: str
+    blob_sha256: str
+
+
+async def attachments_to_fetch(
+    session: AsyncSession, *, limit: int, max_attempts: int
+) -> list[AttachmentToFetch]:
+    rows = (
+        (
+            await session.execute(
+                select(AttachmentRow)
+                .where(AttachmentRow.blob_sha256 == "", AttachmentRow.fetch_attempts < max_attempts)
+                .order_by(AttachmentRow.fetch_attempts, AttachmentRow.message_id, AttachmentRow.attachment_id)
+                .limit(limit)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    return [
+        AttachmentToFetch(
+            r.message_id,
+            r.attachment_id,
+            r.location_id,
+            r.source_mailbox_id,
+            r.source_gmail_message_id,
+            r.gmail_attachment_id,
+            r.source_drop_id,
+            r.sha256,
+            r.size_bytes,
+        )
+        for r in rows
+    ]
+
+
+async def mark_fetched(
+    session: AsyncSession, message_id: str, attachment_id: str, blob_sha256: str, size: int
+) -> None:
+    await session.execute(
+        update(AttachmentRow)
+        .where(AttachmentRow.message_id == message_id, AttachmentRow.attachment_id == attachment_id)
+        .values(blob_sha256=blob_sha256, size_bytes=size)
+    )
+
+
+async def mark_fetch_failed(session: AsyncSession, message_id: str, attachment_id: str) -> None:
+    await session.execute(
+        update(AttachmentRow)
+        .where(AttachmentRow.message_id == message_id, AttachmentRow.attachment_id == attachment_id)
+        .values(fetch_attempts=AttachmentRow.fetch_attempts + 1)
+    )
+
+
+async def stored_attachment(
+    session: AsyncSession, location_id: str, message_id: str, attachment_id: str
+) -> StoredAttachment | None:
+    row = await session.get(AttachmentRow, (message_id, attachment_id))
+    if row is None or row.location_id != location_id:
+        return None
+    return StoredAttachment(row.filename, row.content_type, row.size_bytes, row.sha256, row.blob_sha256)
