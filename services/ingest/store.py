@@ -56,12 +56,14 @@ class MailboxSyncRow(Base):
     last_sync_at: Mapped[dt.datetime | None] = mapped_column(_WHEN, nullable=True)
     last_error: Mapped[str] = mapped_column(Text, default="")
     consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
-    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(_WHEN, nullable=True)
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(_WHEN, nullable=True, index=True)
     messages_published: Mapped[int] = mapped_column(BigInteger, default=0)
     messages_skipped: Mapped[int] = mapped_column(BigInteger, default=0)
     resyncs: Mapped[int] = mapped_column(Integer, default=0)
     last_audit_at: Mapped[dt.datetime | None] = mapped_column(_WHEN, nullable=True)
     last_audit_missing: Mapped[int] = mapped_column(Integer, default=0)
+    # Why the scheduler queues the mailbox when next_attempt_at comes (RECHECK, POLL or RETRY).
+    next_attempt_reason: Mapped[str] = mapped_column(String(16), default="POLL")
 
 
 class PublishedMessageRow(Base):
@@ -261,3 +263,141 @@ async def published_among(session: AsyncSession, mailbox_id: str, gmail_ids: Ite
 
 async def get_sync_row(session: AsyncSession, mailbox_id: str) -> MailboxSyncRow | None:
     return await session.get(MailboxSyncRow, mailbox_id)
+
+
+# Sync pass bookkeeping ------------------------------------------------------------------------------------------
+
+ACTIVE_PASS_STATES = ("SYNCING", "RESYNCING")
+UNSCHEDULED_STATES = ("PAUSED_REAUTH", "STOPPED")
+
+
+async def begin_pass(
+    session: AsyncSession, lease: Lease, *, state: str, safety_check_at: dt.datetime
+) -> None:
+    """Fenced: the pass is running; if this worker dies, the scheduler queues the mailbox at `safety_check_at`."""
+    await _fenced_update(
+        session, lease, state=state, next_attempt_at=safety_check_at, next_attempt_reason="POLL"
+    )
+
+
+async def finish_pass(
+    session: AsyncSession, lease: Lease, *, next_check_at: dt.datetime, next_check_reason: str
+) -> None:
+    """Fenced: the pass ended well; the mailbox goes back to IDLE unless a connection event moved it meanwhile."""
+    await _fenced_update(session, lease, next_attempt_at=next_check_at, next_attempt_reason=next_check_reason)
+    row = MailboxSyncRow.__table__
+    await session.execute(
+        update(row)
+        .where(row.c.mailbox_id == lease.mailbox_id, row.c.state.in_(ACTIVE_PASS_STATES))
+        .values(state="IDLE")
+    )
+
+
+async def record_failure(
+    session: AsyncSession,
+    lease: Lease,
+    *,
+    state: str,
+    error: str,
+    failures: int,
+    retry_at: dt.datetime | None,
+    now: dt.datetime,
+) -> None:
+    """Fenced: the pass failed (`failures` in a row); the mailbox waits until `retry_at` (None: until an event)."""
+    await _fenced_update(
+        session,
+        lease,
+        state=state,
+        last_error=error[:2000],
+        consecutive_failures=failures,
+        next_attempt_at=retry_at,
+        next_attempt_reason="RETRY",
+        last_sync_at=now,
+    )
+
+
+async def clear_cursor(session: AsyncSession, lease: Lease) -> None:
+    """Fenced: Gmail no longer has history from the cursor; the mailbox resyncs (counted, not failed)."""
+    row = MailboxSyncRow.__table__
+    await _fenced_update(session, lease, history_cursor=None, state="RESYNCING", resyncs=row.c.resyncs + 1)
+
+
+async def record_audit(session: AsyncSession, lease: Lease, *, now: dt.datetime, missing: int) -> None:
+    """Fenced: the audit ran and found `missing` messages of Gmail that were never published (and repaired them)."""
+    await _fenced_update(session, lease, last_audit_at=now, last_audit_missing=missing)
+
+
+async def set_state(
+    session: AsyncSession,
+    mailbox_id: str,
+    state: str,
+    *,
+    next_attempt_at: dt.datetime | None = None,
+    reset_failures: bool = False,
+) -> None:
+    """Unfenced: a connection event decides the mailbox's state (pause, stop, resume)."""
+    row = MailboxSyncRow.__table__
+    values: dict[str, object] = {"state": state, "next_attempt_at": next_attempt_at}
+    if reset_failures:
+        values.update(consecutive_failures=0, last_error="")
+    await session.execute(update(row).where(row.c.mailbox_id == mailbox_id).values(**values))
+
+
+async def note_seen_history(session: AsyncSession, mailbox_id: str, history_id: int) -> None:
+    """A push named `history_id`: remembered for the lag in the sync status."""
+    row = MailboxSyncRow.__table__
+    greatest = func.max if session.get_bind().dialect.name == "sqlite" else func.greatest
+    await session.execute(
+        update(row)
+        .where(row.c.mailbox_id == mailbox_id)
+        .values(latest_seen_history_id=greatest(row.c.latest_seen_history_id, history_id))
+    )
+
+
+@dataclass(frozen=True)
+class DueCheck:
+    mailbox_id: str
+    mailbox_email: str
+    due_at: dt.datetime
+    reason: str
+
+
+async def due_checks(session: AsyncSession, *, now: dt.datetime, limit: int) -> list[DueCheck]:
+    """Mailboxes whose next check (re-check, safety poll, retry after backoff) is due, oldest first."""
+    row = MailboxSyncRow.__table__
+    result = await session.execute(
+        select(row.c.mailbox_id, row.c.mailbox_email, row.c.next_attempt_at, row.c.next_attempt_reason)
+        .where(row.c.next_attempt_at.is_not(None), row.c.next_attempt_at <= now)
+        .where(row.c.state.not_in(UNSCHEDULED_STATES))
+        .order_by(row.c.next_attempt_at)
+        .limit(limit)
+    )
+    return [DueCheck(r[0], r[1], _aware(r[2]), r[3]) for r in result.all()]
+
+
+async def postpone_check(
+    session: AsyncSession, check: DueCheck, *, now: dt.datetime, until: dt.datetime
+) -> bool:
+    """Moves a due check to `until` if no other scheduler did (True: this caller queues the work item)."""
+    row = MailboxSyncRow.__table__
+    result = await session.execute(
+        update(row)
+        .where(row.c.mailbox_id == check.mailbox_id, row.c.next_attempt_at <= now)
+        .values(next_attempt_at=until)
+        .returning(row.c.mailbox_id)
+    )
+    return result.first() is not None
+
+
+async def published_ids(session: AsyncSession, mailbox_id: str) -> set[str]:
+    """Every Gmail id published for the mailbox (ids only)."""
+    table = PublishedMessageRow.__table__
+    result = await session.execute(
+        select(table.c.gmail_message_id).where(table.c.mailbox_id == mailbox_id)
+    )
+    return set(result.scalars())
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    # SQLite hands back naive datetimes for timezone-aware columns; they were written in UTC.
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
