@@ -71,6 +71,7 @@ class PushService:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._published: dict[str, int] = {}
+        self._queued: dict[str, int] = {}
         self._settled = asyncio.Condition()
         self._sequence = 0
         self.session: aiohttp.ClientSession | None = None
@@ -101,6 +102,7 @@ class PushService:
         self._pending.clear()
         self._last_publish.clear()
         self._published.clear()
+        self._queued.clear()
         self.default_target = PushTarget()
 
     # -- configuration --------------------------------------------------------------------------------------
@@ -180,6 +182,7 @@ class PushService:
         self._queue(mailbox.address, record.id)
 
     def _queue(self, address: str, history_id: int) -> None:
+        self._queued[address] = max(history_id, self._queued.get(address, 0))
         self._pending[address] = max(history_id, self._pending.get(address, 0))
         if address in self._timers:
             return
@@ -274,10 +277,10 @@ class PushService:
 
     async def wait_pushed(self, address: str, history_id: int, timeout_s: float = 5.0) -> None:
         """Wait until a notification at or past `history_id` had its first delivery attempt (echo-first mode)."""
-        if address not in self.watches:
-            return
+        if address not in self.watches or self._queued.get(address, 0) < history_id:
+            return  # not watched, or the watch's label filter let this change through without a notification
         async with self._settled:
-            with contextlib.suppress(asyncio.TimeoutError):
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
                     self._settled.wait_for(lambda: self._published.get(address, 0) >= history_id), timeout_s
                 )

@@ -148,3 +148,19 @@ def test_watch_without_publish_grant_is_forbidden(gmail_sandbox: GmailSandbox, p
     with pytest.raises(HttpError) as refused:
         gmail_sandbox.gmail(ALICE).users().watch(userId="me", body={"topicName": TOPIC}).execute()
     assert refused.value.resp.status == 403 and refused.value.error_details[0]["reason"] == "forbidden"
+
+
+def test_send_outside_the_watched_labels_is_not_pushed(
+    gmail_sandbox: GmailSandbox, push_receiver, watched
+) -> None:
+    """https://developers.google.com/workspace/gmail/api/reference/rest/v1/users/watch: labelIds INBOX only."""
+    gmail, _ = watched
+    push_receiver.wait_for(1)
+    encoded = base64.urlsafe_b64encode(
+        b"From: alice@example.com\r\nTo: x@outside.test\r\nSubject: s\r\n\r\nb"
+    ).decode()
+    sent = gmail.users().messages().send(userId="me", body={"raw": encoded}).execute()
+    assert sent["labelIds"] == ["SENT"]
+    inbound = gmail_sandbox.admin.deliver(ALICE, sender="x@outside.test", to=[ALICE], subject="in", body="b")
+    pushes = push_receiver.wait_for(2)
+    assert [decoded(p)["historyId"] for p in pushes[1:]] == [int(inbound["historyId"])]
