@@ -4,6 +4,7 @@ pytest_plugins = [
     "tests.fixtures.sandbox",
     "tests.fixtures.nats_server",
     "tests.fixtures.databases",
+    "tests.fixtures.services",
     "tests.fixtures.messaging",
     "tests.fixtures.threading_store",
 ]

@@ -66,36 +66,51 @@ def _with_token(details: grpc.aio.ClientCallDetails, token: str) -> grpc.aio.Cli
     )
 
 
-class _BearerToken(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamUnaryClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
-):
-    """Adds `authorization: Bearer <token>` to every call."""
+class _BearerToken:
+    """Adds `authorization: Bearer <token>` to every call of one RPC shape."""
 
     def __init__(self, source: TokenSource) -> None:
         self._source = source
 
+    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        return _with_token(details, self._source.token())
+
+
+# grpc.aio files an interceptor under the first shape it matches, so each shape needs its own instance.
+class _UnaryUnaryBearer(_BearerToken, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(
         self, continuation: Callable[..., Any], details: Any, request: Any
     ) -> Any:
-        return await continuation(_with_token(details, self._source.token()), request)
+        return await continuation(self._details(details), request)
 
+
+class _UnaryStreamBearer(_BearerToken, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(
         self, continuation: Callable[..., Any], details: Any, request: Any
     ) -> Any:
-        return await continuation(_with_token(details, self._source.token()), request)
+        return await continuation(self._details(details), request)
 
+
+class _StreamUnaryBearer(_BearerToken, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(
         self, continuation: Callable[..., Any], details: Any, requests: Any
     ) -> Any:
-        return await continuation(_with_token(details, self._source.token()), requests)
+        return await continuation(self._details(details), requests)
 
+
+class _StreamStreamBearer(_BearerToken, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(
         self, continuation: Callable[..., Any], details: Any, requests: Any
     ) -> Any:
-        return await continuation(_with_token(details, self._source.token()), requests)
+        return await continuation(self._details(details), requests)
+
+
+def bearer_interceptors(source: TokenSource) -> list[Any]:
+    """Client interceptors that send `source`'s token on every call, whatever its shape."""
+    return [
+        shape(source)
+        for shape in (_UnaryUnaryBearer, _UnaryStreamBearer, _StreamUnaryBearer, _StreamStreamBearer)
+    ]
 
 
 def channel_credentials(settings: ServiceSettings) -> grpc.ChannelCredentials | None:
@@ -124,7 +139,7 @@ def open_channel(
     options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
     interceptors: list[Any] = client_interceptors()
     if token is not None:
-        interceptors.append(_BearerToken(token))
+        interceptors.extend(bearer_interceptors(token))
     if credentials is None and settings is not None:
         credentials = channel_credentials(settings)
     if credentials is None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import nats
 from nats.aio.client import Client
 
-
 _STARTUP_ATTEMPTS = 3
 
 

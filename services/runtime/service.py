@@ -79,7 +79,10 @@ class ServiceComponents:
         self.servicers.append(registration)
 
     def add_background(
-        self, name: str, run: Callable[[], Coroutine[Any, Any, None]], stop: Callable[[], object] | None = None
+        self,
+        name: str,
+        run: Callable[[], Coroutine[Any, Any, None]],
+        stop: Callable[[], object] | None = None,
     ) -> None:
         self.background.append(BackgroundTask(name, run, stop))
 
@@ -145,6 +148,7 @@ class RunningService:
     components: ServiceComponents
     grpc: GrpcServer
     tasks: dict[str, asyncio.Task[None]]
+    stopped: bool = False
 
     @property
     def port(self) -> int:
@@ -172,6 +176,9 @@ async def start_service(
 
 async def stop_service(running: RunningService) -> None:
     """Graceful stop: health NOT_SERVING, gRPC stop(grace), background tasks end, NATS drains, cleanups."""
+    if running.stopped:
+        return
+    running.stopped = True
     settings = running.components.settings
     grace = settings.grpc_shutdown_grace_seconds
     await running.grpc.stop(grace)

@@ -1,0 +1,251 @@
+"""Authentication, tenant scoping and domain errors on a real service process's gRPC server (loopback, real
+NATS, real database), with a small ThreadingService servicer built from the generated stubs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mailsync.v1 import outbound_pb2, outbound_pb2_grpc, threading_pb2, threading_pb2_grpc
+from services.runtime.errors import NotFound, error_info
+from services.runtime.grpc_auth import TokenKeys, current_caller
+from services.runtime.grpc_client import StaticToken, open_channel
+from services.runtime.grpc_server import ServicerRegistration
+from services.runtime.service import RunningService, ServiceComponents, open_foundation
+from services.threading.app import MIGRATIONS_DIR
+from services.threading.settings import ThreadingSettings
+from tests.fixtures.databases import DatabaseTarget
+from tests.fixtures.services import new_token_keys_value, service_settings
+
+
+class ConversationMissing(NotFound):
+    reason = "CONVERSATION_NOT_FOUND"
+
+
+class EchoThreading(threading_pb2_grpc.ThreadingServiceServicer):
+    """Echoes the request back, and says who called: enough to observe what the interceptors let through."""
+
+    async def GetConversation(self, request: Any, context: Any) -> Any:
+        if request.conversation_id == "missing":
+            raise ConversationMissing("no such conversation", conversation_id=request.conversation_id)
+        return threading_pb2.GetConversationResponse(
+            conversation=threading_pb2.Conversation(
+                conversation_id=request.conversation_id,
+                location_id=request.location_id,
+                contact_id=current_caller().name,
+            )
+        )
+
+    async def WatchMessages(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        for n in range(2):
+            yield threading_pb2.WatchMessagesResponse(cursor=f"{request.location_id}:{n}")
+
+    async def ExplainMessage(self, request: Any, context: Any) -> Any:
+        return threading_pb2.ExplainMessageResponse(rfc_message_id=request.rfc_message_id)
+
+
+class UploadCounter(outbound_pb2_grpc.OutboundServiceServicer):
+    """A client-streaming method: the location arrives in the first message, so the servicer checks it."""
+
+    async def UploadAttachment(self, request_iterator: Any, context: Any) -> Any:
+        size = 0
+        async for request in request_iterator:
+            if request.HasField("metadata"):
+                current_caller().require_location(request.metadata.location_id)
+            size += len(request.chunk)
+        return outbound_pb2.UploadAttachmentResponse(upload_id="u1", size_bytes=size)
+
+
+def threading_registration() -> ServicerRegistration:
+    return ServicerRegistration(
+        service=threading_pb2.DESCRIPTOR.services_by_name["ThreadingService"],
+        servicer=EchoThreading(),
+        add_to_server=threading_pb2_grpc.add_ThreadingServiceServicer_to_server,
+        internal_methods=frozenset({"ExplainMessage"}),
+    )
+
+
+def outbound_registration() -> ServicerRegistration:
+    return ServicerRegistration(
+        service=outbound_pb2.DESCRIPTOR.services_by_name["OutboundService"],
+        servicer=UploadCounter(),
+        add_to_server=outbound_pb2_grpc.add_OutboundServiceServicer_to_server,
+    )
+
+
+async def build_echo_service(settings: ThreadingSettings) -> ServiceComponents:
+    components = await open_foundation(settings, MIGRATIONS_DIR)
+    components.add_servicer(threading_registration())
+    components.add_servicer(outbound_registration())
+    return components
+
+
+@pytest.fixture
+async def service(
+    nats_server: Any, token_keys_value: str, tmp_path: Path, run_service_in_process: Any
+) -> RunningService:
+    # What is under test is the gRPC layer, so one database backend is enough here.
+    settings = service_settings(
+        ThreadingSettings,
+        nats_url=nats_server.url,
+        database=DatabaseTarget("sqlite", f"sqlite:///{tmp_path / 'threading.db'}", None),
+        token_keys_value=token_keys_value,
+        data_dir=tmp_path,
+    )
+    return await run_service_in_process(settings, build_echo_service)
+
+
+def _address(service: RunningService) -> str:
+    return f"127.0.0.1:{service.port}"
+
+
+async def get_conversation(
+    service: RunningService, token: str | None, location_id: str, conversation_id: str = "c1"
+) -> Any:
+    channel = open_channel(_address(service), token=StaticToken(token) if token is not None else None)
+    async with channel:
+        stub = threading_pb2_grpc.ThreadingServiceStub(channel)
+        return await stub.GetConversation(
+            threading_pb2.GetConversationRequest(location_id=location_id, conversation_id=conversation_id)
+        )
+
+
+async def test_a_valid_token_for_the_location_reaches_the_servicer_as_the_caller(
+    service: RunningService, token_keys: TokenKeys
+) -> None:
+    response = await get_conversation(service, token_keys.mint("crm", ["loc-a"]), "loc-a")
+    assert response.conversation.location_id == "loc-a"
+    assert response.conversation.contact_id == "crm"
+
+
+async def test_a_call_without_a_token_is_unauthenticated(service: RunningService) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await get_conversation(service, None, "loc-a")
+    assert failure.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "missing" in (failure.value.details() or "")
+    info = error_info(failure.value)
+    assert info is not None and info.reason == "INVALID_TOKEN" and info.domain == "mailsync"
+
+
+async def test_a_token_signed_with_another_key_is_unauthenticated(service: RunningService) -> None:
+    stranger = TokenKeys.parse(new_token_keys_value(kid="test"))
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await get_conversation(service, stranger.mint("crm", ["loc-a"]), "loc-a")
+    assert failure.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "signature" in (failure.value.details() or "")
+
+
+async def test_an_expired_token_is_unauthenticated(service: RunningService, token_keys: TokenKeys) -> None:
+    expired = token_keys.mint("crm", ["loc-a"], ttl_seconds=60, now=time.time() - 3600)
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await get_conversation(service, expired, "loc-a")
+    assert failure.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "expired" in (failure.value.details() or "")
+
+
+async def test_a_token_for_one_location_is_denied_another_location(
+    service: RunningService, token_keys: TokenKeys
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await get_conversation(service, token_keys.mint("crm", ["loc-a"]), "loc-b")
+    assert failure.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    info = error_info(failure.value)
+    assert info is not None and info.reason == "LOCATION_NOT_PERMITTED"
+    assert info.metadata["location_id"] == "loc-b"
+
+
+async def test_a_token_for_all_locations_may_act_for_any(
+    service: RunningService, token_keys: TokenKeys
+) -> None:
+    response = await get_conversation(service, token_keys.mint("threading", ["*"], internal=True), "loc-z")
+    assert response.conversation.location_id == "loc-z"
+
+
+async def test_server_streaming_requests_are_scoped_too(
+    service: RunningService, token_keys: TokenKeys
+) -> None:
+    async with open_channel(
+        _address(service), token=StaticToken(token_keys.mint("crm", ["loc-a"]))
+    ) as channel:
+        stub = threading_pb2_grpc.ThreadingServiceStub(channel)
+        allowed = [
+            r.cursor
+            async for r in stub.WatchMessages(threading_pb2.WatchMessagesRequest(location_id="loc-a"))
+        ]
+        assert allowed == ["loc-a:0", "loc-a:1"]
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            [r async for r in stub.WatchMessages(threading_pb2.WatchMessagesRequest(location_id="loc-b"))]
+    assert failure.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_client_streaming_requests_are_scoped_by_the_servicer_helper(
+    service: RunningService, token_keys: TokenKeys
+) -> None:
+    def upload(location_id: str) -> Any:
+        async def requests() -> AsyncIterator[Any]:
+            yield outbound_pb2.UploadAttachmentRequest(
+                metadata=outbound_pb2.UploadAttachmentRequest.Metadata(
+                    location_id=location_id, filename="a.txt"
+                )
+            )
+            yield outbound_pb2.UploadAttachmentRequest(chunk=b"hello")
+
+        return requests()
+
+    async with open_channel(
+        _address(service), token=StaticToken(token_keys.mint("crm", ["loc-a"]))
+    ) as channel:
+        stub = outbound_pb2_grpc.OutboundServiceStub(channel)
+        assert (await stub.UploadAttachment(upload("loc-a"))).size_bytes == 5
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await stub.UploadAttachment(upload("loc-b"))
+    assert failure.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    info = error_info(failure.value)
+    assert info is not None and info.reason == "LOCATION_NOT_PERMITTED"
+
+
+async def test_an_internal_only_method_is_denied_to_an_outside_caller(
+    service: RunningService, token_keys: TokenKeys
+) -> None:
+    request = threading_pb2.ExplainMessageRequest(location_id="loc-a", rfc_message_id="<m@x>")
+    async with open_channel(_address(service), token=StaticToken(token_keys.mint("crm", ["*"]))) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await threading_pb2_grpc.ThreadingServiceStub(channel).ExplainMessage(request)
+    assert failure.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    info = error_info(failure.value)
+    assert info is not None and info.reason == "INTERNAL_ONLY_METHOD"
+
+    internal = StaticToken(token_keys.mint("outbound", ["*"], internal=True))
+    async with open_channel(_address(service), token=internal) as channel:
+        response = await threading_pb2_grpc.ThreadingServiceStub(channel).ExplainMessage(request)
+    assert response.rfc_message_id == "<m@x>"
+
+
+async def test_a_domain_error_becomes_its_status_with_error_info(
+    service: RunningService, token_keys: TokenKeys
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await get_conversation(service, token_keys.mint("crm", ["loc-a"]), "loc-a", conversation_id="missing")
+    assert failure.value.code() == grpc.StatusCode.NOT_FOUND
+    assert failure.value.details() == "no such conversation"
+    info = error_info(failure.value)
+    assert info is not None
+    assert (info.reason, info.domain, dict(info.metadata)) == (
+        "CONVERSATION_NOT_FOUND",
+        "mailsync",
+        {"conversation_id": "missing"},
+    )
+
+
+async def test_health_needs_no_token(service: RunningService) -> None:
+    async with open_channel(_address(service)) as channel:
+        response = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="mailsync.v1.ThreadingService")
+        )
+    assert response.status == health_pb2.HealthCheckResponse.SERVING
