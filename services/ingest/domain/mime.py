@@ -368,7 +368,10 @@ def attachment_content(raw: bytes, part_path: str, limits: MimeLimits = DEFAULT_
         if not (part.is_multipart() and _content_type(part).startswith("multipart/")):
             return None
         children = part.get_payload()
-        if not 1 <= step <= len(children):
+        if not isinstance(children, list) or not 1 <= step <= len(children):
             return None
-        part = children[step - 1]
+        child = children[step - 1]
+        if not isinstance(child, Message):
+            return None
+        part = child
     return part_content(part, defects)
