@@ -29,6 +29,7 @@ from services.runtime.gmail import (
     RetryableGmailError,
     RetryPolicy,
     RetryTiming,
+    SendingLimitReached,
     SendOutcomeUnknown,
     decode_base64url,
     fixed_access_token,
@@ -256,6 +257,21 @@ async def test_a_rate_limited_send_is_refused_not_retried(alice: GmailClient, wo
         await alice.send_raw(message_bytes("later"))
     assert not isinstance(raised.value, SendOutcomeUnknown) and raised.value.status == 429
     assert world.admin.outbox() == [] and await alice.list_messages(label_ids=["SENT"]) == []
+
+
+async def test_the_daily_sending_limit_is_its_own_error_with_gmails_retry_time(
+    api: GmailApi, world: GmailSandbox, sleeps: RecordedSleeps
+) -> None:
+    world.create_mailbox("limited@example.com", daily_send_limit=1)
+    client = client_for(api, world, sleeps, address="limited@example.com")
+    await client.send_raw(message_bytes("first"))
+    with pytest.raises(SendingLimitReached) as raised:
+        await client.send_raw(message_bytes("second"))
+    assert raised.value.retry_at is not None
+    assert raised.value.retry_at > dt.datetime.now(dt.UTC) + dt.timedelta(hours=23)
+    assert sleeps.delays == []
+    delivered = world.gmail(BOB).users().messages().list(userId="me").execute().get("messages", [])
+    assert len(delivered) == 1
 
 
 async def test_send_json_and_media_paths_deliver_and_are_found_by_message_id(
