@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import secrets
 from collections.abc import Mapping
 from http import HTTPStatus
@@ -13,65 +12,25 @@ from multidict import MultiDict
 
 from sandbox.errors import bad_request
 from sandbox.gmail_api import ApiRequest, ApiResponse, GmailApi, error_response
+from sandbox.multipart import boundary_of, header_dict, split_head, split_parts
 
 MAX_PARTS = 100
 
 
-def _boundary(content_type: str) -> str:
-    found = re.search(r'boundary="?([^";]+)"?', content_type, re.IGNORECASE)
-    if not found:
-        raise bad_request("Missing boundary in multipart/mixed Content-Type")
-    return found.group(1)
-
-
-def _split_head(blob: bytes) -> tuple[list[bytes], bytes]:
-    """Header lines and the rest, accepting CRLF or LF line endings."""
-    crlf, lf = blob.find(b"\r\n\r\n"), blob.find(b"\n\n")
-    if crlf >= 0 and (lf < 0 or crlf < lf):
-        head, rest = blob[:crlf], blob[crlf + 4 :]
-    elif lf >= 0:
-        head, rest = blob[:lf], blob[lf + 2 :]
-    else:
-        head, rest = blob, b""
-    return [line for line in head.replace(b"\r\n", b"\n").split(b"\n") if line], rest
-
-
-def _headers(lines: list[bytes]) -> dict[str, str]:
-    """Header lines as a dict keyed by lower-cased name (later lines win)."""
-    headers: dict[str, str] = {}
-    for line in lines:
-        name, _, value = line.decode("latin-1").partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return headers
-
-
-def split_parts(body: bytes, boundary: str) -> list[bytes]:
-    delimiter = b"--" + boundary.encode()
-    chunks = body.split(delimiter)
-    parts = []
-    for chunk in chunks[1:]:
-        if chunk.startswith(b"--"):
-            break
-        parts.append(
-            chunk[2:] if chunk.startswith(b"\r\n") else chunk[1:] if chunk.startswith(b"\n") else chunk
-        )
-    return parts
-
-
-def inherited_headers(outer: Mapping[str, str]) -> dict[str, str]:
+def inheritedheader_dict(outer: Mapping[str, str]) -> dict[str, str]:
     """Outer headers that apply to every part: all but the Content-* ones."""
     return {k.lower(): v for k, v in outer.items() if not k.lower().startswith("content-")}
 
 
 def parse_inner(part: bytes, inherited: dict[str, str]) -> tuple[str | None, ApiRequest]:
     """One part: its Content-ID and the HTTP request it carries (outer non-Content headers apply too)."""
-    part_header_lines, http_blob = _split_head(part)
-    part_headers = _headers(part_header_lines)
-    request_lines, inner_body = _split_head(http_blob)
+    part_header_lines, http_blob = split_head(part)
+    part_headers = header_dict(part_header_lines)
+    request_lines, inner_body = split_head(http_blob)
     if not request_lines:
         raise bad_request("Empty batch part")
     method, target, *_ = request_lines[0].decode("latin-1").split(" ")
-    headers = {**inherited, **_headers(request_lines[1:])}
+    headers = {**inherited, **header_dict(request_lines[1:])}
     path, _, query = target.partition("?")
     if inner_body.endswith(b"\r\n"):
         inner_body = inner_body[:-2]
@@ -106,7 +65,7 @@ async def run_batch(api: GmailApi, content_type: str, body: bytes, outer: Mappin
     if not content_type.lower().startswith("multipart/mixed"):
         return error_response(bad_request("Batch requests must be multipart/mixed"))
     try:
-        parts = split_parts(body, _boundary(content_type))
+        parts = split_parts(body, boundary_of(content_type))
     except Exception as error:
         return error_response(bad_request(f"Malformed batch body: {error}"))
     if len(parts) > MAX_PARTS:
@@ -114,7 +73,7 @@ async def run_batch(api: GmailApi, content_type: str, body: bytes, outer: Mappin
     if not parts:
         return error_response(bad_request("Empty batch request"))
     try:
-        inherited = inherited_headers(outer)
+        inherited = inheritedheader_dict(outer)
         parsed = [parse_inner(part, inherited) for part in parts]
     except ValueError as error:
         return error_response(bad_request(f"Malformed batch part: {error}"))

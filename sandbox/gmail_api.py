@@ -462,7 +462,7 @@ class GmailApi:
             )
         else:
             asyncio.get_running_loop().call_later(
-                settings.sent_copy_delay_ms / 1000, self.core.mail.commit_sent, mailbox, result.sent
+                settings.sent_copy_delay_ms / 1000, self.core.mail.commit, mailbox, result.sent
             )
         return {
             "id": result.sent.id,

@@ -150,19 +150,25 @@ class GrantRegistry:
         self.access_tokens[token.token] = token
         return token
 
+    def _new_grant(self, address: str, client_id: str, scopes: list[str]) -> Grant:
+        """A consent, tied to the mailbox's current password so that a change ends it."""
+        mailbox = self.mail.mailbox(address)
+        grant = Grant(
+            address=mailbox.address,
+            client_id=client_id,
+            scopes=scopes,
+            refresh_token="1//sandbox-" + secrets.token_urlsafe(32),
+            credential_epoch=mailbox.credential_epoch,
+        )
+        self.grants[grant.refresh_token] = grant
+        return grant
+
     def grant_directly(self, address: str, client_id: str, scopes: list[str]) -> TokenSet:
         """A consent given without the browser round trip (admin API, for tests)."""
         mailbox = self.mail.mailbox(address)
         if client_id not in self.clients:
             raise OAuthError(401, "invalid_client", "The OAuth client was not found.")
-        grant = Grant(
-            address=mailbox.address,
-            client_id=client_id,
-            scopes=normalize_scopes(scopes),
-            refresh_token="1//sandbox-" + secrets.token_urlsafe(32),
-            credential_epoch=mailbox.credential_epoch,
-        )
-        self.grants[grant.refresh_token] = grant
+        grant = self._new_grant(mailbox.address, client_id, normalize_scopes(scopes))
         return TokenSet(access=self._issue_access(grant, grant.scopes), refresh_token=grant.refresh_token)
 
     def issue_code(
@@ -210,15 +216,7 @@ class GrantRegistry:
                 computed = code_verifier
             if computed != found.code_challenge:
                 raise OAuthError(400, "invalid_grant", "Invalid code verifier.")
-        mailbox = self.mail.mailbox(found.address)
-        grant = Grant(
-            address=mailbox.address,
-            client_id=client.client_id,
-            scopes=found.scopes,
-            refresh_token="1//sandbox-" + secrets.token_urlsafe(32),
-            credential_epoch=mailbox.credential_epoch,
-        )
-        self.grants[grant.refresh_token] = grant
+        grant = self._new_grant(found.address, client.client_id, found.scopes)
         access = self._issue_access(grant, grant.scopes)
         return TokenSet(access=access, refresh_token=grant.refresh_token if found.offline else None), found
 

@@ -10,7 +10,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.utils import format_datetime, getaddresses, parseaddr
+from email.utils import format_datetime, parseaddr
 from typing import Any
 
 from sandbox import mime
@@ -275,6 +275,36 @@ class MailState:
 
     # -- storing messages ------------------------------------------------------------------------------------
 
+    def _new_message(
+        self,
+        raw: bytes,
+        parsed: mime.ParsedMessage,
+        labels: Iterable[str],
+        thread_id: str | None,
+        internal_date_ms: int | None = None,
+    ) -> StoredMessage:
+        """A message with its ids assigned, not yet in any mailbox."""
+        message_id = self._new_message_id()
+        return StoredMessage(
+            id=message_id,
+            thread_id=thread_id or message_id,
+            label_ids=list(dict.fromkeys(labels)),
+            raw=raw,
+            parsed=parsed,
+            internal_date_ms=internal_date_ms or self.now_ms(),
+            history_id=0,
+            rfc_message_id=(mime.message_ids(parsed.header("Message-ID")) or [""])[0],
+        )
+
+    def commit(self, mailbox: Mailbox, message: StoredMessage) -> StoredMessage:
+        """Put a message in its mailbox and thread, and write its messageAdded history record."""
+        mailbox.messages[message.id] = message
+        mailbox.threads.setdefault(message.thread_id, []).append(message.id)
+        if message.rfc_message_id:
+            mailbox.by_rfc_id.setdefault(message.rfc_message_id, []).append(message.id)
+        self._record(mailbox, "messageAdded", message)
+        return message
+
     def _store(
         self,
         mailbox: Mailbox,
@@ -284,24 +314,7 @@ class MailState:
         thread_id: str | None,
         internal_date_ms: int | None = None,
     ) -> StoredMessage:
-        message_id = self._new_message_id()
-        rfc_id = (mime.message_ids(parsed.header("Message-ID")) or [""])[0]
-        message = StoredMessage(
-            id=message_id,
-            thread_id=thread_id or message_id,
-            label_ids=list(dict.fromkeys(labels)),
-            raw=raw,
-            parsed=parsed,
-            internal_date_ms=internal_date_ms or self.now_ms(),
-            history_id=0,
-            rfc_message_id=rfc_id,
-        )
-        mailbox.messages[message_id] = message
-        mailbox.threads.setdefault(message.thread_id, []).append(message_id)
-        if rfc_id:
-            mailbox.by_rfc_id.setdefault(rfc_id, []).append(message_id)
-        self._record(mailbox, "messageAdded", message)
-        return message
+        return self.commit(mailbox, self._new_message(raw, parsed, labels, thread_id, internal_date_ms))
 
     def _thread_by_headers(self, mailbox: Mailbox, parsed: mime.ParsedMessage) -> str | None:
         """Inbound threading: a referenced Message-ID known in this mailbox and a matching subject."""
@@ -417,11 +430,10 @@ class MailState:
         if mailbox.address in recipients:
             labels += ["INBOX", "UNREAD"]
         mailbox.sends_ms.append(self.now_ms())
-        sent = (
-            self._store(mailbox, prepared, parsed, labels, chosen_thread)
-            if deliver_sent_copy
-            else self._pending_sent(mailbox, prepared, parsed, labels, chosen_thread)
-        )
+        # In after-response mode the SENT copy gets its ids now and is committed later by the caller.
+        sent = self._new_message(prepared, parsed, labels, chosen_thread)
+        if deliver_sent_copy:
+            self.commit(mailbox, sent)
         delivered_raw = mime.edit_headers(prepared, {"Bcc"}, []) if parsed.header("Bcc") else prepared
         deliveries: list[tuple[Mailbox, StoredMessage]] = []
         external: list[str] = []
@@ -446,34 +458,6 @@ class MailState:
             )
             self.outbox.append(entry)
         return SendResult(sent=sent, deliveries=deliveries, outbox=entry)
-
-    def _pending_sent(
-        self,
-        mailbox: Mailbox,
-        raw: bytes,
-        parsed: mime.ParsedMessage,
-        labels: list[str],
-        thread_id: str | None,
-    ) -> StoredMessage:
-        """A SENT copy whose id is known but which is not yet in the mailbox (written later by `commit_sent`)."""
-        message_id = self._new_message_id()
-        return StoredMessage(
-            id=message_id,
-            thread_id=thread_id or message_id,
-            label_ids=labels,
-            raw=raw,
-            parsed=parsed,
-            internal_date_ms=self.now_ms(),
-            history_id=0,
-            rfc_message_id=(mime.message_ids(parsed.header("Message-ID")) or [""])[0],
-        )
-
-    def commit_sent(self, mailbox: Mailbox, message: StoredMessage) -> None:
-        mailbox.messages[message.id] = message
-        mailbox.threads.setdefault(message.thread_id, []).append(message.id)
-        if message.rfc_message_id:
-            mailbox.by_rfc_id.setdefault(message.rfc_message_id, []).append(message.id)
-        self._record(mailbox, "messageAdded", message)
 
     # -- label changes ---------------------------------------------------------------------------------------
 
@@ -535,18 +519,10 @@ class MailState:
         label_list_visibility: str = "labelShow",
     ) -> Label:
         clean = name.strip()
-        if (
-            not clean
-            or clean.upper() in SYSTEM_LABEL_IDS
-            or any(existing.name.lower() == clean.lower() for existing in mailbox.labels.values())
-        ):
-            raise GoogleApiError(
-                409 if clean and clean.upper() not in SYSTEM_LABEL_IDS else 400,
-                "invalidArgument" if clean.upper() in SYSTEM_LABEL_IDS or not clean else "duplicate",
-                "Invalid label name"
-                if clean.upper() in SYSTEM_LABEL_IDS or not clean
-                else "Label name exists or conflicts",
-            )
+        if not clean or clean.upper() in SYSTEM_LABEL_IDS:
+            raise bad_request("Invalid label name", reason="invalidArgument")
+        if any(existing.name.lower() == clean.lower() for existing in mailbox.labels.values()):
+            raise GoogleApiError(409, "duplicate", "Label name exists or conflicts")
         label = Label(
             id=f"Label_{len(mailbox.labels) - len(SYSTEM_LABEL_IDS) + 1}",
             name=clean,
@@ -555,13 +531,3 @@ class MailState:
         )
         mailbox.labels[label.id] = label
         return label
-
-
-def recipients_of(raw: bytes) -> list[str]:
-    """Lower-cased To/Cc/Bcc addresses of raw bytes."""
-    parsed = mime.parse(raw)
-    return [
-        addr.lower()
-        for _, addr in getaddresses([parsed.header(h) or "" for h in ("To", "Cc", "Bcc")])
-        if addr
-    ]

@@ -10,7 +10,6 @@ from typing import Any
 
 from multidict import MultiDict
 
-from sandbox.batch import _boundary, _headers, _split_head, split_parts
 from sandbox.discovery import method_scopes
 from sandbox.errors import GoogleApiError, bad_request, insufficient_scopes, not_found
 from sandbox.gmail_api import (
@@ -23,6 +22,7 @@ from sandbox.gmail_api import (
     check_size,
     error_response,
 )
+from sandbox.multipart import boundary_of, header_dict, split_head, split_parts
 
 _PATH = re.compile(r"^/upload/gmail/v1/users/(?P<userId>[^/]+)/messages(?P<action>/send|/import)?$")
 _METHODS = {
@@ -86,13 +86,13 @@ class UploadApi:
 
     @staticmethod
     def _multipart(body: bytes, content_type: str) -> tuple[bytes, dict[str, Any]]:
-        parts = split_parts(body, _boundary(content_type))
+        parts = split_parts(body, boundary_of(content_type))
         if len(parts) != 2:
             raise bad_request("Multipart upload needs exactly a metadata part and a media part")
-        _, metadata_blob = _split_head(parts[0])
-        media_lines, media = _split_head(parts[1])
+        _, metadata_blob = split_head(parts[0])
+        media_lines, media = split_head(parts[1])
         media = re.sub(rb"\r?\n$", b"", media)
-        headers = _headers(media_lines)
+        headers = header_dict(media_lines)
         if not headers.get("content-type", "message/rfc822").lower().startswith("message/"):
             raise bad_request("Media type not accepted: expected message/*", reason="badContent")
         try:
