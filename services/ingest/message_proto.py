@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from mailsync.v1 import common_pb2, events_pb2
+from services.ingest.bcc_drop import AcceptedDrop
 from services.ingest.domain.message import (
     Attachment,
     Direction,
@@ -107,3 +108,14 @@ def normalized_message_to_proto(
     if observe_time is not None:
         event.observe_time.CopyFrom(_timestamp(observe_time))
     return event
+
+
+def bcc_drop_to_proto(drop: AcceptedDrop) -> events_pb2.BccDropInfo:
+    """The drop part of the NormalizedMessage of an admitted BCC drop (normalize it with source=BCC_DROP)."""
+    return events_pb2.BccDropInfo(
+        drop_id=drop.drop_id,
+        location_id=drop.location_id,
+        sender_user_id=drop.sender_user_id,
+        envelope_recipient=drop.envelope_recipient,
+        content_digest=drop.content_digest,
+    )

@@ -5,9 +5,11 @@ from __future__ import annotations
 import datetime as dt
 
 from mailsync.v1 import common_pb2, events_pb2
+from services.ingest.bcc_drop import AcceptedDrop
+from services.ingest.domain.bcc import AuthenticatedAuthor
 from services.ingest.domain.message import MailboxCopy, MessageSource
 from services.ingest.domain.mime import normalize_message
-from services.ingest.message_proto import normalized_message_to_proto
+from services.ingest.message_proto import bcc_drop_to_proto, normalized_message_to_proto
 from tests.fixtures import mime_samples
 
 RECEIVED = dt.datetime(2026, 11, 3, 9, 16, tzinfo=dt.UTC)
@@ -54,14 +56,23 @@ def test_event_carries_gmail_copy_participants_attachments_and_flags() -> None:
 
 
 def test_bcc_drop_event_is_outbound_and_carries_the_drop() -> None:
-    mail = normalize_message(mime_samples.plain(), source=MessageSource.BCC_DROP)
-    drop = events_pb2.BccDropInfo(drop_id="d-1", location_id="loc-1", sender_user_id="u-1")
+    raw = mime_samples.plain()
+    mail = normalize_message(raw, source=MessageSource.BCC_DROP)
+    author = AuthenticatedAuthor("alice@example.com", "example.com", "dmarc", "example.com")
+    accepted = AcceptedDrop("d-1", "loc-1", "u-1", "bcc+t@drop.example", author, "ab" * 32, raw)
+    drop = bcc_drop_to_proto(accepted)
 
     event = normalized_message_to_proto(mail, bcc_drop=drop)
 
     assert event.direction == common_pb2.DIRECTION_OUTBOUND
     assert event.source == common_pb2.MESSAGE_SOURCE_BCC_DROP
-    assert event.bcc_drop == drop
+    assert event.bcc_drop == events_pb2.BccDropInfo(
+        drop_id="d-1",
+        location_id="loc-1",
+        sender_user_id="u-1",
+        envelope_recipient="bcc+t@drop.example",
+        content_digest="ab" * 32,
+    )
     assert not event.HasField("internal_time")
 
 
