@@ -17,7 +17,7 @@ from sandbox.multipart import boundary_of, header_dict, split_head, split_parts
 MAX_PARTS = 100
 
 
-def inheritedheader_dict(outer: Mapping[str, str]) -> dict[str, str]:
+def inherited_headers(outer: Mapping[str, str]) -> dict[str, str]:
     """Outer headers that apply to every part: all but the Content-* ones."""
     return {k.lower(): v for k, v in outer.items() if not k.lower().startswith("content-")}
 
@@ -73,7 +73,7 @@ async def run_batch(api: GmailApi, content_type: str, body: bytes, outer: Mappin
     if not parts:
         return error_response(bad_request("Empty batch request"))
     try:
-        inherited = inheritedheader_dict(outer)
+        inherited = inherited_headers(outer)
         parsed = [parse_inner(part, inherited) for part in parts]
     except ValueError as error:
         return error_response(bad_request(f"Malformed batch part: {error}"))
