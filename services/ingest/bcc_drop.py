@@ -89,8 +89,10 @@ class BccDropAdmission:
         """The location a drop address belongs to; refuses unknown, malformed and rotated-out addresses."""
         token = drop_token_of(envelope_recipient, self.policy.drop_domain)
         location = await self._locations.location_for_token_digest(token_digest(token))
-        check_token(token, location.token_digest if location else None)
-        assert location is not None  # check_token refused otherwise
+        if location is None:
+            check_token(token, None)  # refuses: no location has this token (any more)
+            raise AssertionError("check_token accepted a token without a location")
+        check_token(token, location.token_digest)
         return location.location_id
 
     async def admit(self, envelope_recipient: str, raw: bytes) -> AcceptedDrop:
