@@ -8,13 +8,62 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mailsync.v1 import threading_pb2, threading_pb2_grpc
+from services.runtime.consumer import Consumer
+from services.runtime.grpc_server import ServicerRegistration
+from services.runtime.outbox import OutboxRelay
 from services.runtime.service import ServiceComponents, open_foundation
+from services.threading.api import SyncedFeedSignal, ThreadingServicer
+from services.threading.blobs import AttachmentCollector, AttachmentFetcher, FolderBlobStore
+from services.threading.consumers import (
+    ThreadingHandlers,
+    WaitPolicy,
+    message_consumer_spec,
+    outbox_events,
+    send_consumer_spec,
+)
 from services.threading.settings import ThreadingSettings
+from services.threading.sync import MessageSync
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
-async def build(settings: ThreadingSettings) -> ServiceComponents:
-    """Opens and migrates the database, connects NATS, and registers the service's servicers and tasks."""
+async def build(
+    settings: ThreadingSettings, *, attachment_fetcher: AttachmentFetcher | None = None
+) -> ServiceComponents:
+    """Opens and migrates the database, connects NATS, and registers the service's servicers and tasks.
+
+    Attachment content is collected only when a fetcher is given (ingest's FetchAttachment client)."""
     components = await open_foundation(settings, MIGRATIONS_DIR)
+    db = components.database
+    blobs = FolderBlobStore(settings.blob_folder)
+    feed_signal = SyncedFeedSignal()
+    collector = AttachmentCollector(db, blobs, attachment_fetcher) if attachment_fetcher is not None else None
+
+    def on_placed() -> None:
+        feed_signal.notify()
+        if collector is not None:
+            collector.wake()
+
+    policy = WaitPolicy(budget=settings.wait_budget_deliveries, delay_seconds=settings.wait_delay_seconds)
+    handlers = ThreadingHandlers(MessageSync(db, events=outbox_events()), policy=policy, on_placed=on_placed)
+    message_consumer = Consumer(
+        components.nats, message_consumer_spec(policy), handlers.handle_message_event, db=db
+    )
+    send_consumer = Consumer(components.nats, send_consumer_spec(), handlers.handle_send_event, db=db)
+    relay = OutboxRelay(db, components.jetstream)
+    components.add_background("threading-messages", message_consumer.run, message_consumer.stop)
+    components.add_background("threading-sends", send_consumer.run, send_consumer.stop)
+    components.add_background("threading-outbox", relay.run, relay.stop)
+    if collector is not None:
+        components.add_background("threading-attachments", collector.run, collector.stop)
+    components.add_servicer(
+        ServicerRegistration(
+            service=threading_pb2.DESCRIPTOR.services_by_name["ThreadingService"],
+            servicer=ThreadingServicer(
+                db, blobs, feed_signal=feed_signal, watch_poll_seconds=settings.watch_poll_seconds
+            ),
+            add_to_server=threading_pb2_grpc.add_ThreadingServiceServicer_to_server,
+        )
+    )
     return components

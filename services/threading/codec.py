@@ -7,7 +7,7 @@ import datetime as dt
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from mailsync.v1 import common_pb2, events_pb2
+from mailsync.v1 import common_pb2, events_pb2, threading_pb2
 from services.threading.domain.model import (
     BccDrop,
     ConnectionSnapshot,
@@ -18,12 +18,20 @@ from services.threading.domain.model import (
     Role,
     Source,
 )
+from services.threading.store.contacts import ContactEmail, ContactRecord
 from services.threading.store.placements import (
     AttachmentInfo,
     CreatedContact,
     CrmSendInput,
     MessageContent,
     SyncedMessage,
+)
+from services.threading.store.reads import (
+    ConversationView,
+    Explanation,
+    FeedEntry,
+    MessageView,
+    ParticipantView,
 )
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -220,4 +228,142 @@ def contact_created(created: CreatedContact) -> events_pb2.ContactCreated:
         assigned_user_id=created.assigned_user_id,
         source_rfc_message_id=created.source_rfc_message_id,
         create_time=to_timestamp(created.create_time),
+    )
+
+
+_ROLE_BY_NAME = {role.value: number for role, number in _ROLE_NUMBERS.items()}
+_DIRECTION_BY_NAME = {"INBOUND": common_pb2.DIRECTION_INBOUND, "OUTBOUND": common_pb2.DIRECTION_OUTBOUND}
+_SOURCE_BY_NAME = {source.value: number for source, number in _SOURCE_NUMBERS.items()}
+
+
+def contact_record_of(contact: threading_pb2.Contact, *, now: dt.datetime) -> ContactRecord:
+    return ContactRecord(
+        contact_id=contact.contact_id,
+        location_id=contact.location_id,
+        display_name=contact.display_name,
+        emails=tuple(ContactEmail(e.email, e.primary) for e in contact.emails if e.email),
+        assigned_user_id=contact.assigned_user_id,
+        create_time=to_datetime(contact.create_time) or now,
+        version=contact.version,
+        created_by_sync=contact.created_by_sync,
+    )
+
+
+def contact_proto(record: ContactRecord) -> threading_pb2.Contact:
+    return threading_pb2.Contact(
+        contact_id=record.contact_id,
+        location_id=record.location_id,
+        display_name=record.display_name,
+        emails=[threading_pb2.ContactEmail(email=e.email, primary=e.primary) for e in record.emails],
+        assigned_user_id=record.assigned_user_id,
+        create_time=to_timestamp(record.create_time),
+        version=record.version,
+        created_by_sync=record.created_by_sync,
+    )
+
+
+def conversation_proto(view: ConversationView) -> threading_pb2.Conversation:
+    return threading_pb2.Conversation(
+        conversation_id=view.conversation_id,
+        location_id=view.location_id,
+        contact_id=view.contact_id,
+        last_message_time=to_timestamp(view.last_message_time),
+        message_count=view.message_count,
+        thread_count=view.thread_count,
+        create_time=to_timestamp(view.create_time),
+    )
+
+
+def _participant_view_proto(view: ParticipantView) -> common_pb2.Participant:
+    return common_pb2.Participant(
+        email=view.email,
+        display_name=view.display_name,
+        role=_ROLE_BY_NAME.get(view.role, 0),
+        position=view.position,
+    )
+
+
+def message_proto(view: MessageView) -> threading_pb2.Message:
+    return threading_pb2.Message(
+        message_id=view.message_id,
+        location_id=view.location_id,
+        conversation_id=view.conversation_id,
+        thread_ids=list(view.thread_ids),
+        rfc_message_id=view.rfc_message_id,
+        direction=_DIRECTION_BY_NAME.get(view.direction, 0),
+        source=_SOURCE_BY_NAME.get(view.source, 0),
+        subject=view.subject,
+        participants=[_participant_view_proto(p) for p in view.participants],
+        text_body=view.text_body,
+        html_body=view.html_body,
+        attachments=[
+            common_pb2.AttachmentDescriptor(
+                attachment_id=a.attachment_id,
+                filename=a.filename,
+                content_type=a.content_type,
+                size_bytes=a.size_bytes,
+                content_id=a.content_id,
+                inline=a.inline,
+                sha256=a.sha256,
+            )
+            for a in view.attachments
+        ],
+        message_time=to_timestamp(view.message_time),
+        mailbox_copies=[
+            threading_pb2.MailboxCopy(
+                mailbox_id=c.mailbox_id,
+                gmail_message_id=c.gmail_message_id,
+                gmail_thread_id=c.gmail_thread_id,
+                gmail_state=common_pb2.GmailState(
+                    label_ids=list(c.labels),
+                    unread=c.unread,
+                    trashed=c.trashed,
+                    deleted=c.deleted,
+                    update_time=to_timestamp(c.update_time),
+                ),
+            )
+            for c in view.mailbox_copies
+        ],
+        rule_id=view.rule_id,
+        send_id=view.send_id,
+        send_pending=view.send_pending,
+    )
+
+
+def feed_entry_proto(entry: FeedEntry) -> threading_pb2.WatchMessagesResponse:
+    return threading_pb2.WatchMessagesResponse(
+        cursor=str(entry.seq),
+        synced=events_pb2.MessageSynced(
+            location_id=entry.location_id,
+            message_id=entry.message_id,
+            conversation_id=entry.conversation_id,
+            thread_id=entry.thread_id,
+            contact_id=entry.contact_id,
+            rfc_message_id=entry.rfc_message_id,
+            direction=_DIRECTION_BY_NAME.get(entry.direction, 0),
+            source=_SOURCE_BY_NAME.get(entry.source, 0),
+            rule_id=entry.rule_id,
+            sync_time=to_timestamp(entry.sync_time),
+        ),
+    )
+
+
+def explanation_proto(explanation: Explanation) -> threading_pb2.ExplainMessageResponse:
+    return threading_pb2.ExplainMessageResponse(
+        rfc_message_id=explanation.rfc_message_id,
+        subject=explanation.subject,
+        participants=[_participant_view_proto(p) for p in explanation.participants],
+        decisions=[
+            threading_pb2.LocationDecision(
+                location_id=d.location_id,
+                synced=d.synced,
+                rule_id=d.rule_id,
+                reason=d.reason,
+                contact_id=d.contact_id,
+                conversation_id=d.conversation_id,
+                message_id=d.message_id,
+                decide_time=to_timestamp(d.decide_time),
+            )
+            for d in explanation.decisions
+        ],
     )

@@ -5,6 +5,7 @@ Every field can be set with MAILSYNC_THREADING_<FIELD>, and the shared ones also
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar
 
 from pydantic import Field
@@ -18,3 +19,25 @@ class ThreadingSettings(ServiceSettings):
     service_name: ClassVar[str] = "threading"
 
     grpc_port: int = Field(default=50053, ge=0, le=65535, description="gRPC port (0 picks a free port).")
+    blob_dir: Path | None = Field(
+        default=None,
+        description="Folder of the content-addressed attachment store (empty: <data_dir>/threading-blobs).",
+    )
+    wait_budget_deliveries: int = Field(
+        default=6,
+        ge=0,
+        description="Deliveries during which a message may wait for a CRM send's answer (R6) or for its parent "
+        "(R4) before the rules decide with what they know.",
+    )
+    wait_delay_seconds: float = Field(
+        default=2.0, gt=0, description="Delay before a waiting message is delivered again."
+    )
+    watch_poll_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often a WatchMessages stream looks for messages placed by other replicas.",
+    )
+
+    @property
+    def blob_folder(self) -> Path:
+        return self.blob_dir or self.data_dir / "threading-blobs"

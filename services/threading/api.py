@@ -1,0 +1,267 @@
+"""The threading gRPC servicer: proto in, store or sync call, proto out. Every call is scoped to a location the
+caller's token names (the runtime's tenant interceptor checks `location_id`; calls that carry the location
+elsewhere check it here), and another location's ids find nothing, so their existence never leaks."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import datetime as dt
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from mailsync.v1 import threading_pb2, threading_pb2_grpc
+from services.runtime.clock import Clock, SystemClock
+from services.runtime.db import Database
+from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.runtime.grpc_auth import current_caller
+from services.threading import codec
+from services.threading.blobs import BlobNotFound, FolderBlobStore
+from services.threading.store import reads
+from services.threading.store.attachments import stored_attachment
+from services.threading.store.contacts import delete_contact, get_contact, list_contacts, upsert_contact
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+
+
+class SyncedFeedSignal:
+    """Wakes WatchMessages streams of this process when a message was placed (other replicas: the poll)."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, at_most_seconds: float) -> None:
+        event = self._event
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout=at_most_seconds)
+
+
+def _location(location_id: str) -> str:
+    if not location_id:
+        raise InvalidArgument("location_id is required")
+    current_caller().require_location(location_id)
+    return location_id
+
+
+def _page_size(requested: int) -> int:
+    if requested < 0:
+        raise InvalidArgument("page_size must not be negative")
+    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def _encode_token(when: dt.datetime, last_id: str) -> str:
+    raw = json.dumps([when.isoformat(), last_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_token(token: str) -> tuple[dt.datetime, str] | None:
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        when, last_id = json.loads(raw)
+        parsed = dt.datetime.fromisoformat(when)
+        if parsed.tzinfo is None or not isinstance(last_id, str):
+            raise ValueError("bad token")
+        return parsed, last_id
+    except (ValueError, TypeError, binascii.Error, json.JSONDecodeError):
+        raise InvalidArgument("page_token is not a token this service issued") from None
+
+
+class ThreadingServicer(threading_pb2_grpc.ThreadingServiceServicer):
+    def __init__(
+        self,
+        db: Database,
+        blobs: FolderBlobStore,
+        *,
+        clock: Clock | None = None,
+        feed_signal: SyncedFeedSignal | None = None,
+        watch_poll_seconds: float = 1.0,
+    ) -> None:
+        self._db = db
+        self._blobs = blobs
+        self._clock = clock or SystemClock()
+        self._feed_signal = feed_signal or SyncedFeedSignal()
+        self._watch_poll_seconds = watch_poll_seconds
+
+    async def UpsertContact(self, request: threading_pb2.UpsertContactRequest, context: Any) -> Any:
+        contact = request.contact
+        _location(contact.location_id)
+        if not contact.contact_id:
+            raise InvalidArgument("contact.contact_id is required")
+        record = codec.contact_record_of(contact, now=self._clock.now())
+        async with self._db.write() as session:
+            applied = await upsert_contact(session, record, now=self._clock.now())
+            stored = await get_contact(session, record.location_id, record.contact_id)
+        assert stored is not None
+        return threading_pb2.UpsertContactResponse(contact=codec.contact_proto(stored), applied=applied)
+
+    async def DeleteContact(self, request: threading_pb2.DeleteContactRequest, context: Any) -> Any:
+        location = _location(request.location_id)
+        if not request.contact_id:
+            raise InvalidArgument("contact_id is required")
+        async with self._db.write() as session:
+            applied = await delete_contact(
+                session, location, request.contact_id, request.version, now=self._clock.now()
+            )
+        return threading_pb2.DeleteContactResponse(applied=applied)
+
+    async def ListContacts(self, request: threading_pb2.ListContactsRequest, context: Any) -> Any:
+        location = _location(request.location_id)
+        size = _page_size(request.page_size)
+        async with self._db.read() as session:
+            found = await list_contacts(
+                session,
+                location,
+                email=request.email,
+                limit=size + 1,
+                after=_decode_token(request.page_token),
+            )
+        page, more = found[:size], len(found) > size
+        token = _encode_token(page[-1].create_time, page[-1].contact_id) if more else ""
+        return threading_pb2.ListContactsResponse(
+            contacts=[codec.contact_proto(c) for c in page], next_page_token=token
+        )
+
+    async def ListConversations(self, request: threading_pb2.ListConversationsRequest, context: Any) -> Any:
+        location = _location(request.location_id)
+        size = _page_size(request.page_size)
+        async with self._db.read() as session:
+            found = await reads.list_conversations(
+                session,
+                location,
+                contact_id=request.contact_id,
+                limit=size + 1,
+                after=_decode_token(request.page_token),
+            )
+        page, more = found[:size], len(found) > size
+        token = _encode_token(page[-1].last_message_time, page[-1].conversation_id) if more else ""
+        return threading_pb2.ListConversationsResponse(
+            conversations=[codec.conversation_proto(c) for c in page], next_page_token=token
+        )
+
+    async def GetConversation(self, request: threading_pb2.GetConversationRequest, context: Any) -> Any:
+        location = _location(request.location_id)
+        async with self._db.read() as session:
+            found = await reads.get_conversation(session, location, request.conversation_id)
+        if found is None:
+            raise NotFound("no such conversation in this location", conversation_id=request.conversation_id)
+        return threading_pb2.GetConversationResponse(conversation=codec.conversation_proto(found))
+
+    async def ListMessages(self, request: threading_pb2.ListMessagesRequest, context: Any) -> Any:
+        location = _location(request.location_id)
+        if bool(request.conversation_id) == bool(request.thread_id):
+            raise InvalidArgument("give exactly one of conversation_id and thread_id")
+        size = _page_size(request.page_size)
+        after = _decode_token(request.page_token)
+        async with self._db.read() as session:
+            if request.conversation_id:
+                if await reads.get_conversation(session, location, request.conversation_id) is None:
+                    raise NotFound(
+                        "no such conversation in this location", conversation_id=request.conversation_id
+                    )
+            elif not await reads.thread_in_location(session, location, request.thread_id):
+                raise NotFound("no such thread in this location", thread_id=request.thread_id)
+            found = await reads.list_messages(
+                session,
+                location,
+                conversation_id=request.conversation_id,
+                thread_id=request.thread_id,
+                limit=size + 1,
+                after=after,
+            )
+        page, more = found[:size], len(found) > size
+        token = _encode_token(page[-1].message_time, page[-1].message_id) if more else ""
+        return threading_pb2.ListMessagesResponse(
+            messages=[codec.message_proto(m) for m in page], next_page_token=token
+        )
+
+    async def GetMessage(self, request: threading_pb2.GetMessageRequest, context: Any) -> Any:
+        location = _location(request.location_id)
+        async with self._db.read() as session:
+            found = await reads.get_message(session, location, request.message_id)
+        if found is None:
+            raise NotFound("no such message in this location", message_id=request.message_id)
+        return threading_pb2.GetMessageResponse(message=codec.message_proto(found))
+
+    async def GetAttachment(
+        self, request: threading_pb2.GetAttachmentRequest, context: Any
+    ) -> AsyncIterator[threading_pb2.GetAttachmentResponse]:
+        location = _location(request.location_id)
+        async with self._db.read() as session:
+            found = await stored_attachment(session, location, request.message_id, request.attachment_id)
+        if found is None:
+            raise NotFound("no such attachment in this location", attachment_id=request.attachment_id)
+        if not found.blob_sha256 or not self._blobs.exists(found.blob_sha256):
+            raise FailedPrecondition("the attachment's content has not been fetched yet; retry later")
+        yield threading_pb2.GetAttachmentResponse(
+            metadata=threading_pb2.GetAttachmentResponse.Metadata(
+                filename=found.filename,
+                content_type=found.content_type,
+                size_bytes=found.size_bytes,
+                sha256=found.blob_sha256,
+            )
+        )
+        try:
+            async for chunk in self._blobs.read(found.blob_sha256):
+                yield threading_pb2.GetAttachmentResponse(chunk=chunk)
+        except BlobNotFound:
+            raise FailedPrecondition("the attachment's content is missing from the blob store") from None
+
+    async def WatchMessages(
+        self, request: threading_pb2.WatchMessagesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[threading_pb2.WatchMessagesResponse]:
+        location = _location(request.location_id)
+        if request.after_cursor:
+            if not request.after_cursor.isdigit():
+                raise InvalidArgument("after_cursor is not a cursor this service issued")
+            cursor = int(request.after_cursor)
+        else:
+            async with self._db.read() as session:
+                cursor = await reads.last_feed_seq(session, location)
+        while True:
+            async with self._db.read() as session:
+                entries = await reads.feed_after(session, location, cursor, limit=200)
+            for entry in entries:
+                yield codec.feed_entry_proto(entry)
+                cursor = entry.seq
+            if not entries:
+                await self._feed_signal.wait(self._watch_poll_seconds)
+
+    async def ExplainMessage(self, request: threading_pb2.ExplainMessageRequest, context: Any) -> Any:
+        caller = current_caller()
+        if request.location_id:
+            caller.require_location(request.location_id)
+        if not request.rfc_message_id and not (request.mailbox_id and request.gmail_message_id):
+            raise InvalidArgument("give rfc_message_id, or mailbox_id with gmail_message_id")
+        async with self._db.read() as session:
+            explanation = await reads.explain(
+                session,
+                visible_locations=None,
+                rfc_message_id=request.rfc_message_id,
+                mailbox_id=request.mailbox_id,
+                gmail_message_id=request.gmail_message_id,
+            )
+        if explanation is not None:
+            wanted = {request.location_id} if request.location_id else None
+            visible = tuple(
+                d
+                for d in explanation.decisions
+                if caller.may_access(d.location_id) and (wanted is None or d.location_id in wanted)
+            )
+            explanation = reads.Explanation(
+                explanation.rfc_message_id, explanation.subject, explanation.participants, visible
+            )
+        if explanation is None or not explanation.decisions:
+            raise NotFound("this service has no decision about that message that you may see")
+        return codec.explanation_proto(explanation)
