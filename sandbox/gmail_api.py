@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import re
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping
@@ -18,6 +19,7 @@ from sandbox.core import SandboxCore
 from sandbox.discovery import method_scopes
 from sandbox.errors import (
     GoogleApiError,
+    backend_error,
     bad_request,
     insufficient_scopes,
     invalid_credentials,
@@ -30,6 +32,7 @@ from sandbox.query import compile_query
 from sandbox.settings import SENT_COPY_BEFORE_RESPONSE
 from sandbox.state import Mailbox, StoredMessage
 
+logger = logging.getLogger(__name__)
 METADATA_SCOPE = "https://www.googleapis.com/auth/gmail.metadata"
 SEND_MAX_BYTES = 36_700_160
 INSERT_MAX_BYTES = 157_286_400
@@ -133,6 +136,8 @@ class GmailApi:
         self.core = core
         self.in_flight: dict[str, int] = defaultdict(int)
         self.routes: list[tuple[str, re.Pattern[str], str, Handler]] = []
+        # Routes grouped by the path segment after the user id, so a request tries only a few patterns.
+        self._routes_by_resource: dict[str, list[tuple[str, re.Pattern[str], str, Handler]]] = {}
         for http_method, pattern, method_id, handler in (
             ("GET", r"profile", "gmail.users.getProfile", self.get_profile),
             ("GET", r"labels", "gmail.users.labels.list", self.list_labels),
@@ -162,13 +167,16 @@ class GmailApi:
         ):
             compiled = re.compile(r"^/gmail/v1/users/(?P<userId>[^/]+)/" + pattern + r"$")
             self.routes.append((http_method, compiled, method_id, handler))
+            self._routes_by_resource.setdefault(pattern.split("/")[0], []).append(self.routes[-1])
 
     # -- pipeline --------------------------------------------------------------------------------------------
 
     async def handle(self, request: ApiRequest) -> ApiResponse:
         """Route a request under /gmail/v1 and run it; every error comes back in Google's JSON shape."""
         path_matched = False
-        for http_method, pattern, method_id, handler in self.routes:
+        segments = request.path.split("/", 6)
+        candidates = self._routes_by_resource.get(segments[5], []) if len(segments) > 5 else []
+        for http_method, pattern, method_id, handler in candidates:
             found = pattern.match(request.path)
             if not found:
                 continue
@@ -199,7 +207,7 @@ class GmailApi:
     ) -> ApiResponse:
         try:
             token = self.authenticate(request)
-            if not set(token.scopes) & method_scopes().get(method_id, frozenset()):
+            if method_scopes().get(method_id, frozenset()).isdisjoint(token.scopes):
                 raise insufficient_scopes()
             address = token.grant.address
             if user_id != "me" and user_id.lower() != address:
@@ -238,6 +246,10 @@ class GmailApi:
                 self.in_flight[address] -= 1
         except GoogleApiError as error:
             return error_response(error)
+        except Exception:
+            # A sandbox bug must still look like Google to the client: a retryable 500 backendError.
+            logger.exception("Gmail sandbox failed on %s %s", request.method, request.path)
+            return error_response(backend_error())
         if isinstance(result, ApiResponse):
             return result
         if result is None:
