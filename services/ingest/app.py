@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from services.ingest.pipeline import add_sync_pipeline
 from services.ingest.settings import IngestSettings
 from services.runtime.service import ServiceComponents, open_foundation
 
@@ -17,4 +18,5 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 async def build(settings: IngestSettings) -> ServiceComponents:
     """Opens and migrates the database, connects NATS, and registers the service's servicers and tasks."""
     components = await open_foundation(settings, MIGRATIONS_DIR)
+    add_sync_pipeline(components, settings)
     return components

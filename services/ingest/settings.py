@@ -27,3 +27,66 @@ class IngestSettings(ServiceSettings):
         le=65535,
         description="HTTP port for the Gmail Pub/Sub push endpoint (0 picks a free port).",
     )
+    auth_target: str = Field(
+        default="127.0.0.1:50051",
+        description="host:port of the auth service (GetMailbox, GetAccessToken) for the sync worker.",
+    )
+    gmail_root_url: str = Field(
+        default="", description="Gmail API root; empty means Google, a URL points at the Gmail sandbox."
+    )
+    gmail_max_workers: int = Field(
+        default=8, gt=0, description="Threads running blocking Gmail client calls (shared by every mailbox)."
+    )
+    push_audience: str = Field(
+        default="http://127.0.0.1:8082/gmail/push",
+        description="The `aud` Google's push tokens must carry (the push subscription's audience).",
+    )
+    push_service_account_email: str = Field(
+        default="gmail-push@sandbox-project.iam.gserviceaccount.com",
+        description="The service account the push subscription signs its tokens as.",
+    )
+    push_certs_url: str = Field(
+        default="https://www.googleapis.com/oauth2/v1/certs",
+        description="Where Google's token-signing certificates are ({kid: PEM}); the sandbox serves its own.",
+    )
+    sync_workers: int = Field(
+        default=4, gt=0, description="Mailbox passes one process runs at once (each on a different mailbox)."
+    )
+    lease_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="A worker's hold on a mailbox; renewed while it works, taken over after.",
+    )
+    recheck_delay_seconds: float = Field(
+        default=5.0, ge=0, description="A mailbox that just had work is looked at again this soon."
+    )
+    safety_poll_seconds: float = Field(
+        default=600.0, gt=0, description="Every mailbox is looked at at least this often, pushes or not."
+    )
+    scheduler_interval_seconds: float = Field(
+        default=1.0, gt=0, description="How often the scheduler queues due re-checks, polls and retries."
+    )
+    backoff_base_seconds: float = Field(
+        default=30.0, gt=0, description="First delay after a failed pass; doubles with each failure in a row."
+    )
+    backoff_max_seconds: float = Field(
+        default=1800.0, gt=0, description="Longest delay between failed passes."
+    )
+    failures_before_failed: int = Field(
+        default=6, gt=0, description="Failed passes in a row before the mailbox is FAILED (retried slowly)."
+    )
+    failed_retry_seconds: float = Field(
+        default=3600.0, gt=0, description="How often a FAILED mailbox is retried."
+    )
+    audit_interval_seconds: float = Field(
+        default=21600.0, gt=0, description="How often each mailbox's recent Gmail messages are audited."
+    )
+    audit_max_messages: int = Field(default=200, gt=0, description="Recent messages one audit compares.")
+    fetch_window: int = Field(
+        default=100,
+        gt=0,
+        description="Messages fetched and published per step of a pass (the ledger moves per step).",
+    )
+    fetch_concurrency: int = Field(
+        default=2, gt=0, description="messages.get batches (of 25) of one mailbox in flight at once."
+    )

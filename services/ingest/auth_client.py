@@ -1,0 +1,86 @@
+"""The auth service as ingest's MailboxDirectory and AccessTokens: GetMailbox and GetAccessToken over gRPC with
+an internal service token. Access tokens are cached until shortly before they expire."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import grpc
+
+from mailsync.v1 import auth_pb2, auth_pb2_grpc
+from services.ingest.connection_proto import connection_from_proto
+from services.ingest.mailboxes import MailboxInfo
+from services.runtime.clock import Clock, SystemClock
+from services.runtime.gmail import PermanentAuthFailure, RetryableGmailError
+
+# A token is used only while it has at least this much life left.
+_TOKEN_MARGIN = dt.timedelta(seconds=60)
+_RETRYABLE_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+    }
+)
+
+
+def _auth_error(error: grpc.aio.AioRpcError, what: str) -> Exception:
+    message = f"auth {what} failed: {error.code().name}: {error.details()}"
+    if error.code() in _RETRYABLE_CODES:
+        return RetryableGmailError(message)
+    # FAILED_PRECONDITION (reconnect required), NOT_FOUND, PERMISSION_DENIED: nothing works until a person acts.
+    return PermanentAuthFailure(message, reason=error.code().name)
+
+
+class AuthServiceClient:
+    """Both ports on one channel (the caller owns and closes the channel)."""
+
+    def __init__(
+        self, channel: grpc.aio.Channel, *, clock: Clock | None = None, timeout_seconds: float = 10.0
+    ) -> None:
+        self._stub = auth_pb2_grpc.AuthServiceStub(channel)
+        self._clock = clock or SystemClock()
+        self._timeout = timeout_seconds
+        self._tokens: dict[str, tuple[str, dt.datetime]] = {}
+
+    async def get_mailbox(self, *, mailbox_id: str = "", email: str = "") -> MailboxInfo | None:
+        try:
+            answer = await self._stub.GetMailbox(
+                auth_pb2.GetMailboxRequest(mailbox_id=mailbox_id, email=email), timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise _auth_error(error, "GetMailbox") from error
+        mailbox = answer.mailbox
+        return MailboxInfo(
+            mailbox_id=mailbox.mailbox_id,
+            email=mailbox.email,
+            connections=tuple(connection_from_proto(c) for c in mailbox.connections),
+        )
+
+    async def access_token(self, mailbox_id: str) -> str:
+        cached = self._tokens.get(mailbox_id)
+        if cached and cached[1] - _TOKEN_MARGIN > self._clock.now():
+            return cached[0]
+        try:
+            answer = await self._stub.GetAccessToken(
+                auth_pb2.GetAccessTokenRequest(mailbox_id=mailbox_id), timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as error:
+            self._tokens.pop(mailbox_id, None)
+            raise _auth_error(error, "GetAccessToken") from error
+        expires = (
+            answer.expire_time.ToDatetime(tzinfo=dt.UTC)
+            if answer.HasField("expire_time")
+            else self._clock.now() + _TOKEN_MARGIN * 2
+        )
+        self._tokens[mailbox_id] = (answer.access_token, expires)
+        return answer.access_token
+
+    def forget_token(self, mailbox_id: str) -> None:
+        """Drops a cached token Gmail refused, so the next call asks auth again."""
+        self._tokens.pop(mailbox_id, None)

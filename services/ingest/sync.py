@@ -1,0 +1,545 @@
+"""The per-mailbox sync pass: under the mailbox's fenced lease, read Gmail's history from the stored cursor, fetch
+new messages in small batches, normalize them, stamp the mailbox's connections, publish one event per message
+with a stable Nats-Msg-Id, and move the cursor only after every publish up to it was acknowledged.
+
+A history gap (404) clears the cursor and resyncs by listing messages since the last synced one, never before the
+earliest connection start (R1), taking the new cursor from getProfile before listing, so nothing falls between
+the two. Failures back the mailbox off (never other mailboxes); a dead grant pauses it until reauthorization (R12);
+a mailbox with no CONNECTED connection left stops (R10, R11). An audit now and then compares Gmail's recent
+messages with the published ledger and publishes what is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+import nats.errors
+from nats.js import JetStreamContext
+
+from mailsync.v1 import events_pb2
+from services.ingest import store
+from services.ingest.connection_proto import connections_to_proto, timestamp
+from services.ingest.domain.message import MailboxCopy
+from services.ingest.domain.mime import normalize_message
+from services.ingest.history import NOT_EMAIL_LABELS, UNSYNCED_LABELS, Deletion, LabelDelta, plan_history
+from services.ingest.mailboxes import AccessTokens, MailboxDirectory, MailboxInfo, sync_scope
+from services.ingest.message_proto import normalized_message_to_proto
+from services.ingest.sync_policy import (
+    SyncState,
+    SyncTiming,
+    audit_due,
+    next_check_after_success,
+    plan_after_failure,
+)
+from services.runtime import subjects
+from services.runtime.clock import Clock, SystemClock
+from services.runtime.consumer import Delivery, RetryLater
+from services.runtime.db import Database
+from services.runtime.gmail import (
+    GmailApi,
+    GmailClient,
+    GmailError,
+    HistoryExpired,
+    PermanentAuthFailure,
+    RetryableGmailError,
+    RetryPolicy,
+    RetryTiming,
+    decode_base64url,
+)
+from services.runtime.jetstream import is_duplicate, publish
+
+log = logging.getLogger(__name__)
+
+BATCH_LIMIT = 25
+REASON_NAMES = {
+    events_pb2.MAILBOX_CHANGE_REASON_PUSH: "PUSH",
+    events_pb2.MAILBOX_CHANGE_REASON_POLL: "POLL",
+    events_pb2.MAILBOX_CHANGE_REASON_RECHECK: "RECHECK",
+    events_pb2.MAILBOX_CHANGE_REASON_RESYNC: "RESYNC",
+    events_pb2.MAILBOX_CHANGE_REASON_AUDIT: "AUDIT",
+    events_pb2.MAILBOX_CHANGE_REASON_REAUTHORIZED: "REAUTHORIZED",
+}
+
+
+class PublishObserver(Protocol):
+    """Sees every publish attempt of a normalized message and its acknowledgement (metrics, crash tests)."""
+
+    async def attempt(self, mailbox_id: str, gmail_message_id: str) -> None: ...
+
+    async def acknowledged(self, mailbox_id: str, gmail_message_id: str, duplicate: bool) -> None: ...
+
+
+class PassOutcome(StrEnum):
+    SYNCED = "SYNCED"
+    BUSY = "BUSY"
+    UNKNOWN_MAILBOX = "UNKNOWN_MAILBOX"
+    STOPPED = "STOPPED"
+    PAUSED = "PAUSED"
+    BACKING_OFF = "BACKING_OFF"
+    FAILED = "FAILED"
+    LEASE_LOST = "LEASE_LOST"
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    owner: str
+    timing: SyncTiming = field(default_factory=SyncTiming)
+    lease_ttl: dt.timedelta = dt.timedelta(seconds=60)
+    # How soon a work item for a mailbox another worker holds comes back.
+    busy_retry_seconds: float = 1.0
+    # Messages fetched, published and recorded per step (the ledger moves after each step).
+    fetch_window: int = 100
+    # messages.get batches of one mailbox in flight at once (Gmail's per-user concurrency is small).
+    fetch_concurrency: int = 2
+    # A resync or audit lists at most this many messages (newest first).
+    resync_max_messages: int = 5000
+    audit_max_messages: int = 200
+    audit_window: dt.timedelta = dt.timedelta(days=7)
+    # A resync lists from a little before the last synced message: internal dates are not strictly ordered.
+    resync_overlap: dt.timedelta = dt.timedelta(hours=1)
+    gmail_policy: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    gmail_message_id: str
+    history_id: int
+
+
+@dataclass
+class _Pass:
+    lease: store.Lease
+    mailbox: MailboxInfo
+    start_history_id: int
+    start_ms: int
+    client: GmailClient
+    cursor: int | None
+    connections: list[Any]
+    had_work: bool = False
+
+
+class MailboxSyncer:
+    """Runs sync passes; `handle` is the work stream consumer's handler."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        js: JetStreamContext,
+        directory: MailboxDirectory,
+        tokens: AccessTokens,
+        gmail_api: GmailApi,
+        config: SyncConfig,
+        clock: Clock | None = None,
+        observer: PublishObserver | None = None,
+        gmail_timing: RetryTiming | None = None,
+    ) -> None:
+        self._db = db
+        self._js = js
+        self._directory = directory
+        self._tokens = tokens
+        self._api = gmail_api
+        self._config = config
+        self._clock = clock or SystemClock()
+        self._observer = observer
+        self._gmail_timing = gmail_timing or RetryTiming(clock=self._clock)
+
+    async def handle(self, delivery: Delivery) -> None:
+        item = delivery.parse(events_pb2.MailboxChanged)
+        outcome = await self.sync(item.mailbox_id, REASON_NAMES.get(item.reason, "PUSH"))
+        if outcome is PassOutcome.BUSY:
+            raise RetryLater(self._config.busy_retry_seconds, "another worker holds the mailbox")
+
+    async def sync(self, mailbox_id: str, reason: str = "PUSH") -> PassOutcome:
+        """One pass over the mailbox; never raises for Gmail trouble (that is recorded on the mailbox)."""
+        try:
+            mailbox = await self._directory.get_mailbox(mailbox_id=mailbox_id)
+        except GmailError as error:
+            raise RetryLater(self._config.timing.backoff_base.total_seconds(), str(error)) from error
+        if mailbox is None:
+            return PassOutcome.UNKNOWN_MAILBOX
+        now = self._clock.now()
+        async with self._db.write() as session:
+            await store.ensure_mailbox(session, mailbox.mailbox_id, mailbox.email)
+        scope = sync_scope(mailbox.connections)
+        if scope is None:
+            # R10/R11: no CONNECTED connection left; R12: paused until one is reauthorized.
+            state = SyncState.PAUSED_REAUTH if mailbox.awaiting_reauth else SyncState.STOPPED
+            async with self._db.write() as session:
+                await store.set_state(session, mailbox_id, state)
+            return PassOutcome.PAUSED if state is SyncState.PAUSED_REAUTH else PassOutcome.STOPPED
+        async with self._db.write() as session:
+            lease = await store.acquire_lease(
+                session, mailbox_id, self._config.owner, now=now, ttl=self._config.lease_ttl
+            )
+        if lease is None:
+            return PassOutcome.BUSY
+        try:
+            return await self._leased_pass(lease, mailbox, scope, reason)
+        except store.LeaseLost:
+            log.warning("lease lost mid-pass", extra={"mailbox_id": mailbox_id})
+            return PassOutcome.LEASE_LOST
+        finally:
+            async with self._db.write() as session:
+                await store.release_lease(session, lease)
+
+    async def _leased_pass(
+        self, lease: store.Lease, mailbox: MailboxInfo, scope: tuple[int, dt.datetime], reason: str
+    ) -> PassOutcome:
+        now = self._clock.now()
+        timing = self._config.timing
+        async with self._db.read() as session:
+            row = await store.get_sync_row(session, mailbox.mailbox_id)
+        assert row is not None
+        cursor, failures, last_audit = row.history_cursor, row.consecutive_failures, row.last_audit_at
+        waiting_until = _aware(row.next_attempt_at)
+        if (
+            reason == "PUSH"
+            and row.state in (SyncState.BACKING_OFF, SyncState.FAILED)
+            and waiting_until is not None
+            and waiting_until > now
+        ):
+            # A failing mailbox is not hammered by its pushes; its retry is already scheduled.
+            return PassOutcome.BACKING_OFF
+        resync = reason == "RESYNC"
+        async with self._db.write() as session:
+            await store.begin_pass(
+                session,
+                lease,
+                state=SyncState.RESYNCING if resync else SyncState.SYNCING,
+                safety_check_at=now + timing.safety_poll_interval,
+            )
+        start_history_id, start_time = scope
+        mailbox_id = mailbox.mailbox_id
+        work = _Pass(
+            lease=lease,
+            mailbox=mailbox,
+            start_history_id=start_history_id,
+            start_ms=int(start_time.timestamp() * 1000),
+            client=GmailClient(
+                self._api,
+                self._token_source(mailbox_id),
+                policy=self._config.gmail_policy,
+                timing=self._gmail_timing,
+            ),
+            cursor=cursor,
+            connections=connections_to_proto(mailbox.connections),
+        )
+        try:
+            if resync:
+                await self._resync(work, last_synced_ms=row.last_synced_internal_ms)
+            else:
+                try:
+                    await self._history_pass(work, cursor if cursor is not None else start_history_id)
+                except HistoryExpired:
+                    async with self._db.write() as session:
+                        await store.clear_cursor(session, lease)
+                    work.cursor = None
+                    await self._resync(work, last_synced_ms=row.last_synced_internal_ms)
+            if audit_due(_aware(last_audit), self._clock.now(), timing):
+                await self._audit(work)
+        except PermanentAuthFailure as error:
+            await self._record_failure(lease, SyncState.PAUSED_REAUTH, error, failures + 1, None)
+            return PassOutcome.PAUSED
+        except store.LeaseLost:
+            raise
+        except (GmailError, nats.errors.Error, TimeoutError, OSError) as error:
+            plan = plan_after_failure(failures + 1, self._clock.now(), timing)
+            await self._record_failure(lease, plan.state, error, failures + 1, plan.retry_at)
+            return PassOutcome.FAILED
+        next_at, next_reason = next_check_after_success(work.had_work, self._clock.now(), timing)
+        async with self._db.write() as session:
+            await store.finish_pass(session, lease, next_check_at=next_at, next_check_reason=next_reason)
+        return PassOutcome.SYNCED
+
+    async def _record_failure(
+        self,
+        lease: store.Lease,
+        state: SyncState,
+        error: Exception,
+        failures: int,
+        retry_at: dt.datetime | None,
+    ) -> None:
+        log.warning(
+            "sync pass failed",
+            extra={
+                "mailbox_id": lease.mailbox_id,
+                "state": str(state),
+                "error": f"{type(error).__name__}: {error}",
+            },
+        )
+        async with self._db.write() as session:
+            await store.record_failure(
+                session,
+                lease,
+                state=state,
+                error=f"{type(error).__name__}: {error}",
+                failures=failures,
+                retry_at=retry_at,
+                now=self._clock.now(),
+            )
+
+    def _token_source(self, mailbox_id: str) -> Callable[[], Awaitable[str]]:
+        async def token() -> str:
+            return await self._tokens.access_token(mailbox_id)
+
+        return token
+
+    # History --------------------------------------------------------------------------------------------------
+
+    async def _history_pass(self, work: _Pass, cursor: int) -> None:
+        listing = await work.client.list_history(str(cursor))
+        mentioned = {
+            change.get("message", {}).get("id")
+            for record in listing.records
+            for key in ("messagesAdded", "messagesDeleted", "labelsAdded", "labelsRemoved")
+            for change in record.get(key, ())
+        }
+        mentioned.discard(None)
+        async with self._db.read() as session:
+            published = await store.published_among(session, work.mailbox.mailbox_id, mentioned)
+        plan = plan_history(
+            listing.records, earliest_start_history_id=work.start_history_id, published=published
+        )
+        await self._publish_changes(work, plan.label_deltas, plan.deletions)
+        candidates = [_Candidate(m.gmail_message_id, m.added_history_id) for m in plan.fetch]
+        await self._fetch_and_publish(work, candidates, check_start_time=False)
+        new_cursor = int(listing.history_id)
+        work.had_work = work.had_work or bool(plan.fetch or plan.label_deltas or plan.deletions)
+        async with self._db.write() as session:
+            await store.record_progress(
+                session,
+                work.lease,
+                published=[],
+                history_cursor=new_cursor,
+                skipped=len(plan.skipped),
+                latest_seen_history_id=new_cursor,
+                now=self._clock.now(),
+            )
+        work.cursor = new_cursor
+
+    async def _publish_changes(
+        self, work: _Pass, deltas: Sequence[LabelDelta], deletions: Sequence[Deletion]
+    ) -> None:
+        """R17: label changes and deletions of published messages, acknowledged before the cursor moves."""
+        mailbox_id = work.mailbox.mailbox_id
+        now = timestamp(self._clock.now())
+        events: list[tuple[str, events_pb2.MessageChanged]] = []
+        for delta in deltas:
+            events.append(
+                (
+                    f"chg:{mailbox_id}:{delta.gmail_message_id}:{delta.history_id}",
+                    events_pb2.MessageChanged(
+                        mailbox_id=mailbox_id,
+                        gmail_message_id=delta.gmail_message_id,
+                        history_id=delta.history_id,
+                        kind=events_pb2.MESSAGE_CHANGE_KIND_LABELS_CHANGED,
+                        observe_time=now,
+                        labels_added=sorted(delta.added),
+                        labels_removed=sorted(delta.removed),
+                    ),
+                )
+            )
+        for deletion in deletions:
+            events.append(
+                (
+                    f"del:{mailbox_id}:{deletion.gmail_message_id}",
+                    events_pb2.MessageChanged(
+                        mailbox_id=mailbox_id,
+                        gmail_message_id=deletion.gmail_message_id,
+                        history_id=deletion.history_id,
+                        kind=events_pb2.MESSAGE_CHANGE_KIND_DELETED,
+                        observe_time=now,
+                    ),
+                )
+            )
+        subject = subjects.message_changed(mailbox_id)
+        await asyncio.gather(*(publish(self._js, subject, event, msg_id=key) for key, event in events))
+
+    # Fetch, normalize, publish ----------------------------------------------------------------------------------
+
+    async def _fetch_and_publish(
+        self,
+        work: _Pass,
+        candidates: Sequence[_Candidate],
+        *,
+        check_start_time: bool,
+        msg_id_suffix: str = "",
+    ) -> int:
+        """Publishes the candidates window by window; the ledger (not the cursor) moves after each window."""
+        published_total = 0
+        window = max(1, self._config.fetch_window)
+        for start in range(0, len(candidates), window):
+            chunk = candidates[start : start + window]
+            async with self._db.write() as session:
+                work.lease = await store.renew_lease(
+                    session, work.lease, now=self._clock.now(), ttl=self._config.lease_ttl
+                )
+            bodies = await self._fetch_raw(work.client, [c.gmail_message_id for c in chunk])
+            outcomes = await asyncio.gather(
+                *(
+                    self._publish_message(
+                        work, candidate, bodies[candidate.gmail_message_id], check_start_time, msg_id_suffix
+                    )
+                    for candidate in chunk
+                    if candidate.gmail_message_id in bodies
+                )
+            )
+            entries = [entry for entry in outcomes if entry is not None]
+            skipped = len(chunk) - len(entries)
+            async with self._db.write() as session:
+                await store.record_progress(
+                    session,
+                    work.lease,
+                    published=entries,
+                    history_cursor=work.cursor,
+                    skipped=skipped,
+                    latest_seen_history_id=0,
+                    now=self._clock.now(),
+                )
+            published_total += len(entries)
+            work.had_work = work.had_work or bool(entries)
+        return published_total
+
+    async def _fetch_raw(self, client: GmailClient, ids: list[str]) -> dict[str, dict[str, Any]]:
+        """messages.get format=raw in batches of at most 25, a bounded number in flight for this mailbox.
+
+        Messages Gmail no longer has are left out (deleted before we got to them); a message that still fails
+        after the adapter's retries fails the pass, so the cursor stays and the next pass tries again."""
+        limit = asyncio.Semaphore(max(1, self._config.fetch_concurrency))
+        found: dict[str, dict[str, Any]] = {}
+        failures: list[GmailError] = []
+
+        async def fetch(batch_ids: list[str]) -> None:
+            async with limit:
+                batch = await client.get_messages_raw(batch_ids)
+            found.update(batch.messages)
+            failures.extend(batch.failed.values())
+
+        await asyncio.gather(*(fetch(ids[i : i + BATCH_LIMIT]) for i in range(0, len(ids), BATCH_LIMIT)))
+        auth = [f for f in failures if isinstance(f, PermanentAuthFailure)]
+        if auth:
+            raise auth[0]
+        if failures:
+            retryable = [f for f in failures if isinstance(f, RetryableGmailError)]
+            raise (retryable or failures)[0]
+        return found
+
+    async def _publish_message(
+        self,
+        work: _Pass,
+        candidate: _Candidate,
+        body: dict[str, Any],
+        check_start_time: bool,
+        msg_id_suffix: str,
+    ) -> store.PublishedEntry | None:
+        labels = tuple(body.get("labelIds", ()))
+        internal_ms = int(body.get("internalDate", 0) or 0)
+        if set(labels) & NOT_EMAIL_LABELS:
+            return None
+        if check_start_time and internal_ms <= work.start_ms:
+            # R1 on a resync: without history ids, the connection's start time decides.
+            return None
+        mailbox_id = work.mailbox.mailbox_id
+        gmail_id = candidate.gmail_message_id
+        history_id = candidate.history_id or int(body.get("historyId", 0) or 0)
+        mail = normalize_message(
+            decode_base64url(body.get("raw", "")),
+            copy=MailboxCopy(
+                mailbox_id=mailbox_id,
+                mailbox_email=work.mailbox.email,
+                gmail_message_id=gmail_id,
+                gmail_thread_id=str(body.get("threadId", "")),
+                history_id=history_id,
+                label_ids=labels,
+                internal_time=dt.datetime.fromtimestamp(internal_ms / 1000, tz=dt.UTC)
+                if internal_ms
+                else None,
+            ),
+        )
+        event = normalized_message_to_proto(
+            mail, connections=work.connections, observe_time=self._clock.now()
+        )
+        if set(labels) & UNSYNCED_LABELS:
+            _withhold_content(event)
+        msg_id = f"norm:{mailbox_id}:{gmail_id}{msg_id_suffix}"
+        if self._observer is not None:
+            await self._observer.attempt(mailbox_id, gmail_id)
+        ack = await publish(self._js, subjects.normalized(mailbox_id), event, msg_id=msg_id)
+        if self._observer is not None:
+            await self._observer.acknowledged(mailbox_id, gmail_id, is_duplicate(ack))
+        return store.PublishedEntry(gmail_id, mail.rfc_message_id, history_id, internal_ms)
+
+    # Resync and audit -------------------------------------------------------------------------------------------
+
+    async def _resync(self, work: _Pass, *, last_synced_ms: int) -> None:
+        """After a history gap (or on demand): the new cursor first, then every message since the last synced
+        one (never before the earliest connection start) that was not published yet."""
+        profile = await work.client.get_profile()
+        since_ms = max(
+            work.start_ms, last_synced_ms - int(self._config.resync_overlap.total_seconds() * 1000)
+        )
+        missing = await self._unpublished_since(work, since_ms, self._config.resync_max_messages)
+        await self._fetch_and_publish(work, missing, check_start_time=True)
+        new_cursor = int(profile.history_id)
+        async with self._db.write() as session:
+            await store.record_progress(
+                session,
+                work.lease,
+                published=[],
+                history_cursor=new_cursor,
+                skipped=0,
+                latest_seen_history_id=new_cursor,
+                now=self._clock.now(),
+            )
+        work.cursor = new_cursor
+
+    async def _audit(self, work: _Pass) -> None:
+        """Compares Gmail's recent messages with the published ledger; publishes (and counts) what is missing.
+
+        Repairs carry their own Nats-Msg-Id: the original id may still sit in the duplicate window although the
+        message never reached its consumer; threading stores a message once whatever the id (R15)."""
+        now = self._clock.now()
+        since_ms = max(work.start_ms, int((now - self._config.audit_window).timestamp() * 1000))
+        missing = await self._unpublished_since(work, since_ms, self._config.audit_max_messages)
+        repaired = await self._fetch_and_publish(
+            work, missing, check_start_time=True, msg_id_suffix=f":audit:{int(now.timestamp())}"
+        )
+        if repaired:
+            log.warning(
+                "audit repaired messages missing from the ledger",
+                extra={"mailbox_id": work.mailbox.mailbox_id, "missing": repaired},
+            )
+        async with self._db.write() as session:
+            await store.record_audit(session, work.lease, now=now, missing=repaired)
+
+    async def _unpublished_since(self, work: _Pass, since_ms: int, limit: int) -> list[_Candidate]:
+        # Gmail's after: takes seconds; the exact start is checked per message on its internalDate.
+        stubs = await work.client.list_messages(f"after:{max(since_ms // 1000 - 1, 0)}", limit=limit)
+        ids = [stub["id"] for stub in stubs if "id" in stub]
+        async with self._db.read() as session:
+            published = await store.published_among(session, work.mailbox.mailbox_id, ids)
+        # Listed newest first; published oldest first.
+        return [_Candidate(gmail_id, 0) for gmail_id in reversed(ids) if gmail_id not in published]
+
+
+def _withhold_content(event: events_pb2.NormalizedMessage) -> None:
+    """Spam and trash travel without content: only what explaining the decision needs (R16, R18)."""
+    event.subject = ""
+    event.text_body = ""
+    event.html_body = ""
+    event.snippet = ""
+    event.body_truncated = False
+    del event.attachments[:]
+
+
+def _aware(value: dt.datetime | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
