@@ -4,6 +4,7 @@ consumers and the servicer stay thin and no ORM row or domain object ever leaks 
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -57,7 +58,7 @@ _SOURCES = {
     common_pb2.MESSAGE_SOURCE_BCC_DROP: Source.BCC_DROP,
     common_pb2.MESSAGE_SOURCE_CRM_SEND: Source.CRM_SEND,
 }
-_SOURCE_NUMBERS = {source: number for number, source in _SOURCES.items()}
+_SOURCE_NUMBERS: dict[Source, Any] = {source: number for number, source in _SOURCES.items()}
 DIRECTION_NUMBERS = {
     Direction.INBOUND: common_pb2.DIRECTION_INBOUND,
     Direction.OUTBOUND: common_pb2.DIRECTION_OUTBOUND,
@@ -98,7 +99,7 @@ def participant_proto(participant: Participant) -> common_pb2.Participant:
     )
 
 
-def source_number(source: Source) -> int:
+def source_number(source: Source) -> Any:
     return _SOURCE_NUMBERS[source]
 
 
@@ -231,9 +232,12 @@ def contact_created(created: CreatedContact) -> events_pb2.ContactCreated:
     )
 
 
-_ROLE_BY_NAME = {role.value: number for role, number in _ROLE_NUMBERS.items()}
-_DIRECTION_BY_NAME = {"INBOUND": common_pb2.DIRECTION_INBOUND, "OUTBOUND": common_pb2.DIRECTION_OUTBOUND}
-_SOURCE_BY_NAME = {source.value: number for source, number in _SOURCE_NUMBERS.items()}
+_ROLE_BY_NAME: dict[str, Any] = {role.value: number for role, number in _ROLE_NUMBERS.items()}
+_DIRECTION_BY_NAME: dict[str, Any] = {
+    "INBOUND": common_pb2.DIRECTION_INBOUND,
+    "OUTBOUND": common_pb2.DIRECTION_OUTBOUND,
+}
+_SOURCE_BY_NAME: dict[str, Any] = {source.value: number for source, number in _SOURCE_NUMBERS.items()}
 
 
 def contact_record_of(contact: threading_pb2.Contact, *, now: dt.datetime) -> ContactRecord:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import case, select, update
+from sqlalchemy import Select, case, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.threading.domain.addresses import normalize_message_id
@@ -186,7 +187,7 @@ async def load_knowledge(session: AsyncSession, message: IncomingMessage, key: s
     )
 
 
-async def _threads_of_messages(session: AsyncSession, message_ids: object) -> set[str]:
+async def _threads_of_messages(session: AsyncSession, message_ids: Select[Any]) -> set[str]:
     rows = await session.execute(
         select(ThreadMessageRow.thread_id).where(ThreadMessageRow.message_id.in_(message_ids))
     )

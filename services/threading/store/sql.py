@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 
-def _insert(session: AsyncSession, table: Table) -> Any:
+def _insert(session: AsyncSession, table: Any) -> Any:
     dialect = session.get_bind().dialect.name
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
 
 
-async def insert_new(session: AsyncSession, table: Table, values: dict[str, Any]) -> bool:
+async def insert_new(session: AsyncSession, table: Any, values: dict[str, Any]) -> bool:
     """Inserts the row unless its primary or unique key exists; True only for the transaction that inserted it.
 
     RETURNING is the winner test because psycopg reports rowcount -1 for this statement."""
@@ -23,7 +22,7 @@ async def insert_new(session: AsyncSession, table: Table, values: dict[str, Any]
     return (await session.execute(statement)).first() is not None
 
 
-async def insert_many_new(session: AsyncSession, table: Table, rows: list[dict[str, Any]]) -> None:
+async def insert_many_new(session: AsyncSession, table: Any, rows: list[dict[str, Any]]) -> None:
     """Inserts the rows that do not exist yet (children of a row this transaction just created, or links)."""
     if rows:
         await session.execute(_insert(session, table).values(rows).on_conflict_do_nothing())
