@@ -1,0 +1,111 @@
+"""Bad configuration stops `python -m services.auth` at startup with one line that names the problem, exit
+status 2 and no traceback (a real subprocess; a real nats-server where the failure is not NATS itself)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fixtures.nats_server import free_port
+from tests.fixtures.services import new_token_keys_value
+
+
+def clean_environment(tmp_path: Path, **variables: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("MAILSYNC_", "OTEL_"))}
+    env.update(
+        {
+            "MAILSYNC_DATA_DIR": str(tmp_path / "data"),
+            "MAILSYNC_GRPC_PORT": "0",
+            "MAILSYNC_AUTH_HTTP_PORT": "0",
+            "MAILSYNC_NATS_CONNECT_TIMEOUT_SECONDS": "1",
+        }
+    )
+    env.update(variables)
+    return env
+
+
+def start_auth(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "services.auth"], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def assert_one_line_failure(result: subprocess.CompletedProcess[str], *expected: str) -> None:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in expected:
+        assert fragment in lines[0]
+
+
+def test_missing_token_keys_fail_naming_the_variable(tmp_path: Path, nats_server: Any) -> None:
+    result = start_auth(clean_environment(tmp_path, MAILSYNC_NATS_URL=nats_server.url))
+    assert_one_line_failure(result, "MAILSYNC_SERVICE_TOKEN_KEYS", "not set")
+
+
+def test_malformed_database_url_fails_naming_the_variable(tmp_path: Path, nats_server: Any) -> None:
+    env = clean_environment(
+        tmp_path,
+        MAILSYNC_NATS_URL=nats_server.url,
+        MAILSYNC_SERVICE_TOKEN_KEYS=new_token_keys_value(),
+        MAILSYNC_AUTH_DATABASE_URL="postgresql:://nowhere",
+    )
+    assert_one_line_failure(start_auth(env), "MAILSYNC_AUTH_DATABASE_URL", "database URL")
+
+
+def test_unreachable_nats_fails_naming_the_variable(tmp_path: Path) -> None:
+    nowhere = f"nats://127.0.0.1:{free_port()}"
+    env = clean_environment(
+        tmp_path, MAILSYNC_NATS_URL=nowhere, MAILSYNC_SERVICE_TOKEN_KEYS=new_token_keys_value()
+    )
+    assert_one_line_failure(start_auth(env), "MAILSYNC_NATS_URL", "cannot reach NATS", nowhere)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("MAILSYNC_AUTH_GRPC_PORT", "not-a-port"),
+        ("MAILSYNC_LOG_LEVEL", "LOUD"),
+        ("MAILSYNC_SERVICE_TOKEN_KEYS", "k1=not*base64"),
+        ("OTEL_TRACES_EXPORTER", "carrier-pigeon"),
+    ],
+)
+def test_invalid_values_fail_naming_the_variable(tmp_path: Path, variable: str, value: str) -> None:
+    env = clean_environment(
+        tmp_path, **{"MAILSYNC_SERVICE_TOKEN_KEYS": new_token_keys_value(), variable: value}
+    )
+    assert_one_line_failure(start_auth(env), variable)
+
+
+def test_a_good_configuration_is_not_reported_as_an_error(tmp_path: Path, nats_server: Any) -> None:
+    """Negative control: with everything valid the process starts and only stops when told to."""
+    env = clean_environment(
+        tmp_path, MAILSYNC_NATS_URL=nats_server.url, MAILSYNC_SERVICE_TOKEN_KEYS=new_token_keys_value()
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.auth"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if '"service started"' in line:
+                break
+        else:
+            raise AssertionError(
+                f"the service did not start: {process.stderr.read() if process.stderr else ''}"
+            )
+    finally:
+        process.terminate()
+        _out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert err.strip() == ""
