@@ -1,11 +1,9 @@
 """Alembic environment of the threading service: migrates on the connection services.runtime hands over."""
 
-from sqlalchemy import MetaData
-
-from services.runtime.messaging_tables import add_runtime_tables
 from services.runtime.migrations import run_env
+from services.threading.store.models import metadata
 
-target_metadata = MetaData()
-add_runtime_tables(target_metadata)
+# The threading models plus the runtime's tables (outbox, processed messages, dead letters).
+target_metadata = metadata
 
 run_env(target_metadata)
