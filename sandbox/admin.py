@@ -14,6 +14,7 @@ from aiohttp import web
 from sandbox import mime
 from sandbox.core import SandboxCore
 from sandbox.errors import GoogleApiError, bad_request
+from sandbox.gmail_api import GmailApi
 from sandbox.grants import DEFAULT_CLIENT_ID, OAuthError
 from sandbox.oauth import OAuthEndpoints
 from sandbox.state import Mailbox, OutboxEntry
@@ -70,6 +71,7 @@ def build_inbound_raw(body: dict[str, Any]) -> bytes:
         sender=str(body["from"]),
         to=_list(body.get("to")),
         cc=_list(body.get("cc")),
+        bcc=_list(body.get("bcc")),
         subject=str(body.get("subject", "")),
         body=str(body.get("body", "")),
         html=body.get("html"),
@@ -82,9 +84,10 @@ def build_inbound_raw(body: dict[str, Any]) -> bytes:
 
 
 class AdminApi:
-    def __init__(self, core: SandboxCore, oauth: OAuthEndpoints) -> None:
+    def __init__(self, core: SandboxCore, oauth: OAuthEndpoints, gmail: GmailApi) -> None:
         self.core = core
         self.oauth = oauth
+        self.gmail = gmail
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -98,6 +101,12 @@ class AdminApi:
             web.get("/admin/mailboxes/{address}", self.get_mailbox),
             web.post("/admin/mailboxes/{address}/password", self.change_password),
             web.post("/admin/mailboxes/{address}/messages", self.deliver),
+            web.get("/admin/mailboxes/{address}/messages", self.list_messages),
+            web.post("/admin/mailboxes/{address}/send", self.user_send),
+            web.post("/admin/mailboxes/{address}/messages/{id}/modify", self.user_modify),
+            web.post("/admin/mailboxes/{address}/messages/{id}/trash", self.user_trash),
+            web.post("/admin/mailboxes/{address}/messages/{id}/untrash", self.user_untrash),
+            web.delete("/admin/mailboxes/{address}/messages/{id}", self.user_delete),
             web.post("/admin/mailboxes/{address}/revoke", self.revoke),
             web.post("/admin/mailboxes/{address}/history/expire", self.expire_history),
             web.get("/admin/outbox", self.outbox),
@@ -191,6 +200,61 @@ class AdminApi:
         if len(ids) > 1:
             answer["ids"] = ids
         return web.json_response(answer, status=201)
+
+    # -- what the user does in Gmail's own UI (no OAuth, no quota) -------------------------------------------
+
+    async def list_messages(self, request: web.Request) -> web.Response:
+        mailbox = self.core.mail.mailbox(request.match_info["address"])
+        return web.json_response(
+            {
+                "messages": [
+                    {
+                        "id": m.id,
+                        "threadId": m.thread_id,
+                        "labelIds": m.label_ids,
+                        "historyId": str(m.history_id),
+                        "subject": m.parsed.header("Subject") or "",
+                        "from": m.parsed.header("From") or "",
+                        "to": m.parsed.header("To") or "",
+                        "message_id": m.rfc_message_id,
+                        "internalDate": str(m.internal_date_ms),
+                    }
+                    for m in mailbox.messages.values()
+                ]
+            }
+        )
+
+    async def user_send(self, request: web.Request) -> web.Response:
+        """The user sends from Gmail: delivery, threading, send limit and history as for messages.send."""
+        body = await self._body(request)
+        mailbox = self.core.mail.mailbox(request.match_info["address"])
+        body.setdefault("from", mailbox.address)
+        sent = await self.gmail.send_raw(mailbox, build_inbound_raw(body), body.get("thread_id"))
+        return web.json_response(sent, status=201)
+
+    async def user_modify(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        mailbox = self.core.mail.mailbox(request.match_info["address"])
+        message = self.core.mail.modify(
+            mailbox,
+            request.match_info["id"],
+            _list(body.get("add_label_ids")),
+            _list(body.get("remove_label_ids")),
+        )
+        return web.json_response(message.ref())
+
+    async def user_trash(self, request: web.Request) -> web.Response:
+        mailbox = self.core.mail.mailbox(request.match_info["address"])
+        return web.json_response(self.core.mail.trash(mailbox, request.match_info["id"]).ref())
+
+    async def user_untrash(self, request: web.Request) -> web.Response:
+        mailbox = self.core.mail.mailbox(request.match_info["address"])
+        return web.json_response(self.core.mail.untrash(mailbox, request.match_info["id"]).ref())
+
+    async def user_delete(self, request: web.Request) -> web.Response:
+        mailbox = self.core.mail.mailbox(request.match_info["address"])
+        self.core.mail.delete(mailbox, request.match_info["id"])
+        return web.json_response({"deleted": True})
 
     async def revoke(self, request: web.Request) -> web.Response:
         body = await self._body(request)

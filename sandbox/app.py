@@ -41,7 +41,7 @@ def build_app(core: SandboxCore, state_file: Path | None = None) -> web.Applicat
     gmail = GmailApi(core)
     uploads = UploadApi(gmail)
     oauth = OAuthEndpoints(core)
-    admin = AdminApi(core, oauth)
+    admin = AdminApi(core, oauth, gmail)
     persisted = StateFile(state_file, core) if state_file else None
 
     async def gmail_route(request: web.Request) -> web.Response:

@@ -82,6 +82,35 @@ class AdminClient:
             fields["from"] = fields.pop("sender")
         return self.request("POST", f"/admin/mailboxes/{address}/messages", fields)
 
+    def messages(self, address: str) -> list[dict[str, Any]]:
+        """Every message of a mailbox (id, threadId, labelIds, subject, from, to, message_id), for inspection."""
+        return self.request("GET", f"/admin/mailboxes/{address}/messages")["messages"]
+
+    def user_send(self, address: str, thread_id: str | None = None, **fields: Any) -> dict[str, Any]:
+        """The user sends from Gmail's UI: raw=/raw_text= or to=, cc=, bcc=, subject=, body=, in_reply_to=, ..."""
+        if thread_id:
+            fields["thread_id"] = thread_id
+        return self.request("POST", f"/admin/mailboxes/{address}/send", fields)
+
+    def user_modify(
+        self, address: str, message_id: str, add: list[str] | None = None, remove: list[str] | None = None
+    ) -> dict[str, Any]:
+        """The user changes labels in Gmail (e.g. reads a message: remove=["UNREAD"])."""
+        return self.request(
+            "POST",
+            f"/admin/mailboxes/{address}/messages/{message_id}/modify",
+            {"add_label_ids": add or [], "remove_label_ids": remove or []},
+        )
+
+    def user_trash(self, address: str, message_id: str) -> dict[str, Any]:
+        return self.request("POST", f"/admin/mailboxes/{address}/messages/{message_id}/trash")
+
+    def user_untrash(self, address: str, message_id: str) -> dict[str, Any]:
+        return self.request("POST", f"/admin/mailboxes/{address}/messages/{message_id}/untrash")
+
+    def user_delete(self, address: str, message_id: str) -> None:
+        self.request("DELETE", f"/admin/mailboxes/{address}/messages/{message_id}")
+
     def outbox(self, recipient: str | None = None) -> list[dict[str, Any]]:
         suffix = f"?recipient={recipient}" if recipient else ""
         return self.request("GET", "/admin/outbox" + suffix)["messages"]

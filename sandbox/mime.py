@@ -183,6 +183,7 @@ def build_message(
     subject: str,
     body: str,
     cc: list[str] | None = None,
+    bcc: list[str] | None = None,
     html: str | None = None,
     attachments: list[AttachmentSpec] | None = None,
     in_reply_to: str | None = None,
@@ -197,6 +198,8 @@ def build_message(
     msg["To"] = ", ".join(to)
     if cc:
         msg["Cc"] = ", ".join(cc)
+    if bcc:
+        msg["Bcc"] = ", ".join(bcc)
     msg["Subject"] = subject
     msg["Date"] = format_datetime(date or datetime.now(UTC))
     msg["Message-ID"] = message_id or make_msgid(domain=sender.rsplit("@", 1)[-1].strip(">") or "example.com")
