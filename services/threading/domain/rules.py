@@ -341,28 +341,46 @@ def _new_thread(
         local = [c for c in contacts if c.location_id == scope.location_id]
         decision = _place_new(message, key, scope, local, eligible_count)
         stored = stored_here.get(scope.location_id)
-        if stored is not None and not decision.synced:
-            # The same email is already stored here through another mailbox or a drop (R15): link this copy.
-            placement = Placement(
-                scope.location_id,
-                stored.contact_id,
-                ThreadTarget(existing_thread_id=stored.thread_id, alias_keys=_aliases(message)),
-                message.direction,
-                "R15",
-                conversation_id=stored.conversation_id,
-            )
-            decision = LocationDecision(
-                scope.location_id,
-                True,
-                "R15",
-                f"already stored in this location (message key {key}); this copy is linked to it",
-                stored.contact_id,
-                placement,
-            )
+        if stored is not None:
+            decision = _link_to_stored(message, key, decision, stored)
         decisions.append(decision)
         if decision.placement is not None:
             placements.append(decision.placement)
     return Decision(Outcome.DECIDED, key, tuple(decisions), placements=tuple(placements))
+
+
+def _link_to_stored(
+    message: IncomingMessage, key: str, decision: LocationDecision, stored: ThreadHome
+) -> LocationDecision:
+    """The same email is already stored in this location (another mailbox, a drop, a redelivery; R15): this copy
+    joins the stored message's thread instead of starting a second one. A drop still creates its contact (R9)."""
+    new_contact = decision.placement.new_contact if decision.placement is not None else None
+    placement = Placement(
+        decision.location_id,
+        stored.contact_id,
+        ThreadTarget(existing_thread_id=stored.thread_id, alias_keys=_aliases(message)),
+        message.direction,
+        decision.rule_id if decision.synced else "R15",
+        conversation_id=stored.conversation_id,
+        new_contact=new_contact,
+    )
+    if decision.synced:
+        return LocationDecision(
+            decision.location_id,
+            True,
+            decision.rule_id,
+            f"{decision.reason}; the email was already stored here (R15), so this copy is linked to it",
+            stored.contact_id,
+            placement,
+        )
+    return LocationDecision(
+        decision.location_id,
+        True,
+        "R15",
+        f"already stored in this location (message key {key}); this copy is linked to it",
+        stored.contact_id,
+        placement,
+    )
 
 
 def _new_thread_target(message: IncomingMessage, key: str) -> ThreadTarget:

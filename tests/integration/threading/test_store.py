@@ -383,3 +383,30 @@ async def test_delete_before_first_upsert_blocks_the_stale_upsert(threading_db) 
     assert not await add_contact(threading_db, "c-9", "x@example.com", version=3)
     async with threading_db.read() as session:
         assert await list_contacts(session, "loc-a", limit=10, after=None) == []
+
+
+async def test_R15_same_email_by_sync_drop_and_second_mailbox_is_one_message_in_one_thread(
+    threading_db,
+) -> None:
+    await add_contact(threading_db, "c-carol", "carol@example.com")
+    sync = sync_of(threading_db)
+    sent = dict(frm="user@gmail.com", to="carol@example.com", direction=Direction.OUTBOUND, rfc="<once@x>")
+    drop = message(
+        **sent, source=Source.BCC_DROP, drop=BccDrop("drop-1", "loc-a", "user-1", "dg"), connections=()
+    )
+    in_first = message(**sent, gmail_id="g-1", gmail_thread="gt-1")
+    in_second = message(
+        **sent,
+        mailbox="mbx-2",
+        gmail_id="g-2",
+        gmail_thread="gt-2",
+        connections=(connection(user="user-2", connection_id="conn-2"),),
+    )
+    for copy in (drop, in_first, in_second, drop):
+        await sync.apply_message(copy, CONTENT)
+    assert await count(threading_db, MessageRow) == 1
+    assert await count(threading_db, ThreadRow) == 1
+    assert await count(threading_db, MailboxCopyRow) == 2
+    async with threading_db.read() as session:
+        conversation = (await session.execute(select(ConversationRow))).scalar_one()
+    assert (conversation.message_count, conversation.thread_count) == (1, 1)
