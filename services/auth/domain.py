@@ -123,6 +123,8 @@ class OAuthState:
     created_at: dt.datetime
     expires_at: dt.datetime
     used_at: dt.datetime | None = None
+    # Where the callback page sends the browser afterwards (already checked against the allowed origins).
+    return_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,7 @@ def begin_connect(
     now: dt.datetime,
     ttl: dt.timedelta = STATE_TTL,
     random_bytes: RandomBytes = secrets.token_bytes,
+    return_url: str = "",
 ) -> BegunConnect:
     state = _b64url(random_bytes(32))
     record = OAuthState(
@@ -151,6 +154,7 @@ def begin_connect(
         code_verifier=new_code_verifier(random_bytes),
         created_at=now,
         expires_at=now + ttl,
+        return_url=return_url,
     )
     return BegunConnect(state=state, record=record)
 

@@ -134,6 +134,7 @@ class OAuthStateRow(Base):
     created_at: Mapped[dt.datetime] = mapped_column(_WHEN)
     expires_at: Mapped[dt.datetime] = mapped_column(_WHEN)
     used_at: Mapped[dt.datetime | None] = mapped_column(_WHEN, nullable=True)
+    return_url: Mapped[str] = mapped_column(Text, default="")
 
 
 AUTH_TABLES = ("users", "user_locations", "mailboxes", "connections", "oauth_states")
@@ -652,6 +653,7 @@ async def save_oauth_state(session: AsyncSession, state: OAuthState) -> None:
             created_at=state.created_at,
             expires_at=state.expires_at,
             used_at=state.used_at,
+            return_url=state.return_url,
         )
     )
     await session.flush()
@@ -672,6 +674,7 @@ async def find_oauth_state(session: AsyncSession, digest: str) -> OAuthState | N
         created_at=created_at,
         expires_at=expires_at,
         used_at=_utc(row.used_at),
+        return_url=row.return_url,
     )
 
 
