@@ -45,12 +45,16 @@ async def build(
         if collector is not None:
             collector.wake()
 
-    policy = WaitPolicy(budget=settings.wait_budget_deliveries, delay_seconds=settings.wait_delay_seconds)
+    policy = WaitPolicy(
+        budget=settings.wait_budget_deliveries,
+        delay_seconds=settings.wait_delay_seconds,
+        ack_wait_seconds=settings.consumer_ack_wait_seconds,
+    )
     handlers = ThreadingHandlers(MessageSync(db, events=outbox_events()), policy=policy, on_placed=on_placed)
     message_consumer = Consumer(
         components.nats, message_consumer_spec(policy), handlers.handle_message_event, db=db
     )
-    send_consumer = Consumer(components.nats, send_consumer_spec(), handlers.handle_send_event, db=db)
+    send_consumer = Consumer(components.nats, send_consumer_spec(policy), handlers.handle_send_event, db=db)
     relay = OutboxRelay(db, components.jetstream)
     components.add_background("threading-messages", message_consumer.run, message_consumer.stop)
     components.add_background("threading-sends", send_consumer.run, send_consumer.stop)

@@ -34,6 +34,8 @@ class WaitPolicy:
     # Deliveries during which a message may still wait; the next one decides with what is known.
     budget: int = 6
     delay_seconds: float = 2.0
+    # How long JetStream waits for an ack before redelivering (also after a replica crashed).
+    ack_wait_seconds: float = 30.0
 
 
 def message_consumer_spec(policy: WaitPolicy) -> ConsumerSpec:
@@ -41,17 +43,19 @@ def message_consumer_spec(policy: WaitPolicy) -> ConsumerSpec:
         stream=MESSAGES.name,
         durable="threading-messages",
         filter_subjects=(subjects.NORMALIZED_ALL, subjects.MESSAGE_CHANGED_ALL),
+        ack_wait=policy.ack_wait_seconds,
         max_deliver=5,
         # One more than the budget, so the deciding delivery can still fail and be retried.
         max_waits=policy.budget + 1,
     )
 
 
-def send_consumer_spec() -> ConsumerSpec:
+def send_consumer_spec(policy: WaitPolicy) -> ConsumerSpec:
     return ConsumerSpec(
         stream=SENDS.name,
         durable="threading-sends",
         filter_subjects=(subjects.SEND_PENDING_ALL, subjects.SEND_SENT_ALL, subjects.SEND_FAILED_ALL),
+        ack_wait=policy.ack_wait_seconds,
         max_deliver=5,
     )
 

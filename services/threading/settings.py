@@ -32,6 +32,12 @@ class ThreadingSettings(ServiceSettings):
     wait_delay_seconds: float = Field(
         default=2.0, gt=0, description="Delay before a waiting message is delivered again."
     )
+    consumer_ack_wait_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long JetStream waits for a consumer's ack before redelivering (a crashed replica's "
+        "messages come back after this).",
+    )
     watch_poll_seconds: float = Field(
         default=1.0,
         gt=0,

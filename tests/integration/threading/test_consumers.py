@@ -110,7 +110,11 @@ async def threading_consumers(threading_db, nats_client, jetstream) -> AsyncIter
             fetch_timeout=0.2,
         ),
         Consumer(
-            nats_client, send_consumer_spec(), handlers.handle_send_event, db=threading_db, fetch_timeout=0.2
+            nats_client,
+            send_consumer_spec(policy),
+            handlers.handle_send_event,
+            db=threading_db,
+            fetch_timeout=0.2,
         ),
     ]
     relay = OutboxRelay(threading_db, jetstream, poll_interval=0.2)
