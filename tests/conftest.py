@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.services",
     "tests.fixtures.messaging",
     "tests.fixtures.threading_store",
+    "tests.fixtures.smtp_server",
 ]
