@@ -7,5 +7,6 @@ pytest_plugins = [
     "tests.fixtures.services",
     "tests.fixtures.messaging",
     "tests.fixtures.threading_store",
+    "tests.fixtures.ingest_world",
     "tests.fixtures.smtp_server",
 ]

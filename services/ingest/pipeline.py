@@ -12,6 +12,7 @@ import datetime as dt
 import os
 import socket
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import aiohttp
 
@@ -28,7 +29,7 @@ from services.ingest.sync import MailboxSyncer, PublishObserver, SyncConfig
 from services.ingest.sync_policy import SyncTiming
 from services.runtime import streams, subjects
 from services.runtime.consumer import Consumer, ConsumerSpec
-from services.runtime.gmail import GmailApi, GmailEndpoint
+from services.runtime.gmail import GmailApi, GmailEndpoint, RetryPolicy
 from services.runtime.grpc_client import ServiceToken, open_channel
 from services.runtime.service import ServiceComponents
 
@@ -81,6 +82,13 @@ def sync_config(settings: IngestSettings) -> SyncConfig:
         fetch_window=settings.fetch_window,
         fetch_concurrency=settings.fetch_concurrency,
         audit_max_messages=settings.audit_max_messages,
+        busy_retry_seconds=settings.busy_retry_seconds,
+        min_push_interval=dt.timedelta(seconds=settings.min_push_interval_seconds),
+        gmail_policy=RetryPolicy(
+            max_attempts=settings.gmail_retry_attempts,
+            base_delay=settings.gmail_retry_base_seconds,
+            max_delay=settings.gmail_retry_max_seconds,
+        ),
     )
 
 
@@ -95,6 +103,16 @@ async def fetch_certs(url: str) -> Mapping[str, str]:
     return {str(kid): str(pem) for kid, pem in dict(certs).items()}
 
 
+@dataclass(frozen=True)
+class SyncPipeline:
+    """What `add_sync_pipeline` wired, for callers that need a handle (tests, tools): the push HTTP server (its
+    `port` is known once the service started), the syncer and the scheduler."""
+
+    http: PushHttpServer
+    syncer: MailboxSyncer
+    scheduler: SyncScheduler
+
+
 def add_sync_pipeline(
     components: ServiceComponents,
     settings: IngestSettings,
@@ -102,7 +120,7 @@ def add_sync_pipeline(
     directory: MailboxDirectory | None = None,
     tokens: AccessTokens | None = None,
     observer: PublishObserver | None = None,
-) -> None:
+) -> SyncPipeline:
     """Registers the servicer, the push HTTP server and the background loops. Without `directory`/`tokens`
     the auth service at `settings.auth_target` provides both."""
     if directory is None or tokens is None:
@@ -164,3 +182,4 @@ def add_sync_pipeline(
             await http.stop()
 
     components.add_background("push-http", serve_http, stopped.set)
+    return SyncPipeline(http=http, syncer=syncer, scheduler=scheduler)

@@ -90,3 +90,24 @@ class IngestSettings(ServiceSettings):
     fetch_concurrency: int = Field(
         default=2, gt=0, description="messages.get batches (of 25) of one mailbox in flight at once."
     )
+    gmail_retry_attempts: int = Field(
+        default=5,
+        gt=0,
+        description="Tries of one Gmail request on rate limits and 5xx before the pass fails.",
+    )
+    gmail_retry_base_seconds: float = Field(
+        default=1.0, gt=0, description="First backoff between Gmail retries (doubles, with jitter)."
+    )
+    gmail_retry_max_seconds: float = Field(
+        default=32.0, gt=0, description="Longest backoff between Gmail retries."
+    )
+    busy_retry_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="How soon a work item for a mailbox another worker holds is tried again.",
+    )
+    min_push_interval_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="Pushes of a mailbox synced less than this ago wait and coalesce into one pass.",
+    )

@@ -392,9 +392,7 @@ async def postpone_check(
 async def published_ids(session: AsyncSession, mailbox_id: str) -> set[str]:
     """Every Gmail id published for the mailbox (ids only)."""
     table = PublishedMessageRow.__table__
-    result = await session.execute(
-        select(table.c.gmail_message_id).where(table.c.mailbox_id == mailbox_id)
-    )
+    result = await session.execute(select(table.c.gmail_message_id).where(table.c.mailbox_id == mailbox_id))
     return set(result.scalars())
 
 

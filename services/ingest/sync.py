@@ -84,6 +84,7 @@ class PassOutcome(StrEnum):
     BACKING_OFF = "BACKING_OFF"
     FAILED = "FAILED"
     LEASE_LOST = "LEASE_LOST"
+    TOO_SOON = "TOO_SOON"
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,8 @@ class SyncConfig:
     lease_ttl: dt.timedelta = dt.timedelta(seconds=60)
     # How soon a work item for a mailbox another worker holds comes back.
     busy_retry_seconds: float = 1.0
+    # Pushes of a mailbox synced less than this ago wait and coalesce (Gmail itself pushes at most once a second).
+    min_push_interval: dt.timedelta = dt.timedelta(seconds=1)
     # Messages fetched, published and recorded per step (the ledger moves after each step).
     fetch_window: int = 100
     # messages.get batches of one mailbox in flight at once (Gmail's per-user concurrency is small).
@@ -122,6 +125,8 @@ class _Pass:
     cursor: int | None
     connections: list[Any]
     had_work: bool = False
+    # Gmail's clock reading when history was listed: the audit leaves newer messages to the next pass.
+    listed_at_ms: int = 0
 
 
 class MailboxSyncer:
@@ -149,12 +154,15 @@ class MailboxSyncer:
         self._clock = clock or SystemClock()
         self._observer = observer
         self._gmail_timing = gmail_timing or RetryTiming(clock=self._clock)
+        self._passes = 0
 
     async def handle(self, delivery: Delivery) -> None:
         item = delivery.parse(events_pb2.MailboxChanged)
         outcome = await self.sync(item.mailbox_id, REASON_NAMES.get(item.reason, "PUSH"))
         if outcome is PassOutcome.BUSY:
             raise RetryLater(self._config.busy_retry_seconds, "another worker holds the mailbox")
+        if outcome is PassOutcome.TOO_SOON:
+            raise RetryLater(self._config.min_push_interval.total_seconds(), "synced a moment ago")
 
     async def sync(self, mailbox_id: str, reason: str = "PUSH") -> PassOutcome:
         """One pass over the mailbox; never raises for Gmail trouble (that is recorded on the mailbox)."""
@@ -167,6 +175,10 @@ class MailboxSyncer:
         now = self._clock.now()
         async with self._db.write() as session:
             await store.ensure_mailbox(session, mailbox.mailbox_id, mailbox.email)
+            row = await store.get_sync_row(session, mailbox_id)
+        last_sync = _aware(row.last_sync_at) if row is not None else None
+        if reason == "PUSH" and last_sync is not None and now - last_sync < self._config.min_push_interval:
+            return PassOutcome.TOO_SOON
         scope = sync_scope(mailbox.connections)
         if scope is None:
             # R10/R11: no CONNECTED connection left; R12: paused until one is reauthorized.
@@ -174,10 +186,11 @@ class MailboxSyncer:
             async with self._db.write() as session:
                 await store.set_state(session, mailbox_id, state)
             return PassOutcome.PAUSED if state is SyncState.PAUSED_REAUTH else PassOutcome.STOPPED
+        # A holder name per pass: two workers of one process must not take the lease from each other.
+        self._passes += 1
+        owner = f"{self._config.owner}:{self._passes}"
         async with self._db.write() as session:
-            lease = await store.acquire_lease(
-                session, mailbox_id, self._config.owner, now=now, ttl=self._config.lease_ttl
-            )
+            lease = await store.acquire_lease(session, mailbox_id, owner, now=now, ttl=self._config.lease_ttl)
         if lease is None:
             return PassOutcome.BUSY
         try:
@@ -294,6 +307,7 @@ class MailboxSyncer:
     # History --------------------------------------------------------------------------------------------------
 
     async def _history_pass(self, work: _Pass, cursor: int) -> None:
+        work.listed_at_ms = int(self._clock.now().timestamp() * 1000)
         listing = await work.client.list_history(str(cursor))
         mentioned = {
             change.get("message", {}).get("id")
@@ -371,6 +385,7 @@ class MailboxSyncer:
         *,
         check_start_time: bool,
         msg_id_suffix: str = "",
+        received_before_ms: int | None = None,
     ) -> int:
         """Publishes the candidates window by window; the ledger (not the cursor) moves after each window."""
         published_total = 0
@@ -385,7 +400,12 @@ class MailboxSyncer:
             outcomes = await asyncio.gather(
                 *(
                     self._publish_message(
-                        work, candidate, bodies[candidate.gmail_message_id], check_start_time, msg_id_suffix
+                        work,
+                        candidate,
+                        bodies[candidate.gmail_message_id],
+                        check_start_time,
+                        msg_id_suffix,
+                        received_before_ms,
                     )
                     for candidate in chunk
                     if candidate.gmail_message_id in bodies
@@ -438,10 +458,13 @@ class MailboxSyncer:
         body: dict[str, Any],
         check_start_time: bool,
         msg_id_suffix: str,
+        received_before_ms: int | None,
     ) -> store.PublishedEntry | None:
         labels = tuple(body.get("labelIds", ()))
         internal_ms = int(body.get("internalDate", 0) or 0)
         if set(labels) & NOT_EMAIL_LABELS:
+            return None
+        if received_before_ms is not None and internal_ms >= received_before_ms:
             return None
         if check_start_time and internal_ms <= work.start_ms:
             # R1 on a resync: without history ids, the connection's start time decides.
@@ -481,6 +504,7 @@ class MailboxSyncer:
     async def _resync(self, work: _Pass, *, last_synced_ms: int) -> None:
         """After a history gap (or on demand): the new cursor first, then every message since the last synced
         one (never before the earliest connection start) that was not published yet."""
+        work.listed_at_ms = int(self._clock.now().timestamp() * 1000)
         profile = await work.client.get_profile()
         since_ms = max(
             work.start_ms, last_synced_ms - int(self._config.resync_overlap.total_seconds() * 1000)
@@ -509,7 +533,12 @@ class MailboxSyncer:
         since_ms = max(work.start_ms, int((now - self._config.audit_window).timestamp() * 1000))
         missing = await self._unpublished_since(work, since_ms, self._config.audit_max_messages)
         repaired = await self._fetch_and_publish(
-            work, missing, check_start_time=True, msg_id_suffix=f":audit:{int(now.timestamp())}"
+            work,
+            missing,
+            check_start_time=True,
+            msg_id_suffix=f":audit:{int(now.timestamp())}",
+            # Newer than the history listing: not missing, merely not listed yet; the next pass gets them.
+            received_before_ms=work.listed_at_ms or None,
         )
         if repaired:
             log.warning(

@@ -1,0 +1,235 @@
+"""The push endpoint of a running ingest service (real HTTP, real gRPC, real JetStream): Google-signed tokens are
+accepted and anything else refused with 401; a burst of pushes coalesces into a few sync passes."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+import pytest
+
+from mailsync.v1 import ingest_pb2, ingest_pb2_grpc
+from sandbox.keys import SigningKey
+from services.ingest import store
+from services.ingest.pipeline import SyncPipeline, add_sync_pipeline
+from services.ingest.app import MIGRATIONS_DIR
+from services.ingest.settings import IngestSettings
+from services.runtime import streams, subjects
+from services.runtime.grpc_auth import TokenKeys
+from services.runtime.grpc_client import StaticToken, open_channel
+from services.runtime.service import RunningService, ServiceComponents, open_foundation
+from tests.fixtures.ingest_world import IngestWorld
+from tests.fixtures.messaging import eventually
+from tests.fixtures.services import service_settings
+
+ALICE = "alice@example.com"
+AUDIENCE = "https://ingest.test/gmail/push"
+PUSH_ACCOUNT = "gmail-push@sandbox-project.iam.gserviceaccount.com"
+
+
+class RunningIngest:
+    def __init__(self, running: RunningService, pipeline: SyncPipeline) -> None:
+        self.running = running
+        self.pipeline = pipeline
+
+    @property
+    def push_url(self) -> str:
+        return f"http://127.0.0.1:{self.pipeline.http.port}/gmail/push"
+
+
+@pytest.fixture
+async def ingest_service(
+    ingest_world: IngestWorld,
+    nats_server: Any,
+    database_target: Any,
+    token_keys_value: str,
+    tmp_path: Path,
+    run_service_in_process: Callable[..., Awaitable[RunningService]],
+) -> RunningIngest:
+    world = ingest_world
+    settings = service_settings(
+        IngestSettings,
+        nats_url=nats_server.url,
+        database=database_target,
+        token_keys_value=token_keys_value,
+        data_dir=tmp_path,
+        gmail_root_url=world.sandbox.url,
+        push_audience=AUDIENCE,
+        push_service_account_email=PUSH_ACCOUNT,
+        push_certs_url=f"{world.sandbox.url}/oauth2/v1/certs",
+        sync_workers=2,
+        recheck_delay_seconds=0.3,
+        scheduler_interval_seconds=0.1,
+        busy_retry_seconds=0.1,
+    )
+    handle: list[SyncPipeline] = []
+
+    async def build(service_settings: IngestSettings) -> ServiceComponents:
+        components = await open_foundation(service_settings, MIGRATIONS_DIR)
+        handle.append(
+            add_sync_pipeline(
+                components,
+                service_settings,
+                directory=world.directory,
+                tokens=world.tokens,
+                observer=world.counter,
+            )
+        )
+        return components
+
+    running = await run_service_in_process(settings, build)
+    ingest = RunningIngest(running, handle[0])
+
+    async def listening() -> bool:
+        return ingest.pipeline.http.port != 0
+
+    await eventually(listening, within=5)
+    return ingest
+
+
+def push_token(world: IngestWorld, **overrides: Any) -> str:
+    now = int(time.time())
+    claims = {
+        "iss": "https://accounts.google.com",
+        "aud": AUDIENCE,
+        "azp": "1234",
+        "sub": "1234",
+        "email": PUSH_ACCOUNT,
+        "email_verified": True,
+        "iat": now,
+        "exp": now + 3600,
+        **overrides,
+    }
+    assert world.sandbox.core is not None
+    return world.sandbox.core.key.sign(claims)
+
+
+def envelope(address: str, history_id: Any, message_id: str = "1") -> dict[str, Any]:
+    data = base64.b64encode(json.dumps({"emailAddress": address, "historyId": history_id}).encode()).decode()
+    return {"message": {"data": data, "messageId": message_id}, "subscription": "projects/p/subscriptions/s"}
+
+
+async def post_push(session: aiohttp.ClientSession, url: str, token: str | None, body: Any) -> int:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    async with session.post(url, json=body, headers=headers) as response:
+        return response.status
+
+
+async def work_items(world: IngestWorld) -> int:
+    info = await world.js.stream_info(streams.WORK.name)
+    return int(info.state.messages)
+
+
+async def test_push_with_google_signed_token_is_queued_and_forged_tokens_get_401(
+    ingest_world: IngestWorld, ingest_service: RunningIngest
+) -> None:
+    world = ingest_world
+    world.sandbox.create_mailbox(ALICE)
+    world.connect(ALICE)
+    forger = SigningKey.generate()
+    now = int(time.time())
+    good = {"iss": "https://accounts.google.com", "aud": AUDIENCE, "email": PUSH_ACCOUNT, "email_verified": True,
+            "iat": now, "exp": now + 3600}
+    refused = {
+        "forged signature": forger.sign(good),
+        "wrong audience": push_token(world, aud="https://elsewhere.test/push"),
+        "wrong service account": push_token(world, email="someone@evil.test"),
+        "unverified email": push_token(world, email_verified=False),
+        "expired": push_token(world, iat=now - 7200, exp=now - 3600),
+        "wrong issuer": push_token(world, iss="https://evil.test"),
+        "not a jwt": "abc.def",
+    }
+    async with aiohttp.ClientSession() as session:
+        statuses = {
+            name: await post_push(session, ingest_service.push_url, token, envelope(ALICE, "5"))
+            for name, token in refused.items()
+        }
+        missing = await post_push(session, ingest_service.push_url, None, envelope(ALICE, "5"))
+        assert await work_items(world) == 0
+        # Negative control of the same request with a genuine token: accepted, historyId as a string or a number.
+        accepted_string = await post_push(session, ingest_service.push_url, push_token(world), envelope(ALICE, "5"))
+        accepted_number = await post_push(session, ingest_service.push_url, push_token(world), envelope(ALICE, 6))
+    assert statuses == dict.fromkeys(refused, 401) and missing == 401
+    assert (accepted_string, accepted_number) == (200, 200)
+
+
+async def test_handle_push_rpc_refuses_a_forged_token_and_queues_a_genuine_one(
+    ingest_world: IngestWorld, ingest_service: RunningIngest, token_keys_value: str
+) -> None:
+    world = ingest_world
+    world.sandbox.create_mailbox(ALICE)
+    mailbox = world.connect(ALICE)
+    keys = TokenKeys.parse(token_keys_value)
+    token = keys.mint("push-gateway", ["*"], internal=True)
+    channel = open_channel(f"127.0.0.1:{ingest_service.running.port}", token=StaticToken(token))
+    stub = ingest_pb2_grpc.IngestServiceStub(channel)
+    data = json.dumps({"emailAddress": ALICE, "historyId": 9}).encode()
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.HandlePush(
+                ingest_pb2.HandlePushRequest(
+                    message=ingest_pb2.PubSubMessage(data=data, message_id="m1"),
+                    oidc_token=SigningKey.generate().sign({"aud": AUDIENCE}),
+                )
+            )
+        answer = await stub.HandlePush(
+            ingest_pb2.HandlePushRequest(
+                message=ingest_pb2.PubSubMessage(data=data, message_id="m1"), oidc_token=push_token(world)
+            )
+        )
+    finally:
+        await channel.close()
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert (answer.mailbox_id, answer.queued) == (mailbox.mailbox_id, True)
+
+
+async def test_burst_of_200_messages_and_200_pushes_costs_at_most_10_history_lists(
+    ingest_world: IngestWorld, ingest_service: RunningIngest
+) -> None:
+    world = ingest_world
+    world.sandbox.create_mailbox(ALICE)
+    mailbox = world.connect(ALICE)
+    base_history = int(world.sandbox.admin.mailbox(ALICE)["historyId"])
+    delivered: list[str] = []
+
+    async def deliver_in_steps() -> None:
+        for _ in range(10):
+            delivered.extend(await asyncio.to_thread(world.deliver, ALICE, 20))
+
+    async def push_200() -> list[int]:
+        token = push_token(world)
+        async with aiohttp.ClientSession() as session:
+            statuses = []
+            for index in range(200):
+                statuses.append(
+                    await post_push(session, ingest_service.push_url, token, envelope(ALICE, base_history + index))
+                )
+            return statuses
+
+    _, statuses = await asyncio.gather(deliver_in_steps(), push_200())
+    assert statuses == [200] * 200
+
+    async def all_published() -> bool:
+        return set(world.recorder.recorded.normalized_ids()) >= set(delivered)
+
+    await eventually(all_published, within=60)
+
+    async def settled() -> bool:
+        async with world.db.read() as session:
+            row = await store.get_sync_row(session, mailbox.mailbox_id)
+        return row is not None and row.state == "IDLE" and row.next_attempt_reason == "POLL"
+
+    await eventually(settled, within=20)
+    history_lists = world.gmail_calls(ALICE, "gmail.users.history.list")
+    assert len(delivered) == 200
+    assert 1 <= history_lists <= 10, history_lists
+    assert world.counter.attempts == dict.fromkeys(delivered, 1)
+    assert world.recorder.recorded.normalized_ids() == dict.fromkeys(delivered, 1)
+    assert subjects.mailbox_changed(mailbox.mailbox_id)

@@ -1,0 +1,81 @@
+"""The sync pass against the Gmail sandbox and a real nats-server: R1 start points, spam/trash without content,
+label changes and deletions (R17), the cursor, and the ledger."""
+
+from __future__ import annotations
+
+from services.ingest import store
+from services.ingest.sync import PassOutcome
+from tests.fixtures.ingest_world import IngestWorld
+from tests.fixtures.messaging import eventually
+
+ALICE = "alice@example.com"
+
+
+async def test_R1_first_pass_publishes_only_messages_added_after_the_connection(ingest_world: IngestWorld) -> None:
+    world = ingest_world
+    world.sandbox.create_mailbox(ALICE)
+    before = world.deliver(ALICE, copies=2, subject="before")
+    mailbox = world.connect(ALICE)
+    after = world.deliver(ALICE, copies=3, subject="after")
+    syncer = world.syncer()
+
+    assert await syncer.sync(mailbox.mailbox_id) is PassOutcome.SYNCED
+
+    async def all_recorded() -> bool:
+        return len(world.recorder.recorded.normalized) >= 3
+
+    await eventually(all_recorded, within=10)
+    published = world.recorder.recorded.normalized_ids()
+    assert set(published) == set(after) and set(published).isdisjoint(before)
+    assert all(count == 1 for count in published.values())
+    event = world.recorder.recorded.normalized[0]
+    assert event.subject == "after" and event.mailbox_email == ALICE
+    assert [c.location_id for c in event.connections] == ["loc-1"]
+    async with world.db.read() as session:
+        row = await store.get_sync_row(session, mailbox.mailbox_id)
+    assert row is not None and row.messages_published == 3 and row.state == "IDLE"
+    assert row.history_cursor is not None and row.history_cursor >= int(world.sandbox.admin.mailbox(ALICE)["historyId"])
+
+
+async def test_R17_label_changes_and_deletions_of_published_messages_are_published(ingest_world: IngestWorld) -> None:
+    world = ingest_world
+    world.sandbox.create_mailbox(ALICE)
+    mailbox = world.connect(ALICE)
+    kept, trashed, deleted = world.deliver(ALICE, copies=3)
+    syncer = world.syncer()
+    await syncer.sync(mailbox.mailbox_id)
+    gmail = world.gmail_for(ALICE)
+    await gmail.modify_message(kept, remove_label_ids=["UNREAD"])
+    await gmail.modify_message(trashed, add_label_ids=["TRASH"])
+    service = world.sandbox.gmail(ALICE, ["https://mail.google.com/"])
+    service.users().messages().delete(userId="me", id=deleted).execute()
+
+    await syncer.sync(mailbox.mailbox_id)
+
+    async def changes_recorded() -> bool:
+        return len(world.recorder.recorded.changed) >= 3
+
+    await eventually(changes_recorded, within=10)
+    changes = {(c.gmail_message_id, c.kind): c for c in world.recorder.recorded.changed}
+    assert list(changes[(kept, 1)].labels_removed) == ["UNREAD"]
+    assert list(changes[(trashed, 1)].labels_added) == ["TRASH"]
+    assert (deleted, 2) in changes
+    assert world.recorder.recorded.normalized_ids() == {kept: 1, trashed: 1, deleted: 1}
+
+
+async def test_R1_spam_and_trash_arrive_without_content_and_drafts_are_skipped(ingest_world: IngestWorld) -> None:
+    world = ingest_world
+    world.sandbox.create_mailbox(ALICE)
+    mailbox = world.connect(ALICE)
+    (spam,) = world.deliver(ALICE, label_ids=["SPAM"], subject="win money", body="secret body")
+    (normal,) = world.deliver(ALICE, subject="hello", body="visible body")
+    await world.syncer().sync(mailbox.mailbox_id)
+
+    async def both_recorded() -> bool:
+        return len(world.recorder.recorded.normalized) >= 2
+
+    await eventually(both_recorded, within=10)
+    events = {m.gmail_message_id: m for m in world.recorder.recorded.normalized}
+    assert events[spam].subject == "" and events[spam].text_body == "" and "SPAM" in events[spam].label_ids
+    assert events[spam].participants, "the explanation still needs the addresses (R16)"
+    assert events[normal].subject == "hello" and "visible body" in events[normal].text_body
