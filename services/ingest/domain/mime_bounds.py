@@ -1,7 +1,7 @@
 """A linear pre-pass over raw message bytes that trims what would make the stdlib parser stall or recurse.
 
 It follows the MIME structure the way `email.feedparser` will (header blocks, boundary lines, embedded
-message/rfc822), truncates oversized header fields, drops fields beyond the per-block caps, and cuts the
+message/* parts), reading each Content-Type exactly as the compat32 parser does, truncates oversized header fields, drops fields beyond the per-block caps, and cuts the
 message off where it would exceed the depth or part limits, so the parser only ever sees a bounded input.
 Every change is reported as a defect code.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from email.message import Message
 
 from services.ingest.domain.mime_limits import MimeLimits
 
@@ -17,10 +18,7 @@ from services.ingest.domain.mime_limits import MimeLimits
 _HEADER_LINE = re.compile(rb"From |[\x21-\x39\x3b-\x7e]*:|[\t ]")
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 _DASH_LINE_START = re.compile(rb"(?<=[\r\n])--")
-_MULTIPART = re.compile(rb"content-type:\s*multipart/", re.IGNORECASE)
-_EMBEDDED_MESSAGE = re.compile(rb"content-type:\s*message/rfc822", re.IGNORECASE)
-_BOUNDARY_PARAM = re.compile(rb"""[;\s]boundary\s*=\s*(?:"([^"\r\n]*)"|([^\s;"]+))""", re.IGNORECASE)
-_FOLD = re.compile(rb"\r\n|\r|\n")
+_CONTENT_TYPE = re.compile(rb"content-type:", re.IGNORECASE)
 _ENCODED_WORD_START = b"=?"
 _MIME_FIELD = re.compile(rb"content-", re.IGNORECASE)
 _ADDRESS_FIELD = re.compile(
@@ -40,15 +38,19 @@ class BoundedSource:
 class _OpenMultipart:
     delimiter: bytes
     depth: int
+    # In multipart/digest a part without a Content-Type is an embedded message (RFC 2046 5.1.5).
+    digest: bool = False
 
 
 @dataclass
 class _BlockShape:
-    """What a header block announced about the body that follows it."""
+    """What a header block announced about the body that follows it (its first Content-Type decides)."""
 
-    boundary: bytes | None = None
+    content_type_seen: bool = False
     embedded_message: bool = False
-    boundary_field_start: int = 0
+    boundary: bytes | None = None
+    digest: bool = False
+    content_type_start: int = 0
 
 
 @dataclass
@@ -93,26 +95,32 @@ def bound_raw_message(raw: bytes, limits: MimeLimits) -> BoundedSource:
         scan.defect("limit:message_bytes")
     position = 0
     depth = 0
+    in_digest = False
+    # Where to cut when this block declares something too deep: before the delimiter of a part (in a
+    # digest, a part without Content-Type is itself a message), else before the declaring field.
+    part_delimiter: int | None = None
     while position < len(raw) and scan.cut_at is None:
         body_start, shape = _scan_header_block(scan, position)
         if scan.cut_at is not None:
             break
-        if shape.embedded_message:
+        too_deep_cut = part_delimiter if part_delimiter is not None else shape.content_type_start
+        embedded = shape.embedded_message or (in_digest and not shape.content_type_seen)
+        if (embedded or shape.boundary is not None) and depth + 1 > limits.max_depth:
+            scan.cut(too_deep_cut, "limit:depth")
+            break
+        if embedded:
             depth += 1
-            if depth > limits.max_depth:
-                scan.cut(body_start, "limit:depth")
-                break
+            in_digest = False
+            part_delimiter = None
             position = body_start
             continue
         if shape.boundary is not None:
-            if depth + 1 > limits.max_depth:
-                scan.cut(shape.boundary_field_start, "limit:depth")
-                break
-            scan.open_multiparts.append(_OpenMultipart(b"--" + shape.boundary, depth + 1))
+            scan.open_multiparts.append(_OpenMultipart(b"--" + shape.boundary, depth + 1, shape.digest))
         next_part = _find_next_part(scan, body_start)
         if next_part is None:
             break
-        position, depth = next_part
+        position, part_delimiter, parent = next_part
+        depth, in_digest = parent.depth, parent.digest
     return scan.result()
 
 
@@ -149,10 +157,9 @@ def _scan_header_block(scan: _Scan, start: int) -> tuple[int, _BlockShape]:
         line = raw[position:line_end]
         if _is_blank(line):
             return line_end, shape
-        if line[:1] in (b" ", b"\t") or not _HEADER_LINE.match(line):
-            # A stray continuation or a non-header line starts the body, as in email.feedparser.
-            if line[:1] not in (b" ", b"\t"):
-                return position, shape
+        if not _HEADER_LINE.match(line):
+            # A line that is not a header field starts the body, as in email.feedparser.
+            return position, shape
         if line.startswith(b"--") and _boundary_index(scan, line) is not None:
             return position, shape
         field_end = line_end
@@ -214,22 +221,27 @@ def _bounded_address_list(scan: _Scan, field_bytes: bytes) -> bytes:
 
 
 def _note_shape(shape: _BlockShape, field_bytes: bytes, field_start: int) -> None:
-    if _MULTIPART.match(field_bytes):
-        unfolded = _FOLD.sub(b"", field_bytes)
-        match = _BOUNDARY_PARAM.search(unfolded)
-        if match is not None:
-            boundary = (match.group(1) if match.group(1) is not None else match.group(2)).rstrip(b" \t")
-            if boundary:
-                shape.boundary = boundary
-                shape.boundary_field_start = field_start
-                shape.embedded_message = False
-    elif _EMBEDDED_MESSAGE.match(field_bytes):
+    if shape.content_type_seen or not _CONTENT_TYPE.match(field_bytes):
+        return
+    shape.content_type_seen = True
+    shape.content_type_start = field_start
+    # Read by the same code the parser will use, so the scan cannot disagree with it about the structure.
+    probe = Message()
+    value = field_bytes[len(b"content-type:") :].decode("ascii", "surrogateescape")
+    probe["Content-Type"] = value.lstrip(" \t").rstrip("\r\n")
+    content_type = probe.get_content_type()
+    if content_type.startswith("multipart/"):
+        boundary = probe.get_boundary()
+        if boundary:
+            shape.boundary = boundary.encode("ascii", "surrogateescape")
+            shape.digest = content_type == "multipart/digest"
+    elif probe.get_content_maintype() == "message":
         shape.embedded_message = True
-        shape.boundary = None
 
 
-def _find_next_part(scan: _Scan, start: int) -> tuple[int, int] | None:
-    """Skip body text to the next part delimiter; return where that part's headers start and its depth."""
+def _find_next_part(scan: _Scan, start: int) -> tuple[int, int, _OpenMultipart] | None:
+    """Skip body text to the next part delimiter; return where that part's headers and its delimiter
+    start, and the multipart it belongs to."""
     raw = scan.raw
     position = start
     while scan.open_multiparts:
@@ -256,5 +268,5 @@ def _find_next_part(scan: _Scan, start: int) -> tuple[int, int] | None:
             scan.cut(line_start, "limit:parts")
             return None
         del scan.open_multiparts[index + 1 :]
-        return line_end, scan.open_multiparts[index].depth
+        return line_end, line_start, scan.open_multiparts[index]
     return None

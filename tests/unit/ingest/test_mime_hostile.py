@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.ingest.domain.mime import DEFAULT_LIMITS, normalize_message
+from services.ingest.domain.mime_bounds import bound_raw_message
 from services.ingest.domain.mime_limits import MimeLimits
 from tests.fixtures.mime_samples import assert_publishable
 
@@ -195,6 +196,30 @@ def many_addresses(count: int) -> bytes:
     return b"To: " + b", ".join(b"a%d@b.c" % i for i in range(count)) + b"\r\n\r\nbody"
 
 
+def deep_digests(depth: int) -> bytes:
+    """Digests whose parts have no Content-Type: each part is an embedded message (RFC 2046 5.1.5)."""
+    lines = [b"Subject: digest\r\n"]
+    lines.extend(
+        b'Content-Type: multipart/digest; boundary="d%d"\r\n\r\n--d%d\r\n\r\n' % (i, i) for i in range(depth)
+    )
+    return b"".join(lines) + b"Subject: bottom\r\n\r\nbody"
+
+
+def deep_partial_messages(depth: int) -> bytes:
+    return b"Subject: deep\r\n" + b"Content-Type: message/partial\r\n\r\n" * depth + b"Subject: x\r\n\r\nbody"
+
+
+def parts_behind_a_second_content_type(count: int) -> bytes:
+    # The parser reads only the first Content-Type; a scanner that believed the second would see no parts.
+    head = b"Content-Type: multipart/mixed; boundary=b\r\nContent-Type: message/rfc822\r\n\r\n"
+    return head + b"--b\r\n\r\nx\r\n" * count + b"--b--\r\n"
+
+
+def parts_behind_a_quoted_decoy_boundary(count: int) -> bytes:
+    head = b'Content-Type: multipart/mixed; name="x; boundary=decoy"; boundary=real\r\n\r\n'
+    return head + b"--real\r\n\r\nx\r\n" * count + b"--real--\r\n"
+
+
 BOMBS: list[tuple[str, Callable[[int], bytes], st.SearchStrategy[int], str]] = [
     ("deep multipart", deep_multipart, st.integers(LIMITS.max_depth + 1, 3000), "limit:depth"),
     ("deep message/rfc822", deep_embedded_messages, st.integers(LIMITS.max_depth + 1, 3000), "limit:depth"),
@@ -204,13 +229,27 @@ BOMBS: list[tuple[str, Callable[[int], bytes], st.SearchStrategy[int], str]] = [
         st.integers(LIMITS.max_encoded_words_per_header + 1, 30_000),
         "limit:encoded_words",
     ),
+    ("deep digest parts", deep_digests, st.integers(LIMITS.max_depth + 1, 2000), "limit:depth"),
+    ("deep message/partial", deep_partial_messages, st.integers(LIMITS.max_depth + 1, 3000), "limit:depth"),
     ("parts", many_parts, st.integers(LIMITS.max_parts + 1, 20_000), "limit:parts"),
+    (
+        "parts behind a second Content-Type",
+        parts_behind_a_second_content_type,
+        st.integers(LIMITS.max_parts + 1, 20_000),
+        "limit:parts",
+    ),
+    (
+        "parts behind a quoted decoy boundary",
+        parts_behind_a_quoted_decoy_boundary,
+        st.integers(LIMITS.max_parts + 1, 20_000),
+        "limit:parts",
+    ),
     ("header count", many_fields, st.integers(LIMITS.max_header_count + 1, 20_000), "limit:header_count"),
     ("huge header", huge_field, st.integers(LIMITS.max_header_bytes + 1, 2_000_000), "limit:header_bytes"),
     (
         "addresses",
         many_addresses,
-        st.integers(LIMITS.max_addresses_per_header + 2, 5_000),
+        st.integers(LIMITS.max_addresses_per_header + 2, 2_000),
         "limit:addresses",
     ),
 ]
@@ -220,7 +259,7 @@ BOMBS: list[tuple[str, Callable[[int], bytes], st.SearchStrategy[int], str]] = [
 def test_every_bomb_is_cut_off_by_its_limit_with_a_defect(
     build: Callable[[int], bytes], sizes: st.SearchStrategy[int], defect: str
 ) -> None:
-    @settings(max_examples=8, deadline=None)
+    @settings(max_examples=6, deadline=None)
     @given(sizes)
     def cut_off(size: int) -> None:
         mail = normalize_message(build(size))
@@ -230,18 +269,20 @@ def test_every_bomb_is_cut_off_by_its_limit_with_a_defect(
     cut_off()
 
 
-@pytest.mark.parametrize(("build", "size"), [(deep_multipart, 2000), (deep_embedded_messages, 2000)])
+@pytest.mark.parametrize(
+    ("build", "size"), [(deep_multipart, 1000), (deep_embedded_messages, 1000), (deep_digests, 500)]
+)
 def test_negative_control_deep_bombs_crash_the_bare_stdlib_parser(
     build: Callable[[int], bytes], size: int
 ) -> None:
     with pytest.raises(RecursionError):
-        BytesParser(policy=policy.default).parsebytes(build(size)).as_bytes()
+        BytesParser(policy=policy.default).parsebytes(build(size))
 
 
 def test_negative_control_the_bare_parser_reads_every_part_of_a_part_bomb() -> None:
-    parsed = BytesParser(policy=policy.default).parsebytes(many_parts(5000))
+    parsed = BytesParser(policy=policy.default).parsebytes(many_parts(1000))
 
-    assert len(parsed.get_payload()) == 5000 > LIMITS.max_parts
+    assert len(parsed.get_payload()) == 1000 > LIMITS.max_parts
 
 
 def test_negative_control_the_bare_parser_decodes_every_encoded_word() -> None:
@@ -275,3 +316,73 @@ def test_truncated_encoded_word_subject_keeps_its_first_words() -> None:
     mail = normalize_message(encoded_word_subject(10_000))
 
     assert mail.subject == "a" * LIMITS.max_encoded_words_per_header
+
+
+def _container(subtype: bytes, boundary: bytes, children: list[bytes], closed: bool, decoy: int) -> bytes:
+    # Decoys that a naive scanner would read differently from the parser: a boundary inside a quoted
+    # parameter, and a second Content-Type (the parser only reads the first).
+    quoted = b'; name="x; boundary=decoy"' if decoy & 1 else b""
+    second = b"Content-Type: message/rfc822\r\n" if decoy & 2 else b""
+    parts = b"".join(b"--" + boundary + b"\r\n" + child + b"\r\n" for child in children)
+    return (
+        b"Content-Type: multipart/"
+        + subtype
+        + quoted
+        + b'; boundary="'
+        + boundary
+        + b'"\r\n'
+        + second
+        + b"\r\n"
+        + parts
+        + (b"--" + boundary + b"--\r\n" if closed else b"")
+    )
+
+
+structure = st.recursive(
+    st.sampled_from([b"Content-Type: text/plain\r\n\r\nleaf", b"\r\nno headers", b"Subject: s\r\n\r\nbody"]),
+    lambda children: (
+        st.builds(
+            _container,
+            st.sampled_from([b"mixed", b"digest", b"alternative"]),
+            st.sampled_from([b"b1", b"b2", b"b1x", b"decoy"]),
+            st.lists(children, max_size=5),
+            st.booleans(),
+            st.integers(0, 3),
+        )
+        | st.builds(
+            lambda subtype, inner: b"Content-Type: message/" + subtype + b"\r\n\r\n" + inner,
+            st.sampled_from([b"rfc822", b"partial", b"news"]),
+            children,
+        )
+    ),
+    max_leaves=40,
+)
+SMALL = MimeLimits(max_parts=6, max_depth=3)
+
+
+def _parsed_shape(raw: bytes) -> tuple[int, int]:
+    """(parts below multiparts, deepest level) of what the compat32 parser builds, walked without recursion."""
+    root = BytesParser(policy=policy.compat32).parsebytes(raw)
+    parts, deepest = 0, 0
+    pending = [(root, 0)]
+    while pending:
+        node, depth = pending.pop()
+        deepest = max(deepest, depth)
+        payload = node.get_payload()
+        if isinstance(payload, list):
+            parts += len(payload) if node.get_content_maintype() == "multipart" else 0
+            pending.extend((child, depth + 1) for child in payload)
+    return parts, deepest
+
+
+@settings(max_examples=150, deadline=None)
+@given(structure)
+def test_the_bounded_source_never_parses_beyond_the_part_and_depth_limits(raw: bytes) -> None:
+    bounded = bound_raw_message(raw, SMALL)
+
+    parts, deepest = _parsed_shape(bounded.data)
+
+    assert parts <= SMALL.max_parts
+    assert deepest <= SMALL.max_depth
+    if bounded.data == raw:
+        assert not [d for d in bounded.defects if d in ("limit:parts", "limit:depth")]
