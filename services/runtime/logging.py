@@ -49,3 +49,5 @@ def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # Alembic announces each of its plugins at INFO on every start.
+    logging.getLogger("alembic.runtime.plugins").setLevel(max(root.level, logging.WARNING))

@@ -25,11 +25,13 @@ from nats.js import JetStreamContext
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from services.runtime.db import Database, DatabaseConfigError, migrate, open_database
+from services.runtime.deadletters import run_cli
 from services.runtime.grpc_auth import TokenKeys
 from services.runtime.grpc_server import GrpcServer, ServicerRegistration, start_grpc_server
 from services.runtime.health import HealthCheck, HealthMonitor, database_check, nats_check
 from services.runtime.logging import configure_logging
 from services.runtime.nats_client import NatsUnavailable, connect
+from services.runtime.outbox import OutboxRelay
 from services.runtime.settings import ConfigurationError, ServiceSettings
 from services.runtime.streams import declare_streams
 from services.runtime.telemetry import configure_telemetry
@@ -138,6 +140,8 @@ async def open_foundation(settings: ServiceSettings, migrations_dir: Path) -> Se
     components.add_health_check("database", database_check(database))
     components.add_health_check("nats", nats_check(nats))
     components.add_cleanup(database.dispose)
+    relay = OutboxRelay(database, jetstream)
+    components.add_background("outbox-relay", relay.run, relay.stop)
     return components
 
 
@@ -258,18 +262,25 @@ def run_service(
     migrations_dir: Path,
     argv: Sequence[str] | None = None,
 ) -> NoReturn:
-    """The body of `python -m services.<svc> [serve|migrate]`; exits the process."""
+    """The body of `python -m services.<svc> [serve | migrate | dead-letters ...]`; exits the process."""
     args = list(sys.argv[1:] if argv is None else argv)
     command = args[0] if args else "serve"
     program = f"services.{settings_cls.service_name}"
-    if command not in ("serve", "migrate"):
-        _fail(program, f"unknown command {command!r}: use 'serve' (default) or 'migrate'")
+    if command not in ("serve", "migrate", "dead-letters"):
+        _fail(program, f"unknown command {command!r}: use 'serve' (default), 'migrate' or 'dead-letters'")
     try:
         settings = settings_cls.load()
-        configure_logging(settings.log_level)
+        # Commands other than serve print their results on stdout, so their logs go to stderr.
+        configure_logging(settings.log_level, stream=sys.stdout if command == "serve" else sys.stderr)
         if command == "migrate":
             asyncio.run(_migrate_only(settings, migrations_dir))
             sys.exit(0)
+        if command == "dead-letters":
+            sys.exit(
+                asyncio.run(
+                    _dead_letters(settings, migrations_dir, args[1:], f"python -m {program} dead-letters")
+                )
+            )
         sys.exit(asyncio.run(serve(settings, build)))
     except (ConfigurationError, StartupError) as exc:
         _fail(program, str(exc))
@@ -280,6 +291,14 @@ def run_service(
 async def _migrate_only(settings: ServiceSettings, migrations_dir: Path) -> None:
     database = await open_database_migrated(settings, migrations_dir)
     await database.dispose()
+
+
+async def _dead_letters(settings: ServiceSettings, migrations_dir: Path, argv: list[str], prog: str) -> int:
+    database = await open_database_migrated(settings, migrations_dir)
+    try:
+        return await run_cli(argv, db=database, nats_url=settings.nats_url, prog=prog)
+    finally:
+        await database.dispose()
 
 
 def _fail(program: str, message: str) -> NoReturn:
