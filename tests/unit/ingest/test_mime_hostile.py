@@ -386,3 +386,29 @@ def test_the_bounded_source_never_parses_beyond_the_part_and_depth_limits(raw: b
     assert deepest <= SMALL.max_depth
     if bounded.data == raw:
         assert not [d for d in bounded.defects if d in ("limit:parts", "limit:depth")]
+
+
+subject_only = st.lists(
+    st.sampled_from([t for t in TOKENS if b"\r" not in t and b"\n" not in t])
+    | st.sampled_from(
+        [b"=?UTF-8?Q?=0A?=", b"=?utf-8?b?DQo=?=", b"=?UTF-8?Q?=0D=0ABcc:_injected@evil.example?="]
+    ),
+    max_size=20,
+).map(b"".join)
+
+
+@settings(max_examples=100, deadline=None)
+@given(subject_only)
+def test_an_encoded_subject_can_never_add_a_participant_or_a_line_break(subject: bytes) -> None:
+    raw = b"From: alice@example.com\r\nTo: bob@example.org\r\nSubject: " + subject + b"\r\n\r\nbody"
+
+    mail = normalize_message(raw)
+
+    assert [p.email for p in mail.participants] == ["alice@example.com", "bob@example.org"]
+    assert "\n" not in mail.subject and "\r" not in mail.subject
+
+
+def test_negative_control_a_raw_line_break_in_the_subject_does_start_a_new_field() -> None:
+    raw = b"From: alice@example.com\r\nTo: bob@example.org\r\nSubject: hi\r\nBcc: injected@evil.example\r\n\r\nbody"
+
+    assert "injected@evil.example" in [p.email for p in normalize_message(raw).participants]
