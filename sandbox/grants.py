@@ -63,6 +63,7 @@ class Grant:
     refresh_token: str
     credential_epoch: int
     revoked: bool = False
+    issued_refresh: bool = True
 
 
 @dataclass
@@ -83,6 +84,7 @@ class AuthorizationCode:
     code_challenge: str | None
     code_challenge_method: str
     offline: bool
+    forced_consent: bool
     nonce: str | None
     expires_at_ms: int
 
@@ -181,6 +183,7 @@ class GrantRegistry:
         code_challenge_method: str | None,
         offline: bool,
         nonce: str | None,
+        forced_consent: bool = False,
     ) -> str:
         self.mail.mailbox(address)
         code = "4/sandbox-" + secrets.token_urlsafe(32)
@@ -193,6 +196,7 @@ class GrantRegistry:
             code_challenge=code_challenge,
             code_challenge_method=(code_challenge_method or "plain").upper() if code_challenge else "",
             offline=offline,
+            forced_consent=forced_consent,
             nonce=nonce,
             expires_at_ms=self.now_ms() + CODE_LIFETIME_MS,
         )
@@ -216,9 +220,20 @@ class GrantRegistry:
                 computed = code_verifier
             if computed != found.code_challenge:
                 raise OAuthError(400, "invalid_grant", "Invalid code verifier.")
+        # Google hands out a refresh token on the first exchange for a user and client, and again only when
+        # the user was asked to consent anew (prompt=consent).
+        already_granted = any(
+            g.address == found.address
+            and g.client_id == client.client_id
+            and not g.revoked
+            and g.issued_refresh
+            for g in self.grants.values()
+        )
         grant = self._new_grant(found.address, client.client_id, found.scopes)
         access = self._issue_access(grant, grant.scopes)
-        return TokenSet(access=access, refresh_token=grant.refresh_token if found.offline else None), found
+        hand_out = found.offline and (found.forced_consent or not already_granted)
+        grant.issued_refresh = hand_out
+        return TokenSet(access=access, refresh_token=grant.refresh_token if hand_out else None), found
 
     def refresh(self, refresh_token: str, client: Client, scope: str | None) -> TokenSet:
         grant = self.grants.get(refresh_token)

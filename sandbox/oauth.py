@@ -120,6 +120,7 @@ class OAuthEndpoints:
             code_challenge=params.get("code_challenge"),
             code_challenge_method=params.get("code_challenge_method"),
             offline=params.get("access_type") == "offline",
+            forced_consent="consent" in params.get("prompt", "").split(),
             nonce=params.get("nonce"),
         )
         return _with_query(redirect_uri, {**state, "code": code, "scope": " ".join(granted)})

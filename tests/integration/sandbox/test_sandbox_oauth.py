@@ -217,3 +217,19 @@ def test_certs_userinfo_and_id_token_verify(gmail_sandbox: GmailSandbox) -> None
         headers={"Authorization": "Bearer " + tokens["access_token"]},
     )
     assert json.loads(urllib.request.urlopen(request).read())["email"] == ALICE
+
+
+def test_refresh_token_only_on_first_consent_unless_prompt_consent(gmail_sandbox: GmailSandbox) -> None:
+    """https://developers.google.com/identity/protocols/oauth2/web-server#offline: a refresh token comes with the
+    first exchange; later ones need prompt=consent to get another."""
+    gmail_sandbox.create_mailbox(ALICE)
+    verifier, challenge = pkce_pair()
+
+    def connect(extra: str = "") -> dict:
+        redirect = gmail_sandbox.admin.approve(authorization_url(gmail_sandbox.url, challenge) + extra, ALICE)
+        code = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(redirect).query))["code"]
+        return exchange(gmail_sandbox.url, code, verifier)[1]
+
+    assert "refresh_token" in connect()
+    assert "refresh_token" not in connect()
+    assert "refresh_token" in connect("&prompt=consent")
