@@ -18,6 +18,8 @@ SCOPE_ALIASES = {
 DEFAULT_CLIENT_ID = "sandbox-client.apps.googleusercontent.com"
 DEFAULT_CLIENT_SECRET = "sandbox-secret"
 CODE_LIFETIME_MS = 10 * 60 * 1000
+# "A limit of 100 refresh tokens per Google Account per OAuth 2.0 client ID"; the oldest stops working silently.
+LIVE_REFRESH_TOKENS_PER_CLIENT = 100
 
 
 class OAuthError(Exception):
@@ -163,6 +165,13 @@ class GrantRegistry:
             credential_epoch=mailbox.credential_epoch,
         )
         self.grants[grant.refresh_token] = grant
+        live = [
+            g
+            for g in self.grants.values()
+            if g.address == grant.address and g.client_id == client_id and not g.revoked
+        ]
+        for oldest in live[: max(0, len(live) - LIVE_REFRESH_TOKENS_PER_CLIENT)]:
+            oldest.revoked = True
         return grant
 
     def grant_directly(self, address: str, client_id: str, scopes: list[str]) -> TokenSet:

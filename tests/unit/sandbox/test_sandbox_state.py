@@ -9,6 +9,7 @@ import pytest
 
 from sandbox import mime
 from sandbox.errors import GoogleApiError
+from sandbox.grants import DEFAULT_CLIENT_ID, GrantRegistry, OAuthError
 from sandbox.quota import QuotaLedger
 from sandbox.state import MailState
 
@@ -155,3 +156,13 @@ def test_quota_tables_and_window_enforcement() -> None:
     now[0] = 1.5
     ledger.charge("u", "gmail.users.messages.send", "legacy", True, 150, 1.0)
     assert ledger.report()["users"]["u"]["methods"]["gmail.users.messages.send"] == {"units": 200, "calls": 2}
+
+
+def test_101st_refresh_token_silently_ends_the_oldest(world) -> None:
+    state, clock = world
+    registry = GrantRegistry(state, clock)
+    tokens = [registry.grant_directly("alice@example.com", DEFAULT_CLIENT_ID, ["openid"]) for _ in range(101)]
+    client = registry.client(DEFAULT_CLIENT_ID, None, check_secret=False)
+    with pytest.raises(OAuthError):
+        registry.refresh(tokens[0].refresh_token or "", client, None)
+    assert registry.refresh(tokens[1].refresh_token or "", client, None).access.token
