@@ -161,6 +161,9 @@ class GmailApi:
             ),
             ("GET", r"threads", "gmail.users.threads.list", self.list_threads),
             ("GET", r"threads/(?P<id>[^/]+)", "gmail.users.threads.get", self.get_thread),
+            ("POST", r"threads/(?P<id>[^/]+)/modify", "gmail.users.threads.modify", self.modify_thread),
+            ("POST", r"threads/(?P<id>[^/]+)/trash", "gmail.users.threads.trash", self.trash_thread),
+            ("POST", r"threads/(?P<id>[^/]+)/untrash", "gmail.users.threads.untrash", self.untrash_thread),
             ("GET", r"history", "gmail.users.history.list", self.list_history),
             ("POST", r"watch", "gmail.users.watch", self.watch),
             ("POST", r"stop", "gmail.users.stop", self.stop),
@@ -420,6 +423,36 @@ class GmailApi:
             "historyId": str(max(m.history_id for m in members)),
             "messages": [self.render_message(m, fmt, call.args("metadataHeaders")) for m in members],
         }
+
+    def _thread_summary(self, call: Call) -> dict[str, Any]:
+        members = call.mailbox.thread_messages(call.params["id"])
+        return {
+            "id": call.params["id"],
+            "historyId": str(max(m.history_id for m in members)),
+            "messages": [self.render_message(m, "minimal", []) for m in members],
+        }
+
+    async def modify_thread(self, call: Call) -> dict[str, Any]:
+        """Changes the labels of the messages the thread has now; later messages do not inherit them."""
+        body = call.json()
+        for message in call.mailbox.thread_messages(call.params["id"]):
+            self.core.mail.modify(
+                call.mailbox,
+                message.id,
+                list(body.get("addLabelIds") or []),
+                list(body.get("removeLabelIds") or []),
+            )
+        return self._thread_summary(call)
+
+    async def trash_thread(self, call: Call) -> dict[str, Any]:
+        for message in call.mailbox.thread_messages(call.params["id"]):
+            self.core.mail.trash(call.mailbox, message.id)
+        return self._thread_summary(call)
+
+    async def untrash_thread(self, call: Call) -> dict[str, Any]:
+        for message in call.mailbox.thread_messages(call.params["id"]):
+            self.core.mail.untrash(call.mailbox, message.id)
+        return self._thread_summary(call)
 
     async def get_attachment(self, call: Call) -> dict[str, Any]:
         message = call.mailbox.message(call.params["messageId"])

@@ -179,3 +179,27 @@ def test_unknown_message_is_not_found_in_google_shape(pair) -> None:
     assert missing.value.error_details == [
         {"message": "Requested entity was not found.", "domain": "global", "reason": "notFound"}
     ]
+
+
+def test_thread_modify_and_trash_touch_every_current_message(pair, gmail_sandbox: GmailSandbox) -> None:
+    """https://developers.google.com/workspace/gmail/api/reference/rest/v1/users.threads/modify and /trash."""
+    _, bob = pair
+    first = gmail_sandbox.admin.deliver(
+        BOB, sender="x@outside.test", to=[BOB], subject="T", body="1", message_id="<t1@outside.test>"
+    )
+    gmail_sandbox.admin.deliver(
+        BOB, sender="x@outside.test", to=[BOB], subject="Re: T", body="2", references="<t1@outside.test>"
+    )
+    modified = (
+        bob.users()
+        .threads()
+        .modify(userId="me", id=first["threadId"], body={"removeLabelIds": ["UNREAD"]})
+        .execute()
+    )
+    assert all("UNREAD" not in m["labelIds"] for m in modified["messages"]) and len(modified["messages"]) == 2
+    trashed = bob.users().threads().trash(userId="me", id=first["threadId"]).execute()
+    assert all("TRASH" in m["labelIds"] for m in trashed["messages"])
+    later = gmail_sandbox.admin.deliver(
+        BOB, sender="x@outside.test", to=[BOB], subject="Re: T", body="3", references="<t1@outside.test>"
+    )
+    assert later["threadId"] == first["threadId"] and "TRASH" not in later["labelIds"]
