@@ -72,7 +72,10 @@ def _metric_readers(choice: str) -> list[MetricReader]:
 
 def configure_telemetry(service_name: str) -> Telemetry:
     """Builds the providers and makes them global (the first call in a process wins, as OTel requires)."""
-    resource = Resource.create({"service.name": f"mailsync-{service_name}"})
+    resource = Resource.create()
+    # Our name only fills in when OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES did not give one.
+    if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({"service.name": f"mailsync-{service_name}"}))
     tracer_provider = TracerProvider(resource=resource)
     span_exporter = _span_exporter(_exporter_choice("OTEL_TRACES_EXPORTER"))
     if span_exporter is not None:

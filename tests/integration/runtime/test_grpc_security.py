@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mailsync.v1 import outbound_pb2, outbound_pb2_grpc, threading_pb2, threading_pb2_grpc
 from services.runtime.errors import NotFound, error_info
 from services.runtime.grpc_auth import TokenKeys, current_caller
-from services.runtime.grpc_client import StaticToken, open_channel
+from services.runtime.grpc_client import ServiceToken, StaticToken, open_channel
 from services.runtime.grpc_server import ServicerRegistration
 from services.runtime.service import RunningService, ServiceComponents, open_foundation
 from services.threading.app import MIGRATIONS_DIR
@@ -249,3 +249,26 @@ async def test_health_needs_no_token(service: RunningService) -> None:
             health_pb2.HealthCheckRequest(service="mailsync.v1.ThreadingService")
         )
     assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_a_service_token_calls_internal_methods_for_any_location(
+    service: RunningService, token_keys: TokenKeys
+) -> None:
+    token = ServiceToken(token_keys, "ingest")
+    request = threading_pb2.ExplainMessageRequest(location_id="loc-q", rfc_message_id="<s@x>")
+    async with open_channel(_address(service), token=token) as channel:
+        response = await threading_pb2_grpc.ThreadingServiceStub(channel).ExplainMessage(request)
+    assert response.rfc_message_id == "<s@x>"
+    assert token_keys.verify(token.token()).internal
+
+
+async def test_reflection_lists_the_served_services_without_a_token(service: RunningService) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    async with open_channel(_address(service)) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        responses = stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        )
+        names = {s.name async for r in responses for s in r.list_services_response.service}
+    assert {"mailsync.v1.ThreadingService", "mailsync.v1.OutboundService", "grpc.health.v1.Health"} <= names
