@@ -2,13 +2,12 @@
 
 The raw bytes first go through `bound_raw_message` (size, header, depth and part caps), then the stdlib
 parser. The structure is parsed with `compat32`, whose header handling is cheap, and only the fields the
-result needs go through the modern header parser (see mime_headers); anything that still fails is recorded in `defects` and the message is
-published with whatever could be read.
+result needs go through the modern header parser (see mime_headers). Anything that still fails is
+recorded in `defects` and the message is published with whatever could be read.
 """
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import html
 import re
@@ -35,6 +34,7 @@ from services.ingest.domain.mime_headers import (
     decoded_text,
     decoded_value,
     header_date,
+    is_safe_charset,
     message_ids,
 )
 from services.ingest.domain.mime_limits import MimeLimits
@@ -266,7 +266,11 @@ def _read_part(part: Message, path: str, depth: int, content: _Content, *, in_re
         return
     leaf_path = path or "1"
     if content_type == "message/rfc822" or part.is_multipart():
-        content.forwarded_part = True
+        # Other message/* parts (delivery reports, partials) are described but are no forward.
+        content.forwarded_part = content.forwarded_part or content_type in (
+            "message/rfc822",
+            "message/global",
+        )
         content.attachments.append(_describe(part, leaf_path, content_type, in_related, content.defects))
         return
     disposition, filename = _disposition(part, content.defects)
@@ -342,10 +346,12 @@ def decoded_text_payload(part: Message, defects: list[str], *, max_chars: int) -
         charset = part.get_content_charset() or "utf-8"
     except Exception:
         charset = "utf-8"
+    if not is_safe_charset(charset):
+        defects.append(f"charset_refused:{clean_header_text(charset)[:40]}")
+        return clean_text(payload.decode("utf-8", "replace")), cut
     try:
-        codecs.lookup(charset)
         text = payload.decode(charset, "replace")
-    except Exception:  # unknown or non-text codecs (LookupError), and codec bugs on hostile input
+    except Exception:  # unknown codecs (LookupError), and codec bugs on hostile input
         defects.append(f"charset_unknown:{clean_header_text(charset)[:40]}")
         text = payload.decode("utf-8", "replace")
     return clean_text(text), cut

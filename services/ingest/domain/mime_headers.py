@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import datetime as dt
 import email.utils
 import re
@@ -13,10 +14,37 @@ _MODERN = policy.default
 _FOLD = re.compile(r"\r\n|\r|\n")
 _MESSAGE_ID = re.compile(r"<[^<>\s]+>")
 _BARE_MESSAGE_ID = re.compile(r"^[^<>\s@]+@[^<>\s@]+$")
+_ENCODED_WORD_CHARSET = re.compile(r"=\?([^?*\s]{1,64})")
+# Decoders that are super-linear in their input (punycode, and idna which uses it): a hostile charset
+# label must not turn a body or an encoded word into minutes of CPU.
+_SLOW_CODECS = frozenset({"punycode", "idna"})
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 # Both patterns are linear: hostile headers are long runs of exactly these characters.
 _LINE_BREAKS = re.compile(r"[\r\n]+")
 _WHITESPACE_RUN = re.compile(r"[ \t]+")
+
+
+def is_safe_charset(name: str) -> bool:
+    """False for charsets whose decoder is slow on hostile input or that do not decode to text."""
+    try:
+        info = codecs.lookup(name)
+    except LookupError:
+        return True  # unknown charsets are handled (replaced) by every decoding path
+    except Exception:
+        return False
+    return info.name not in _SLOW_CODECS and getattr(info, "_is_text_encoding", True)
+
+
+def _defused(value: str, defects: list[str]) -> str:
+    """`value` with encoded words in unsafe charsets relabelled, so the header parser never runs their codec."""
+
+    def relabel(match: re.Match[str]) -> str:
+        if is_safe_charset(match.group(1)):
+            return match.group(0)
+        defects.append(f"charset_refused:{clean_header_text(match.group(1))[:40]}")
+        return "=?x-refused-charset"
+
+    return _ENCODED_WORD_CHARSET.sub(relabel, value) if "=?" in value else value
 
 
 def clean_text(text: str) -> str:
@@ -49,7 +77,7 @@ def parsed_values(message: Message, name: str, defects: list[str]) -> Iterator[o
     """Each `name` field through the modern header parser; one that makes the parser fail is reported."""
     for value in raw_values(message, name):
         try:
-            yield _MODERN.header_factory(name, _FOLD.sub("", value))
+            yield _MODERN.header_factory(name, _FOLD.sub("", _defused(value, defects)))
         except Exception as error:  # the header parser has had crash bugs on hostile input
             defects.append(f"header_unparseable:{name.lower()}:{type(error).__name__}")
 
@@ -59,7 +87,8 @@ def decoded_value(name: str, value: str, defects: list[str]) -> str:
     if "=?" not in value:
         return clean_header_text(value)
     try:
-        return clean_header_text(str(_MODERN.header_factory(f"x-{name}", _FOLD.sub("", value))))
+        unfolded = _FOLD.sub("", _defused(value, defects))
+        return clean_header_text(str(_MODERN.header_factory(f"x-{name}", unfolded)))
     except Exception as error:
         defects.append(f"header_unparseable:{name.lower()}:{type(error).__name__}")
         return clean_header_text(value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Callable
 from email import policy
 from email.parser import BytesParser
@@ -220,6 +221,14 @@ def parts_behind_a_quoted_decoy_boundary(count: int) -> bytes:
     return head + b"--real\r\n\r\nx\r\n" * count + b"--real--\r\n"
 
 
+def slow_charset_body(size: int) -> bytes:
+    # The punycode decoder is quadratic: a megabyte labelled with it would take minutes to decode.
+    head = (
+        b"Subject: =?PunyCode?q?" + b"a" * 200 + b"?=\r\nContent-Type: text/plain; charset=punycode\r\n\r\n"
+    )
+    return head + b"a" * size + b"-" + b"9" * size
+
+
 BOMBS: list[tuple[str, Callable[[int], bytes], st.SearchStrategy[int], str]] = [
     ("deep multipart", deep_multipart, st.integers(LIMITS.max_depth + 1, 3000), "limit:depth"),
     ("deep message/rfc822", deep_embedded_messages, st.integers(LIMITS.max_depth + 1, 3000), "limit:depth"),
@@ -245,6 +254,7 @@ BOMBS: list[tuple[str, Callable[[int], bytes], st.SearchStrategy[int], str]] = [
         "limit:parts",
     ),
     ("header count", many_fields, st.integers(LIMITS.max_header_count + 1, 20_000), "limit:header_count"),
+    ("slow charset", slow_charset_body, st.integers(1000, 500_000), "charset_refused:punycode"),
     ("huge header", huge_field, st.integers(LIMITS.max_header_bytes + 1, 2_000_000), "limit:header_bytes"),
     (
         "addresses",
@@ -412,3 +422,9 @@ def test_negative_control_a_raw_line_break_in_the_subject_does_start_a_new_field
     raw = b"From: alice@example.com\r\nTo: bob@example.org\r\nSubject: hi\r\nBcc: injected@evil.example\r\n\r\nbody"
 
     assert "injected@evil.example" in [p.email for p in normalize_message(raw).participants]
+
+
+def test_negative_control_python_resolves_punycode_as_a_text_codec() -> None:
+    # Only the normalizer's own refusal keeps hostile bodies away from this decoder.
+    assert codecs.lookup("PunyCode").name == "punycode"
+    assert b"bcher-kva".decode("punycode") == "bücher"

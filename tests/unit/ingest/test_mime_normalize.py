@@ -254,6 +254,34 @@ def test_unknown_body_charset_falls_back_to_utf8_with_replacement_and_a_defect()
     assert "charset_unknown:x-no-such" in mail.defects
 
 
+@pytest.mark.parametrize("charset", ["punycode", "IDNA"])
+def test_charsets_with_slow_decoders_are_refused_in_bodies_and_encoded_words(charset: str) -> None:
+    raw = (
+        f"Subject: =?{charset}?q?bcher-kva?=\r\nContent-Type: text/plain; charset={charset}\r\n\r\nbcher-kva"
+    )
+
+    mail = normalize_message(raw.encode())
+
+    assert mail.text_body == "bcher-kva"
+    assert "bücher" not in mail.subject
+    assert f"charset_refused:{charset}" in mail.defects
+
+
+def test_a_delivery_report_is_automatic_not_a_forward() -> None:
+    raw = (
+        b"From: MAILER-DAEMON@example.com\r\nSubject: Undelivered Mail\r\n"
+        b"Content-Type: multipart/report; report-type=delivery-status; boundary=r\r\n\r\n"
+        b"--r\r\nContent-Type: text/plain\r\n\r\nCould not deliver.\r\n"
+        b"--r\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.com\r\n\r\n"
+        b"Final-Recipient: rfc822; gone@example.org\r\nAction: failed\r\n\r\n--r--\r\n"
+    )
+
+    mail = normalize_message(raw)
+
+    assert mail.auto_submitted and not mail.forwarded
+    assert [a.content_type for a in mail.attachments] == ["message/delivery-status"]
+
+
 def test_undecodable_header_bytes_are_replaced_not_raised() -> None:
     raw = b"Subject: =?x-no-such?q?caf=E9?= \xff\xfe\r\nFrom: \xff <a@example.com>\r\n\r\nbody"
 
