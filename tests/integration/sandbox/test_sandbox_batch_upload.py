@@ -141,3 +141,19 @@ def test_upload_over_36700160_bytes_is_refused(gmail_sandbox: GmailSandbox) -> N
         },
     )
     assert urllib.request.urlopen(exact).status == 200
+
+
+def test_simple_media_upload_sends_the_raw_body(gmail_sandbox: GmailSandbox) -> None:
+    """https://developers.google.com/workspace/gmail/api/guides/uploads: uploadType=media."""
+    gmail_sandbox.create_mailbox(ALICE)
+    gmail_sandbox.create_mailbox(BOB)
+    token = gmail_sandbox.tokens(ALICE)["access_token"]
+    request = urllib.request.Request(
+        gmail_sandbox.url + "/upload/gmail/v1/users/me/messages/send?uploadType=media",
+        data=rfc822(10),
+        method="POST",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "message/rfc822"},
+    )
+    with urllib.request.urlopen(request) as answer:
+        assert answer.status == 200
+    assert [m["subject"] for m in gmail_sandbox.admin.messages(BOB)] == ["Upload"]

@@ -164,3 +164,16 @@ def test_send_outside_the_watched_labels_is_not_pushed(
     inbound = gmail_sandbox.admin.deliver(ALICE, sender="x@outside.test", to=[ALICE], subject="in", body="b")
     pushes = push_receiver.wait_for(2)
     assert [decoded(p)["historyId"] for p in pushes[1:]] == [int(inbound["historyId"])]
+
+
+def test_watch_expires_after_seven_days_without_renewal(
+    gmail_sandbox: GmailSandbox, push_receiver, watched
+) -> None:
+    """https://developers.google.com/workspace/gmail/api/guides/push: re-call watch at least every 7 days."""
+    gmail, _ = watched
+    push_receiver.wait_for(1)
+    gmail_sandbox.admin.advance_clock(7 * 24 * 3600 + 1)
+    gmail_sandbox.admin.deliver(ALICE, sender="x@outside.test", to=[ALICE], subject="late", body="b")
+    assert len(push_receiver.wait_for(2, timeout=1.0)) == 1
+    renewed = gmail.users().watch(userId="me", body={"topicName": TOPIC}).execute()
+    assert decoded(push_receiver.wait_for(2)[1])["historyId"] == int(renewed["historyId"])
