@@ -89,6 +89,14 @@ send_ledger_entries = Table(
 )
 
 
+def add_send_ledger_tables(metadata: MetaData) -> dict[str, Table]:
+    """Adds the ledger's tables to a service's MetaData (for Alembic autogenerate and create_all in tests).
+
+    The ledger's statements name only tables and columns, so they run against tables created from either.
+    """
+    return {table.name: table.to_metadata(metadata) for table in send_ledger_metadata.sorted_tables}
+
+
 @dataclass(frozen=True)
 class Admission:
     mailbox_id: str
@@ -146,10 +154,18 @@ class SendLedger:
                     .where(send_ledger_entries.c.idempotency_key == idempotency_key)
                     .scalar_subquery()
                     .label("previous_sent_at"),
+                    select(send_ledger_entries.c.mailbox_id)
+                    .where(send_ledger_entries.c.idempotency_key == idempotency_key)
+                    .scalar_subquery()
+                    .label("previous_mailbox_id"),
                 )
             )
         ).one()
         used = int(window.used)
+        if window.previous_mailbox_id not in (None, mailbox_id):
+            raise ValueError(
+                f"idempotency key {idempotency_key!r} was admitted for mailbox {window.previous_mailbox_id}"
+            )
         if window.previous_sent_at is not None:
             return Admission(
                 mailbox_id, idempotency_key, window.previous_sent_at, used, daily_limit, replayed=True

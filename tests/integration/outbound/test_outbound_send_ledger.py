@@ -5,10 +5,10 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import MetaData, func, select, update
 
 from services.outbound.domain.errors import QuotaCause, QuotaExceeded
-from services.outbound.ledger import SendLedger, database_now, send_ledger_entries
+from services.outbound.ledger import SendLedger, add_send_ledger_tables, database_now, send_ledger_entries
 from services.runtime.db import Database
 from tests.integration.outbound.ledger_race import create_ledger_tables
 
@@ -217,3 +217,22 @@ async def test_admission_time_is_the_database_clock(ledger_database: Database) -
         after = await database_now(session)
     assert before <= admission.admitted_at <= after
     assert admission.admitted_at.tzinfo is not None
+
+
+async def test_an_idempotency_key_of_another_mailbox_is_refused(ledger_database: Database) -> None:
+    ledger = SendLedger()
+    await _admit(ledger_database, ledger, "req-1", mailbox_id="first")
+    with pytest.raises(ValueError, match="first"):
+        await _admit(ledger_database, ledger, "req-1", mailbox_id="second")
+
+
+async def test_the_ledger_tables_can_live_in_the_services_own_metadata(database: Database) -> None:
+    service_metadata = MetaData()
+    tables = add_send_ledger_tables(service_metadata)
+    assert set(tables) == {"send_mailboxes", "send_ledger_entries"}
+    async with database.engine.begin() as connection:
+        await connection.run_sync(service_metadata.create_all)
+    ledger = SendLedger(default_daily_limit=1)
+    await _admit(database, ledger, "only")
+    with pytest.raises(QuotaExceeded):
+        await _admit(database, ledger, "one-too-many")
