@@ -5,6 +5,7 @@ pytest_plugins = [
     "tests.fixtures.nats_server",
     "tests.fixtures.databases",
     "tests.fixtures.services",
+    "tests.fixtures.auth_service",
     "tests.fixtures.messaging",
     "tests.fixtures.threading_store",
     "tests.fixtures.ingest_world",

@@ -23,6 +23,7 @@ from services.auth.domain import (
     ConnectOutcome,
     ConsentDenied,
     MissingScopes,
+    OAuthState,
     ReconnectRequired,
     StateRejected,
     accept_state,
@@ -92,6 +93,14 @@ class CompletedConnect:
     mailbox_email: str
     replaced_connection_id: str | None
     watch_expires_at: dt.datetime | None
+    return_url: str = ""
+
+
+@dataclass(frozen=True)
+class Disconnected:
+    connection: Connection
+    # True when no other connection used the mailbox, so its watch was stopped and its grant revoked (R11).
+    grant_revoked: bool
 
 
 @dataclass
@@ -113,13 +122,16 @@ class ConnectionFlows:
     on_changes: ChangeHook | None = None
     new_id: Callable[[], str] = field(default=lambda: uuid.uuid4().hex)
 
-    async def begin(self, *, user_id: str, location_id: str, login_hint: str | None = None) -> StartedConnect:
+    async def begin(
+        self, *, user_id: str, location_id: str, login_hint: str | None = None, return_url: str = ""
+    ) -> StartedConnect:
         flow = begin_connect(
             user_id=user_id,
             location_id=location_id,
             redirect_uri=self.redirect_uri,
             now=self.clock.now(),
             ttl=self.state_ttl,
+            return_url=return_url,
         )
         async with self.db.write() as session:
             await save_oauth_state(session, flow.record)
@@ -211,11 +223,25 @@ class ConnectionFlows:
             (c.connection.connection_id for c in plan.changes if c.connection.replaced_by_connection_id), None
         )
         return CompletedConnect(
-            plan.outcome, plan.connection, profile.email_address, replaced, watch_expires_at
+            plan.outcome,
+            plan.connection,
+            profile.email_address,
+            replaced,
+            watch_expires_at,
+            record.return_url,
         )
+
+    async def pending_state(self, state: str) -> OAuthState | None:
+        """The begun flow a state names, without spending it (None when unknown), e.g. to check its location."""
+        async with self.db.read() as session:
+            return await find_oauth_state(session, state_digest(state))
 
     async def disconnect(self, connection_id: str) -> Connection:
         """R11: ends the connection; stops the watch and revokes the grant when no other connection uses it."""
+        return (await self.end(connection_id)).connection
+
+    async def end(self, connection_id: str) -> Disconnected:
+        """`disconnect`, also saying whether the mailbox was released (watch stopped, grant revoked)."""
         now = self.clock.now()
         async with self.db.write() as session:
             connection = await get_connection(session, connection_id)
@@ -231,7 +257,7 @@ class ConnectionFlows:
                 await self.on_changes(session, (plan.change,))
         if plan.release_mailbox_id is not None:
             await self.release_mailbox(plan.release_mailbox_id)
-        return plan.change.connection
+        return Disconnected(plan.change.connection, grant_revoked=plan.release_mailbox_id is not None)
 
     async def release_mailbox(self, mailbox_id: str) -> None:
         """Stops the mailbox's watch and revokes its grant with Google, then forgets its tokens. Best effort on

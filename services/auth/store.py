@@ -639,6 +639,28 @@ async def connections_of_location(
     return [_connection(row) for row in rows]
 
 
+async def list_connections(
+    session: AsyncSession,
+    location_id: str,
+    *,
+    user_id: str | None = None,
+    state: ConnectionState | None = None,
+    limit: int = 100,
+    after_connection_id: str | None = None,
+) -> list[Connection]:
+    """The connections of a location ordered by id (keyset paging after `after_connection_id`), optionally of
+    one user or in one state."""
+    query = select(ConnectionRow).where(ConnectionRow.location_id == location_id)
+    if user_id:
+        query = query.where(ConnectionRow.user_id == user_id)
+    if state is not None:
+        query = query.where(ConnectionRow.state == state.value)
+    if after_connection_id:
+        query = query.where(ConnectionRow.connection_id > after_connection_id)
+    rows = await session.scalars(query.order_by(ConnectionRow.connection_id).limit(limit))
+    return [_connection(row) for row in rows]
+
+
 # OAuth states ----------------------------------------------------------------------------------------------------
 
 
