@@ -164,7 +164,7 @@ class MailboxSyncer:
         if outcome is PassOutcome.TOO_SOON:
             raise RetryLater(self._config.min_push_interval.total_seconds(), "synced a moment ago")
 
-    async def sync(self, mailbox_id: str, reason: str = "PUSH") -> PassOutcome:
+    async def sync(self, mailbox_id: str, reason: str = "POLL") -> PassOutcome:
         """One pass over the mailbox; never raises for Gmail trouble (that is recorded on the mailbox)."""
         try:
             mailbox = await self._directory.get_mailbox(mailbox_id=mailbox_id)

@@ -18,8 +18,8 @@ import pytest
 from mailsync.v1 import ingest_pb2, ingest_pb2_grpc
 from sandbox.keys import SigningKey
 from services.ingest import store
-from services.ingest.pipeline import SyncPipeline, add_sync_pipeline
 from services.ingest.app import MIGRATIONS_DIR
+from services.ingest.pipeline import SyncPipeline, add_sync_pipeline
 from services.ingest.settings import IngestSettings
 from services.runtime import streams, subjects
 from services.runtime.grpc_auth import TokenKeys
@@ -135,8 +135,14 @@ async def test_push_with_google_signed_token_is_queued_and_forged_tokens_get_401
     world.connect(ALICE)
     forger = SigningKey.generate()
     now = int(time.time())
-    good = {"iss": "https://accounts.google.com", "aud": AUDIENCE, "email": PUSH_ACCOUNT, "email_verified": True,
-            "iat": now, "exp": now + 3600}
+    good = {
+        "iss": "https://accounts.google.com",
+        "aud": AUDIENCE,
+        "email": PUSH_ACCOUNT,
+        "email_verified": True,
+        "iat": now,
+        "exp": now + 3600,
+    }
     refused = {
         "forged signature": forger.sign(good),
         "wrong audience": push_token(world, aud="https://elsewhere.test/push"),
@@ -154,8 +160,12 @@ async def test_push_with_google_signed_token_is_queued_and_forged_tokens_get_401
         missing = await post_push(session, ingest_service.push_url, None, envelope(ALICE, "5"))
         assert await work_items(world) == 0
         # Negative control of the same request with a genuine token: accepted, historyId as a string or a number.
-        accepted_string = await post_push(session, ingest_service.push_url, push_token(world), envelope(ALICE, "5"))
-        accepted_number = await post_push(session, ingest_service.push_url, push_token(world), envelope(ALICE, 6))
+        accepted_string = await post_push(
+            session, ingest_service.push_url, push_token(world), envelope(ALICE, "5")
+        )
+        accepted_number = await post_push(
+            session, ingest_service.push_url, push_token(world), envelope(ALICE, 6)
+        )
     assert statuses == dict.fromkeys(refused, 401) and missing == 401
     assert (accepted_string, accepted_number) == (200, 200)
 
@@ -209,7 +219,9 @@ async def test_burst_of_200_messages_and_200_pushes_costs_at_most_10_history_lis
             statuses = []
             for index in range(200):
                 statuses.append(
-                    await post_push(session, ingest_service.push_url, token, envelope(ALICE, base_history + index))
+                    await post_push(
+                        session, ingest_service.push_url, token, envelope(ALICE, base_history + index)
+                    )
                 )
             return statuses
 

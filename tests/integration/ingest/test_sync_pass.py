@@ -11,7 +11,9 @@ from tests.fixtures.messaging import eventually
 ALICE = "alice@example.com"
 
 
-async def test_R1_first_pass_publishes_only_messages_added_after_the_connection(ingest_world: IngestWorld) -> None:
+async def test_R1_first_pass_publishes_only_messages_added_after_the_connection(
+    ingest_world: IngestWorld,
+) -> None:
     world = ingest_world
     world.sandbox.create_mailbox(ALICE)
     before = world.deliver(ALICE, copies=2, subject="before")
@@ -34,10 +36,14 @@ async def test_R1_first_pass_publishes_only_messages_added_after_the_connection(
     async with world.db.read() as session:
         row = await store.get_sync_row(session, mailbox.mailbox_id)
     assert row is not None and row.messages_published == 3 and row.state == "IDLE"
-    assert row.history_cursor is not None and row.history_cursor >= int(world.sandbox.admin.mailbox(ALICE)["historyId"])
+    assert row.history_cursor is not None and row.history_cursor >= int(
+        world.sandbox.admin.mailbox(ALICE)["historyId"]
+    )
 
 
-async def test_R17_label_changes_and_deletions_of_published_messages_are_published(ingest_world: IngestWorld) -> None:
+async def test_R17_label_changes_and_deletions_of_published_messages_are_published(
+    ingest_world: IngestWorld,
+) -> None:
     world = ingest_world
     world.sandbox.create_mailbox(ALICE)
     mailbox = world.connect(ALICE)
@@ -63,7 +69,9 @@ async def test_R17_label_changes_and_deletions_of_published_messages_are_publish
     assert world.recorder.recorded.normalized_ids() == {kept: 1, trashed: 1, deleted: 1}
 
 
-async def test_R1_spam_and_trash_arrive_without_content_and_drafts_are_skipped(ingest_world: IngestWorld) -> None:
+async def test_R1_spam_and_trash_arrive_without_content_and_drafts_are_skipped(
+    ingest_world: IngestWorld,
+) -> None:
     world = ingest_world
     world.sandbox.create_mailbox(ALICE)
     mailbox = world.connect(ALICE)
