@@ -6,6 +6,7 @@ pytest_plugins = [
     "tests.fixtures.databases",
     "tests.fixtures.services",
     "tests.fixtures.auth_service",
+    "tests.fixtures.chromium",
     "tests.fixtures.messaging",
     "tests.fixtures.threading_store",
     "tests.fixtures.ingest_world",
