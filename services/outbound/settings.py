@@ -18,3 +18,61 @@ class OutboundSettings(ServiceSettings):
     service_name: ClassVar[str] = "outbound"
 
     grpc_port: int = Field(default=50054, ge=0, le=65535, description="gRPC port (0 picks a free port).")
+    auth_target: str = Field(
+        default="127.0.0.1:50051",
+        description="host:port of the auth service (the user's connection in a location, access tokens).",
+    )
+    gmail_root_url: str = Field(
+        default="", description="Gmail API root; empty means Google, a URL points at the Gmail sandbox."
+    )
+    gmail_max_workers: int = Field(
+        default=16, gt=0, description="Threads running blocking Gmail client calls (shared by every mailbox)."
+    )
+    message_id_domain: str = Field(
+        default="mailsync.invalid", description="The domain of the Message-IDs this service writes."
+    )
+    default_daily_limit: int = Field(
+        default=500, gt=0, description="Sends per rolling 24 hours of a consumer mailbox without its own limit."
+    )
+    workspace_daily_limit: int = Field(
+        default=2000, gt=0, description="Sends per rolling 24 hours of a Google Workspace mailbox (R14)."
+    )
+    max_attachment_bytes: int = Field(
+        default=25 * 1024 * 1024, gt=0, description="Total attachment bytes of one message (R14)."
+    )
+    attachment_ttl_seconds: float = Field(
+        default=3600.0, gt=0, description="How long an uploaded attachment waits for the SendEmail that uses it."
+    )
+    send_lease_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="How long one process owns a send in progress; after it, recovery takes the send over. "
+        "Longer than the Gmail timeout, so a live call is never taken over.",
+    )
+    sent_search_grace_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="A Sent-folder search proves a send absent only this long after the call was started.",
+    )
+    recovery_interval_seconds: float = Field(
+        default=30.0, gt=0, description="How often sends left in progress or UNKNOWN are looked for."
+    )
+    gmail_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="Timeout of one Gmail HTTP request."
+    )
+    unsafe_ledger_without_lock: bool = Field(
+        default=False,
+        description="Admit sends without the per-mailbox lock. Only for the test that shows the limit is then "
+        "over-admitted; never in production.",
+    )
+    smtp_host: str = Field(default="", description="Bulk and workflow email: the SMTP provider's host (R13).")
+    smtp_port: int = Field(default=587, ge=1, le=65535, description="Port of the SMTP provider.")
+    smtp_security: str = Field(
+        default="STARTTLS", description="NONE, STARTTLS or IMPLICIT_TLS for the SMTP provider."
+    )
+    smtp_username: str = Field(default="", description="SMTP login (empty: no AUTH).")
+    smtp_password: str = Field(default="", description="SMTP password.")
+    smtp_sender_email: str = Field(
+        default="", description="The From address of bulk and workflow email (the location's sender)."
+    )
+    smtp_sender_name: str = Field(default="", description="The From display name of bulk and workflow email.")

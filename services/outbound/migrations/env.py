@@ -1,11 +1,7 @@
-"""Alembic environment of the outbound service: migrates on the connection services.runtime hands over."""
+"""Alembic environment of the outbound service: migrates services.outbound.store's tables (the runtime's and the
+send ledger's included) on the connection services.runtime hands over."""
 
-from sqlalchemy import MetaData
-
-from services.runtime.messaging_tables import add_runtime_tables
+from services.outbound.store import metadata
 from services.runtime.migrations import run_env
 
-target_metadata = MetaData()
-add_runtime_tables(target_metadata)
-
-run_env(target_metadata)
+run_env(metadata)

@@ -1,0 +1,316 @@
+"""The outbound service's tables and the statements on them: sends (one per location and request id, with the
+state of its Gmail call and a lease saying which process is working on it) and staged attachments.
+
+Everything runs in the caller's session, so a send's row commits together with its ledger entry and its outbox
+event. The ledger's own tables live in services.outbound.ledger and join the same MetaData.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    delete,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.outbound.ledger import UtcDateTime, add_send_ledger_tables
+from services.runtime.messaging_tables import add_runtime_tables
+
+metadata = MetaData()
+add_runtime_tables(metadata)
+add_send_ledger_tables(metadata)
+
+sends = Table(
+    "sends",
+    metadata,
+    Column("send_id", String(64), primary_key=True),
+    Column("location_id", String(128), nullable=False),
+    Column("request_id", String(200), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("user_id", String(128), nullable=False),
+    Column("connection_id", String(64), nullable=False, default=""),
+    Column("mailbox_id", String(64), nullable=False, default=""),
+    Column("mailbox_email", String(320), nullable=False, default=""),
+    Column("ledger_key", String(64), nullable=False, default=""),
+    Column("state", String(16), nullable=False),
+    Column("next_step", String(24), nullable=False),
+    Column("gmail_calls", Integer, nullable=False, default=0),
+    Column("reason", Text, nullable=False, default=""),
+    # Set for a refusal the caller gets as an error again on a replay (e.g. Gmail's own sending limit).
+    Column("error_reason", String(64), nullable=False, default=""),
+    Column("retry_time", UtcDateTime, nullable=True),
+    Column("rfc_message_id", String(512), nullable=False),
+    Column("final_rfc_message_id", String(512), nullable=False, default=""),
+    Column("gmail_message_id", String(64), nullable=False, default=""),
+    Column("gmail_thread_id", String(64), nullable=False, default=""),
+    Column("reply_gmail_thread_id", String(64), nullable=False, default=""),
+    Column("subject", Text, nullable=False, default=""),
+    # JSON list, To first: what a Sent-folder search matches on besides the Message-ID.
+    Column("recipients", Text, nullable=False, default="[]"),
+    Column("message_date", UtcDateTime, nullable=False),
+    # The exact bytes, kept until the send is settled so a proven-absent send goes out identically.
+    Column("raw", LargeBinary, nullable=True),
+    # The serialized PendingSend, embedded unchanged in the SentMessage event.
+    Column("pending_event", LargeBinary, nullable=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("call_started_at", UtcDateTime, nullable=True),
+    Column("sent_at", UtcDateTime, nullable=True),
+    Column("lease_owner", String(128), nullable=True),
+    Column("lease_expires_at", UtcDateTime, nullable=True),
+    UniqueConstraint("location_id", "request_id", name="uq_sends_location_request"),
+    Index("ix_sends_state_lease", "state", "lease_expires_at"),
+)
+
+staged_attachments = Table(
+    "staged_attachments",
+    metadata,
+    Column("upload_id", String(64), primary_key=True),
+    Column("location_id", String(128), nullable=False),
+    Column("request_id", String(200), nullable=False),
+    Column("filename", String(512), nullable=False),
+    Column("content_type", String(256), nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("content", LargeBinary, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+    UniqueConstraint("location_id", "request_id", name="uq_staged_attachments_location_request"),
+    Index("ix_staged_attachments_expires_at", "expires_at"),
+)
+
+# States a send can still leave (recovery looks at these).
+UNSETTLED_STATES = ("SENDING", "UNKNOWN")
+
+
+@dataclass(frozen=True)
+class SendRecord:
+    send_id: str
+    location_id: str
+    request_id: str
+    kind: str
+    user_id: str
+    connection_id: str
+    mailbox_id: str
+    mailbox_email: str
+    ledger_key: str
+    state: str
+    next_step: str
+    gmail_calls: int
+    reason: str
+    error_reason: str
+    retry_time: dt.datetime | None
+    rfc_message_id: str
+    final_rfc_message_id: str
+    gmail_message_id: str
+    gmail_thread_id: str
+    reply_gmail_thread_id: str
+    subject: str
+    recipients: tuple[str, ...]
+    message_date: dt.datetime
+    raw: bytes | None
+    pending_event: bytes | None
+    created_at: dt.datetime
+    call_started_at: dt.datetime | None
+    sent_at: dt.datetime | None
+    lease_owner: str | None
+    lease_expires_at: dt.datetime | None
+
+
+def _record(row: Any) -> SendRecord:
+    values = dict(row._mapping)
+    values["recipients"] = tuple(json.loads(values["recipients"]))
+    return SendRecord(**values)
+
+
+def _insert(session: AsyncSession) -> Any:
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
+async def insert_send(session: AsyncSession, values: dict[str, Any]) -> bool:
+    """Inserts the send unless its (location, request id) exists; True when this call created it."""
+    values = {**values, "recipients": json.dumps(list(values.get("recipients", ())))}
+    statement = (
+        _insert(session)(sends)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["location_id", "request_id"])
+        .returning(sends.c.send_id)
+    )
+    return (await session.execute(statement)).first() is not None
+
+
+async def send_by_request(session: AsyncSession, location_id: str, request_id: str) -> SendRecord | None:
+    row = (
+        await session.execute(
+            select(sends).where(sends.c.location_id == location_id, sends.c.request_id == request_id)
+        )
+    ).first()
+    return None if row is None else _record(row)
+
+
+async def get_send(session: AsyncSession, send_id: str) -> SendRecord | None:
+    row = (await session.execute(select(sends).where(sends.c.send_id == send_id))).first()
+    return None if row is None else _record(row)
+
+
+async def update_send(
+    session: AsyncSession, send_id: str, *, only_if_state: tuple[str, ...] | None = None, **values: Any
+) -> bool:
+    """Changes the send; with `only_if_state`, only while it is in one of those states. True when it changed."""
+    statement = update(sends).where(sends.c.send_id == send_id)
+    if only_if_state is not None:
+        statement = statement.where(sends.c.state.in_(only_if_state))
+    result = await session.execute(statement.values(**values).returning(sends.c.send_id))
+    return result.first() is not None
+
+
+async def take_lease(
+    session: AsyncSession, send_id: str, *, owner: str, now: dt.datetime, until: dt.datetime
+) -> SendRecord | None:
+    """The unsettled send, now owned by `owner` until `until`, or None when another live process owns it."""
+    result = await session.execute(
+        update(sends)
+        .where(
+            sends.c.send_id == send_id,
+            sends.c.state.in_(UNSETTLED_STATES),
+            or_(
+                sends.c.lease_expires_at.is_(None),
+                sends.c.lease_expires_at <= now,
+                sends.c.lease_owner == owner,
+            ),
+        )
+        .values(lease_owner=owner, lease_expires_at=until)
+        .returning(sends.c.send_id)
+    )
+    if result.first() is None:
+        return None
+    return await get_send(session, send_id)
+
+
+async def sends_to_recover(session: AsyncSession, *, now: dt.datetime, limit: int = 50) -> list[str]:
+    """Unsettled sends whose owner's lease has run out (it crashed, or answered UNKNOWN)."""
+    rows = await session.execute(
+        select(sends.c.send_id)
+        .where(
+            sends.c.state.in_(UNSETTLED_STATES),
+            or_(sends.c.lease_expires_at.is_(None), sends.c.lease_expires_at <= now),
+        )
+        .order_by(sends.c.created_at)
+        .limit(limit)
+    )
+    return [row.send_id for row in rows]
+
+
+@dataclass(frozen=True)
+class StagedAttachment:
+    upload_id: str
+    location_id: str
+    filename: str
+    content_type: str
+    size_bytes: int
+    sha256: str
+    content: bytes
+
+
+async def stage_attachment(
+    session: AsyncSession,
+    *,
+    upload_id: str,
+    location_id: str,
+    request_id: str,
+    filename: str,
+    content_type: str,
+    content: bytes,
+    sha256: str,
+    now: dt.datetime,
+    expires_at: dt.datetime,
+) -> tuple[str, int, str]:
+    """Stores the upload (the same location and request id stores once); returns (upload_id, size, sha256)."""
+    await session.execute(
+        _insert(session)(staged_attachments)
+        .values(
+            upload_id=upload_id,
+            location_id=location_id,
+            request_id=request_id,
+            filename=filename,
+            content_type=content_type,
+            size_bytes=len(content),
+            sha256=sha256,
+            content=content,
+            created_at=now,
+            expires_at=expires_at,
+        )
+        .on_conflict_do_nothing(index_elements=["location_id", "request_id"])
+    )
+    row = (
+        await session.execute(
+            select(
+                staged_attachments.c.upload_id, staged_attachments.c.size_bytes, staged_attachments.c.sha256
+            ).where(
+                staged_attachments.c.location_id == location_id,
+                staged_attachments.c.request_id == request_id,
+            )
+        )
+    ).one()
+    return row.upload_id, int(row.size_bytes), row.sha256
+
+
+async def staged_sizes(
+    session: AsyncSession, location_id: str, upload_ids: list[str], *, now: dt.datetime
+) -> dict[str, int]:
+    """Sizes of the location's live uploads among `upload_ids` (missing, expired or foreign ones are absent)."""
+    rows = await session.execute(
+        select(staged_attachments.c.upload_id, staged_attachments.c.size_bytes).where(
+            staged_attachments.c.upload_id.in_(upload_ids),
+            staged_attachments.c.location_id == location_id,
+            staged_attachments.c.expires_at > now,
+        )
+    )
+    return {row.upload_id: int(row.size_bytes) for row in rows}
+
+
+async def load_staged(session: AsyncSession, location_id: str, upload_ids: list[str]) -> list[StagedAttachment]:
+    rows = await session.execute(
+        select(staged_attachments).where(
+            staged_attachments.c.upload_id.in_(upload_ids), staged_attachments.c.location_id == location_id
+        )
+    )
+    found = {
+        row.upload_id: StagedAttachment(
+            upload_id=row.upload_id,
+            location_id=row.location_id,
+            filename=row.filename,
+            content_type=row.content_type,
+            size_bytes=int(row.size_bytes),
+            sha256=row.sha256,
+            content=row.content,
+        )
+        for row in rows
+    }
+    return [found[upload_id] for upload_id in upload_ids if upload_id in found]
+
+
+async def delete_expired_attachments(session: AsyncSession, *, now: dt.datetime) -> int:
+    result = await session.execute(
+        delete(staged_attachments)
+        .where(staged_attachments.c.expires_at <= now)
+        .returning(staged_attachments.c.upload_id)
+    )
+    return len(result.all())
