@@ -304,7 +304,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             )
         return connection
 
-    async def _connection_proto(self, connection: Connection):  # type: ignore[no-untyped-def]
+    async def _connection_proto(self, connection: Connection) -> auth_pb2.Connection:
         async with self.db.read() as session:
             mailbox = await get_mailbox(session, connection.mailbox_id)
         return connection_proto(connection, mailbox)

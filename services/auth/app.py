@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,9 @@ log = logging.getLogger(__name__)
 
 def token_cipher(settings: AuthSettings) -> TokenCipher:
     """The cipher for tokens at rest; StartupError naming the variable when the key ring is missing or bad."""
-    variable = settings.variable_for("token_keys")
+    specific, shared = settings.variable_names("token_keys")
+    # The key ring belongs to the auth service alone, so its own variable is the one to name.
+    variable = shared if shared in os.environ and specific not in os.environ else specific
     if not settings.token_keys.strip():
         raise StartupError(
             f"{variable} is not set: give the token encryption keys as 'v1:<base64url 32 bytes>' (generate one "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import functools
+import logging
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -15,11 +15,11 @@ import pytest
 from sqlalchemy import func, select
 
 from mailsync.v1 import auth_pb2, common_pb2, events_pb2
-from services.auth.app import build
+from services.auth.crypto import KeyRing, TokenCipher
 from services.auth.domain import GMAIL_READONLY
-from services.auth.store import ConnectionRow, MailboxRow
+from services.auth.store import ConnectionRow, MailboxRow, find_mailbox_by_email, load_refresh_token
 from services.runtime.errors import error_info
-from tests.fixtures.auth_service import AuthWorld, auth_settings, free_port
+from tests.fixtures.auth_service import AuthWorld, auth_settings, free_port, start_auth_process
 
 ALICE = "alice@example.com"
 BOB = "bob@example.com"
@@ -239,9 +239,14 @@ async def test_get_access_token_and_get_mailbox_are_for_internal_callers_only(wo
     assert [c.user_id for c in mailbox.mailbox.connections] == ["u1"]
 
 
-async def test_concurrent_get_access_token_from_two_auth_instances_cause_one_refresh(
-    world: AuthWorld, nats_server: Any, token_keys_value: str, run_service_in_process: Any, tmp_path: Path
+async def test_concurrent_get_access_token_from_two_auth_processes_cause_one_refresh_and_log_no_token(
+    world: AuthWorld,
+    nats_server: Any,
+    token_keys_value: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     await world.add_user("u1")
     await world.connect("u1", "loc-1", ALICE)
     mailbox_id = (await world.connection_of("u1", "loc-1")).mailbox_id
@@ -252,21 +257,40 @@ async def test_concurrent_get_access_token_from_two_auth_instances_cause_one_ref
         data_dir=tmp_path / "replica",
         sandbox=world.sandbox,
         http_port=free_port(),
+        grpc_port=free_port(),
         token_keys=world.settings.token_keys,
         redirect_port=world.settings.http_port,
+        log_level="DEBUG",
     )
-    replica = await run_service_in_process(replica_settings, functools.partial(build, clock=world.clock))
-    replica_stub = world.stub(locations=("*",), internal=True, port=replica.port)
-    await world.expire_access_tokens()
-    before = world.tokens_issued(ALICE)
+    replica = await start_auth_process(replica_settings, tmp_path / "replica.log")
+    try:
+        replica_stub = world.stub(locations=("*",), internal=True, port=replica.grpc_port)
+        await world.expire_access_tokens()
+        before = world.tokens_issued(ALICE)
 
-    request = auth_pb2.GetAccessTokenRequest(mailbox_id=mailbox_id)
-    answers = await asyncio.gather(
-        *(stub.GetAccessToken(request) for stub in [world.internal, replica_stub] * 4)
-    )
+        request = auth_pb2.GetAccessTokenRequest(mailbox_id=mailbox_id)
+        answers = await asyncio.gather(
+            *(stub.GetAccessToken(request) for stub in [world.internal, replica_stub] * 4)
+        )
 
-    assert world.tokens_issued(ALICE) == before + 1
-    assert len({answer.access_token for answer in answers}) == 1
+        assert world.tokens_issued(ALICE) == before + 1
+        assert len({answer.access_token for answer in answers}) == 1
+    finally:
+        await replica.stop()
+    secrets = [answers[0].access_token, await refresh_token_of(world, ALICE)]
+    logs = caplog.text + replica.log_text()
+    assert "service started" in replica.log_text()  # the replica's own log was written, and is searched
+    assert not [secret for secret in secrets if secret in logs]
+
+
+async def refresh_token_of(world: AuthWorld, address: str) -> str:
+    async with world.service.components.database.read() as session:
+        mailbox = await find_mailbox_by_email(session, address)
+        assert mailbox is not None
+        cipher = TokenCipher(KeyRing.parse(world.settings.token_keys))
+        token = await load_refresh_token(session, cipher, mailbox.mailbox_id)
+    assert token is not None
+    return token.reveal()
 
 
 async def test_R12_password_change_requires_reauth_once_then_reconnect_keeps_the_cursor(
