@@ -25,6 +25,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.auth.crypto import generate_key_text
 from services.runtime.grpc_auth import TokenKeys
 from services.runtime.settings import TOKEN_KEYS_VARIABLE
 
@@ -34,6 +35,7 @@ DEFAULT_GRPC_PORTS = {"auth": 50051, "ingest": 50052, "threading": 50053, "outbo
 DEFAULT_HTTP_PORTS = {"auth": 8081, "ingest": 8082}
 DEFAULT_SANDBOX_PORT = 8765
 STOP_TIMEOUT_SECONDS = 20.0
+AUTH_TOKEN_KEYS_VARIABLE = "MAILSYNC_AUTH_TOKEN_KEYS"
 
 
 class RunError(RuntimeError):
@@ -106,18 +108,34 @@ def require_free(port: int, what: str) -> int:
     return port
 
 
-def development_token_keys(var_dir: Path) -> str:
-    """The configured keys, or development keys generated once into var/dev-token-keys."""
-    configured = os.environ.get(TOKEN_KEYS_VARIABLE, "").strip()
+def development_secret(var_dir: Path, variable: str, file_name: str, generate: Callable[[], str]) -> str:
+    """The configured value of `variable`, or a development value generated once into var/<file_name>."""
+    configured = os.environ.get(variable, "").strip()
     if configured:
         return configured
-    path = var_dir / "dev-token-keys"
+    path = var_dir / file_name
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        secret = base64.b64encode(os.urandom(32)).decode()
-        path.write_text(f"dev1={secret}\n")
+        path.write_text(generate() + "\n")
         path.chmod(0o600)
     return path.read_text().strip()
+
+
+def development_token_keys(var_dir: Path) -> str:
+    """Keys signing the per-call service tokens (MAILSYNC_SERVICE_TOKEN_KEYS)."""
+    return development_secret(
+        var_dir,
+        TOKEN_KEYS_VARIABLE,
+        "dev-token-keys",
+        lambda: f"dev1={base64.b64encode(os.urandom(32)).decode()}",
+    )
+
+
+def development_auth_token_keys(var_dir: Path) -> str:
+    """Keys sealing Gmail tokens at rest in the auth service (MAILSYNC_AUTH_TOKEN_KEYS)."""
+    return development_secret(
+        var_dir, AUTH_TOKEN_KEYS_VARIABLE, "dev-auth-token-keys", lambda: generate_key_text(1)
+    )
 
 
 def nats_binary() -> str:
@@ -180,23 +198,31 @@ class Stack:
                 logs / "nats.log",
             )
         )
-        env = {
-            key: value
-            for key, value in os.environ.items()
-            if not key.startswith("MAILSYNC_") or key == TOKEN_KEYS_VARIABLE
-        }
+        # The developer's own MAILSYNC_* settings pass through; the runner sets only what wires the stack.
+        env = dict(os.environ)
         env.update(
             {
                 "PYTHONUNBUFFERED": "1",
                 "MAILSYNC_NATS_URL": f"nats://127.0.0.1:{nats_port}",
                 "MAILSYNC_DATA_DIR": str(self.var_dir / "data"),
                 TOKEN_KEYS_VARIABLE: self.token_keys,
+                AUTH_TOKEN_KEYS_VARIABLE: development_auth_token_keys(self.var_dir),
             }
         )
         if (ROOT / "sandbox" / "__main__.py").exists():
             sandbox_port = self.port(DEFAULT_SANDBOX_PORT, "Gmail sandbox")
             sandbox_url = f"http://127.0.0.1:{sandbox_port}"
-            env["MAILSYNC_GMAIL_ROOT_URL"] = f"{sandbox_url}/"
+            # Google's endpoints, as the sandbox serves them.
+            env.update(
+                {
+                    "MAILSYNC_GMAIL_ROOT_URL": f"{sandbox_url}/",
+                    "MAILSYNC_AUTH_GOOGLE_AUTHORIZATION_URI": f"{sandbox_url}/o/oauth2/v2/auth",
+                    "MAILSYNC_AUTH_GOOGLE_TOKEN_URI": f"{sandbox_url}/token",
+                    "MAILSYNC_AUTH_GOOGLE_REVOKE_URI": f"{sandbox_url}/revoke",
+                    "MAILSYNC_AUTH_GOOGLE_USERINFO_URI": f"{sandbox_url}/oauth2/v3/userinfo",
+                    "MAILSYNC_INGEST_PUSH_CERTS_URL": f"{sandbox_url}/oauth2/v1/certs",
+                }
+            )
             self.processes.append(
                 Managed(
                     "sandbox",
@@ -213,6 +239,9 @@ class Stack:
             env[f"{prefix}TARGET"] = f"127.0.0.1:{ports[svc]}"
             if svc in DEFAULT_HTTP_PORTS:
                 env[f"{prefix}HTTP_PORT"] = str(self.port(DEFAULT_HTTP_PORTS[svc], f"{svc} HTTP"))
+        http = {svc: env[f"MAILSYNC_{svc.upper()}_HTTP_PORT"] for svc in DEFAULT_HTTP_PORTS}
+        env["MAILSYNC_AUTH_OAUTH_REDIRECT_URI"] = f"http://127.0.0.1:{http['auth']}/oauth/callback"
+        env["MAILSYNC_INGEST_PUSH_AUDIENCE"] = f"http://127.0.0.1:{http['ingest']}/gmail/push"
         for svc in SERVICES:
             self.processes.append(
                 Managed(

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from services.auth.crypto import generate_key_text
 from tests.fixtures.nats_server import free_port
 from tests.fixtures.services import new_token_keys_value
 
@@ -23,6 +24,8 @@ def clean_environment(tmp_path: Path, **variables: str) -> dict[str, str]:
             "MAILSYNC_GRPC_PORT": "0",
             "MAILSYNC_AUTH_HTTP_PORT": "0",
             "MAILSYNC_NATS_CONNECT_TIMEOUT_SECONDS": "1",
+            # The auth service's own secret (Gmail tokens at rest), so the runtime's checks are what fail.
+            "MAILSYNC_AUTH_TOKEN_KEYS": generate_key_text(1),
         }
     )
     env.update(variables)
