@@ -247,15 +247,17 @@ NASTY_TOKENS = [
     "a" * 80,
     "filename*=utf-8''x",
 ]
-# Mostly dictionary tokens and ASCII: non-ASCII header text takes our own folding path, ASCII the stdlib's.
+# Mostly dictionary tokens and ASCII (non-ASCII header text takes our own folding path, ASCII the stdlib's), and
+# short: the known attacks are one or two tokens long.
 nasty_text = st.lists(
     st.one_of(
         st.sampled_from(NASTY_TOKENS),
         st.sampled_from(NASTY_TOKENS),
-        st.text(alphabet=string.printable, max_size=8),
-        st.text(max_size=4),
+        st.sampled_from(NASTY_TOKENS),
+        st.text(alphabet=string.printable, max_size=6),
+        st.text(max_size=3),
     ),
-    max_size=6,
+    max_size=4,
 ).map("".join)
 
 # Every header the fixed structure below produces; user text may fill them but never add or remove one.
@@ -305,7 +307,7 @@ USER_FIELDS = (
 )
 
 
-@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(
     nasty_fields=st.dictionaries(st.sampled_from(USER_FIELDS), nasty_text, min_size=1, max_size=3),
     plain_fields=st.fixed_dictionaries(
@@ -363,7 +365,7 @@ printable_text = st.text(
 ).filter(lambda text: "=?" not in text and not any(char in text for char in "@<>"))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(subject=printable_text, name=printable_text, filename=printable_text)
 def test_acceptable_text_of_any_script_survives_the_trip_unchanged(
     subject: str, name: str, filename: str
