@@ -32,7 +32,9 @@ class OutboundSettings(ServiceSettings):
         default="mailsync.invalid", description="The domain of the Message-IDs this service writes."
     )
     default_daily_limit: int = Field(
-        default=500, gt=0, description="Sends per rolling 24 hours of a consumer mailbox without its own limit."
+        default=500,
+        gt=0,
+        description="Sends per rolling 24 hours of a consumer mailbox without its own limit.",
     )
     workspace_daily_limit: int = Field(
         default=2000, gt=0, description="Sends per rolling 24 hours of a Google Workspace mailbox (R14)."
@@ -41,7 +43,9 @@ class OutboundSettings(ServiceSettings):
         default=25 * 1024 * 1024, gt=0, description="Total attachment bytes of one message (R14)."
     )
     attachment_ttl_seconds: float = Field(
-        default=3600.0, gt=0, description="How long an uploaded attachment waits for the SendEmail that uses it."
+        default=3600.0,
+        gt=0,
+        description="How long an uploaded attachment waits for the SendEmail that uses it.",
     )
     send_lease_seconds: float = Field(
         default=120.0,
@@ -57,9 +61,7 @@ class OutboundSettings(ServiceSettings):
     recovery_interval_seconds: float = Field(
         default=30.0, gt=0, description="How often sends left in progress or UNKNOWN are looked for."
     )
-    gmail_timeout_seconds: float = Field(
-        default=60.0, gt=0, description="Timeout of one Gmail HTTP request."
-    )
+    gmail_timeout_seconds: float = Field(default=60.0, gt=0, description="Timeout of one Gmail HTTP request.")
     unsafe_ledger_without_lock: bool = Field(
         default=False,
         description="Admit sends without the per-mailbox lock. Only for the test that shows the limit is then "

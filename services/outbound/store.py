@@ -286,7 +286,9 @@ async def staged_sizes(
     return {row.upload_id: int(row.size_bytes) for row in rows}
 
 
-async def load_staged(session: AsyncSession, location_id: str, upload_ids: list[str]) -> list[StagedAttachment]:
+async def load_staged(
+    session: AsyncSession, location_id: str, upload_ids: list[str]
+) -> list[StagedAttachment]:
     rows = await session.execute(
         select(staged_attachments).where(
             staged_attachments.c.upload_id.in_(upload_ids), staged_attachments.c.location_id == location_id

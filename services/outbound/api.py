@@ -1,0 +1,201 @@
+"""The OutboundService gRPC servicer: translates requests into the send use case and records into protos.
+
+Location scope is checked by the runtime's interceptor for unary calls and here for the attachment stream, whose
+location arrives in its first message.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+
+from mailsync.v1 import common_pb2, outbound_pb2, outbound_pb2_grpc
+from services.outbound import store
+from services.outbound.connections import AuthConnections
+from services.outbound.domain.email import EmailAddress
+from services.outbound.domain.errors import AttachmentsTooLarge
+from services.outbound.domain.routing import SendKind
+from services.outbound.events import timestamp
+from services.outbound.ledger import SendLedger
+from services.outbound.sending import OutboundSender, SendRequest
+from services.outbound.store import SendRecord
+from services.runtime.clock import Clock, SystemClock
+from services.runtime.db import Database
+from services.runtime.errors import InvalidArgument
+from services.runtime.grpc_auth import current_caller
+from services.runtime.grpc_server import ServicerRegistration
+
+_KINDS = {
+    common_pb2.SEND_KIND_INDIVIDUAL: SendKind.INDIVIDUAL,
+    common_pb2.SEND_KIND_BULK: SendKind.BULK,
+    common_pb2.SEND_KIND_WORKFLOW: SendKind.WORKFLOW,
+}
+_KIND_PROTOS = {kind.value: proto for proto, kind in _KINDS.items()}
+_STATES = {
+    "SENDING": outbound_pb2.SEND_STATE_SENDING,
+    "SENT": outbound_pb2.SEND_STATE_SENT,
+    "FAILED": outbound_pb2.SEND_STATE_FAILED,
+    "UNKNOWN": outbound_pb2.SEND_STATE_UNKNOWN,
+}
+
+
+def _require(value: str, field: str) -> str:
+    if not value.strip():
+        raise InvalidArgument(f"{field} is required", field=field)
+    return value.strip()
+
+
+def _addresses(values: list[common_pb2.EmailAddress]) -> tuple[EmailAddress, ...]:
+    return tuple(EmailAddress(email=value.email, display_name=value.display_name) for value in values)
+
+
+def send_request(request: outbound_pb2.SendEmailRequest) -> SendRequest:
+    kind = _KINDS.get(request.kind)
+    if kind is None:
+        raise InvalidArgument("kind must be INDIVIDUAL, BULK or WORKFLOW", field="kind")
+    return SendRequest(
+        request_id=_require(request.request_id, "request_id"),
+        location_id=_require(request.location_id, "location_id"),
+        user_id=_require(request.user_id, "user_id"),
+        kind=kind,
+        to=_addresses(list(request.to)),
+        cc=_addresses(list(request.cc)),
+        bcc=_addresses(list(request.bcc)),
+        subject=request.subject,
+        text_body=request.text_body,
+        html_body=request.html_body,
+        attachment_upload_ids=tuple(request.attachment_upload_ids),
+        conversation_id=request.conversation_id,
+        thread_id=request.thread_id,
+        reply_gmail_thread_id=request.reply_gmail_thread_id,
+        reply_to_rfc_message_id=request.reply_to_rfc_message_id,
+        reply_references=tuple(request.reply_references),
+    )
+
+
+def send_proto(record: SendRecord) -> outbound_pb2.Send:
+    send = outbound_pb2.Send(
+        send_id=record.send_id,
+        request_id=record.request_id,
+        location_id=record.location_id,
+        kind=_KIND_PROTOS[record.kind],
+        state=_STATES[record.state],
+        mailbox_email=record.mailbox_email,
+        rfc_message_id=record.final_rfc_message_id or record.rfc_message_id,
+        gmail_message_id=record.gmail_message_id,
+        gmail_thread_id=record.gmail_thread_id,
+        create_time=timestamp(record.created_at),
+        error=record.reason if record.state in ("FAILED", "UNKNOWN") else "",
+    )
+    if record.sent_at is not None:
+        send.sent_time.CopyFrom(timestamp(record.sent_at))
+    return send
+
+
+class OutboundApi(outbound_pb2_grpc.OutboundServiceServicer):
+    def __init__(
+        self,
+        db: Database,
+        sender: OutboundSender,
+        ledger: SendLedger,
+        connections: AuthConnections,
+        *,
+        max_attachment_bytes: int,
+        attachment_ttl: dt.timedelta,
+        clock: Clock | None = None,
+    ) -> None:
+        self._db = db
+        self._sender = sender
+        self._ledger = ledger
+        self._connections = connections
+        self._max_attachment_bytes = max_attachment_bytes
+        self._attachment_ttl = attachment_ttl
+        self._clock = clock or SystemClock()
+
+    async def UploadAttachment(
+        self,
+        request_iterator: AsyncIterator[outbound_pb2.UploadAttachmentRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> outbound_pb2.UploadAttachmentResponse:
+        metadata: outbound_pb2.UploadAttachmentRequest.Metadata | None = None
+        content = bytearray()
+        async for item in request_iterator:
+            if item.HasField("metadata"):
+                if metadata is not None:
+                    raise InvalidArgument("metadata is sent once, in the first message", field="metadata")
+                metadata = item.metadata
+                current_caller().require_location(_require(metadata.location_id, "location_id"))
+                continue
+            if metadata is None:
+                raise InvalidArgument("the first message carries the metadata", field="metadata")
+            content += item.chunk
+            # Refused while streaming: nothing larger than one message's whole allowance is ever held (R14).
+            if len(content) > self._max_attachment_bytes:
+                raise AttachmentsTooLarge(
+                    "chunk", f"the attachment passes the {self._max_attachment_bytes}-byte limit"
+                )
+        if metadata is None:
+            raise InvalidArgument("the upload carried no metadata", field="metadata")
+        request_id = _require(metadata.request_id, "request_id")
+        now = self._clock.now()
+        data = bytes(content)
+        async with self._db.write() as session:
+            upload_id, size, sha256 = await store.stage_attachment(
+                session,
+                upload_id=uuid.uuid4().hex,
+                location_id=metadata.location_id,
+                request_id=request_id,
+                filename=metadata.filename or "attachment",
+                content_type=metadata.content_type or "application/octet-stream",
+                content=data,
+                sha256=hashlib.sha256(data).hexdigest(),
+                now=now,
+                expires_at=now + self._attachment_ttl,
+            )
+        return outbound_pb2.UploadAttachmentResponse(upload_id=upload_id, size_bytes=size, sha256=sha256)
+
+    async def SendEmail(
+        self, request: outbound_pb2.SendEmailRequest, context: grpc.aio.ServicerContext
+    ) -> outbound_pb2.SendEmailResponse:
+        record = await self._sender.send(send_request(request))
+        return outbound_pb2.SendEmailResponse(send=send_proto(record))
+
+    async def GetSend(
+        self, request: outbound_pb2.GetSendRequest, context: grpc.aio.ServicerContext
+    ) -> outbound_pb2.GetSendResponse:
+        record = await self._sender.get(
+            _require(request.location_id, "location_id"), _require(request.send_id, "send_id")
+        )
+        return outbound_pb2.GetSendResponse(send=send_proto(record))
+
+    async def GetQuota(
+        self, request: outbound_pb2.GetQuotaRequest, context: grpc.aio.ServicerContext
+    ) -> outbound_pb2.GetQuotaResponse:
+        mailbox = await self._connections.mailbox_of(
+            _require(request.location_id, "location_id"), _require(request.user_id, "user_id")
+        )
+        async with self._db.read() as session:
+            quota = await self._ledger.read_quota(session, mailbox_id=mailbox.mailbox_id)
+        answer = outbound_pb2.GetQuotaResponse(
+            mailbox_email=mailbox.mailbox_email,
+            daily_limit=quota.daily_limit,
+            used=quota.used,
+            remaining=quota.remaining,
+        )
+        if quota.reset_time is not None:
+            answer.reset_time.CopyFrom(timestamp(quota.reset_time))
+        if quota.blocked_until is not None:
+            answer.blocked_until.CopyFrom(timestamp(quota.blocked_until))
+        return answer
+
+
+def outbound_registration(api: OutboundApi) -> ServicerRegistration:
+    return ServicerRegistration(
+        service=outbound_pb2.DESCRIPTOR.services_by_name["OutboundService"],
+        servicer=api,
+        add_to_server=outbound_pb2_grpc.add_OutboundServiceServicer_to_server,
+    )

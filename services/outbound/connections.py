@@ -1,0 +1,148 @@
+"""The auth service as outbound's view of who sends: the user's connection in a location (its state, its mailbox,
+the mailbox's own sending limit) and access tokens, over gRPC with an internal service token."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import grpc
+
+from mailsync.v1 import auth_pb2, auth_pb2_grpc, common_pb2
+from services.outbound.domain.routing import require_connection_can_send
+from services.runtime.clock import Clock, SystemClock
+from services.runtime.errors import DependencyUnavailable, FailedPrecondition
+
+# A token is used only while it has at least this much life left.
+_TOKEN_MARGIN = dt.timedelta(seconds=60)
+# The mailbox's limit and Workspace flag change rarely; the connection itself is read on every send (R10).
+_MAILBOX_CACHE = dt.timedelta(seconds=60)
+
+
+class NoConnection(FailedPrecondition):
+    """The user has never connected a mailbox in the location."""
+
+    reason = "NO_CONNECTION"
+
+
+@dataclass(frozen=True)
+class SenderMailbox:
+    connection_id: str
+    user_id: str
+    location_id: str
+    mailbox_id: str
+    mailbox_email: str
+    # By name, e.g. "CONNECTED" (services.outbound.domain.routing decides what may send).
+    state: str
+    # The mailbox's own limit (0: none set) and whether it is a Workspace mailbox (R14).
+    daily_send_limit: int
+    workspace: bool
+
+
+def _state_name(state: int) -> str:
+    return common_pb2.ConnectionState.Name(state).removeprefix("CONNECTION_STATE_")
+
+
+def _unavailable(error: grpc.aio.AioRpcError, what: str) -> DependencyUnavailable:
+    return DependencyUnavailable(f"auth {what} failed: {error.code().name}: {error.details()}")
+
+
+class AuthConnections:
+    """Connections, mailboxes and access tokens from the auth service (the caller owns the channel)."""
+
+    def __init__(
+        self, channel: grpc.aio.Channel, *, clock: Clock | None = None, timeout_seconds: float = 10.0
+    ) -> None:
+        self._stub = auth_pb2_grpc.AuthServiceStub(channel)
+        self._clock = clock or SystemClock()
+        self._timeout = timeout_seconds
+        self._tokens: dict[str, tuple[str, dt.datetime]] = {}
+        self._mailboxes: dict[str, tuple[auth_pb2.Mailbox, dt.datetime]] = {}
+
+    async def sender_for(self, location_id: str, user_id: str) -> SenderMailbox:
+        """The user's connection in the location, refused (ConnectionNotActive, NoConnection) unless it may send."""
+        sender = await self.mailbox_of(location_id, user_id)
+        require_connection_can_send(connection_id=sender.connection_id, state=sender.state)
+        return sender
+
+    async def mailbox_of(self, location_id: str, user_id: str) -> SenderMailbox:
+        """The user's current connection in the location whatever its state (the newest one when none is active)."""
+        try:
+            answer = await self._stub.GetConnection(
+                auth_pb2.GetConnectionRequest(location_id=location_id, user_id=user_id), timeout=self._timeout
+            )
+            connection = answer.connection
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.NOT_FOUND:
+                raise _unavailable(error, "GetConnection") from error
+            connection = await self._latest_inactive(location_id, user_id)
+        mailbox = await self._mailbox(connection.mailbox_id)
+        return SenderMailbox(
+            connection_id=connection.connection_id,
+            user_id=connection.user_id,
+            location_id=connection.location_id,
+            mailbox_id=connection.mailbox_id,
+            mailbox_email=connection.mailbox_email,
+            state=_state_name(connection.state),
+            daily_send_limit=mailbox.daily_send_limit if mailbox is not None else 0,
+            workspace=mailbox.workspace if mailbox is not None else False,
+        )
+
+    async def _latest_inactive(self, location_id: str, user_id: str) -> auth_pb2.Connection:
+        try:
+            answer = await self._stub.ListConnections(
+                auth_pb2.ListConnectionsRequest(location_id=location_id, user_id=user_id, page_size=100),
+                timeout=self._timeout,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _unavailable(error, "ListConnections") from error
+        if not answer.connections:
+            raise NoConnection(
+                f"user {user_id} has no Gmail connection in location {location_id}: connect a mailbox first",
+                location_id=location_id,
+                user_id=user_id,
+            )
+        return max(answer.connections, key=lambda c: c.state_change_time.ToDatetime())
+
+    async def _mailbox(self, mailbox_id: str) -> auth_pb2.Mailbox | None:
+        cached = self._mailboxes.get(mailbox_id)
+        now = self._clock.now()
+        if cached and cached[1] > now:
+            return cached[0]
+        try:
+            answer = await self._stub.GetMailbox(
+                auth_pb2.GetMailboxRequest(mailbox_id=mailbox_id), timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise _unavailable(error, "GetMailbox") from error
+        self._mailboxes[mailbox_id] = (answer.mailbox, now + _MAILBOX_CACHE)
+        return answer.mailbox
+
+    async def access_token(self, mailbox_id: str) -> str:
+        """A live access token for the mailbox; a refused grant is FAILED_PRECONDITION (the user must reconnect)."""
+        cached = self._tokens.get(mailbox_id)
+        if cached and cached[1] - _TOKEN_MARGIN > self._clock.now():
+            return cached[0]
+        try:
+            answer = await self._stub.GetAccessToken(
+                auth_pb2.GetAccessTokenRequest(mailbox_id=mailbox_id), timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as error:
+            self._tokens.pop(mailbox_id, None)
+            if error.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
+                raise FailedPrecondition(
+                    f"the mailbox cannot be used: {error.details()}", mailbox_id=mailbox_id
+                ) from error
+            raise _unavailable(error, "GetAccessToken") from error
+        expires = (
+            answer.expire_time.ToDatetime(tzinfo=dt.UTC)
+            if answer.HasField("expire_time")
+            else self._clock.now() + _TOKEN_MARGIN * 2
+        )
+        self._tokens[mailbox_id] = (answer.access_token, expires)
+        return answer.access_token
+
+    def forget_token(self, mailbox_id: str) -> None:
+        self._tokens.pop(mailbox_id, None)
