@@ -41,6 +41,7 @@ from services.runtime import subjects
 from services.runtime.clock import Clock, SystemClock
 from services.runtime.consumer import Delivery, RetryLater
 from services.runtime.db import Database
+from services.runtime.faults import fault_point
 from services.runtime.gmail import (
     GmailApi,
     GmailClient,
@@ -57,6 +58,7 @@ from services.runtime.jetstream import is_duplicate, publish
 log = logging.getLogger(__name__)
 
 BATCH_LIMIT = 25
+SYNC_AFTER_PUBLISH = "ingest.sync.after_publish"
 REASON_NAMES = {
     events_pb2.MAILBOX_CHANGE_REASON_PUSH: "PUSH",
     events_pb2.MAILBOX_CHANGE_REASON_POLL: "POLL",
@@ -413,6 +415,8 @@ class MailboxSyncer:
             )
             entries = [entry for entry in outcomes if entry is not None]
             skipped = len(chunk) - len(entries)
+            # Crash tests: every publish of the window acknowledged, none recorded in the ledger yet.
+            fault_point(SYNC_AFTER_PUBLISH)
             async with self._db.write() as session:
                 await store.record_progress(
                     session,
