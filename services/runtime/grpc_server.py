@@ -8,6 +8,7 @@ and reflection need no token. Stopping is graceful: health goes NOT_SERVING firs
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,6 +78,32 @@ def server_credentials(settings: ServiceSettings) -> grpc.ServerCredentials | No
     )
 
 
+def _ensure_bindable(settings: ServiceSettings) -> None:
+    """Fails with a clear line when the port is taken (gRPC itself would also log a C-core error to stderr)."""
+    if settings.grpc_port == 0:
+        return
+    host = settings.grpc_host.strip("[]")
+    try:
+        infos = socket.getaddrinfo(
+            host or None, settings.grpc_port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise ConfigurationError(
+            f"{settings.variable_for('grpc_host')}: cannot resolve {host!r}: {exc}"
+        ) from None
+    family, kind, proto, _name, sockaddr = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        # The same reuse rule gRPC applies, so a port in TIME_WAIT is not reported as taken.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(sockaddr)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"{settings.variable_for('grpc_port')}: cannot listen on {host}:{settings.grpc_port}: "
+                f"{exc.strerror or exc}"
+            ) from None
+
+
 @dataclass
 class GrpcServer:
     """A started server and the port it listens on."""
@@ -121,6 +148,7 @@ async def start_grpc_server(
     )
     address = f"{settings.grpc_host}:{settings.grpc_port}"
     credentials = server_credentials(settings)
+    _ensure_bindable(settings)
     try:
         if credentials is None:
             port = server.add_insecure_port(address)

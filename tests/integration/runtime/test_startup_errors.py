@@ -4,6 +4,7 @@ status 2 and no traceback (a real subprocess; a real nats-server where the failu
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -112,3 +113,17 @@ def test_a_good_configuration_is_not_reported_as_an_error(tmp_path: Path, nats_s
         _out, err = process.communicate(timeout=30)
     assert process.returncode == 0, err
     assert err.strip() == ""
+
+
+def test_a_taken_grpc_port_fails_naming_the_variable(tmp_path: Path, nats_server: Any) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        env = clean_environment(
+            tmp_path,
+            MAILSYNC_NATS_URL=nats_server.url,
+            MAILSYNC_SERVICE_TOKEN_KEYS=new_token_keys_value(),
+            MAILSYNC_AUTH_GRPC_PORT=str(port),
+        )
+        assert_one_line_failure(start_auth(env), "MAILSYNC_AUTH_GRPC_PORT", f"127.0.0.1:{port}", "in use")
