@@ -245,7 +245,8 @@ def _check_body(field_name: str, body: str) -> None:
 def _check_attachment(index: int, attachment: Attachment) -> Attachment:
     field_name = f"attachments[{index}]"
     check_header_text(f"{field_name}.filename", attachment.filename)
-    filename = " ".join(attachment.filename.split()) or "attachment"
+    # Only the last path component: a name like "..\\..\\startup\\x.exe" must not steer where a reader saves it.
+    filename = " ".join(attachment.filename.replace("\\", "/").rsplit("/", 1)[-1].split()) or "attachment"
     if len(filename) > MAX_FILENAME_CHARS:
         raise InvalidEmail(f"{field_name}.filename", f"at most {MAX_FILENAME_CHARS} characters")
     content_type = (attachment.content_type or "application/octet-stream").strip().lower()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 import pytest
@@ -236,3 +237,17 @@ async def test_the_ledger_tables_can_live_in_the_services_own_metadata(database:
     await _admit(database, ledger, "only")
     with pytest.raises(QuotaExceeded):
         await _admit(database, ledger, "one-too-many")
+
+
+async def test_the_same_key_admitted_concurrently_is_counted_once(ledger_database: Database) -> None:
+    ledger = SendLedger(default_daily_limit=500)
+
+    async def admit() -> bool:
+        async with ledger_database.write() as session:
+            admission = await ledger.admit(session, mailbox_id=MAILBOX, idempotency_key="same", recipients=1)
+        return admission.replayed
+
+    replayed = await asyncio.gather(*(admit() for _ in range(12)))
+    assert sorted(replayed) == [False] + [True] * 11
+    async with ledger_database.read() as session:
+        assert await session.scalar(select(func.count()).select_from(send_ledger_entries)) == 1

@@ -263,3 +263,19 @@ def test_each_bad_field_is_refused_by_name(overrides: dict[str, object], field: 
 def test_structural_attachment_types_become_opaque_bytes() -> None:
     email = _email(attachments=(Attachment("forward.eml", "message/rfc822", b"Subject: x\r\n\r\nbody"),))
     assert validate_email(email, MessageLimits()).attachments[0].content_type == "application/octet-stream"
+
+
+@pytest.mark.parametrize(
+    ("filename", "expected"),
+    [
+        ("report.pdf", "report.pdf"),
+        ("../../etc/passwd", "passwd"),
+        ("..\\..\\Startup\\run.exe", "run.exe"),
+        ("dir/", "attachment"),
+        ("  spaced   name .txt ", "spaced name .txt"),
+        ("", "attachment"),
+    ],
+)
+def test_attachment_filenames_keep_only_their_last_path_component(filename: str, expected: str) -> None:
+    email = _email(attachments=(Attachment(filename, "application/octet-stream", b"x"),))
+    assert validate_email(email, MessageLimits()).attachments[0].filename == expected
