@@ -310,7 +310,11 @@ def _follow_thread(
         placement = Placement(
             scope.location_id,
             home.contact_id,
-            ThreadTarget(existing_thread_id=home.thread_id, alias_keys=_aliases(message)),
+            ThreadTarget(
+                existing_thread_id=home.thread_id,
+                # Found by its Gmail thread: that key already points here.
+                alias_keys=() if home.found_by == "gmail_thread" else _aliases(message),
+            ),
             message.direction,
             "R4",
             conversation_id=home.conversation_id,

@@ -7,7 +7,7 @@ import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import and_, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.threading.domain.addresses import normalize_email
@@ -178,29 +178,30 @@ async def contacts_matching(
     wanted = sorted({normalize_email(e) for e in emails if e})
     if not locations or not wanted:
         return ()
-    matches = (
-        await session.execute(
-            select(ContactEmailRow.location_id, ContactEmailRow.contact_id).where(
-                ContactEmailRow.location_id.in_(locations), ContactEmailRow.normalized_email.in_(wanted)
-            )
-        )
-    ).all()
-    if not matches:
-        return ()
-    ids = sorted({row.contact_id for row in matches})
     rows = (
         (
             await session.execute(
-                select(ContactRow).where(
-                    ContactRow.location_id.in_(locations),
-                    ContactRow.contact_id.in_(ids),
+                select(ContactRow)
+                .join(
+                    ContactEmailRow,
+                    and_(
+                        ContactEmailRow.location_id == ContactRow.location_id,
+                        ContactEmailRow.contact_id == ContactRow.contact_id,
+                    ),
+                )
+                .where(
+                    ContactEmailRow.location_id.in_(locations),
+                    ContactEmailRow.normalized_email.in_(wanted),
                     ContactRow.deleted.is_(False),
                 )
+                .distinct()
             )
         )
         .scalars()
         .all()
     )
+    if not rows:
+        return ()
     emails_by_contact = await _emails_of(session, [(r.location_id, r.contact_id) for r in rows])
     return tuple(
         Contact(

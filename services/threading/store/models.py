@@ -146,7 +146,6 @@ class MessageRow(Base):
     rule_id: Mapped[str] = mapped_column(String(8))
     send_id: Mapped[str] = mapped_column(_KEY, default="")
     send_pending: Mapped[bool] = mapped_column(Boolean, default=False)
-    sync_seq: Mapped[int] = mapped_column(BigInteger)
     create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime)
     __table_args__ = (
         UniqueConstraint("location_id", "dedup_key", name="uq_messages_dedup"),

@@ -149,36 +149,28 @@ async def load_knowledge(session: AsyncSession, message: IncomingMessage, key: s
     contacts = await contacts_matching(session, locations, [p.email for p in message.participants])
     homes: list[ThreadHome] = []
     if locations and message.source is Source.GMAIL_SYNC and message.gmail_thread_id:
-        thread_ids = (
-            (
-                await session.execute(
-                    select(ThreadKeyRow.thread_id).where(
-                        ThreadKeyRow.location_id.in_(locations),
-                        ThreadKeyRow.key == gmail_thread_key(message.mailbox_id, message.gmail_thread_id),
-                    )
-                )
-            )
-            .scalars()
-            .all()
+        by_gmail_thread = select(ThreadKeyRow.thread_id).where(
+            ThreadKeyRow.location_id.in_(locations),
+            ThreadKeyRow.key == gmail_thread_key(message.mailbox_id, message.gmail_thread_id),
         )
-        homes += await _homes(session, set(thread_ids), "gmail_thread")
+        homes += await _homes(session, by_gmail_thread, "gmail_thread")
     if locations and message.referenced_ids:
         parents = select(MessageRfcIdRow.message_id).where(
             MessageRfcIdRow.location_id.in_(locations),
             MessageRfcIdRow.rfc_message_id.in_(message.referenced_ids),
         )
-        homes += await _homes(session, await _threads_of_messages(session, parents), "message_id")
+        homes += await _homes(session, _threads_of(parents), "message_id")
     if locations and message.message_id:
         children = select(MessageReferenceRow.message_id).where(
             MessageReferenceRow.location_id.in_(locations),
             MessageReferenceRow.referenced_rfc_id == message.message_id,
         )
-        homes += await _homes(session, await _threads_of_messages(session, children), "message_id")
+        homes += await _homes(session, _threads_of(children), "message_id")
     if locations:
         same = select(MessageRow.message_id).where(
             MessageRow.location_id.in_(locations), MessageRow.dedup_key == key
         )
-        homes += await _homes(session, await _threads_of_messages(session, same), "same_message")
+        homes += await _homes(session, _threads_of(same), "same_message")
     return Knowledge(
         contacts=contacts,
         homes=tuple(homes),
@@ -187,20 +179,16 @@ async def load_knowledge(session: AsyncSession, message: IncomingMessage, key: s
     )
 
 
-async def _threads_of_messages(session: AsyncSession, message_ids: Select[Any]) -> set[str]:
-    rows = await session.execute(
-        select(ThreadMessageRow.thread_id).where(ThreadMessageRow.message_id.in_(message_ids))
-    )
-    return set(rows.scalars().all())
+def _threads_of(message_ids: Select[Any]) -> Select[Any]:
+    return select(ThreadMessageRow.thread_id).where(ThreadMessageRow.message_id.in_(message_ids))
 
 
-async def _homes(session: AsyncSession, thread_ids: set[str], found_by: str) -> list[ThreadHome]:
-    if not thread_ids:
-        return []
+async def _homes(session: AsyncSession, thread_ids: Select[Any], found_by: str) -> list[ThreadHome]:
+    """The threads (with their conversation's contact) that the subquery names, in one statement."""
     rows = await session.execute(
         select(ThreadRow, ConversationRow.contact_id)
         .join(ConversationRow, ConversationRow.conversation_id == ThreadRow.conversation_id)
-        .where(ThreadRow.thread_id.in_(sorted(thread_ids)))
+        .where(ThreadRow.thread_id.in_(thread_ids))
     )
     return [
         ThreadHome(
@@ -424,7 +412,6 @@ async def _land(
             "rule_id": placement.rule_id,
             "send_id": send_id,
             "send_pending": send_pending,
-            "sync_seq": 0,
             "create_time": now,
         },
     )
@@ -444,9 +431,6 @@ async def _land(
         )
         await _link_thread(session, thread_id, message_id, message_time)
         seq = await _next_seq(session, location)
-        await session.execute(
-            update(MessageRow).where(MessageRow.message_id == message_id).values(sync_seq=seq)
-        )
         synced = SyncedMessage(
             location,
             seq,
@@ -645,14 +629,18 @@ async def _ensure_conversation(
 
 
 async def _next_seq(session: AsyncSession, location: str) -> int:
-    await insert_new(session, LocationSequenceRow.__table__, {"location_id": location, "last_seq": 0})
-    result = await session.execute(
+    """The location's next feed position; the row lock it takes is held to commit, so positions commit in order."""
+    bump = (
         update(LocationSequenceRow)
         .where(LocationSequenceRow.location_id == location)
         .values(last_seq=LocationSequenceRow.last_seq + 1)
         .returning(LocationSequenceRow.last_seq)
     )
-    return int(result.scalar_one())
+    value = (await session.execute(bump)).scalar_one_or_none()
+    if value is None:
+        await insert_new(session, LocationSequenceRow.__table__, {"location_id": location, "last_seq": 0})
+        value = (await session.execute(bump)).scalar_one()
+    return int(value)
 
 
 async def _add_mailbox_copy(

@@ -427,7 +427,7 @@ def test_R4_prefers_the_gmail_thread_over_a_message_id_match() -> None:
     ]
     (placement,) = decide(message(), k(homes=homes)).placements
     assert placement.thread.existing_thread_id == "thr-1"
-    assert placement.thread.alias_keys == ("gmail:mbx-1:gt-1",)
+    assert placement.thread.alias_keys == ()
 
 
 def test_R15_same_email_in_a_second_mailbox_links_to_the_stored_message() -> None:
@@ -471,3 +471,10 @@ def test_R6_crm_reply_goes_to_the_given_thread() -> None:
         "conv-1",
         "thr-1",
     )
+
+
+def test_R4_reply_found_by_message_id_attaches_its_gmail_thread_for_later_replies() -> None:
+    homes = [ThreadHome("loc-a", "conv-2", "c-2", "thr-2", "message_id", create_time=at(0))]
+    msg = message(in_reply_to=("<parent@x>",), gmail_thread="gt-9")
+    (placement,) = decide(msg, k(homes=homes, seen=["<parent@x>"])).placements
+    assert placement.thread.alias_keys == ("gmail:mbx-1:gt-9",)

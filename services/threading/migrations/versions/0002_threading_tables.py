@@ -173,7 +173,6 @@ def upgrade() -> None:
         sa.Column("rule_id", sa.String(length=8), nullable=False),
         sa.Column("send_id", sa.String(length=64), nullable=False),
         sa.Column("send_pending", sa.Boolean(), nullable=False),
-        sa.Column("sync_seq", sa.BigInteger(), nullable=False),
         sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("message_id"),
         sa.UniqueConstraint("location_id", "dedup_key", name="uq_messages_dedup"),
