@@ -11,4 +11,5 @@ pytest_plugins = [
     "tests.fixtures.threading_store",
     "tests.fixtures.ingest_world",
     "tests.fixtures.smtp_server",
+    "tests.fixtures.outbound_world",
 ]
