@@ -28,14 +28,20 @@ from email.parser import BytesHeaderParser
 import authres
 import dkim
 
+from services.ingest.domain.mime_addresses import AddressReader
 from services.ingest.domain.mime_bounds import bound_raw_message
-from services.ingest.domain.mime_headers import decoded_addresses, header_date, raw_values
+from services.ingest.domain.mime_headers import header_date, raw_values
 from services.ingest.domain.mime_limits import MimeLimits
 
 DROP_LOCAL_PART = "bcc"
 _TOKEN_BYTES = 20
 _TOKEN = re.compile(r"^[a-z2-7]{32}$")
 _HEADER_LIMITS = MimeLimits()
+_FOLD = re.compile(r"\r\n|\r|\n")
+# The authserv-id is the first token of an Authentication-Results value (RFC 8601 section 2.2).
+_AUTHSERV_ID = re.compile(r"\s*(?:\([^()]*\)\s*)*([^\s;()]+)")
+# Real headers are far shorter; the parser is quadratic in the words of a hostile one.
+_MAX_AUTHENTICATION_RESULTS_CHARS = 8 * 1024
 
 # Looks up the TXT record of a DNS name (a DKIM key record); None when there is none.
 DnsTxtLookup = Callable[[str], str | None]
@@ -197,13 +203,14 @@ def _headers(raw: bytes) -> Message:
 
 
 def _single_author(headers: Message) -> tuple[str, str]:
+    """The one From address, read strictly: anything the parser found odd in it could hide another author."""
     defects: list[str] = []
-    authors = decoded_addresses(headers, "from", defects)
-    if len(raw_values(headers, "from")) != 1 or len(authors) != 1 or defects:
+    authors = AddressReader(_HEADER_LIMITS).read(headers, "from", defects)
+    if len(raw_values(headers, "from")) != 1 or len(authors) != 1 or not authors[0].clean or defects:
         raise DropRefused(
             DropRefusalReason.MALFORMED_AUTHOR, "The message must have exactly one readable From address."
         )
-    email_address = authors[0][0]
+    email_address = authors[0].email
     return email_address, email_address.rpartition("@")[2]
 
 
@@ -228,13 +235,18 @@ def _trusted_results(headers: Message, policy: DropPolicy, author_domain: str) -
     """An aligned pass in the topmost Authentication-Results of a trusted host (lower ones are forgeable)."""
     trusted = {host.lower() for host in policy.trusted_authserv_ids}
     for value in raw_values(headers, "authentication-results"):
+        value = _FOLD.sub("", value)
+        authserv_id = _AUTHSERV_ID.match(value)
+        if authserv_id is None or authserv_id.group(1).lower() not in trusted:
+            continue
+        # This is the topmost header of the trusted host: it alone decides, even when it cannot be read.
+        if len(value) > _MAX_AUTHENTICATION_RESULTS_CHARS:
+            return None
         try:
-            results = authres.parse_value(re.sub(r"\r?\n", "", value))
-        except Exception:  # unparseable: it cannot be the trusted host's header, and it proves nothing
-            continue
-        if results.authserv_id not in trusted:
-            continue
-        return _aligned_pass(results.results, author_domain)
+            results = authres.parse_value(value)
+        except Exception:
+            return None
+        return _aligned_pass(results.results, author_domain) if results.authserv_id in trusted else None
     return None
 
 

@@ -26,11 +26,11 @@ from services.ingest.domain.message import (
     Participant,
     ParticipantRole,
 )
+from services.ingest.domain.mime_addresses import AddressReader
 from services.ingest.domain.mime_bounds import bound_raw_message
 from services.ingest.domain.mime_headers import (
     clean_header_text,
     clean_text,
-    decoded_addresses,
     decoded_text,
     decoded_value,
     header_date,
@@ -180,9 +180,11 @@ def _assemble(
 
 def _participants(message: Message, limits: MimeLimits, defects: list[str]) -> tuple[Participant, ...]:
     participants: list[Participant] = []
+    reader = AddressReader(limits)
     for role, name in _ROLE_FIELDS:
         seen: set[str] = set()
-        for email_address, display_name in decoded_addresses(message, name, defects):
+        for address in reader.read(message, name, defects):
+            email_address, display_name = address.email, address.display_name
             if email_address in seen:
                 continue
             if len(participants) >= limits.max_participants:

@@ -6,15 +6,12 @@ import codecs
 import datetime as dt
 import email.utils
 import re
-from collections.abc import Iterator
-from email import policy
+from email.header import decode_header
 from email.message import Message
 
-_MODERN = policy.default
 _FOLD = re.compile(r"\r\n|\r|\n")
 _MESSAGE_ID = re.compile(r"<[^<>\s]+>")
 _BARE_MESSAGE_ID = re.compile(r"^[^<>\s@]+@[^<>\s@]+$")
-_ENCODED_WORD_CHARSET = re.compile(r"=\?([^?*\s]{1,64})")
 # Decoders that are super-linear in their input (punycode, and idna which uses it): a hostile charset
 # label must not turn a body or an encoded word into minutes of CPU.
 _SLOW_CODECS = frozenset({"punycode", "idna"})
@@ -33,18 +30,6 @@ def is_safe_charset(name: str) -> bool:
     except Exception:
         return False
     return info.name not in _SLOW_CODECS and getattr(info, "_is_text_encoding", True)
-
-
-def _defused(value: str, defects: list[str]) -> str:
-    """`value` with encoded words in unsafe charsets relabelled, so the header parser never runs their codec."""
-
-    def relabel(match: re.Match[str]) -> str:
-        if is_safe_charset(match.group(1)):
-            return match.group(0)
-        defects.append(f"charset_refused:{clean_header_text(match.group(1))[:40]}")
-        return "=?x-refused-charset"
-
-    return _ENCODED_WORD_CHARSET.sub(relabel, value) if "=?" in value else value
 
 
 def clean_text(text: str) -> str:
@@ -68,64 +53,43 @@ def raw_values(message: Message, name: str) -> list[str]:
     return [str(value) for key, value in message.raw_items() if key.lower() == wanted]
 
 
-def has_field(message: Message, name: str) -> bool:
-    wanted = name.lower()
-    return any(key.lower() == wanted for key in message.keys())
-
-
-def parsed_values(message: Message, name: str, defects: list[str]) -> Iterator[object]:
-    """Each `name` field through the modern header parser; one that makes the parser fail is reported."""
-    for value in raw_values(message, name):
-        try:
-            yield _MODERN.header_factory(name, _FOLD.sub("", _defused(value, defects)))
-        except Exception as error:  # the header parser has had crash bugs on hostile input
-            defects.append(f"header_unparseable:{name.lower()}:{type(error).__name__}")
-
-
 def decoded_value(name: str, value: str, defects: list[str]) -> str:
-    """`value` with its encoded words decoded, as the modern parser reads an unstructured field."""
+    """`value` with its encoded words (RFC 2047) decoded, on one line; bad or unsafe charsets are replaced.
+
+    Uses the legacy `decode_header`, which is linear: the modern unstructured-header parser is quadratic in
+    the number of words of a long hostile field.
+    """
+    value = _FOLD.sub("", value)
     if "=?" not in value:
         return clean_header_text(value)
     try:
-        unfolded = _FOLD.sub("", _defused(value, defects))
-        return clean_header_text(str(_MODERN.header_factory(f"x-{name}", unfolded)))
-    except Exception as error:
-        defects.append(f"header_unparseable:{name.lower()}:{type(error).__name__}")
+        pieces = decode_header(value)
+    except Exception:  # invalid base64 in an encoded word, and anything else hostile input provokes
+        defects.append(f"header_undecodable:{name.lower()}")
         return clean_header_text(value)
+    return clean_header_text("".join(_decoded_piece(piece, charset, defects) for piece, charset in pieces))
+
+
+def _decoded_piece(piece: bytes | str, charset: str | None, defects: list[str]) -> str:
+    if isinstance(piece, str):
+        return piece
+    if charset is None:
+        # decode_header returns the text between encoded words encoded this way.
+        return piece.decode("raw-unicode-escape", "replace")
+    if not is_safe_charset(charset):
+        defects.append(f"charset_refused:{clean_header_text(charset)[:40]}")
+        return piece.decode("utf-8", "replace")
+    try:
+        return piece.decode(charset, "replace")
+    except Exception:
+        defects.append(f"charset_unknown:{clean_header_text(charset)[:40]}")
+        return piece.decode("utf-8", "replace")
 
 
 def decoded_text(message: Message, name: str, defects: list[str]) -> str:
     """The first `name` field decoded (encoded words, bad charsets replaced), on one line."""
-    for value in parsed_values(message, name, defects):
-        return clean_header_text(str(value))
-    raw = raw_values(message, name)
-    return clean_header_text(raw[0]) if raw else ""
-
-
-def decoded_addresses(message: Message, name: str, defects: list[str]) -> list[tuple[str, str]]:
-    """(email, display name) pairs of every `name` field in header order; emails are lower-cased."""
-    found: list[tuple[str, str]] = []
-    for value in parsed_values(message, name, defects):
-        addresses = getattr(value, "addresses", None)
-        if addresses is None:
-            found.extend(_plain_addresses(str(value)))
-            continue
-        for address in addresses:
-            try:
-                username, domain = address.username, address.domain
-                display_name = address.display_name
-            except Exception:
-                defects.append(f"address_unparseable:{name.lower()}")
-                continue
-            email_address = clean_header_text(f"{username}@{domain}").lower() if username and domain else ""
-            if email_address:
-                found.append((email_address, clean_header_text(display_name or "")))
-    return found
-
-
-def _plain_addresses(value: str) -> list[tuple[str, str]]:
-    pairs = email.utils.getaddresses([value])
-    return [(clean_header_text(a).lower(), clean_header_text(n)) for n, a in pairs if "@" in a]
+    values = raw_values(message, name)
+    return decoded_value(name, values[0], defects) if values else ""
 
 
 def message_ids(message: Message, name: str) -> list[str]:

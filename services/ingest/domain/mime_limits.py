@@ -32,5 +32,9 @@ class MimeLimits:
     max_body_chars: int = 256 * 1024
     max_message_ids: int = 100
     max_participants: int = 1000
+    # One address (display name included) and all address fields of a message together; the modern
+    # address parser sees one address at a time and is quadratic in its length.
+    max_address_bytes: int = 512
+    max_address_bytes_total: int = 64 * 1024
     max_defects: int = 100
     snippet_chars: int = 200

@@ -116,6 +116,24 @@ AUTH_CASES = [
         "dkim",
     ),
     ("no authentication at all", (), None),
+    (
+        "unreadable trusted header on top of a forged readable pass",
+        (
+            f"{TRUSTED}; dmarc=pass (unclosed header.from=example.com",
+            f"{TRUSTED}; dmarc=pass header.from=example.com",
+        ),
+        None,
+    ),
+    (
+        "oversized trusted header",
+        (f"{TRUSTED}; dmarc=pass header.from=example.com" + " x=y" * 3000,),
+        None,
+    ),
+    (
+        "trusted host named after a comment",
+        (f"(relay) {TRUSTED}; dmarc=pass header.from=example.com",),
+        "dmarc",
+    ),
     ("unparseable trusted header", (f"{TRUSTED} dmarc pass",), None),
 ]
 
@@ -236,7 +254,13 @@ def test_R9_an_undated_drop_is_refused() -> None:
 
 @pytest.mark.parametrize(
     "from_field",
-    [b"From: alice@example.com, bob@example.com", b"From: not an address", b"X-No-From: x"],
+    [
+        b"From: alice@example.com, bob@example.com",
+        b"From: not an address",
+        b"X-No-From: x",
+        # CVE-2023-27043: a lenient parser reads this as bob@example.org.
+        b"From: alice@example.org)<bob@example.org>",
+    ],
 )
 def test_R9_a_drop_without_exactly_one_author_is_refused(from_field: bytes) -> None:
     raw = drop_message(
@@ -244,6 +268,16 @@ def test_R9_a_drop_without_exactly_one_author_is_refused(from_field: bytes) -> N
     ).replace(b"From: Alice <alice@example.com>", from_field)
 
     assert _refusal(check_author, raw, POLICY, NOW, None).reason is DropRefusalReason.MALFORMED_AUTHOR
+
+
+def test_R9_the_author_is_the_address_never_the_display_name() -> None:
+    raw = drop_message(date=FRESH, authentication_results=(f"{TRUSTED}; dmarc=pass header.from=example.com",))
+    raw = raw.replace(b"From: Alice <alice@example.com>", b'From: "alice@example.com" <eve@evil.example>')
+
+    refusal = _refusal(check_author, raw, POLICY, NOW, None)
+
+    assert refusal.reason is DropRefusalReason.NOT_AUTHENTICATED
+    assert "evil.example" in refusal.explanation
 
 
 def test_R9_a_second_from_field_cannot_smuggle_an_author() -> None:

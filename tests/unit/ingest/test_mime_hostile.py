@@ -229,6 +229,18 @@ def slow_charset_body(size: int) -> bytes:
     return head + b"a" * size + b"-" + b"9" * size
 
 
+def hostile_address_fields(size: int) -> bytes:
+    # One unterminated quoted string per field: the modern address parser is quadratic in its length.
+    fields = (b"From", b"Sender", b"Reply-To", b"To", b"Cc", b"Bcc", b"Delivered-To")
+    return b"".join(name + b': "' + b'\\"' * size + b"@x.io\r\n" for name in fields) + b"\r\nbody"
+
+
+def many_short_addresses(count: int) -> bytes:
+    fields = (b"To", b"Cc", b"Bcc")
+    value = b", ".join(b"u%d@x.io" % i for i in range(count))
+    return b"".join(name + b": " + value + b"\r\n" for name in fields) + b"\r\nbody"
+
+
 BOMBS: list[tuple[str, Callable[[int], bytes], st.SearchStrategy[int], str]] = [
     ("deep multipart", deep_multipart, st.integers(LIMITS.max_depth + 1, 3000), "limit:depth"),
     ("deep message/rfc822", deep_embedded_messages, st.integers(LIMITS.max_depth + 1, 3000), "limit:depth"),
@@ -254,6 +266,18 @@ BOMBS: list[tuple[str, Callable[[int], bytes], st.SearchStrategy[int], str]] = [
         "limit:parts",
     ),
     ("header count", many_fields, st.integers(LIMITS.max_header_count + 1, 20_000), "limit:header_count"),
+    (
+        "hostile address fields",
+        hostile_address_fields,
+        st.integers(LIMITS.max_address_bytes, 8000),
+        "limit:address_bytes",
+    ),
+    (
+        "too many addresses",
+        many_short_addresses,
+        st.integers(LIMITS.max_participants // 3 + 1, 1000),
+        "limit:address_bytes_total",
+    ),
     ("slow charset", slow_charset_body, st.integers(1000, 500_000), "charset_refused:punycode"),
     ("huge header", huge_field, st.integers(LIMITS.max_header_bytes + 1, 2_000_000), "limit:header_bytes"),
     (
