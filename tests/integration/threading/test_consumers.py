@@ -27,7 +27,7 @@ from services.threading.consumers import (
     send_consumer_spec,
 )
 from services.threading.store.contacts import ContactEmail, ContactRecord, upsert_contact
-from services.threading.store.models import DecisionRow, MessageRow, ThreadRow
+from services.threading.store.models import DecisionRow, MailboxCopyRow, MessageRow, ThreadRow
 from services.threading.sync import MessageSync
 from tests.fixtures.messaging import eventually
 from tests.fixtures.threading_messages import T0, at
@@ -227,3 +227,74 @@ async def test_R6_echo_overtaking_sent_is_stored_once(threading_consumers, jetst
             select(DecisionRow.rule_id).where(DecisionRow.seen_key == "gmail:mbx-1:g-sent")
         )
     assert rule == "R6"
+
+
+async def test_R17_label_change_overtaking_its_message_is_applied_once_the_message_is_stored(
+    threading_consumers, jetstream
+) -> None:
+    db = threading_consumers
+    change = events_pb2.MessageChanged(
+        mailbox_id="mbx-1",
+        gmail_message_id="g-1",
+        history_id=900,
+        kind=events_pb2.MESSAGE_CHANGE_KIND_LABELS_CHANGED,
+        labels_added=["TRASH"],
+        labels_removed=["UNREAD"],
+    )
+    await publish(jetstream, subjects.message_changed("mbx-1"), change, msg_id="mbx-1:g-1:change:900")
+    await asyncio.sleep(0.3)
+    await publish(jetstream, subjects.normalized("mbx-1"), normalized("g-1", "<m1@x>"), msg_id="mbx-1:g-1")
+
+    async def trashed() -> bool:
+        async with db.read() as session:
+            return bool(await session.scalar(select(MailboxCopyRow.trashed)))
+
+    await eventually(trashed)
+    async with db.read() as session:
+        copy = (await session.execute(select(MailboxCopyRow))).scalar_one()
+    assert (copy.unread, copy.deleted) == (False, False)
+    assert await count(db, MessageRow) == 1
+
+
+async def test_R6_failed_send_is_marked_failed_and_no_longer_pending(threading_consumers, jetstream) -> None:
+    db = threading_consumers
+    pending = events_pb2.PendingSend(
+        send_id="s-9",
+        location_id="loc-a",
+        user_id="user-1",
+        mailbox_id="mbx-1",
+        rfc_message_id="<never@crm>",
+        participants=[person("carol@example.com", common_pb2.PARTICIPANT_ROLE_TO)],
+        create_time=to_timestamp(at(30)),
+    )
+    await publish(jetstream, subjects.send_pending("mbx-1"), pending, msg_id="pending:s-9")
+    await publish(
+        jetstream,
+        subjects.send_failed("mbx-1"),
+        events_pb2.SendFailed(send_id="s-9", mailbox_id="mbx-1", location_id="loc-a", reason="quota"),
+        msg_id="failed:s-9",
+    )
+    sent_from_gmail = normalized(
+        "g-5",
+        "<own@gmail>",
+        frm="user@gmail.com",
+        to="carol@example.com",
+        outbound=True,
+        gmail_thread="gt-5",
+        minute=40,
+    )
+    await publish(jetstream, subjects.normalized("mbx-1"), sent_from_gmail, msg_id="mbx-1:g-5")
+
+    async def placed_by_r5() -> bool:
+        async with db.read() as session:
+            rule = await session.scalar(
+                select(MessageRow.rule_id).where(MessageRow.rfc_message_id == "<own@gmail>")
+            )
+        return rule == "R5"
+
+    await eventually(placed_by_r5)
+    async with db.read() as session:
+        pending_flag = await session.scalar(
+            select(MessageRow.send_pending).where(MessageRow.send_id == "s-9")
+        )
+    assert pending_flag is False
