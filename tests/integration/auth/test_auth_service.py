@@ -366,7 +366,26 @@ async def test_R10_update_email_replaces_the_connection_and_revokes_the_unused_o
     assert nothing.code() == grpc.StatusCode.FAILED_PRECONDITION and "use BeginConnect" in nothing.details()
 
 
-async def test_R11_disconnect_revokes_only_when_no_other_connection_uses_the_mailbox(
+async def test_R3_R10_update_email_keeps_the_old_grant_that_another_location_still_uses(
+    world: AuthWorld,
+) -> None:
+    await world.add_user("u1")
+    await world.connect("u1", "loc-1", ALICE)
+    await world.connect("u1", "loc-2", ALICE)
+    in_l1, in_l2 = await world.connection_of("u1", "loc-1"), await world.connection_of("u1", "loc-2")
+    assert in_l1.mailbox_id == in_l2.mailbox_id and in_l1.connection_id != in_l2.connection_id
+
+    begun = await world.crm.UpdateEmail(auth_pb2.UpdateEmailRequest(user_id="u1", location_id="loc-1"))
+    assert (await world.open_callback(world.consent(begun.authorization_url, BOB))).status == 200
+
+    assert (await world.connection_of("u1", "loc-1")).mailbox_email == BOB
+    assert (await world.connection_of("u1", "loc-2")).connection_id == in_l2.connection_id
+    assert AUTH_WATCHED(world) == {ALICE, BOB}
+    request = auth_pb2.GetAccessTokenRequest(mailbox_id=in_l1.mailbox_id)
+    assert (await world.internal.GetAccessToken(request)).mailbox_email == ALICE
+
+
+async def test_R3_R11_disconnect_revokes_only_when_no_other_connection_uses_the_mailbox(
     world: AuthWorld,
 ) -> None:
     await world.add_user("u1")
