@@ -17,7 +17,7 @@ from services.runtime.clock import FrozenClock
 from services.runtime.consumer import Consumer
 from services.runtime.jetstream import publish
 from services.runtime.outbox import OutboxRelay
-from services.runtime.streams import SYNCED, declare_streams
+from services.runtime.streams import CONTACTS, SYNCED, declare_streams
 from services.threading.codec import to_timestamp
 from services.threading.consumers import (
     ThreadingHandlers,
@@ -298,3 +298,34 @@ async def test_R6_failed_send_is_marked_failed_and_no_longer_pending(threading_c
             select(MessageRow.send_pending).where(MessageRow.send_id == "s-9")
         )
     assert pending_flag is False
+
+
+async def test_R9_drop_creates_the_contact_once_and_announces_it(threading_consumers, jetstream) -> None:
+    db = threading_consumers
+    drop = events_pb2.NormalizedMessage(
+        rfc_message_id="<drop@x>",
+        source=common_pb2.MESSAGE_SOURCE_BCC_DROP,
+        direction=common_pb2.DIRECTION_OUTBOUND,
+        participants=[
+            person("user@gmail.com", common_pb2.PARTICIPANT_ROLE_FROM),
+            person("New.Person@example.com", common_pb2.PARTICIPANT_ROLE_TO),
+            person("cc-person@example.com", common_pb2.PARTICIPANT_ROLE_CC),
+        ],
+        internal_time=to_timestamp(at(40)),
+        bcc_drop=events_pb2.BccDropInfo(
+            drop_id="drop-1", location_id="loc-a", sender_user_id="user-1", content_digest="d1"
+        ),
+    )
+    for attempt in range(2):
+        await publish(jetstream, subjects.normalized("drop-loc-a"), drop, msg_id=f"drop-1:{attempt}")
+
+    async def announced() -> bool:
+        return int((await jetstream.stream_info(CONTACTS.name)).state.messages) >= 1
+
+    await eventually(announced)
+    await asyncio.sleep(0.5)
+    stored = await jetstream.get_msg(CONTACTS.name, 1)
+    created = events_pb2.ContactCreated.FromString(stored.data)
+    assert (created.email, created.assigned_user_id) == ("new.person@example.com", "user-1")
+    assert int((await jetstream.stream_info(CONTACTS.name)).state.messages) == 1
+    assert await count(db, MessageRow) == 1
