@@ -12,4 +12,5 @@ pytest_plugins = [
     "tests.fixtures.ingest_world",
     "tests.fixtures.smtp_server",
     "tests.fixtures.outbound_world",
+    "tests.fixtures.stack",
 ]
