@@ -240,6 +240,14 @@ def check_granted_scopes(granted: str | Iterable[str]) -> frozenset[str]:
     return scopes
 
 
+CONSUMER_GMAIL_DOMAINS = frozenset({"gmail.com", "googlemail.com"})
+
+
+def is_workspace_address(email: str) -> bool:
+    """Whether a Gmail mailbox is a Google Workspace one (its own domain), which has higher sending limits."""
+    return email.rpartition("@")[2].strip().lower() not in CONSUMER_GMAIL_DOMAINS
+
+
 def access_token_needs_refresh(
     expiry: dt.datetime | None, *, now: dt.datetime, margin: dt.timedelta = ACCESS_TOKEN_MARGIN
 ) -> bool:

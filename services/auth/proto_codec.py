@@ -8,7 +8,7 @@ import datetime as dt
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from mailsync.v1 import auth_pb2, common_pb2, events_pb2
-from services.auth.domain import Connection, ConnectionEventKind, ConnectionState
+from services.auth.domain import Connection, ConnectionEventKind, ConnectionState, is_workspace_address
 from services.auth.store import MailboxRecord, UserRecord
 
 STATE_TO_PROTO: dict[ConnectionState, int] = {
@@ -95,4 +95,5 @@ def mailbox_proto(mailbox: MailboxRecord, connections: list[Connection]) -> auth
         email=mailbox.email,
         connections=[snapshot(c) for c in connections],
         watch_expire_time=timestamp(mailbox.watch_expires_at),
+        workspace=is_workspace_address(mailbox.email),
     )
