@@ -7,8 +7,6 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -18,97 +16,13 @@ import pytest
 from mailsync.v1 import ingest_pb2, ingest_pb2_grpc
 from sandbox.keys import SigningKey
 from services.ingest import store
-from services.ingest.app import MIGRATIONS_DIR
-from services.ingest.pipeline import SyncPipeline, add_sync_pipeline
-from services.ingest.settings import IngestSettings
 from services.runtime import streams, subjects
 from services.runtime.grpc_auth import TokenKeys
 from services.runtime.grpc_client import StaticToken, open_channel
-from services.runtime.service import RunningService, ServiceComponents, open_foundation
-from tests.fixtures.ingest_world import IngestWorld
+from tests.fixtures.ingest_world import AUDIENCE, PUSH_ACCOUNT, IngestWorld, RunningIngest, push_token
 from tests.fixtures.messaging import eventually
-from tests.fixtures.services import service_settings
 
 ALICE = "alice@example.com"
-AUDIENCE = "https://ingest.test/gmail/push"
-PUSH_ACCOUNT = "gmail-push@sandbox-project.iam.gserviceaccount.com"
-
-
-class RunningIngest:
-    def __init__(self, running: RunningService, pipeline: SyncPipeline) -> None:
-        self.running = running
-        self.pipeline = pipeline
-
-    @property
-    def push_url(self) -> str:
-        return f"http://127.0.0.1:{self.pipeline.http.port}/gmail/push"
-
-
-@pytest.fixture
-async def ingest_service(
-    ingest_world: IngestWorld,
-    nats_server: Any,
-    database_target: Any,
-    token_keys_value: str,
-    tmp_path: Path,
-    run_service_in_process: Callable[..., Awaitable[RunningService]],
-) -> RunningIngest:
-    world = ingest_world
-    settings = service_settings(
-        IngestSettings,
-        nats_url=nats_server.url,
-        database=database_target,
-        token_keys_value=token_keys_value,
-        data_dir=tmp_path,
-        gmail_root_url=world.sandbox.url,
-        push_audience=AUDIENCE,
-        push_service_account_email=PUSH_ACCOUNT,
-        push_certs_url=f"{world.sandbox.url}/oauth2/v1/certs",
-        sync_workers=2,
-        recheck_delay_seconds=0.3,
-        scheduler_interval_seconds=0.1,
-        busy_retry_seconds=0.1,
-    )
-    handle: list[SyncPipeline] = []
-
-    async def build(service_settings: IngestSettings) -> ServiceComponents:
-        components = await open_foundation(service_settings, MIGRATIONS_DIR)
-        handle.append(
-            add_sync_pipeline(
-                components,
-                service_settings,
-                directory=world.directory,
-                tokens=world.tokens,
-                observer=world.counter,
-            )
-        )
-        return components
-
-    running = await run_service_in_process(settings, build)
-    ingest = RunningIngest(running, handle[0])
-
-    async def listening() -> bool:
-        return ingest.pipeline.http.port != 0
-
-    await eventually(listening, within=5)
-    return ingest
-
-
-def push_token(world: IngestWorld, **overrides: Any) -> str:
-    now = int(time.time())
-    claims = {
-        "iss": "https://accounts.google.com",
-        "aud": AUDIENCE,
-        "azp": "1234",
-        "sub": "1234",
-        "email": PUSH_ACCOUNT,
-        "email_verified": True,
-        "iat": now,
-        "exp": now + 3600,
-        **overrides,
-    }
-    assert world.sandbox.core is not None
-    return world.sandbox.core.key.sign(claims)
 
 
 def envelope(address: str, history_id: Any, message_id: str = "1") -> dict[str, Any]:

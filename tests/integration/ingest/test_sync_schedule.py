@@ -1,0 +1,119 @@
+"""The scheduler: a mailbox that just had work is re-checked without a push (Google drops pushes), and a mailbox
+that keeps failing backs off, turns FAILED, is retried later, and never holds up the other mailboxes."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from dataclasses import replace
+
+from services.ingest import store
+from services.ingest.work import queue_sync
+from services.runtime.gmail import RetryableGmailError
+from tests.fixtures.ingest_world import IngestWorld
+from tests.fixtures.messaging import eventually
+
+ALICE = "alice@example.com"
+BOB = "bob@example.com"
+
+
+async def push(world: IngestWorld, mailbox_id: str, key: str) -> None:
+    await queue_sync(
+        world.js, mailbox_id, "", reason="PUSH", msg_id=f"{mailbox_id}:{key}", now=dt.datetime.now(dt.UTC)
+    )
+
+
+async def published(world: IngestWorld, gmail_ids: list[str]) -> bool:
+    return set(world.recorder.recorded.normalized_ids()) >= set(gmail_ids)
+
+
+async def test_a_mailbox_that_had_work_is_rechecked_without_a_push(ingest_world: IngestWorld) -> None:
+    world = ingest_world
+    world.sandbox.create_mailbox(ALICE)
+    mailbox = world.connect(ALICE)
+    world.start_workers(world.syncer(), count=1)
+    world.start_scheduler()
+    first = world.deliver(ALICE, copies=2)
+    await push(world, mailbox.mailbox_id, "1")
+    await eventually(lambda: published(world, first), within=10)
+    # Its push is dropped by Google: nobody tells ingest about this one.
+    (unpushed,) = world.deliver(ALICE)
+
+    await eventually(lambda: published(world, [unpushed]), within=10)
+    assert world.recorder.recorded.normalized_ids() == dict.fromkeys([*first, unpushed], 1)
+
+
+async def test_without_rechecks_an_unpushed_message_waits_for_the_safety_poll_negative_control(
+    ingest_world: IngestWorld,
+) -> None:
+    world = ingest_world
+    world.timing = replace(
+        world.timing, recheck_delay=dt.timedelta(hours=1), safety_poll_interval=dt.timedelta(hours=1)
+    )
+    world.sandbox.create_mailbox(ALICE)
+    mailbox = world.connect(ALICE)
+    world.start_workers(world.syncer(), count=1)
+    world.start_scheduler()
+    first = world.deliver(ALICE, copies=2)
+    await push(world, mailbox.mailbox_id, "1")
+    await eventually(lambda: published(world, first), within=10)
+    (unpushed,) = world.deliver(ALICE)
+    await asyncio.sleep(2)
+    assert unpushed not in world.recorder.recorded.normalized_ids()
+
+
+class FlakyTokens:
+    """Auth is unreachable for one mailbox until `healed`; the others get their tokens."""
+
+    def __init__(self, inner: object, failing_mailbox: str) -> None:
+        self._inner = inner
+        self._failing = failing_mailbox
+        self.healed = False
+
+    async def access_token(self, mailbox_id: str) -> str:
+        if mailbox_id == self._failing and not self.healed:
+            raise RetryableGmailError("auth unavailable")
+        return await self._inner.access_token(mailbox_id)  # type: ignore[attr-defined]
+
+
+async def test_a_failing_mailbox_backs_off_turns_failed_is_retried_and_never_blocks_others(
+    ingest_world: IngestWorld,
+) -> None:
+    world = ingest_world
+    world.timing = replace(
+        world.timing,
+        backoff_base=dt.timedelta(seconds=0.1),
+        backoff_max=dt.timedelta(seconds=0.4),
+        failures_before_failed=3,
+        failed_retry=dt.timedelta(seconds=1.5),
+    )
+    world.sandbox.create_mailbox(ALICE)
+    world.sandbox.create_mailbox(BOB)
+    alice, bob = world.connect(ALICE), world.connect(BOB)
+    flaky = FlakyTokens(world.tokens, alice.mailbox_id)
+    world.tokens = flaky  # type: ignore[assignment]
+    world.start_workers(world.syncer(), count=1)
+    world.start_scheduler()
+    alice_mail = world.deliver(ALICE, copies=2)
+    await push(world, alice.mailbox_id, "1")
+
+    async def failed() -> bool:
+        async with world.db.read() as session:
+            row = await store.get_sync_row(session, alice.mailbox_id)
+        return row is not None and row.state == "FAILED"
+
+    await eventually(failed, within=15)
+    async with world.db.read() as session:
+        row = await store.get_sync_row(session, alice.mailbox_id)
+    assert row is not None and row.consecutive_failures >= 3 and "auth unavailable" in row.last_error
+    # Meanwhile another mailbox syncs as usual on the same single worker.
+    bob_mail = world.deliver(BOB, copies=2)
+    await push(world, bob.mailbox_id, "1")
+    await eventually(lambda: published(world, bob_mail), within=10)
+    assert not set(alice_mail) & set(world.recorder.recorded.normalized_ids())
+
+    flaky.healed = True
+    await eventually(lambda: published(world, alice_mail), within=15)
+    async with world.db.read() as session:
+        row = await store.get_sync_row(session, alice.mailbox_id)
+    assert row is not None and row.consecutive_failures == 0 and row.last_error == ""
