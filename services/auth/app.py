@@ -7,13 +7,10 @@ and the periodic watch renewal and token-key housekeeping.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import logging
 import os
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from mailsync.v1 import auth_pb2, auth_pb2_grpc
@@ -23,6 +20,7 @@ from services.auth.connections import ConnectionFlows
 from services.auth.crypto import KeyRing, TokenCipher, TokenKeyError
 from services.auth.events import ConnectionEventStager
 from services.auth.oauth_http import OAuthCallbackServer
+from services.auth.periodic import Periodic
 from services.auth.settings import AuthSettings
 from services.auth.store import delete_expired_oauth_states, rotate_token_keys
 from services.auth.watches import WatchRenewal
@@ -56,28 +54,6 @@ def token_cipher(settings: AuthSettings) -> TokenCipher:
 
 def _labels(raw: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())
-
-
-@dataclass
-class Periodic:
-    """Runs `step` every `interval` until stopped; a failing pass is logged and the next one still runs."""
-
-    name: str
-    step: Callable[[], Awaitable[None]]
-    interval: dt.timedelta
-    _stopping: asyncio.Event = field(default_factory=asyncio.Event, init=False)
-
-    async def run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                await self.step()
-            except Exception:
-                log.exception("periodic task failed", extra={"task": self.name})
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.interval.total_seconds())
-
-    def stop(self) -> None:
-        self._stopping.set()
 
 
 async def build(settings: AuthSettings, *, clock: Clock | None = None) -> ServiceComponents:
