@@ -1,0 +1,92 @@
+"""When a mailbox is looked at again: re-checks, the safety poll, backoff to FAILED, audits; and R1's scope."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from services.ingest.mailboxes import ConnectionInfo, MailboxInfo, sync_scope
+from services.ingest.sync_policy import (
+    CheckReason,
+    SyncState,
+    SyncTiming,
+    audit_due,
+    next_check_after_success,
+    plan_after_failure,
+)
+
+NOW = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
+TIMING = SyncTiming(
+    recheck_delay=dt.timedelta(seconds=5),
+    safety_poll_interval=dt.timedelta(minutes=10),
+    backoff_base=dt.timedelta(seconds=30),
+    backoff_max=dt.timedelta(minutes=5),
+    failures_before_failed=4,
+    failed_retry=dt.timedelta(hours=1),
+    audit_interval=dt.timedelta(hours=6),
+)
+
+
+@pytest.mark.parametrize(
+    ("failures", "state", "delay"),
+    [
+        (1, SyncState.BACKING_OFF, dt.timedelta(seconds=30)),
+        (2, SyncState.BACKING_OFF, dt.timedelta(seconds=60)),
+        (3, SyncState.BACKING_OFF, dt.timedelta(seconds=120)),
+        (4, SyncState.FAILED, dt.timedelta(hours=1)),
+        (9, SyncState.FAILED, dt.timedelta(hours=1)),
+    ],
+)
+def test_failures_back_off_doubling_then_fail_with_a_slow_retry(
+    failures: int, state: SyncState, delay: dt.timedelta
+) -> None:
+    plan = plan_after_failure(failures, NOW, TIMING)
+    assert (plan.state, plan.retry_at) == (state, NOW + delay)
+
+
+def test_backoff_never_exceeds_its_ceiling() -> None:
+    timing = SyncTiming(
+        backoff_base=dt.timedelta(seconds=30), backoff_max=dt.timedelta(seconds=90), failures_before_failed=99
+    )
+    assert plan_after_failure(10, NOW, timing).retry_at == NOW + dt.timedelta(seconds=90)
+
+
+def test_a_pass_with_work_is_rechecked_soon_and_one_without_waits_for_the_safety_poll() -> None:
+    assert next_check_after_success(True, NOW, TIMING) == (NOW + dt.timedelta(seconds=5), CheckReason.RECHECK)
+    assert next_check_after_success(False, NOW, TIMING) == (NOW + dt.timedelta(minutes=10), CheckReason.POLL)
+
+
+def test_audit_is_due_when_never_run_or_older_than_its_interval() -> None:
+    assert audit_due(None, NOW, TIMING)
+    assert audit_due(NOW - dt.timedelta(hours=6), NOW, TIMING)
+    assert not audit_due(NOW - dt.timedelta(hours=5), NOW, TIMING)
+
+
+def connection(state: str, start_history_id: int, minutes: int, location: str = "loc") -> ConnectionInfo:
+    return ConnectionInfo(
+        connection_id=f"c-{location}-{start_history_id}",
+        user_id="u",
+        location_id=location,
+        state=state,
+        start_history_id=start_history_id,
+        start_time=NOW + dt.timedelta(minutes=minutes),
+    )
+
+
+def test_R1_scope_is_the_earliest_start_among_connected_connections_only() -> None:
+    connections = (
+        connection("DISCONNECTED", 10, 0, "a"),
+        connection("CONNECTED", 50, 5, "b"),
+        connection("CONNECTED", 30, 9, "c"),
+        connection("REAUTH_REQUIRED", 20, 1, "d"),
+    )
+    assert sync_scope(connections) == (30, NOW + dt.timedelta(minutes=5))
+
+
+def test_R11_R12_no_connected_connection_means_no_scope_and_reauth_is_told_apart() -> None:
+    paused = MailboxInfo("m", "a@x", (connection("REAUTH_REQUIRED", 1, 0), connection("REPLACED", 2, 0)))
+    stopped = MailboxInfo("m", "a@x", (connection("DISCONNECTED", 1, 0), connection("REPLACED", 2, 0)))
+    assert sync_scope(paused.connections) is None and paused.awaiting_reauth
+    assert sync_scope(stopped.connections) is None and not stopped.awaiting_reauth
+    assert paused.connected_in("loc") and not stopped.connected_in("loc")
