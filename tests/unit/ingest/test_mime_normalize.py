@@ -8,6 +8,8 @@ from email import policy
 from email.parser import BytesParser
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.ingest.domain.message import (
     Direction,
@@ -17,7 +19,7 @@ from services.ingest.domain.message import (
     ParticipantRole,
 )
 from services.ingest.domain.mime import attachment_content, normalize_message
-from services.ingest.domain.mime_addresses import address_chunks
+from services.ingest.domain.mime_addresses import address_chunks, parse_address, parse_address_fully
 from services.ingest.domain.mime_limits import MimeLimits
 from tests.fixtures import mime_samples
 
@@ -347,3 +349,48 @@ def test_the_parser_sees_the_raw_bytes_unchanged_for_ordinary_mail() -> None:
 )
 def test_address_lists_split_only_at_top_level_commas(value: str, chunks: list[str]) -> None:
     assert address_chunks(value) == chunks
+
+
+_address_piece = st.sampled_from(
+    [
+        "a",
+        "Bob",
+        "x.y",
+        "@",
+        ".",
+        "<",
+        ">",
+        '"',
+        " ",
+        "-",
+        "ex.org",
+        "b@c.io",
+        "J.",
+        "=",
+        "?",
+        "(",
+        ")",
+        "\\",
+        ",",
+    ]
+)
+
+
+_well_formed_address = st.builds(
+    lambda name, local, domain, form: [
+        f"{local}@{domain}",
+        f"<{local}@{domain}>",
+        f"{name} <{local}@{domain}>",
+        f'"{name}, jr" <{local}@{domain}>',
+    ][form],
+    st.text(alphabet="ab .-Z'", max_size=8),
+    st.text(alphabet="abXYZ09!#$%&'*+/=?^_`{|}~-.", max_size=6),
+    st.text(alphabet="ab.-9", max_size=8),
+    st.integers(0, 3),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_address_piece, max_size=10).map("".join) | _well_formed_address)
+def test_the_fast_address_reader_agrees_with_the_full_parser(chunk: str) -> None:
+    assert parse_address(chunk, []) == parse_address_fully(chunk, [])
