@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.ingest.domain.bcc import (
     AuthenticatedAuthor,
@@ -297,3 +299,36 @@ def test_R9_accepted_from_a_user_and_refused_from_a_stranger() -> None:
         "550 5.7.1 The sender alice@example.com is not a user of this location; only its users can log mail "
         "through its BCC address."
     )
+
+
+_drop_noise = st.lists(
+    st.sampled_from(
+        [
+            b"From: ",
+            b"DKIM-Signature: v=1; a=rsa-sha256; d=example.com; s=s1; h=from; bh=; b=",
+            b"Authentication-Results: mx.google.com; ",
+            b"dmarc=pass header.from=example.com",
+            b"Date: Thu, 26 Nov 2026 11:58:00 +0000",
+            b"alice@example.com",
+            b'"',
+            b"(",
+            b"\r\n",
+            b"\r\n\r\n",
+            b",",
+            b"=?utf-8?q?=0A?=",
+        ]
+    )
+    | st.binary(max_size=16),
+    max_size=30,
+).map(b"".join)
+
+
+@settings(max_examples=100, deadline=None)
+@given(_drop_noise)
+def test_R9_hostile_drops_are_admitted_or_refused_never_crash(raw: bytes) -> None:
+    try:
+        author = check_author(raw, POLICY, NOW, SIGNER.lookup)
+    except DropRefused as refused:
+        assert refused.smtp_reply[:3] in ("550", "552")
+    else:
+        assert author.domain == "example.com"
