@@ -7,7 +7,9 @@ from tools import config_reference
 
 def test_the_configuration_reference_is_up_to_date() -> None:
     current = config_reference.REFERENCE.read_text()
-    assert current == config_reference.render(), "run `python -m tools.config_reference` and commit the result"
+    assert current == config_reference.render(), (
+        "run `python -m tools.config_reference` and commit the result"
+    )
 
 
 def test_every_service_setting_appears_in_the_reference() -> None:
