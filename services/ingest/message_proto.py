@@ -17,6 +17,7 @@ from services.ingest.domain.message import (
     Participant,
     ParticipantRole,
 )
+from services.ingest.domain.mime import normalize_message
 
 _DIRECTIONS = {
     Direction.INBOUND: common_pb2.DIRECTION_INBOUND,
@@ -119,3 +120,11 @@ def bcc_drop_to_proto(drop: AcceptedDrop) -> events_pb2.BccDropInfo:
         envelope_recipient=drop.envelope_recipient,
         content_digest=drop.content_digest,
     )
+
+
+def bcc_drop_event(
+    drop: AcceptedDrop, *, observe_time: dt.datetime | None = None
+) -> events_pb2.NormalizedMessage:
+    """The NormalizedMessage an admitted drop is published as: outbound, source BCC_DROP, with its drop info."""
+    mail = normalize_message(drop.raw, source=MessageSource.BCC_DROP)
+    return normalized_message_to_proto(mail, bcc_drop=bcc_drop_to_proto(drop), observe_time=observe_time)

@@ -9,7 +9,7 @@ from services.ingest.bcc_drop import AcceptedDrop
 from services.ingest.domain.bcc import AuthenticatedAuthor
 from services.ingest.domain.message import MailboxCopy, MessageSource
 from services.ingest.domain.mime import normalize_message
-from services.ingest.message_proto import bcc_drop_to_proto, normalized_message_to_proto
+from services.ingest.message_proto import bcc_drop_event, bcc_drop_to_proto, normalized_message_to_proto
 from tests.fixtures import mime_samples
 
 RECEIVED = dt.datetime(2026, 11, 3, 9, 16, tzinfo=dt.UTC)
@@ -80,3 +80,23 @@ def test_defects_travel_with_the_event() -> None:
     mail = normalize_message(b"Subject: x\r\nContent-Type: text/plain; charset=x-no-such\r\n\r\nbody")
 
     assert list(normalized_message_to_proto(mail).defects) == ["charset_unknown:x-no-such"]
+
+
+def test_an_admitted_drop_becomes_its_normalized_event() -> None:
+    raw = mime_samples.plain()
+    author = AuthenticatedAuthor("alice@example.com", "example.com", "dkim-verified", "example.com")
+    accepted = AcceptedDrop("d-2", "loc-9", "u-3", "bcc+t@drop.example", author, "cd" * 32, raw)
+
+    event = bcc_drop_event(accepted, observe_time=RECEIVED)
+
+    assert (event.source, event.direction) == (
+        common_pb2.MESSAGE_SOURCE_BCC_DROP,
+        common_pb2.DIRECTION_OUTBOUND,
+    )
+    assert (event.bcc_drop.drop_id, event.bcc_drop.location_id, event.bcc_drop.sender_user_id) == (
+        "d-2",
+        "loc-9",
+        "u-3",
+    )
+    assert event.rfc_message_id == "<m1@example.com>" and event.subject == "Quarterly numbers"
+    assert event.observe_time.ToDatetime(dt.UTC) == RECEIVED
