@@ -34,6 +34,10 @@ class BccDropHandler:
         except DropRefused as refused:
             log.info("bcc drop recipient refused at RCPT: %s", refused.reason.value)
             return refused.smtp_reply
+        except Exception:
+            # The sending MTA retries a 4xx later; internals never leak into the reply.
+            log.exception("bcc drop recipient could not be checked")
+            return _TEMPORARY_FAILURE
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 

@@ -160,10 +160,12 @@ def check_author(
     headers = _headers(raw)
     author_email, author_domain = _single_author(headers)
     _check_fresh(headers, policy, now)
-    for candidate in (_trusted_results(headers, policy, author_domain), _verified_dkim(raw, policy, dns_txt)):
-        if candidate is not None:
-            method, authenticated_domain = candidate
-            return AuthenticatedAuthor(author_email, author_domain, method, authenticated_domain)
+    candidate = _trusted_results(headers, policy, author_domain)
+    if candidate is None:
+        candidate = _verified_dkim(raw, headers, author_domain, policy, dns_txt)
+    if candidate is not None:
+        method, authenticated_domain = candidate
+        return AuthenticatedAuthor(author_email, author_domain, method, authenticated_domain)
     raise DropRefused(
         DropRefusalReason.NOT_AUTHENTICATED,
         f"The message is not authenticated for {author_domain}: no DMARC-aligned DKIM or SPF pass "
@@ -281,12 +283,12 @@ def _property_domain(method: str, ptype: str, name: str, value: str) -> str:
     return value.strip().lower().rpartition("@")[2]
 
 
-def _verified_dkim(raw: bytes, policy: DropPolicy, dns_txt: DnsTxtLookup | None) -> tuple[str, str] | None:
+def _verified_dkim(
+    raw: bytes, headers: Message, author_domain: str, policy: DropPolicy, dns_txt: DnsTxtLookup | None
+) -> tuple[str, str] | None:
     """Verify the message's DKIM signatures here; the first valid one aligned with the author counts."""
     if dns_txt is None:
         return None
-    headers = _headers(raw)
-    author_domain = _single_author(headers)[1]
     signatures = len(raw_values(headers, "dkim-signature"))
 
     def dkimpy_lookup(name: bytes, timeout: int = 5) -> bytes | None:

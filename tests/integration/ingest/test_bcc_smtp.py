@@ -200,3 +200,17 @@ async def test_R9_smtp_size_limit_is_enforced_during_the_session(listener: Liste
     code, reply = await asyncio.to_thread(send_without_size)
     assert (code, reply) == (552, b"Error: Too much mail data")
     assert listener.directory.drops == []
+
+
+async def test_R9_smtp_a_failing_location_lookup_is_a_temporary_refusal(listener: Listener) -> None:
+    async def unavailable(digest: str) -> DropLocation | None:
+        raise ConnectionError("store is down")
+
+    listener.directory.location_for_token_digest = unavailable  # type: ignore[method-assign]
+
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+        await listener.send(fresh(authentication_results=PASS))
+
+    ((code, reply),) = refused.value.recipients.values()
+    assert code == 451 and b"try again later" in reply
+    assert b"store is down" not in reply
