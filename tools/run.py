@@ -2,7 +2,8 @@
 
 Starts the real nats-server (JetStream, store under var/run/nats) on a free port, the sandbox when present,
 and each service as its own process (`python -m services.<svc>`) with SQLite files under var/data; waits until
-every one answers its health check, prints a status table and a development CRM token, and on Ctrl-C stops
+every one answers its health check, points the sandbox's Gmail pushes at ingest, prints a status table and a
+development CRM token, writes them to var/run/stack.json (what `python -m tools.cli` reads), and on Ctrl-C stops
 the services gracefully before NATS. `--check` stops everything as soon as all are healthy (exit 0).
 Development token keys are generated once into var/dev-token-keys unless MAILSYNC_SERVICE_TOKEN_KEYS is set.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import json
 import os
 import signal
 import socket
@@ -36,6 +38,9 @@ DEFAULT_HTTP_PORTS = {"auth": 8081, "ingest": 8082}
 DEFAULT_SANDBOX_PORT = 8765
 STOP_TIMEOUT_SECONDS = 20.0
 AUTH_TOKEN_KEYS_VARIABLE = "MAILSYNC_AUTH_TOKEN_KEYS"
+# The account ingest expects Google's push tokens to be issued to (its default setting).
+PUSH_SERVICE_ACCOUNT = "gmail-push@sandbox-project.iam.gserviceaccount.com"
+STACK_FILE = Path("run") / "stack.json"
 
 
 class RunError(RuntimeError):
@@ -304,6 +309,66 @@ class Stack:
     def crm_token(self) -> str:
         return TokenKeys.parse(self.token_keys).mint("crm", ["*"], ttl_seconds=24 * 3600)
 
+    def managed(self, name: str) -> Managed | None:
+        return next((m for m in self.processes if m.name == name), None)
+
+    def configure_sandbox_push(self) -> None:
+        """Gmail's watches push to ingest's HTTP endpoint, signed for the audience ingest checks."""
+        sandbox, ingest = self.managed("sandbox"), self.managed("ingest")
+        if sandbox is None or ingest is None:
+            return
+        body = {
+            "push_endpoint": f"http://127.0.0.1:{ingest.env['MAILSYNC_INGEST_HTTP_PORT']}/gmail/push",
+            "audience": ingest.env["MAILSYNC_INGEST_PUSH_AUDIENCE"],
+            "service_account_email": ingest.env.get(
+                "MAILSYNC_INGEST_PUSH_SERVICE_ACCOUNT_EMAIL", PUSH_SERVICE_ACCOUNT
+            ),
+        }
+        request = urllib.request.Request(
+            f"{sandbox.address}/admin/push",
+            data=json.dumps(body).encode(),
+            method="PUT",
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10):
+                pass
+        except OSError as error:
+            raise RunError(f"could not point the sandbox's pushes at ingest: {error}") from error
+
+    def description(self) -> dict[str, object]:
+        """Every address, the sandbox URL and a CRM token: what a client of the running stack needs."""
+        services = {m.name: m.address for m in self.processes if m.name in SERVICES}
+        sandbox = self.managed("sandbox")
+        nats = self.managed("nats")
+        return {
+            "services": services,
+            "sandbox_url": sandbox.address if sandbox else "",
+            "nats_url": nats.address if nats else "",
+            "crm_token": self.crm_token(),
+            "runner_pid": os.getpid(),
+        }
+
+    @property
+    def stack_file(self) -> Path:
+        return self.var_dir / STACK_FILE
+
+    def write_stack_file(self) -> Path:
+        path = self.stack_file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.description(), indent=2) + "\n")
+        path.chmod(0o600)
+        return path
+
+    def remove_stack_file(self) -> None:
+        """Removes the stack file if this runner wrote it (a refused second `make run` leaves the first's)."""
+        try:
+            ours = json.loads(self.stack_file.read_text()).get("runner_pid") == os.getpid()
+        except (OSError, ValueError):
+            return
+        if ours:
+            self.stack_file.unlink(missing_ok=True)
+
     def stop(self) -> None:
         # Services first (they drain into NATS), NATS last.
         for managed in reversed(self.processes):
@@ -332,11 +397,13 @@ def main(argv: list[str] | None = None) -> int:
         stack.plan()
         stack.start()
         stack.wait_until_healthy(args.timeout)
+        stack.configure_sandbox_push()
         print(stack.status_table())
         print(f"\nCRM token (all locations, 24 h):\n{stack.crm_token()}")
         if args.check:
             return 0
-        print("\nRunning; Ctrl-C stops everything.", flush=True)
+        print(f"\nAddresses and token for `python -m tools.cli`: {stack.write_stack_file()}")
+        print("Running; Ctrl-C stops everything.", flush=True)
         stack.watch()
     except RunError as exc:
         print(f"tools.run: {exc}", file=sys.stderr)
@@ -345,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nstopping...", file=sys.stderr)
         return 0
     finally:
+        stack.remove_stack_file()
         stack.stop()
     return 0
 
