@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mailsync.v1 import common_pb2, outbound_pb2, threading_pb2
+from mailsync.v1 import auth_pb2, common_pb2, ingest_pb2, outbound_pb2, threading_pb2
 from tests.fixtures.stack import E2EStack, eventually
 
 INBOUND = common_pb2.DIRECTION_INBOUND
@@ -158,3 +158,184 @@ def reply_from_crm(
         reply_references=[parent.rfc_message_id],
     )
     return (outbound or stack.outbound).SendEmail(request).send
+
+
+def test_scenario_5_R5_R7_sent_from_gmail_goes_to_first_to_contact_with_every_participant(stack: E2EStack) -> None:
+    location = stack.new_id("loc")
+    user_id, mailbox = connected_user(stack, location)
+    first_to, second_to, in_cc = (stack.new_address(n, "outside.test") for n in ("gus", "hal", "ivy"))
+    # Not assigned to the user: a sent message needs no assignment (R5).
+    contacts = {a: stack.upsert_contact(location, a) for a in (first_to, second_to, in_cc)}
+    stranger_cc = stack.new_address("stranger", "elsewhere.test")
+
+    sent = sent_from_gmail(
+        stack, mailbox, to=[first_to, second_to], cc=[in_cc, stranger_cc], subject="Kick-off", body="Agenda"
+    )
+
+    message = stack.wait_for_message(location, contacts[first_to].contact_id, rfc_message_id=sent["message_id"])
+    assert message.direction == OUTBOUND and message.rule_id == "R5"
+    assert roles(message) >= {
+        (mailbox, common_pb2.PARTICIPANT_ROLE_FROM),
+        (first_to, common_pb2.PARTICIPANT_ROLE_TO),
+        (second_to, common_pb2.PARTICIPANT_ROLE_TO),
+        (in_cc, common_pb2.PARTICIPANT_ROLE_CC),
+        (stranger_cc, common_pb2.PARTICIPANT_ROLE_CC),
+    }
+    assert len(stack.conversations(location)) == 1
+    assert stack.conversations(location, contacts[second_to].contact_id) == []
+    assert stack.conversations(location, contacts[in_cc].contact_id) == []
+    assert stack.contacts(location, stranger_cc) == []
+    assert len(stack.contacts(location)) == 3
+
+
+def test_scenario_6_R7_contact_writing_to_a_colleague_with_the_user_in_cc_is_synced_under_the_contact(
+    stack: E2EStack,
+) -> None:
+    location = stack.new_id("loc")
+    user_id, mailbox = connected_user(stack, location)
+    contact_address = stack.new_address("jon", "outside.test")
+    contact = stack.upsert_contact(location, contact_address, assigned_user_id=user_id)
+    colleague = stack.new_address("kim", "outside.test")
+
+    delivered = stack.deliver(mailbox, contact_address, "FYI", "For your information", to=[colleague], cc=[mailbox])
+
+    message = stack.wait_for_message(location, contact.contact_id, rfc_message_id=delivered["message_id"])
+    assert message.direction == INBOUND and message.rule_id == "R2"
+    assert (colleague, common_pb2.PARTICIPANT_ROLE_TO) in roles(message)
+    assert (mailbox, common_pb2.PARTICIPANT_ROLE_CC) in roles(message)
+    assert stack.contacts(location, colleague) == []
+
+
+def test_scenario_7_R8_two_contacts_sharing_an_address_the_older_one_gets_the_email(stack: E2EStack) -> None:
+    location = stack.new_id("loc")
+    user_id, mailbox = connected_user(stack, location)
+    shared = stack.new_address("office", "outside.test")
+    # The newer contact is upserted first, so only the creation time can make the older one win.
+    newer = stack.upsert_contact(location, shared, assigned_user_id=user_id, name="Newer", create_time_seconds=1_700_000_500)
+    older = stack.upsert_contact(location, shared, assigned_user_id=user_id, name="Older", create_time_seconds=1_700_000_000)
+
+    delivered = stack.deliver(mailbox, shared, "Who gets this", "The older contact")
+
+    message = stack.wait_for_message(location, older.contact_id, rfc_message_id=delivered["message_id"])
+    assert message.rule_id == "R2"
+    decision = stack.wait_for_decision(location, delivered["message_id"])
+    assert decision.contact_id == older.contact_id and "R8" in decision.reason
+    assert stack.conversations(location, newer.contact_id) == []
+
+
+def test_scenario_8_R3_one_mailbox_in_two_locations_inbound_in_both_crm_thread_stays_home(stack: E2EStack) -> None:
+    location_a, location_b = stack.new_id("loc-a"), stack.new_id("loc-b")
+    user_id, mailbox = connected_user(stack, location_a, location_b)
+    contact_address = stack.new_address("lea", "outside.test")
+    in_a = stack.upsert_contact(location_a, contact_address, assigned_user_id=user_id)
+    in_b = stack.upsert_contact(location_b, contact_address, assigned_user_id=user_id)
+
+    delivered = stack.deliver(mailbox, contact_address, "Both of you", "Hello A and B")
+
+    for location, contact in ((location_a, in_a), (location_b, in_b)):
+        message = stack.wait_for_message(location, contact.contact_id, rfc_message_id=delivered["message_id"])
+        assert message.rule_id == "R3"
+
+    send = stack.outbound.SendEmail(
+        outbound_pb2.SendEmailRequest(
+            request_id=stack.new_id("send"),
+            location_id=location_a,
+            user_id=user_id,
+            kind=common_pb2.SEND_KIND_INDIVIDUAL,
+            to=[common_pb2.EmailAddress(email=contact_address)],
+            subject="Contract for A",
+            text_body="Only location A does business on this",
+        )
+    ).send
+    assert send.state == SENT
+    answer = stack.deliver(
+        mailbox,
+        contact_address,
+        "Re: Contract for A",
+        "Signed",
+        in_reply_to=send.rfc_message_id,
+        references=send.rfc_message_id,
+    )
+
+    reply = stack.wait_for_message(location_a, in_a.contact_id, rfc_message_id=answer["message_id"])
+    assert reply.rule_id == "R4"
+    away = stack.wait_for_decision(location_b, answer["message_id"])
+    assert not away.synced and away.rule_id == "R4"
+    assert [m.rfc_message_id for m in stack.messages_of_contact(location_b, in_b.contact_id)] == [
+        delivered["message_id"]
+    ]
+
+
+def test_scenario_11_R10_update_email_stops_the_old_mailbox_and_sends_use_the_new_one(stack: E2EStack) -> None:
+    location = stack.new_id("loc")
+    user_id, old_mailbox = connected_user(stack, location)
+    contact_address = stack.new_address("max", "outside.test")
+    contact = stack.upsert_contact(location, contact_address, assigned_user_id=user_id)
+    before = stack.deliver(old_mailbox, contact_address, "Old times", "Synced before the change")
+    synced = stack.wait_for_message(location, contact.contact_id, rfc_message_id=before["message_id"])
+    old_connection = stack.connection(user_id, location)
+
+    new_mailbox = stack.new_address("user-new")
+    new_connection = stack.update_email(user_id, location, new_mailbox)
+
+    assert new_connection.connection_id != old_connection.connection_id
+    assert stack.auth.GetConnection(
+        auth_pb2.GetConnectionRequest(location_id=location, connection_id=old_connection.connection_id)
+    ).connection.state == common_pb2.CONNECTION_STATE_REPLACED
+    new_message = stack.deliver(old_mailbox, contact_address, "After the change", "Not synced")
+    old_thread_reply = stack.deliver(
+        old_mailbox,
+        contact_address,
+        "Re: Old times",
+        "A reply in the old thread",
+        in_reply_to=before["message_id"],
+        references=before["message_id"],
+    )
+    # The new mailbox syncs meanwhile: by the time its message is stored, the old mailbox's would have been too.
+    via_new = stack.deliver(new_mailbox, contact_address, "To the new address", "Synced")
+    stack.wait_for_message(location, contact.contact_id, rfc_message_id=via_new["message_id"])
+    for rfc_message_id in (new_message["message_id"], old_thread_reply["message_id"]):
+        decision = stack.decision_if_any(location, rfc_message_id)
+        assert decision is None or (not decision.synced and decision.rule_id == "R10"), decision
+    stored = stack.messages_of_contact(location, contact.contact_id)
+    assert [m.rfc_message_id for m in stored] == [synced.rfc_message_id, via_new["message_id"]]
+
+    send = stack.outbound.SendEmail(
+        outbound_pb2.SendEmailRequest(
+            request_id=stack.new_id("send"),
+            location_id=location,
+            user_id=user_id,
+            kind=common_pb2.SEND_KIND_INDIVIDUAL,
+            to=[common_pb2.EmailAddress(email=contact_address)],
+            subject="From my new address",
+            text_body="Hello",
+        )
+    ).send
+    assert send.state == SENT and send.mailbox_email == new_mailbox
+    assert "SENT" in stack.gmail_message(new_mailbox, send.gmail_message_id)["labelIds"]
+    assert not any(m["subject"] == "From my new address" for m in stack.sandbox.messages(old_mailbox))
+
+
+def test_scenario_12_R11_disconnect_in_one_of_two_locations(stack: E2EStack) -> None:
+    location_a, location_b = stack.new_id("loc-a"), stack.new_id("loc-b")
+    user_id, mailbox = connected_user(stack, location_a, location_b)
+    contact_address = stack.new_address("ned", "outside.test")
+    in_a = stack.upsert_contact(location_a, contact_address, assigned_user_id=user_id)
+    in_b = stack.upsert_contact(location_b, contact_address, assigned_user_id=user_id)
+    before = stack.deliver(mailbox, contact_address, "Before", "Synced into both")
+    stack.wait_for_message(location_a, in_a.contact_id, rfc_message_id=before["message_id"])
+    stack.wait_for_message(location_b, in_b.contact_id, rfc_message_id=before["message_id"])
+
+    disconnected = stack.auth.Disconnect(
+        auth_pb2.DisconnectRequest(request_id=stack.new_id("req"), location_id=location_a, user_id=user_id)
+    )
+
+    assert disconnected.connection.state == common_pb2.CONNECTION_STATE_DISCONNECTED
+    assert not disconnected.grant_revoked
+    after = stack.deliver(mailbox, contact_address, "After", "Only B")
+    stack.wait_for_message(location_b, in_b.contact_id, rfc_message_id=after["message_id"])
+    decision = stack.wait_for_decision(location_a, after["message_id"])
+    assert not decision.synced and decision.rule_id == "R11"
+    assert [m.rfc_message_id for m in stack.messages_of_contact(location_a, in_a.contact_id)] == [
+        before["message_id"]
+    ]
