@@ -119,6 +119,24 @@ def test_forward_as_attachment_is_flagged_and_the_original_is_fetchable() -> Non
     assert mail.rfc_message_id == "<fwd@example.com>"
 
 
+def test_a_forwarded_message_is_fetched_with_its_header_lines_as_received() -> None:
+    original = (
+        b"From: Carol <carol@example.net>\r\nSubject: A long subject\r\n that was folded by its sender\r\n"
+        b"Message-ID: <orig@example.net>\r\nX-Long: " + b"word " * 40 + b"\r\n\r\nThe original body.\r\n"
+    )
+    raw = (
+        b"Subject: Fwd: A long subject\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+        b"--b\r\nContent-Type: text/plain\r\n\r\nSee below.\r\n"
+        b"--b\r\nContent-Type: message/rfc822\r\n\r\n" + original + b"\r\n--b--\r\n"
+    )
+
+    content = attachment_content(raw, "2")
+
+    assert content is not None
+    assert content.replace(b"\r\n", b"\n") == original.replace(b"\r\n", b"\n")
+    assert normalize_message(raw).attachments[0].sha256 == hashlib.sha256(content).hexdigest()
+
+
 @pytest.mark.parametrize(
     ("subject", "body", "forwarded"),
     [
