@@ -7,10 +7,14 @@ later message of the same mailbox has synced, so they never pass just because th
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
+import grpc
+import pytest
+
 from mailsync.v1 import auth_pb2, common_pb2, ingest_pb2, outbound_pb2, threading_pb2
-from tests.fixtures.stack import E2EStack, eventually
+from tests.fixtures.stack import E2E_DAILY_SEND_LIMIT, E2EStack, eventually
 
 INBOUND = common_pb2.DIRECTION_INBOUND
 OUTBOUND = common_pb2.DIRECTION_OUTBOUND
@@ -339,3 +343,144 @@ def test_scenario_12_R11_disconnect_in_one_of_two_locations(stack: E2EStack) -> 
     assert [m.rfc_message_id for m in stack.messages_of_contact(location_a, in_a.contact_id)] == [
         before["message_id"]
     ]
+
+
+def test_scenario_13_R12_password_change_needs_reauth_and_mail_meanwhile_syncs_once_after(stack: E2EStack) -> None:
+    location = stack.new_id("loc")
+    user = stack.create_user([location])
+    mailbox = stack.new_address("user")
+    # Access tokens of this grant expire within auth's refresh margin, so the next Gmail call refreshes
+    # (the sandbox keeps access tokens valid after a password change until they expire, as Google does).
+    stack.sandbox.settings(access_token_lifetime_s=5)
+    try:
+        stack.connect_gmail(user.user_id, location, mailbox)
+        contact_address = stack.new_address("olga", "outside.test")
+        contact = stack.upsert_contact(location, contact_address, assigned_user_id=user.user_id)
+        before = stack.deliver(mailbox, contact_address, "Before", "Synced before the password change")
+        stack.wait_for_message(location, contact.contact_id, rfc_message_id=before["message_id"])
+
+        stack.sandbox.change_password(mailbox, "a-new-password")
+        meanwhile = stack.deliver(mailbox, contact_address, "Meanwhile", "Arrived while the grant was dead")
+
+        paused = stack.wait_for_connection(user.user_id, location, common_pb2.CONNECTION_STATE_REAUTH_REQUIRED)
+    finally:
+        stack.sandbox.settings(access_token_lifetime_s=3599)
+    assert paused.reconnect_required
+    assert stack.sync_state(location, paused.mailbox_id) == ingest_pb2.MAILBOX_SYNC_STATE_PAUSED_REAUTH
+    assert stack.messages_of_contact(location, contact.contact_id)[-1].rfc_message_id == before["message_id"]
+
+    stack.connect_gmail(user.user_id, location, mailbox)
+
+    stack.wait_for_message(location, contact.contact_id, rfc_message_id=meanwhile["message_id"])
+    after = stack.deliver(mailbox, contact_address, "After", "Synced after reconnecting")
+    stack.wait_for_message(location, contact.contact_id, rfc_message_id=after["message_id"])
+    stored = [m.rfc_message_id for m in stack.messages_of_contact(location, contact.contact_id)]
+    assert sorted(stored) == sorted([before["message_id"], meanwhile["message_id"], after["message_id"]])
+
+
+def test_scenario_14_R5_forward_from_gmail_to_a_contact_is_logged_under_that_contact(stack: E2EStack) -> None:
+    location = stack.new_id("loc")
+    user_id, mailbox = connected_user(stack, location)
+    stranger = stack.new_address("vendor", "elsewhere.test")
+    original = stack.deliver(mailbox, stranger, "Price list", "Our prices for 2027")
+    contact_address = stack.new_address("pia", "outside.test")
+    contact = stack.upsert_contact(location, contact_address)
+    assert not stack.wait_for_decision(location, original["message_id"]).synced
+
+    forward = sent_from_gmail(
+        stack,
+        mailbox,
+        to=[contact_address],
+        subject="Fwd: Price list",
+        body="See below\n\n---------- Forwarded message ---------\nOur prices for 2027",
+    )
+
+    message = stack.wait_for_message(location, contact.contact_id, rfc_message_id=forward["message_id"])
+    assert message.direction == OUTBOUND and message.rule_id == "R5"
+    assert "Our prices for 2027" in message.text_body
+    assert stack.decision_if_any(location, original["message_id"]).synced is False
+
+
+def individual_send(stack: E2EStack, location: str, user_id: str, to: str, subject: str) -> Any:
+    return outbound_pb2.SendEmailRequest(
+        request_id=stack.new_id("send"),
+        location_id=location,
+        user_id=user_id,
+        kind=common_pb2.SEND_KIND_INDIVIDUAL,
+        to=[common_pb2.EmailAddress(email=to)],
+        subject=subject,
+        text_body="Hello",
+    )
+
+
+def test_scenario_15_R13_R14_send_over_the_limit_fails_across_replicas_and_bulk_still_goes_out(
+    stack: E2EStack,
+) -> None:
+    location = stack.new_id("loc")
+    user = stack.create_user([location])
+    # A consumer account (gmail.com), whose limit is the default one, not Google Workspace's.
+    mailbox = stack.new_address("user", "gmail.com")
+    stack.connect_gmail(user.user_id, location, mailbox)
+    user_id = user.user_id
+    contact_address = stack.new_address("quinn", "outside.test")
+    stack.upsert_contact(location, contact_address, assigned_user_id=user_id)
+    limit = E2E_DAILY_SEND_LIMIT
+    replicas = [stack.outbound, stack.outbound_replica]
+
+    for number in range(limit):
+        sent = replicas[number % 2].SendEmail(individual_send(stack, location, user_id, contact_address, f"#{number}"))
+        assert sent.send.state == SENT
+
+    for replica in replicas:
+        with pytest.raises(grpc.RpcError) as refused:
+            replica.SendEmail(individual_send(stack, location, user_id, contact_address, "one too many"))
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "may not send until" in refused.value.details()
+    assert stack.sandbox.mailbox(mailbox)["sent_last_24h"] == limit
+    assert not any(m["subject"] == "one too many" for m in stack.sandbox.messages(mailbox))
+    quota = stack.outbound.GetQuota(outbound_pb2.GetQuotaRequest(location_id=location, user_id=user_id))
+    assert (quota.daily_limit, quota.used, quota.remaining) == (limit, limit, 0)
+
+    subject = stack.new_id("newsletter")
+    bulk = stack.outbound_replica.SendEmail(
+        outbound_pb2.SendEmailRequest(
+            request_id=stack.new_id("send"),
+            location_id=location,
+            user_id=user_id,
+            kind=common_pb2.SEND_KIND_BULK,
+            to=[common_pb2.EmailAddress(email=contact_address)],
+            subject=subject,
+            text_body="Our spring offers",
+        )
+    ).send
+    assert bulk.state == SENT
+    delivered = eventually(lambda: [m for m in stack.smtp.received if subject.encode() in m.content])
+    assert delivered[0].rcpt_tos == (contact_address,)
+    assert stack.sandbox.mailbox(mailbox)["sent_last_24h"] == limit
+
+
+def test_scenario_16_R14_a_26_mb_attachment_is_refused_before_anything_is_sent(stack: E2EStack) -> None:
+    location = stack.new_id("loc")
+    user_id, mailbox = connected_user(stack, location)
+    contact_address = stack.new_address("rita", "outside.test")
+    stack.upsert_contact(location, contact_address, assigned_user_id=user_id)
+    chunk = b"\x00" * (1024 * 1024)
+
+    def upload() -> Iterator[outbound_pb2.UploadAttachmentRequest]:
+        yield outbound_pb2.UploadAttachmentRequest(
+            metadata=outbound_pb2.UploadAttachmentRequest.Metadata(
+                request_id=stack.new_id("upload"), location_id=location, filename="big.bin"
+            )
+        )
+        for _ in range(26):
+            yield outbound_pb2.UploadAttachmentRequest(chunk=chunk)
+
+    with pytest.raises(grpc.RpcError) as refused:
+        stack.outbound.UploadAttachment(upload())
+
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "limit" in refused.value.details()
+    assert stack.sandbox.mailbox(mailbox)["sent_last_24h"] == 0
+    assert stack.sandbox.outbox(contact_address) == []
+    quota = stack.outbound.GetQuota(outbound_pb2.GetQuotaRequest(location_id=location, user_id=user_id))
+    assert quota.used == 0
