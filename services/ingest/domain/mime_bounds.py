@@ -8,6 +8,7 @@ Every change is reported as a defect code.
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass, field
 from email.message import Message
@@ -93,6 +94,12 @@ def bound_raw_message(raw: bytes, limits: MimeLimits) -> BoundedSource:
     if len(raw) > limits.max_message_bytes:
         scan.raw = raw = raw[: limits.max_message_bytes]
         scan.defect("limit:message_bytes")
+    line_count = raw.count(b"\n") + raw.count(b"\r") - raw.count(b"\r\n")
+    if line_count > limits.max_lines:
+        # The parser's cost is per line: a message of empty lines costs forty times more per byte.
+        ends = itertools.islice(_LINE_END.finditer(raw), limits.max_lines - 1, None)
+        scan.raw = raw = raw[: next(ends).end()]
+        scan.defect("limit:lines")
     position = 0
     depth = 0
     in_digest = False

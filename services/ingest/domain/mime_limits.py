@@ -15,6 +15,8 @@ class MimeLimits:
 
     # Gmail accepts incoming messages up to 50 MB.
     max_message_bytes: int = 50 * 1024 * 1024
+    # Enough for a 45 MB attachment in 76-character base64 lines.
+    max_lines: int = 600_000
     # Per header block (the message's own and each MIME part's).
     max_header_block_bytes: int = 256 * 1024
     max_header_bytes: int = 64 * 1024

@@ -241,6 +241,10 @@ def many_short_addresses(count: int) -> bytes:
     return b"".join(name + b": " + value + b"\r\n" for name in fields) + b"\r\nbody"
 
 
+def empty_lines(count: int) -> bytes:
+    return b"Subject: lines\r\n\r\n" + b"\r\n" * count
+
+
 BOMBS: list[tuple[str, Callable[[int], bytes], st.SearchStrategy[int], str]] = [
     ("deep multipart", deep_multipart, st.integers(LIMITS.max_depth + 1, 3000), "limit:depth"),
     ("deep message/rfc822", deep_embedded_messages, st.integers(LIMITS.max_depth + 1, 3000), "limit:depth"),
@@ -278,6 +282,7 @@ BOMBS: list[tuple[str, Callable[[int], bytes], st.SearchStrategy[int], str]] = [
         st.integers(LIMITS.max_participants // 3 + 1, 1000),
         "limit:address_bytes_total",
     ),
+    ("empty lines", empty_lines, st.integers(LIMITS.max_lines, 1_500_000), "limit:lines"),
     ("slow charset", slow_charset_body, st.integers(1000, 500_000), "charset_refused:punycode"),
     ("huge header", huge_field, st.integers(LIMITS.max_header_bytes + 1, 2_000_000), "limit:header_bytes"),
     (
