@@ -7,7 +7,10 @@ later message of the same mailbox has synced, so they never pass just because th
 
 from __future__ import annotations
 
+import base64
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -484,3 +487,108 @@ def test_scenario_16_R14_a_26_mb_attachment_is_refused_before_anything_is_sent(s
     assert stack.sandbox.outbox(contact_address) == []
     quota = stack.outbound.GetQuota(outbound_pb2.GetQuotaRequest(location_id=location, user_id=user_id))
     assert quota.used == 0
+
+
+def test_scenario_17_R1_mail_from_before_the_connection_is_never_imported_even_after_a_history_gap(
+    stack: E2EStack,
+) -> None:
+    location = stack.new_id("loc")
+    user = stack.create_user([location])
+    mailbox = stack.new_address("user")
+    stack.ensure_mailbox(mailbox)
+    contact_address = stack.new_address("sam", "outside.test")
+    contact = stack.upsert_contact(location, contact_address, assigned_user_id=user.user_id)
+    past = stack.deliver(mailbox, contact_address, "From the past", "Arrived before the connection")
+    connection = stack.connect_gmail(user.user_id, location, mailbox)
+    first = stack.deliver(mailbox, contact_address, "First", "After the connection")
+    stack.wait_for_message(location, contact.contact_id, rfc_message_id=first["message_id"])
+
+    # Gmail forgets the history the sync's cursor points into: the next pass gets a 404 and must resync.
+    stack.sandbox.expire_history(mailbox, int(stack.sandbox.mailbox(mailbox)["historyId"]) + 1)
+    assert int(stack.sandbox.mailbox(mailbox)["history_floor"]) > connection.start_history_id
+    after_gap = stack.deliver(mailbox, contact_address, "After the gap", "Found by the resync")
+    stack.wait_for_message(location, contact.contact_id, rfc_message_id=after_gap["message_id"])
+    resync = stack.ingest.ResyncMailbox(
+        ingest_pb2.ResyncMailboxRequest(
+            request_id=stack.new_id("req"), location_id=location, mailbox_id=connection.mailbox_id
+        )
+    )
+    assert resync.queued
+    after_resync = stack.deliver(mailbox, contact_address, "After the resync", "Still synced")
+    stack.wait_for_message(location, contact.contact_id, rfc_message_id=after_resync["message_id"])
+
+    stored = [m.rfc_message_id for m in stack.messages_of_contact(location, contact.contact_id)]
+    assert sorted(stored) == sorted([first["message_id"], after_gap["message_id"], after_resync["message_id"]])
+    decision = stack.decision_if_any(location, past["message_id"])
+    assert decision is None or (not decision.synced and decision.rule_id == "R1"), decision
+
+
+def test_scenario_18_R17_trashed_and_read_in_gmail_is_recorded_and_never_deleted(stack: E2EStack) -> None:
+    location = stack.new_id("loc")
+    user_id, mailbox = connected_user(stack, location)
+    contact_address = stack.new_address("tom", "outside.test")
+    contact = stack.upsert_contact(location, contact_address, assigned_user_id=user_id)
+    delivered = stack.deliver(mailbox, contact_address, "Trash me", "Read, then trashed")
+    synced = stack.wait_for_message(location, contact.contact_id, rfc_message_id=delivered["message_id"])
+    assert synced.mailbox_copies[0].gmail_state.unread
+
+    stack.sandbox.user_modify(mailbox, delivered["id"], remove=["UNREAD"])
+    stack.sandbox.user_trash(mailbox, delivered["id"])
+
+    def trashed_in_gmail() -> threading_pb2.Message:
+        (message,) = stack.messages_of_contact(location, contact.contact_id)
+        (copy,) = message.mailbox_copies
+        assert copy.gmail_message_id == delivered["id"]
+        assert copy.gmail_state.trashed and not copy.gmail_state.unread, copy.gmail_state
+        return message
+
+    message = eventually(trashed_in_gmail)
+    assert message.message_id == synced.message_id
+    assert "Read, then trashed" in message.text_body
+
+
+def files_containing(folder: Path, needle: bytes) -> list[Path]:
+    return [path for path in folder.rglob("*") if path.is_file() and needle in path.read_bytes()]
+
+
+def test_scenario_19_R18_R16_stranger_mail_with_attachment_leaves_only_its_explanation(stack: E2EStack) -> None:
+    location = stack.new_id("loc")
+    user_id, mailbox = connected_user(stack, location)
+    stranger = stack.new_address("spammer", "elsewhere.test")
+    body_marker = f"private-body-{uuid.uuid4().hex}"
+    attachment_marker = f"private-attachment-{uuid.uuid4().hex}".encode()
+    contact_address = stack.new_address("uma", "outside.test")
+    contact = stack.upsert_contact(location, contact_address, assigned_user_id=user_id)
+    control_marker = f"synced-body-{uuid.uuid4().hex}"
+
+    delivered = stack.deliver(
+        mailbox,
+        stranger,
+        "Invoice attached",
+        body_marker,
+        attachments=[
+            {
+                "filename": "invoice.pdf",
+                "content_type": "application/pdf",
+                "data_base64": base64.b64encode(attachment_marker).decode(),
+            }
+        ],
+    )
+    control = stack.deliver(mailbox, contact_address, "Synced", control_marker)
+
+    decision = stack.wait_for_decision(location, delivered["message_id"])
+    assert not decision.synced and decision.rule_id == "R2" and stranger in decision.reason
+    explanation = stack.explain(location, delivered["message_id"])
+    assert explanation.subject == "Invoice attached"
+    assert (stranger, common_pb2.PARTICIPANT_ROLE_FROM) in {(p.email, p.role) for p in explanation.participants}
+    stack.wait_for_message(location, contact.contact_id, rfc_message_id=control["message_id"])
+    state = stack.runner.var_dir
+    # Negative control: the scan does find the body of a message that was synced.
+    assert files_containing(state, control_marker.encode())
+    for needle in (
+        body_marker.encode(),
+        attachment_marker,
+        base64.b64encode(attachment_marker),
+        base64.urlsafe_b64encode(attachment_marker).rstrip(b"="),
+    ):
+        assert files_containing(state, needle) == [], needle
