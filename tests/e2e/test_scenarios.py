@@ -58,7 +58,9 @@ def test_scenario_1_R2_inbound_from_assigned_contact_lands_in_its_conversation(s
     assert len(stack.conversations(location, contact.contact_id)) == 1
 
 
-def test_scenario_2_R2_R16_contact_not_assigned_to_the_user_is_not_synced_and_explained(stack: E2EStack) -> None:
+def test_scenario_2_R2_R16_contact_not_assigned_to_the_user_is_not_synced_and_explained(
+    stack: E2EStack,
+) -> None:
     location = stack.new_id("loc")
     user_id, mailbox = connected_user(stack, location)
     colleague = stack.create_user([location], name="colleague")
@@ -167,9 +169,11 @@ def reply_from_crm(
     return (outbound or stack.outbound).SendEmail(request).send
 
 
-def test_scenario_5_R5_R7_sent_from_gmail_goes_to_first_to_contact_with_every_participant(stack: E2EStack) -> None:
+def test_scenario_5_R5_R7_sent_from_gmail_goes_to_first_to_contact_with_every_participant(
+    stack: E2EStack,
+) -> None:
     location = stack.new_id("loc")
-    user_id, mailbox = connected_user(stack, location)
+    _user_id, mailbox = connected_user(stack, location)
     first_to, second_to, in_cc = (stack.new_address(n, "outside.test") for n in ("gus", "hal", "ivy"))
     # Not assigned to the user: a sent message needs no assignment (R5).
     contacts = {a: stack.upsert_contact(location, a) for a in (first_to, second_to, in_cc)}
@@ -179,7 +183,9 @@ def test_scenario_5_R5_R7_sent_from_gmail_goes_to_first_to_contact_with_every_pa
         stack, mailbox, to=[first_to, second_to], cc=[in_cc, stranger_cc], subject="Kick-off", body="Agenda"
     )
 
-    message = stack.wait_for_message(location, contacts[first_to].contact_id, rfc_message_id=sent["message_id"])
+    message = stack.wait_for_message(
+        location, contacts[first_to].contact_id, rfc_message_id=sent["message_id"]
+    )
     assert message.direction == OUTBOUND and message.rule_id == "R5"
     assert roles(message) >= {
         (mailbox, common_pb2.PARTICIPANT_ROLE_FROM),
@@ -204,7 +210,9 @@ def test_scenario_6_R7_contact_writing_to_a_colleague_with_the_user_in_cc_is_syn
     contact = stack.upsert_contact(location, contact_address, assigned_user_id=user_id)
     colleague = stack.new_address("kim", "outside.test")
 
-    delivered = stack.deliver(mailbox, contact_address, "FYI", "For your information", to=[colleague], cc=[mailbox])
+    delivered = stack.deliver(
+        mailbox, contact_address, "FYI", "For your information", to=[colleague], cc=[mailbox]
+    )
 
     message = stack.wait_for_message(location, contact.contact_id, rfc_message_id=delivered["message_id"])
     assert message.direction == INBOUND and message.rule_id == "R2"
@@ -218,8 +226,12 @@ def test_scenario_7_R8_two_contacts_sharing_an_address_the_older_one_gets_the_em
     user_id, mailbox = connected_user(stack, location)
     shared = stack.new_address("office", "outside.test")
     # The newer contact is upserted first, so only the creation time can make the older one win.
-    newer = stack.upsert_contact(location, shared, assigned_user_id=user_id, name="Newer", create_time_seconds=1_700_000_500)
-    older = stack.upsert_contact(location, shared, assigned_user_id=user_id, name="Older", create_time_seconds=1_700_000_000)
+    newer = stack.upsert_contact(
+        location, shared, assigned_user_id=user_id, name="Newer", create_time_seconds=1_700_000_500
+    )
+    older = stack.upsert_contact(
+        location, shared, assigned_user_id=user_id, name="Older", create_time_seconds=1_700_000_000
+    )
 
     delivered = stack.deliver(mailbox, shared, "Who gets this", "The older contact")
 
@@ -230,7 +242,9 @@ def test_scenario_7_R8_two_contacts_sharing_an_address_the_older_one_gets_the_em
     assert stack.conversations(location, newer.contact_id) == []
 
 
-def test_scenario_8_R3_one_mailbox_in_two_locations_inbound_in_both_crm_thread_stays_home(stack: E2EStack) -> None:
+def test_scenario_8_R3_one_mailbox_in_two_locations_inbound_in_both_crm_thread_stays_home(
+    stack: E2EStack,
+) -> None:
     location_a, location_b = stack.new_id("loc-a"), stack.new_id("loc-b")
     user_id, mailbox = connected_user(stack, location_a, location_b)
     contact_address = stack.new_address("lea", "outside.test")
@@ -273,7 +287,9 @@ def test_scenario_8_R3_one_mailbox_in_two_locations_inbound_in_both_crm_thread_s
     ]
 
 
-def test_scenario_11_R10_update_email_stops_the_old_mailbox_and_sends_use_the_new_one(stack: E2EStack) -> None:
+def test_scenario_11_R10_update_email_stops_the_old_mailbox_and_sends_use_the_new_one(
+    stack: E2EStack,
+) -> None:
     location = stack.new_id("loc")
     user_id, old_mailbox = connected_user(stack, location)
     contact_address = stack.new_address("max", "outside.test")
@@ -286,9 +302,12 @@ def test_scenario_11_R10_update_email_stops_the_old_mailbox_and_sends_use_the_ne
     new_connection = stack.update_email(user_id, location, new_mailbox)
 
     assert new_connection.connection_id != old_connection.connection_id
-    assert stack.auth.GetConnection(
-        auth_pb2.GetConnectionRequest(location_id=location, connection_id=old_connection.connection_id)
-    ).connection.state == common_pb2.CONNECTION_STATE_REPLACED
+    assert (
+        stack.auth.GetConnection(
+            auth_pb2.GetConnectionRequest(location_id=location, connection_id=old_connection.connection_id)
+        ).connection.state
+        == common_pb2.CONNECTION_STATE_REPLACED
+    )
     new_message = stack.deliver(old_mailbox, contact_address, "After the change", "Not synced")
     old_thread_reply = stack.deliver(
         old_mailbox,
@@ -348,7 +367,9 @@ def test_scenario_12_R11_disconnect_in_one_of_two_locations(stack: E2EStack) -> 
     ]
 
 
-def test_scenario_13_R12_password_change_needs_reauth_and_mail_meanwhile_syncs_once_after(stack: E2EStack) -> None:
+def test_scenario_13_R12_password_change_needs_reauth_and_mail_meanwhile_syncs_once_after(
+    stack: E2EStack,
+) -> None:
     location = stack.new_id("loc")
     user = stack.create_user([location])
     mailbox = stack.new_address("user")
@@ -365,7 +386,9 @@ def test_scenario_13_R12_password_change_needs_reauth_and_mail_meanwhile_syncs_o
         stack.sandbox.change_password(mailbox, "a-new-password")
         meanwhile = stack.deliver(mailbox, contact_address, "Meanwhile", "Arrived while the grant was dead")
 
-        paused = stack.wait_for_connection(user.user_id, location, common_pb2.CONNECTION_STATE_REAUTH_REQUIRED)
+        paused = stack.wait_for_connection(
+            user.user_id, location, common_pb2.CONNECTION_STATE_REAUTH_REQUIRED
+        )
     finally:
         stack.sandbox.settings(access_token_lifetime_s=3599)
     assert paused.reconnect_required
@@ -383,7 +406,7 @@ def test_scenario_13_R12_password_change_needs_reauth_and_mail_meanwhile_syncs_o
 
 def test_scenario_14_R5_forward_from_gmail_to_a_contact_is_logged_under_that_contact(stack: E2EStack) -> None:
     location = stack.new_id("loc")
-    user_id, mailbox = connected_user(stack, location)
+    _user_id, mailbox = connected_user(stack, location)
     stranger = stack.new_address("vendor", "elsewhere.test")
     original = stack.deliver(mailbox, stranger, "Price list", "Our prices for 2027")
     contact_address = stack.new_address("pia", "outside.test")
@@ -431,7 +454,9 @@ def test_scenario_15_R13_R14_send_over_the_limit_fails_across_replicas_and_bulk_
     replicas = [stack.outbound, stack.outbound_replica]
 
     for number in range(limit):
-        sent = replicas[number % 2].SendEmail(individual_send(stack, location, user_id, contact_address, f"#{number}"))
+        sent = replicas[number % 2].SendEmail(
+            individual_send(stack, location, user_id, contact_address, f"#{number}")
+        )
         assert sent.send.state == SENT
 
     for replica in replicas:
@@ -518,7 +543,9 @@ def test_scenario_17_R1_mail_from_before_the_connection_is_never_imported_even_a
     stack.wait_for_message(location, contact.contact_id, rfc_message_id=after_resync["message_id"])
 
     stored = [m.rfc_message_id for m in stack.messages_of_contact(location, contact.contact_id)]
-    assert sorted(stored) == sorted([first["message_id"], after_gap["message_id"], after_resync["message_id"]])
+    assert sorted(stored) == sorted(
+        [first["message_id"], after_gap["message_id"], after_resync["message_id"]]
+    )
     decision = stack.decision_if_any(location, past["message_id"])
     assert decision is None or (not decision.synced and decision.rule_id == "R1"), decision
 
@@ -551,7 +578,9 @@ def files_containing(folder: Path, needle: bytes) -> list[Path]:
     return [path for path in folder.rglob("*") if path.is_file() and needle in path.read_bytes()]
 
 
-def test_scenario_19_R18_R16_stranger_mail_with_attachment_leaves_only_its_explanation(stack: E2EStack) -> None:
+def test_scenario_19_R18_R16_stranger_mail_with_attachment_leaves_only_its_explanation(
+    stack: E2EStack,
+) -> None:
     location = stack.new_id("loc")
     user_id, mailbox = connected_user(stack, location)
     stranger = stack.new_address("spammer", "elsewhere.test")
@@ -580,7 +609,9 @@ def test_scenario_19_R18_R16_stranger_mail_with_attachment_leaves_only_its_expla
     assert not decision.synced and decision.rule_id == "R2" and stranger in decision.reason
     explanation = stack.explain(location, delivered["message_id"])
     assert explanation.subject == "Invoice attached"
-    assert (stranger, common_pb2.PARTICIPANT_ROLE_FROM) in {(p.email, p.role) for p in explanation.participants}
+    assert (stranger, common_pb2.PARTICIPANT_ROLE_FROM) in {
+        (p.email, p.role) for p in explanation.participants
+    }
     stack.wait_for_message(location, contact.contact_id, rfc_message_id=control["message_id"])
     state = stack.runner.var_dir
     # Negative control: the scan does find the body of a message that was synced.
