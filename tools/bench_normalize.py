@@ -26,6 +26,8 @@ def _bombs() -> list[bytes]:
         b"To: " + b", ".join(b"a%d@b.c" % i for i in range(8000)) + b"\r\n\r\nbody",
         b"Content-Type: multipart/mixed; boundary=b\r\n\r\n" + b"--b\r\n\r\nx\r\n" * 50_000 + b"--b--\r\n",
         b"".join(b"X-H%d: v\r\n" % i for i in range(100_000)) + b"\r\nbody",
+        b"Subject: lines\r\n\r\n" + b"\r\n" * 5_000_000,
+        b'To: "' + b'\\"' * 8000 + b"@x.io\r\nCc: " + b"a@b.c, " * 2000 + b"\r\n\r\nbody",
     ]
 
 
