@@ -428,20 +428,33 @@ def cmd_conversations(client: Client, out: Output, args: argparse.Namespace) -> 
 
 
 def cmd_messages(client: Client, out: Output, args: argparse.Namespace) -> None:
-    if not (args.conversation or args.thread):
-        raise CliError("give --conversation or --thread (see `conversations`)")
-    answer = client.call(
-        "threading",
-        "ListMessages",
-        threading_pb2.ListMessagesRequest(
-            location_id=args.location,
-            conversation_id=args.conversation,
-            thread_id=args.thread,
-            page_size=PAGE_SIZE,
-        ),
-    )
-    lines = [describe_message(m, args.full) for m in answer.messages]
-    out.show(list(answer.messages), "\n".join(lines) or "no messages")
+    if not (args.conversation or args.thread or args.contact):
+        raise CliError("give --contact, --conversation or --thread (see `conversations`)")
+    conversation_ids = [args.conversation] if args.conversation or args.thread else []
+    if args.contact:
+        conversations = client.call(
+            "threading",
+            "ListConversations",
+            threading_pb2.ListConversationsRequest(
+                location_id=args.location, contact_id=args.contact, page_size=PAGE_SIZE
+            ),
+        ).conversations
+        conversation_ids = [c.conversation_id for c in conversations]
+    messages: list[threading_pb2.Message] = []
+    for conversation_id in conversation_ids:
+        answer = client.call(
+            "threading",
+            "ListMessages",
+            threading_pb2.ListMessagesRequest(
+                location_id=args.location,
+                conversation_id=conversation_id,
+                thread_id=args.thread,
+                page_size=PAGE_SIZE,
+            ),
+        )
+        messages.extend(answer.messages)
+    lines = [describe_message(m, args.full) for m in messages]
+    out.show(messages, "\n".join(lines) or "no messages")
 
 
 def cmd_explain(client: Client, out: Output, args: argparse.Namespace) -> None:
@@ -646,7 +659,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("conversations", cmd_conversations, "list conversations, newest activity first")
     sub.add_argument("--contact", default="")
 
-    sub = command("messages", cmd_messages, "list the messages of a conversation or thread")
+    sub = command("messages", cmd_messages, "list the messages of a contact, a conversation or a thread")
+    sub.add_argument("--contact", default="", help="every conversation of this contact")
     sub.add_argument("--conversation", default="")
     sub.add_argument("--thread", default="")
     sub.add_argument("--full", action="store_true", help="participants, ids and text")
