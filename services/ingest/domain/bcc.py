@@ -200,8 +200,13 @@ def _unknown_recipient() -> DropRefused:
 
 
 def _headers(raw: bytes) -> Message:
-    bounded = bound_raw_message(raw, _HEADER_LIMITS).data
-    return BytesHeaderParser(policy=email_policy.compat32).parsebytes(bounded)
+    """The header block, refused when a limit had to trim it: what was cut could hold a second author."""
+    bounded = bound_raw_message(raw, _HEADER_LIMITS)
+    if any(defect.startswith("limit:header") or defect == "limit:addresses" for defect in bounded.defects):
+        raise DropRefused(
+            DropRefusalReason.MALFORMED_AUTHOR, "The message's header is too large to be checked."
+        )
+    return BytesHeaderParser(policy=email_policy.compat32).parsebytes(bounded.data)
 
 
 def _single_author(headers: Message) -> tuple[str, str]:

@@ -272,6 +272,22 @@ def test_R9_a_drop_without_exactly_one_author_is_refused(from_field: bytes) -> N
     assert _refusal(check_author, raw, POLICY, NOW, None).reason is DropRefusalReason.MALFORMED_AUTHOR
 
 
+@pytest.mark.parametrize(
+    "padding",
+    [
+        b'"' + b"x" * 20_000 + b'" <alice@example.com>, eve@evil.example',
+        b"alice@example.com, " * 1200 + b"eve@evil.example",
+    ],
+)
+def test_R9_an_author_hidden_beyond_a_header_limit_is_refused(padding: bytes) -> None:
+    raw = drop_message(date=FRESH, authentication_results=(f"{TRUSTED}; dmarc=pass header.from=example.com",))
+    raw = raw.replace(b"From: Alice <alice@example.com>", b"From: " + padding)
+
+    refusal = _refusal(check_author, raw, POLICY, NOW, None)
+
+    assert refusal.reason is DropRefusalReason.MALFORMED_AUTHOR
+
+
 def test_R9_the_author_is_the_address_never_the_display_name() -> None:
     raw = drop_message(date=FRESH, authentication_results=(f"{TRUSTED}; dmarc=pass header.from=example.com",))
     raw = raw.replace(b"From: Alice <alice@example.com>", b'From: "alice@example.com" <eve@evil.example>')
