@@ -48,6 +48,7 @@ def sending_config(settings: OutboundSettings) -> SendingConfig:
         workspace_daily_limit=settings.workspace_daily_limit,
         lease=dt.timedelta(seconds=settings.send_lease_seconds),
         sent_search_grace=dt.timedelta(seconds=settings.sent_search_grace_seconds),
+        max_concurrent_sends=settings.max_concurrent_sends,
         owner=f"{socket.gethostname()}:{os.getpid()}",
     )
 

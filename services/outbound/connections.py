@@ -3,6 +3,7 @@ the mailbox's own sending limit) and access tokens, over gRPC with an internal s
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from dataclasses import dataclass
 
@@ -58,6 +59,7 @@ class AuthConnections:
         self._timeout = timeout_seconds
         self._tokens: dict[str, tuple[str, dt.datetime]] = {}
         self._mailboxes: dict[str, tuple[auth_pb2.Mailbox, dt.datetime]] = {}
+        self._lookups: dict[tuple[str, str], asyncio.Future[SenderMailbox]] = {}
 
     async def sender_for(self, location_id: str, user_id: str) -> SenderMailbox:
         """The user's connection in the location, refused (ConnectionNotActive, NoConnection) unless it may send."""
@@ -66,7 +68,20 @@ class AuthConnections:
         return sender
 
     async def mailbox_of(self, location_id: str, user_id: str) -> SenderMailbox:
-        """The user's current connection in the location whatever its state (the newest one when none is active)."""
+        """The user's current connection in the location whatever its state (the newest one when none is active).
+
+        Concurrent lookups of the same user and location share the one call in flight, so an answer is at most
+        one round trip older than the request and is never kept beyond it (R10: a replaced mailbox stops at once).
+        """
+        key = (location_id, user_id)
+        lookup = self._lookups.get(key)
+        if lookup is None:
+            lookup = asyncio.ensure_future(self._look_up(location_id, user_id))
+            self._lookups[key] = lookup
+            lookup.add_done_callback(lambda _: self._lookups.pop(key, None))
+        return await asyncio.shield(lookup)
+
+    async def _look_up(self, location_id: str, user_id: str) -> SenderMailbox:
         try:
             answer = await self._stub.GetConnection(
                 auth_pb2.GetConnectionRequest(location_id=location_id, user_id=user_id), timeout=self._timeout

@@ -120,6 +120,8 @@ class SendingConfig:
     max_gmail_calls: int = 3
     # Longest time a replayed request waits for the process that owns the send to settle it.
     replay_wait: dt.timedelta = dt.timedelta(seconds=30)
+    # Sends one process works on at once; more wait their turn instead of timing out on the connection pool.
+    max_concurrent_sends: int = 32
     owner: str = field(default_factory=lambda: f"outbound-{uuid.uuid4().hex[:12]}")
 
 
@@ -159,19 +161,21 @@ class OutboundSender:
         self._sleep = sleep
         # The daily limit this process last wrote per mailbox, so the ledger row is only touched on a change.
         self._limits_written: dict[str, int | None] = {}
+        self._turns = asyncio.Semaphore(config.max_concurrent_sends)
 
     # -- entry points ----------------------------------------------------------------------------------------
 
     async def send(self, request: SendRequest) -> SendRecord:
         """Sends once per (location, request id); a repeated request answers with the first one's outcome."""
         _require_ids(request)
-        async with self._db.read() as session:
-            existing = await store.send_by_request(session, request.location_id, request.request_id)
-        if existing is not None:
-            return await self._replay(existing)
-        if request.kind is SendKind.INDIVIDUAL:
-            return await self._send_individual(request)
-        return await self._send_bulk(request)
+        async with self._turns:
+            async with self._db.read() as session:
+                existing = await store.send_by_request(session, request.location_id, request.request_id)
+            if existing is not None:
+                return await self._replay(existing)
+            if request.kind is SendKind.INDIVIDUAL:
+                return await self._send_individual(request)
+            return await self._send_bulk(request)
 
     async def get(self, location_id: str, send_id: str) -> SendRecord:
         async with self._db.read() as session:

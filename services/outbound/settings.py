@@ -61,6 +61,9 @@ class OutboundSettings(ServiceSettings):
     recovery_interval_seconds: float = Field(
         default=30.0, gt=0, description="How often sends left in progress or UNKNOWN are looked for."
     )
+    max_concurrent_sends: int = Field(
+        default=32, gt=0, description="Sends one process works on at once (more wait their turn)."
+    )
     gmail_timeout_seconds: float = Field(default=60.0, gt=0, description="Timeout of one Gmail HTTP request.")
     unsafe_ledger_without_lock: bool = Field(
         default=False,

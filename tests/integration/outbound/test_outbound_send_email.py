@@ -12,8 +12,8 @@ from mailsync.v1 import auth_pb2, common_pb2, outbound_pb2
 from services.runtime.errors import error_info
 from tests.fixtures.outbound_world import LOCATION, MESSAGE_ID_DOMAIN, OutboundWorld, individual
 
-ALICE = "alice@example.com"
-CAROL = "carol@example.org"
+ALICE = "alice@gmail.com"
+CAROL = "carol@gmail.com"
 BOB = "bob@example.com"
 MIB = 1024 * 1024
 

@@ -1,0 +1,83 @@
+"""R14 across replicas: 600 concurrent sends for one mailbox from three outbound processes, with the sandbox's own
+limit far above 500 so only our ledger can refuse, on SQLite and PostgreSQL; and the same race with the ledger's
+mailbox lock switched off, which over-admits on PostgreSQL (the negative control)."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from pathlib import Path
+
+import grpc
+
+from mailsync.v1 import outbound_pb2
+from services.runtime.service import stop_service
+from tests.fixtures.outbound_world import OutboundWorld, individual
+
+ALICE = "alice@gmail.com"
+SENDS = 600
+PROCESSES = 3
+
+
+async def _race(  # type: ignore[no-untyped-def]
+    world: OutboundWorld, outbound_processes, tmp_path: Path, **overrides: object
+) -> tuple[dict[str, int], list]:
+    assert world.service is not None
+    await stop_service(world.service)
+    await world.connect("u1", ALICE, daily_send_limit=100_000)
+    settings = world.settings.model_copy(update=overrides)
+    processes = await asyncio.gather(
+        *(outbound_processes(settings, tmp_path / f"outbound-{index}.log") for index in range(PROCESSES))
+    )
+    stubs = [world.stub(port=process.port) for process in processes]
+
+    async def send(index: int) -> str:
+        try:
+            answer = await stubs[index % PROCESSES].SendEmail(
+                individual(f"race-{index}", f"r{index}@example.net", subject=f"n{index}", body="x"),
+                timeout=120,
+            )
+        except grpc.aio.AioRpcError as error:
+            return error.code().name
+        return outbound_pb2.SendState.Name(answer.send.state)
+
+    outcomes = collections.Counter(await asyncio.gather(*(send(index) for index in range(SENDS))))
+    return dict(outcomes), stubs
+
+
+def _gmail_sends(world: OutboundWorld) -> int:
+    methods = world.sandbox.admin.quota()["users"][ALICE]["methods"]
+    return int(methods["gmail.users.messages.send"]["calls"])
+
+
+async def test_R14_600_concurrent_sends_from_three_processes_admit_exactly_500(
+    outbound_world: OutboundWorld, outbound_processes, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    world = outbound_world
+
+    outcomes, stubs = await _race(world, outbound_processes, tmp_path)
+
+    assert outcomes == {"SEND_STATE_SENT": 500, "RESOURCE_EXHAUSTED": 100}
+    sent = [m for m in world.sandbox.admin.messages(ALICE) if "SENT" in m["labelIds"]]
+    assert len(sent) == 500
+    # Every messages.send call made a message: the sandbox never answered 429.
+    assert _gmail_sends(world) == 500
+    quota = await stubs[0].GetQuota(outbound_pb2.GetQuotaRequest(location_id="loc-1", user_id="u1"))
+    assert (quota.used, quota.remaining) == (500, 0) and quota.HasField("reset_time")
+
+
+async def test_R14_negative_control_without_the_mailbox_lock_the_limit_is_over_admitted(
+    outbound_world: OutboundWorld, outbound_processes, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    world = outbound_world
+
+    outcomes, _ = await _race(world, outbound_processes, tmp_path, unsafe_ledger_without_lock=True)
+
+    accepted = outcomes.get("SEND_STATE_SENT", 0)
+    if world.database.backend == "postgresql":
+        # READ COMMITTED lets concurrent admissions count the same window: more than 500 go out.
+        assert accepted > 500
+    else:
+        # SQLite: services.runtime.db begins every write transaction IMMEDIATE, so the database's single write
+        # lock alone still serialises admissions (reference/reliability.md section 3.2).
+        assert accepted == 500
