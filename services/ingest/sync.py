@@ -48,7 +48,7 @@ from services.runtime.gmail import (
     GmailError,
     HistoryExpired,
     PermanentAuthFailure,
-    RetryableGmailError,
+    PermanentGmailError,
     RetryPolicy,
     RetryTiming,
     decode_base64url,
@@ -434,8 +434,9 @@ class MailboxSyncer:
     async def _fetch_raw(self, client: GmailClient, ids: list[str]) -> dict[str, dict[str, Any]]:
         """messages.get format=raw in batches of at most 25, a bounded number in flight for this mailbox.
 
-        Messages Gmail no longer has are left out (deleted before we got to them); a message that still fails
-        after the adapter's retries fails the pass, so the cursor stays and the next pass tries again."""
+        Messages Gmail no longer has are left out (deleted before we got to them), and so are messages Gmail
+        refuses for good (logged); any other failure after the adapter's retries fails the pass, so the cursor
+        stays and the next pass tries again."""
         limit = asyncio.Semaphore(max(1, self._config.fetch_concurrency))
         found: dict[str, dict[str, Any]] = {}
         failures: list[GmailError] = []
@@ -450,9 +451,12 @@ class MailboxSyncer:
         auth = [f for f in failures if isinstance(f, PermanentAuthFailure)]
         if auth:
             raise auth[0]
-        if failures:
-            retryable = [f for f in failures if isinstance(f, RetryableGmailError)]
-            raise (retryable or failures)[0]
+        transient = [f for f in failures if not isinstance(f, PermanentGmailError)]
+        if transient:
+            raise transient[0]
+        for failure in failures:
+            # A message Gmail refuses for good must not stall its mailbox: it is left out (and logged).
+            log.error("message cannot be fetched", extra={"error": f"{type(failure).__name__}: {failure}"})
         return found
 
     async def _publish_message(
