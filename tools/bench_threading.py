@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy import insert, text
 
 from mailsync.v1 import common_pb2, events_pb2
@@ -120,11 +121,24 @@ async def drop(db: Database) -> None:
 
 
 async def breakdown(url: str, count: int) -> dict[str, float]:
-    """Per-message time in each stage, in process (no NATS), in milliseconds."""
+    """Per-message time in each stage, in process (no NATS), in milliseconds; with the statements per message and
+    the round trip of a trivial statement on this machine, since statement round trips dominate the database time."""
     db = await fresh_database(url)
     payloads = [event(n, "b").SerializeToString() for n in range(count)]
     stages = {"decode": 0.0, "load": 0.0, "rules": 0.0, "write": 0.0, "commit": 0.0}
+    statements = [0]
+
+    def count_statement(*_args: Any) -> None:
+        statements[0] += 1
+
+    sqlalchemy_event.listen(db.engine.sync_engine, "before_cursor_execute", count_statement)
     try:
+        async with db.read() as session:
+            t = time.perf_counter()
+            for _ in range(100):
+                await session.execute(text("SELECT 1"))
+            round_trip = (time.perf_counter() - t) / 100
+        statements[0] = 0
         for payload in payloads:
             t = time.perf_counter()
             parsed = events_pb2.NormalizedMessage.FromString(payload)
@@ -144,7 +158,10 @@ async def breakdown(url: str, count: int) -> dict[str, float]:
             stages["commit"] += time.perf_counter() - t
     finally:
         await drop(db)
-    return {k: round(v / count * 1000, 3) for k, v in stages.items()}
+    result = {k: round(v / count * 1000, 3) for k, v in stages.items()}
+    result["statements_per_message"] = round(statements[0] / count, 1)
+    result["select_1_round_trip"] = round(round_trip * 1000, 3)
+    return result
 
 
 async def throughput(url: str, nats_url: str, count: int, consumers: int) -> float:
@@ -255,6 +272,10 @@ async def list_messages_latency(url: str, size: int = 10_000) -> dict[str, float
                         for _, mid in ids
                     ],
                 )
+        if db.dialect == "postgresql":
+            # Planner statistics, as autovacuum would have after a bulk load.
+            async with db.engine.begin() as conn:
+                await conn.execute(text("ANALYZE"))
         samples: dict[str, list[float]] = {"first_page": [], "middle_page": [], "last_page": []}
         async with db.read() as session:
             middle = await reads.list_messages(session, "loc-a", conversation_id=conversation_id, limit=5000)
