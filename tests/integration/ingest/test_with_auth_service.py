@@ -1,0 +1,95 @@
+"""Ingest's sync worker with the real auth service (in-process, real gRPC) as its mailbox directory and token
+source: connect through auth's OAuth flow, sync, lose the grant (R12), reconnect, and resume from the cursor on
+auth's `reauthorized` event with nothing lost and nothing twice."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+
+from services.ingest import store
+from services.ingest.app import MIGRATIONS_DIR
+from services.ingest.auth_client import AuthServiceClient
+from services.ingest.sync import PassOutcome
+from services.runtime.db import migrate, open_database
+from services.runtime.gmail import GmailApi, GmailEndpoint
+from services.runtime.grpc_client import ServiceToken, open_channel
+from tests.fixtures.auth_service import AuthWorld
+from tests.fixtures.ingest_world import IngestWorld, MessageRecorder, PublishCounter
+from tests.fixtures.messaging import eventually
+
+ALICE = "alice@example.com"
+
+
+@pytest.fixture
+async def ingest_on_auth(
+    auth_world: AuthWorld, nats_client: Client, tmp_path: Path
+) -> AsyncIterator[IngestWorld]:
+    auth_world.sandbox.create_mailbox(ALICE)
+    # Ingest has its own database (its own schema, never auth's).
+    db = open_database(f"sqlite:///{tmp_path / 'ingest.db'}")
+    await migrate(db, MIGRATIONS_DIR)
+    channel = open_channel(
+        f"127.0.0.1:{auth_world.service.port}", token=ServiceToken(auth_world.keys, "ingest")
+    )
+    auth = AuthServiceClient(channel)
+    api = GmailApi(GmailEndpoint(root_url=auth_world.sandbox.url, max_workers=4))
+    recorder = MessageRecorder(nats_client)
+    await recorder.start()
+    world = IngestWorld(
+        sandbox=auth_world.sandbox,
+        db=db,
+        nats=nats_client,
+        api=api,
+        directory=auth,  # type: ignore[arg-type]
+        tokens=auth,  # type: ignore[arg-type]
+        counter=PublishCounter(),
+        recorder=recorder,
+    )
+    yield world
+    await world.stop()
+    await recorder.stop()
+    await channel.close()
+    await api.aclose()
+    await db.dispose()
+
+
+async def test_R12_with_real_auth_invalid_grant_pauses_and_reconnecting_resumes_with_no_gap(
+    auth_world: AuthWorld, ingest_on_auth: IngestWorld
+) -> None:
+    world = ingest_on_auth
+    auth: AuthServiceClient = world.directory  # type: ignore[assignment]
+    await auth_world.add_user("u1")
+    await auth_world.connect("u1", "loc-1", ALICE)
+    mailbox = await auth.get_mailbox(email=ALICE)
+    assert mailbox is not None and [c.state for c in mailbox.connections] == ["CONNECTED"]
+    early = world.deliver(ALICE, copies=2)
+    syncer = world.syncer()
+    assert await syncer.sync(mailbox.mailbox_id) is PassOutcome.SYNCED
+
+    auth_world.sandbox.admin.change_password(ALICE, "changed")
+    await auth_world.expire_access_tokens()
+    auth.forget_token(mailbox.mailbox_id)
+    during = world.deliver(ALICE, copies=3, subject="while the grant is dead")
+
+    assert await syncer.sync(mailbox.mailbox_id) is PassOutcome.PAUSED
+    paused = await auth.get_mailbox(mailbox_id=mailbox.mailbox_id)
+    assert paused is not None and paused.awaiting_reauth and not paused.connected
+    async with world.db.read() as session:
+        row = await store.get_sync_row(session, mailbox.mailbox_id)
+    assert row is not None and row.state == "PAUSED_REAUTH"
+
+    world.start_workers(syncer, count=1)
+    world.start_connection_events()
+    await auth_world.connect("u1", "loc-1", ALICE)
+
+    async def all_published() -> bool:
+        return set(world.recorder.recorded.normalized_ids()) >= set(early + during)
+
+    await eventually(all_published, within=30)
+    assert world.recorder.recorded.normalized_ids() == dict.fromkeys(early + during, 1)
+    event = world.recorder.recorded.normalized[-1]
+    assert [(c.location_id, c.user_id) for c in event.connections] == [("loc-1", "u1")]
