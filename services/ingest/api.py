@@ -5,11 +5,14 @@ connected in that location, or it does not exist for the caller."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import grpc
 from nats.js import JetStreamContext
 
 from mailsync.v1 import ingest_pb2, ingest_pb2_grpc
 from services.ingest.connection_proto import timestamp
+from services.ingest.drops_api import DropRpcs
 from services.ingest.errors import MailboxNotInLocation, PushMalformed, PushNotAuthenticated, QueueUnavailable
 from services.ingest.mailboxes import MailboxDirectory, MailboxInfo
 from services.ingest.push import PushRejected
@@ -18,6 +21,7 @@ from services.ingest.sync_status import read_sync_status
 from services.ingest.work import queue_sync
 from services.runtime.clock import Clock, SystemClock
 from services.runtime.db import Database
+from services.runtime.errors import FailedPrecondition
 from services.runtime.grpc_server import ServicerRegistration
 
 _TOKEN_REASONS = frozenset(
@@ -41,7 +45,11 @@ _STATES = {
     "STOPPED": ingest_pb2.MAILBOX_SYNC_STATE_STOPPED,
 }
 # Only services (a push gateway, threading) call these.
-INTERNAL_METHODS = frozenset({"HandlePush", "FetchAttachment"})
+INTERNAL_METHODS = frozenset({"HandlePush", "FetchAttachment", "SubmitBccDrop"})
+
+
+class BccDropsNotConfigured(FailedPrecondition):
+    reason = "BCC_DROPS_NOT_CONFIGURED"
 
 
 class IngestApi(ingest_pb2_grpc.IngestServiceServicer):
@@ -53,7 +61,9 @@ class IngestApi(ingest_pb2_grpc.IngestServiceServicer):
         db: Database,
         js: JetStreamContext,
         clock: Clock | None = None,
+        drops: DropRpcs | None = None,
     ) -> None:
+        self._drops = drops
         self._intake = intake
         self._directory = directory
         self._db = db
@@ -121,6 +131,32 @@ class IngestApi(ingest_pb2_grpc.IngestServiceServicer):
         except Exception as error:
             raise QueueUnavailable(f"resync not queued: {type(error).__name__}") from error
         return ingest_pb2.ResyncMailboxResponse(queued=True)
+
+    async def SubmitBccDrop(
+        self, request: ingest_pb2.SubmitBccDropRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.SubmitBccDropResponse:
+        return await self._drop_rpcs().submit_bcc_drop(request)
+
+    async def GetBccAddress(
+        self, request: ingest_pb2.GetBccAddressRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.GetBccAddressResponse:
+        return await self._drop_rpcs().get_bcc_address(request)
+
+    async def RotateBccAddress(
+        self, request: ingest_pb2.RotateBccAddressRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.RotateBccAddressResponse:
+        return await self._drop_rpcs().rotate_bcc_address(request)
+
+    async def FetchAttachment(
+        self, request: ingest_pb2.FetchAttachmentRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[ingest_pb2.FetchAttachmentResponse]:
+        async for response in self._drop_rpcs().fetch_attachment(request):
+            yield response
+
+    def _drop_rpcs(self) -> DropRpcs:
+        if self._drops is None:
+            raise BccDropsNotConfigured("BCC drops and attachments are not wired into this ingest process")
+        return self._drops
 
     async def _mailbox_in_location(self, mailbox_id: str, location_id: str) -> MailboxInfo:
         mailbox = await self._directory.get_mailbox(mailbox_id=mailbox_id) if mailbox_id else None

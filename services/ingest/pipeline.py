@@ -19,6 +19,7 @@ import aiohttp
 from services.ingest.api import IngestApi, ingest_registration
 from services.ingest.auth_client import AuthServiceClient
 from services.ingest.connection_events import ConnectionEventHandler
+from services.ingest.drops_api import DropRpcs
 from services.ingest.mailboxes import AccessTokens, MailboxDirectory
 from services.ingest.push import PushAuthConfig, PushTokenVerifier
 from services.ingest.push_http import PushHttpServer
@@ -120,6 +121,7 @@ def add_sync_pipeline(
     directory: MailboxDirectory | None = None,
     tokens: AccessTokens | None = None,
     observer: PublishObserver | None = None,
+    drops: DropRpcs | None = None,
 ) -> SyncPipeline:
     """Registers the servicer, the push HTTP server and the background loops. Without `directory`/`tokens`
     the auth service at `settings.auth_target` provides both."""
@@ -149,7 +151,9 @@ def add_sync_pipeline(
         fetch_certs,
     )
     intake = PushIntake(verifier=verifier, directory=directory, db=db, js=js)
-    components.add_servicer(ingest_registration(IngestApi(intake=intake, directory=directory, db=db, js=js)))
+    components.add_servicer(
+        ingest_registration(IngestApi(intake=intake, directory=directory, db=db, js=js, drops=drops))
+    )
 
     syncer = MailboxSyncer(
         db=db,

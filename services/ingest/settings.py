@@ -111,3 +111,31 @@ class IngestSettings(ServiceSettings):
         ge=0,
         description="Pushes of a mailbox synced less than this ago wait and coalesce into one pass.",
     )
+    bcc_drop_domain: str = Field(
+        default="drop.mailsync.localhost",
+        description="Domain of the locations' BCC addresses (bcc+<token>@<domain>); mail for it reaches the listener.",
+    )
+    bcc_trusted_authserv_ids: str = Field(
+        default="",
+        description="Comma-separated authserv-ids (e.g. mx.google.com) of the receiving hosts whose topmost "
+        "Authentication-Results header is trusted; empty: only DKIM verified by ingest counts.",
+    )
+    bcc_verify_dkim: bool = Field(
+        default=True, description="Verify drops' DKIM signatures through the system DNS resolver."
+    )
+    bcc_smtp_enabled: bool = Field(default=True, description="Run the BCC-drop SMTP listener.")
+    bcc_smtp_host: str = Field(default="127.0.0.1", description="Address the BCC-drop SMTP listener binds.")
+    bcc_smtp_port: int = Field(
+        default=2525, ge=0, le=65535, description="BCC-drop SMTP port (0 picks a free port)."
+    )
+    bcc_max_drop_bytes: int = Field(
+        default=25 * 1024 * 1024, gt=0, description="Largest drop accepted (SIZE, enforced during DATA)."
+    )
+    bcc_drop_content_retention_seconds: float = Field(
+        default=259200.0,
+        gt=0,
+        description="How long an accepted drop's content is kept for FetchAttachment, then forgotten.",
+    )
+    bcc_purge_interval_seconds: float = Field(
+        default=600.0, gt=0, description="How often expired drop content is forgotten."
+    )

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any, Protocol
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from services.ingest.bcc_drop import BccDropAdmission
-from services.ingest.domain.bcc import DropRefused
+from services.ingest.domain.bcc import DropPolicy, DropRefused
 
 log = logging.getLogger(__name__)
 
@@ -20,10 +20,21 @@ _ACCEPTED = "250 2.0.0 Logged into the CRM"
 _TEMPORARY_FAILURE = "451 4.3.0 The drop could not be recorded just now; please try again later"
 
 
+class DropAdmission(Protocol):
+    """What the listener needs of the admission (BccDropAdmission, or the service's logging wrapper)."""
+
+    @property
+    def policy(self) -> DropPolicy: ...
+
+    async def location_for_recipient(self, envelope_recipient: str) -> str: ...
+
+    async def admit(self, envelope_recipient: str, raw: bytes) -> Any: ...
+
+
 class BccDropHandler:
     """aiosmtpd handler: every reply names why a drop was refused."""
 
-    def __init__(self, admission: BccDropAdmission) -> None:
+    def __init__(self, admission: DropAdmission) -> None:
         self._admission = admission
 
     async def handle_RCPT(
@@ -62,7 +73,7 @@ class BccDropHandler:
 
 
 async def start_smtp_listener(
-    admission: BccDropAdmission, *, host: str, port: int, hostname: str | None = None
+    admission: DropAdmission, *, host: str, port: int, hostname: str | None = None
 ) -> asyncio.Server:
     """Listen for drops on (host, port); port 0 picks a free port. Close the returned server to stop."""
     handler = BccDropHandler(admission)

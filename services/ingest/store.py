@@ -17,9 +17,11 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
+    delete,
     func,
     select,
     update,
@@ -81,7 +83,9 @@ class BccAddressRow(Base):
     __tablename__ = "bcc_addresses"
 
     location_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    # Kept so GetBccAddress can show the address again; drops are looked up by the digest only.
     token: Mapped[str] = mapped_column(String(128), unique=True)
+    token_digest: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[dt.datetime] = mapped_column(_WHEN)
 
 
@@ -96,6 +100,16 @@ class BccDropRow(Base):
     accepted: Mapped[bool] = mapped_column(default=False)
     reason: Mapped[str] = mapped_column(Text, default="")
     received_at: Mapped[dt.datetime] = mapped_column(_WHEN)
+
+
+class BccDropContentRow(Base):
+    """The raw message of an accepted drop, kept only until `expires_at` so threading can fetch attachments."""
+
+    __tablename__ = "bcc_drop_contents"
+
+    drop_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    expires_at: Mapped[dt.datetime] = mapped_column(_WHEN, index=True)
 
 
 class LeaseLost(RuntimeError):
@@ -191,8 +205,10 @@ async def record_progress(
     skipped: int,
     latest_seen_history_id: int,
     now: dt.datetime,
+    lease_until: dt.datetime | None = None,
 ) -> None:
-    """Fenced: notes the published messages and moves the cursor, in the caller's transaction.
+    """Fenced: notes the published messages and moves the cursor, in the caller's transaction; `lease_until`
+    also extends the lease (a worker renews as it records progress).
 
     Call only after every publish up to `history_cursor` was acknowledged by JetStream.
     """
@@ -209,6 +225,8 @@ async def record_progress(
         "last_error": "",
         "consecutive_failures": 0,
     }
+    if lease_until is not None:
+        values["lease_expires_at"] = lease_until
     if published:
         newest = max(entry.internal_ms for entry in published)
         values["last_synced_internal_ms"] = greatest(row.c.last_synced_internal_ms, newest)
@@ -399,3 +417,120 @@ async def published_ids(session: AsyncSession, mailbox_id: str) -> set[str]:
 def _aware(value: dt.datetime) -> dt.datetime:
     # SQLite hands back naive datetimes for timezone-aware columns; they were written in UTC.
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+# BCC addresses and drops ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BccAddress:
+    location_id: str
+    token: str
+    token_digest: str
+    created_at: dt.datetime
+
+
+def _bcc_address(row: BccAddressRow) -> BccAddress:
+    return BccAddress(row.location_id, row.token, row.token_digest, _aware(row.created_at))
+
+
+async def get_bcc_address(session: AsyncSession, location_id: str) -> BccAddress | None:
+    row = await session.get(BccAddressRow, location_id, populate_existing=True)
+    return None if row is None else _bcc_address(row)
+
+
+async def create_bcc_address(
+    session: AsyncSession, location_id: str, token: str, digest: str, *, now: dt.datetime
+) -> BccAddress:
+    """The location's address: this token unless another caller created one first (idempotent)."""
+    await session.execute(
+        _insert(session)(BccAddressRow)
+        .values(location_id=location_id, token=token, token_digest=digest, created_at=now)
+        .on_conflict_do_nothing(index_elements=["location_id"])
+    )
+    created = await get_bcc_address(session, location_id)
+    assert created is not None
+    return created
+
+
+async def replace_bcc_token(
+    session: AsyncSession, location_id: str, token: str, digest: str, *, now: dt.datetime
+) -> BccAddress:
+    """Creates or replaces the location's token: the old digest matches nothing from this commit on."""
+    row = BccAddressRow.__table__
+    updated = await session.execute(
+        update(row)
+        .where(row.c.location_id == location_id)
+        .values(token=token, token_digest=digest, created_at=now)
+        .returning(row.c.location_id)
+    )
+    if updated.first() is None:
+        return await create_bcc_address(session, location_id, token, digest, now=now)
+    replaced = await get_bcc_address(session, location_id)
+    assert replaced is not None
+    return replaced
+
+
+async def bcc_location_for_digest(session: AsyncSession, digest: str) -> str | None:
+    row = BccAddressRow.__table__
+    result = await session.execute(select(row.c.location_id).where(row.c.token_digest == digest))
+    return result.scalar_one_or_none()
+
+
+async def log_drop(
+    session: AsyncSession,
+    *,
+    drop_id: str,
+    location_id: str,
+    content_digest: str,
+    rfc_message_id: str,
+    sender: str,
+    accepted: bool,
+    reason: str,
+    now: dt.datetime,
+) -> None:
+    """One line of the drop log (R16): ids, addresses and the reason only, never content."""
+    session.add(
+        BccDropRow(
+            drop_id=drop_id,
+            location_id=location_id,
+            content_digest=content_digest,
+            rfc_message_id=rfc_message_id[:998],
+            sender=sender[:320],
+            accepted=accepted,
+            reason=reason,
+            received_at=now,
+        )
+    )
+    await session.flush()
+
+
+async def keep_drop_content(
+    session: AsyncSession, drop_id: str, raw: bytes, *, expires_at: dt.datetime
+) -> None:
+    session.add(BccDropContentRow(drop_id=drop_id, raw=raw, expires_at=expires_at))
+    await session.flush()
+
+
+async def drop_content(session: AsyncSession, drop_id: str, *, now: dt.datetime) -> bytes | None:
+    """The kept raw message of an accepted drop; None when unknown or past its retention."""
+    table = BccDropContentRow.__table__
+    result = await session.execute(
+        select(table.c.raw).where(table.c.drop_id == drop_id, table.c.expires_at > now)
+    )
+    return result.scalar_one_or_none()
+
+
+async def purge_drop_contents(session: AsyncSession, *, now: dt.datetime) -> int:
+    """Forgets the content of drops past their retention; returns how many."""
+    table = BccDropContentRow.__table__
+    result = await session.execute(delete(table).where(table.c.expires_at <= now).returning(table.c.drop_id))
+    return len(result.all())
+
+
+async def drop_log(session: AsyncSession, location_id: str) -> list[BccDropRow]:
+    """The location's drop log, oldest first."""
+    result = await session.execute(
+        select(BccDropRow).where(BccDropRow.location_id == location_id).order_by(BccDropRow.received_at)
+    )
+    return list(result.scalars())

@@ -1,0 +1,143 @@
+"""Wires BCC drops and attachment fetching into the ingest process: the SMTP listener, the admission over ingest's
+store and auth's ListUsers, the drop-content purge, and the RPCs IngestApi delegates to.
+
+`add_bcc_drops(components, settings)` is called by the composition root (`app.build`) before the sync pipeline,
+which hands the returned `rpcs` to IngestApi; what it opens, it registers for cleanup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from dataclasses import dataclass, field
+
+from services.ingest.attachments import AttachmentSource
+from services.ingest.auth_client import AuthServiceClient
+from services.ingest.bcc_drop import BccDropAdmission, LocationUsers
+from services.ingest.dns_txt import dns_txt_lookup
+from services.ingest.domain.bcc import DnsTxtLookup, DropPolicy
+from services.ingest.drops import BccAddresses, DropContentPurger, LoggedDropAdmission, OutboxDropSink
+from services.ingest.drops_api import DropRpcs
+from services.ingest.location_users import AuthLocationUsers
+from services.ingest.mailboxes import AccessTokens
+from services.ingest.settings import IngestSettings
+from services.ingest.smtp import start_smtp_listener
+from services.runtime.clock import Clock, SystemClock
+from services.runtime.gmail import GmailApi, GmailEndpoint, RetryPolicy
+from services.runtime.grpc_client import ServiceToken, open_channel
+from services.runtime.service import ServiceComponents
+
+
+@dataclass
+class SmtpListener:
+    """The drop listener's address once the service started (port 0 in the settings picks a free one)."""
+
+    host: str
+    port: int = 0
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass(frozen=True)
+class BccDrops:
+    rpcs: DropRpcs
+    addresses: BccAddresses
+    admission: LoggedDropAdmission
+    smtp: SmtpListener | None
+
+
+def drop_policy(settings: IngestSettings) -> DropPolicy:
+    return DropPolicy(
+        drop_domain=settings.bcc_drop_domain,
+        trusted_authserv_ids=tuple(
+            host.strip() for host in settings.bcc_trusted_authserv_ids.split(",") if host.strip()
+        ),
+        max_message_bytes=settings.bcc_max_drop_bytes,
+    )
+
+
+def add_bcc_drops(
+    components: ServiceComponents,
+    settings: IngestSettings,
+    *,
+    users: LocationUsers | None = None,
+    tokens: AccessTokens | None = None,
+    dns_txt: DnsTxtLookup | None = None,
+    clock: Clock | None = None,
+) -> BccDrops:
+    """Registers the SMTP listener (unless disabled) and the purge loop; returns the RPCs for IngestApi.
+
+    Without `users`/`tokens` the auth service at `settings.auth_target` provides both; without `dns_txt` DKIM is
+    verified through the system resolver when `settings.bcc_verify_dkim` is set."""
+    clock = clock or SystemClock()
+    db = components.database
+    if users is None or tokens is None:
+        channel = open_channel(
+            settings.auth_target,
+            settings,
+            token=ServiceToken(
+                components.token_keys, "ingest", ttl_seconds=settings.service_token_ttl_seconds
+            ),
+        )
+        components.add_cleanup(channel.close)
+        users = users or AuthLocationUsers(channel)
+        tokens = tokens or AuthServiceClient(channel)
+    if dns_txt is None and settings.bcc_verify_dkim:
+        dns_txt = dns_txt_lookup()
+    addresses = BccAddresses(db, settings.bcc_drop_domain, clock=clock)
+    sink = OutboxDropSink(
+        db, content_retention=dt.timedelta(seconds=settings.bcc_drop_content_retention_seconds), clock=clock
+    )
+    admission = LoggedDropAdmission(
+        BccDropAdmission(
+            policy=drop_policy(settings),
+            locations=addresses,
+            users=users,
+            sink=sink,
+            dns_txt=dns_txt,
+            clock=clock,
+        ),
+        db,
+        clock=clock,
+    )
+    gmail_api = GmailApi(GmailEndpoint(root_url=settings.gmail_root_url or None, max_workers=2))
+    components.add_cleanup(gmail_api.aclose)
+    attachments = AttachmentSource(
+        db=db,
+        gmail_api=gmail_api,
+        tokens=tokens,
+        gmail_policy=RetryPolicy(
+            max_attempts=settings.gmail_retry_attempts,
+            base_delay=settings.gmail_retry_base_seconds,
+            max_delay=settings.gmail_retry_max_seconds,
+        ),
+        clock=clock,
+    )
+    purger = DropContentPurger(db, interval_seconds=settings.bcc_purge_interval_seconds, clock=clock)
+    components.add_background("bcc-drop-purge", purger.run, purger.stop)
+    listener = None
+    if settings.bcc_smtp_enabled:
+        listener = SmtpListener(settings.bcc_smtp_host)
+        stopped = asyncio.Event()
+
+        async def serve_smtp() -> None:
+            server = await start_smtp_listener(
+                admission,
+                host=settings.bcc_smtp_host,
+                port=settings.bcc_smtp_port,
+                hostname=settings.bcc_drop_domain,
+            )
+            listener.port = int(server.sockets[0].getsockname()[1])
+            listener.started.set()
+            try:
+                await stopped.wait()
+            finally:
+                server.close()
+                await server.wait_closed()
+
+        components.add_background("bcc-smtp", serve_smtp, stopped.set)
+    return BccDrops(
+        rpcs=DropRpcs(admission=admission, addresses=addresses, attachments=attachments),
+        addresses=addresses,
+        admission=admission,
+        smtp=listener,
+    )

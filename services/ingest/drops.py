@@ -1,0 +1,223 @@
+"""BCC drops in the running service (R9): the per-location addresses, the drop log, and handing an accepted drop
+over to threading.
+
+Addresses: the token is kept in the database (GetBccAddress must show the address again, and a one-way digest
+cannot), next to its SHA-256 digest, which is what a drop is looked up by, so that lookups never compare the
+secret itself. A stolen token alone logs nothing: the sender must still be an authenticated user of the location.
+
+Hand-over: an accepted drop's log line, its kept content (for FetchAttachment, until its retention ends) and its
+NormalizedMessage (on the transactional outbox, `Nats-Msg-Id` = `drop:<location>:<content digest>`) are written in
+one transaction, and the SMTP 250 / RPC answer is given only after that commit: the drop is then durable, and the
+outbox relay publishes it. Refused drops get a log line with the reason and publish nothing (threading never saw
+them; the log is the R16 record). A refusal at RCPT (not a current drop address) names no location to explain
+to, so it is not logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import logging
+import uuid
+from dataclasses import dataclass
+from email import policy as email_policy
+from email.parser import BytesHeaderParser
+from email.utils import parseaddr
+
+from services.ingest import store
+from services.ingest.bcc_drop import AcceptedDrop, BccDropAdmission, DropLocation
+from services.ingest.domain.bcc import (
+    DropPolicy,
+    DropRefused,
+    drop_address,
+    new_drop_token,
+    token_digest,
+)
+from services.ingest.domain.mime_headers import raw_values
+from services.ingest.message_proto import bcc_drop_event
+from services.runtime import subjects
+from services.runtime.clock import Clock, SystemClock
+from services.runtime.db import Database
+from services.runtime.outbox import stage
+
+log = logging.getLogger(__name__)
+
+
+def drop_subject(location_id: str) -> str:
+    """Drops share the normalized-message stream; their partition is the location (no mailbox)."""
+    return subjects.normalized(f"drop-{location_id}")
+
+
+def drop_msg_id(location_id: str, content_digest: str) -> str:
+    """The same content dropped twice into one location is one event (R15)."""
+    return f"drop:{location_id}:{content_digest}"
+
+
+@dataclass(frozen=True)
+class BccAddressView:
+    location_id: str
+    address: str
+    created_at: dt.datetime
+
+
+class BccAddresses:
+    """GetBccAddress / RotateBccAddress, and the admission's DropLocations port."""
+
+    def __init__(self, db: Database, drop_domain: str, *, clock: Clock | None = None) -> None:
+        self._db = db
+        self._drop_domain = drop_domain
+        self._clock = clock or SystemClock()
+
+    async def get(self, location_id: str) -> BccAddressView:
+        """The location's address, created on first use."""
+        async with self._db.read() as session:
+            existing = await store.get_bcc_address(session, location_id)
+        if existing is not None:
+            return self._view(existing)
+        token = new_drop_token()
+        async with self._db.write() as session:
+            created = await store.create_bcc_address(
+                session, location_id, token, token_digest(token), now=self._clock.now()
+            )
+        return self._view(created)
+
+    async def rotate(self, location_id: str) -> BccAddressView:
+        """A new token; the old address is refused from the commit on."""
+        token = new_drop_token()
+        async with self._db.write() as session:
+            replaced = await store.replace_bcc_token(
+                session, location_id, token, token_digest(token), now=self._clock.now()
+            )
+        log.info("bcc address of location %s rotated", location_id)
+        return self._view(replaced)
+
+    async def location_for_token_digest(self, digest: str) -> DropLocation | None:
+        async with self._db.read() as session:
+            location_id = await store.bcc_location_for_digest(session, digest)
+        return None if location_id is None else DropLocation(location_id, digest)
+
+    def _view(self, address: store.BccAddress) -> BccAddressView:
+        return BccAddressView(
+            address.location_id, drop_address(address.token, self._drop_domain), address.created_at
+        )
+
+
+def _logged_ids(raw: bytes) -> tuple[str, str]:
+    """The Message-ID and the first From address of a refused drop, from its header block only (R18)."""
+    head = raw[: 256 * 1024].split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    headers = BytesHeaderParser(policy=email_policy.compat32).parsebytes(head, headersonly=True)
+    message_ids = raw_values(headers, "message-id")
+    authors = raw_values(headers, "from")
+    author = parseaddr(authors[0])[1].lower() if authors else ""
+    return (message_ids[0].strip()[:998] if message_ids else ""), author[:320]
+
+
+class OutboxDropSink:
+    """The admission's DropSink: log line, kept content and the event in one transaction (see module doc)."""
+
+    def __init__(self, db: Database, *, content_retention: dt.timedelta, clock: Clock | None = None) -> None:
+        self._db = db
+        self._retention = content_retention
+        self._clock = clock or SystemClock()
+
+    async def accept_drop(self, drop: AcceptedDrop) -> None:
+        now = self._clock.now()
+        event = bcc_drop_event(drop, observe_time=now)
+        async with self._db.write() as session:
+            await store.log_drop(
+                session,
+                drop_id=drop.drop_id,
+                location_id=drop.location_id,
+                content_digest=drop.content_digest,
+                rfc_message_id=event.rfc_message_id,
+                sender=drop.author.email,
+                accepted=True,
+                reason=f"accepted: {drop.author.method} for {drop.author.authenticated_domain}",
+                now=now,
+            )
+            await store.keep_drop_content(session, drop.drop_id, drop.raw, expires_at=now + self._retention)
+            await stage(
+                session,
+                drop_subject(drop.location_id),
+                event,
+                drop_msg_id(drop.location_id, drop.content_digest),
+                clock=self._clock,
+            )
+
+
+class LoggedDropAdmission:
+    """The admission as the SMTP listener and SubmitBccDrop use it: every refused drop gets its log line."""
+
+    def __init__(self, admission: BccDropAdmission, db: Database, *, clock: Clock | None = None) -> None:
+        self._admission = admission
+        self._db = db
+        self._clock = clock or SystemClock()
+
+    @property
+    def policy(self) -> DropPolicy:
+        return self._admission.policy
+
+    async def location_for_recipient(self, envelope_recipient: str) -> str:
+        return await self._admission.location_for_recipient(envelope_recipient)
+
+    async def admit(self, envelope_recipient: str, raw: bytes, *, envelope_sender: str = "") -> AcceptedDrop:
+        try:
+            return await self._admission.admit(envelope_recipient, raw)
+        except DropRefused as refused:
+            await self._log_refusal(envelope_recipient, raw, envelope_sender, refused)
+            raise
+
+    async def _log_refusal(
+        self, envelope_recipient: str, raw: bytes, envelope_sender: str, refused: DropRefused
+    ) -> None:
+        try:
+            location_id = await self._admission.location_for_recipient(envelope_recipient)
+        except DropRefused:
+            location_id = ""
+        try:
+            rfc_message_id, author = await asyncio.to_thread(_logged_ids, raw)
+        except Exception:  # a header the parser cannot read still gets its refusal logged
+            rfc_message_id, author = "", ""
+        async with self._db.write() as session:
+            await store.log_drop(
+                session,
+                drop_id=uuid.uuid4().hex,
+                location_id=location_id,
+                content_digest=hashlib.sha256(raw).hexdigest(),
+                rfc_message_id=rfc_message_id,
+                sender=author or envelope_sender,
+                accepted=False,
+                reason=f"{refused.reason.value}: {refused.explanation}",
+                now=self._clock.now(),
+            )
+
+
+class DropContentPurger:
+    """Forgets kept drop content past its retention, periodically, until stopped."""
+
+    def __init__(self, db: Database, *, interval_seconds: float, clock: Clock | None = None) -> None:
+        self._db = db
+        self._interval = interval_seconds
+        self._clock = clock or SystemClock()
+        self._stopped = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    async def purge_once(self) -> int:
+        async with self._db.write() as session:
+            return await store.purge_drop_contents(session, now=self._clock.now())
+
+    async def run(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                purged = await self.purge_once()
+                if purged:
+                    log.info("forgot the content of %d expired bcc drops", purged)
+            except Exception:
+                log.exception("bcc drop content purge failed; retried at the next interval")
+            try:
+                await asyncio.wait_for(self._stopped.wait(), timeout=self._interval)
+            except TimeoutError:
+                pass
