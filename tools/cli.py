@@ -220,14 +220,13 @@ def cmd_mailbox_create(client: Client, out: Output, args: argparse.Namespace) ->
     out.show(created, f"sandbox mailbox {args.address} created")
 
 
-def follow_callback(redirect_url: str, timeout: float) -> None:
-    """What the browser does after consent: load the OAuth callback page of the auth service."""
+def follow_callback(redirect_url: str, timeout: float) -> tuple[int, str]:
+    """What the browser does after consent: load the auth service's OAuth callback; its status and page text."""
     try:
         with urllib.request.urlopen(redirect_url, timeout=timeout) as response:
-            response.read()
+            return response.status, response.read()[:300].decode(errors="replace")
     except urllib.error.HTTPError as error:
-        page = error.read()[:300].decode(errors="replace")
-        raise CliError(f"the OAuth callback answered HTTP {error.code}: {page}") from None
+        return error.code, error.read()[:300].decode(errors="replace")
     except OSError as error:
         raise CliError(f"the OAuth callback {redirect_url} did not answer: {error}") from None
 
@@ -267,10 +266,12 @@ def cmd_connect(client: Client, out: Output, args: argparse.Namespace) -> None:
         redirect = client.sandbox.approve(begun.authorization_url, args.approve, decision=args.decision)
     except AdminError as error:
         raise CliError(f"the sandbox refused the consent: {sandbox_message(error)}") from None
-    follow_callback(redirect, args.timeout)
+    status, page = follow_callback(redirect, args.timeout)
     if args.decision == "deny":
-        out.show({"redirect_url": redirect}, "consent denied; the callback was told so")
+        out.show({"callback_status": status}, f"consent denied; the OAuth callback answered HTTP {status}")
         return
+    if status >= 400:
+        raise CliError(f"the OAuth callback answered HTTP {status}: {page}")
     connection = wait_for_connection(client, args)
     out.show(connection, describe_connection(connection))
 

@@ -203,6 +203,7 @@ def test_connect_with_approve_and_mail_from_an_assigned_contact_shows_in_convers
 
     conversation = synced_conversation(run_cli, contact["contact_id"], 1)
     (message,) = run_cli("messages", "--conversation", conversation["conversation_id"])
+    assert run_cli("messages", "--contact", contact["contact_id"]) == [message]
     assert message["rfc_message_id"] == delivered["message_id"]
     assert message["subject"] == "Quote request" and message["rule_id"] == "R2"
     assert message["direction"] == "DIRECTION_INBOUND"
@@ -306,6 +307,20 @@ def test_bulk_send_goes_through_the_locations_smtp_provider(run_cli: Cli) -> Non
         what="the bulk mail at the SMTP provider",
     )
     assert b"Spring offers" in received[0].content
+
+
+def test_a_denied_consent_connects_nothing(run_cli: Cli) -> None:
+    mailbox = fresh("frank", "gmail.test")
+    user_id = f"user-{uuid.uuid4().hex[:8]}"
+    run_cli("mailbox", "create", mailbox)
+    run_cli("user", "add", user_id, "--email", fresh("frank", "crm.test"))
+
+    denied = run_cli("connect", user_id, "--approve", mailbox, "--decision", "deny")
+
+    assert "callback_status" in denied
+    assert run_cli("connections", "--user", user_id) == []
+    # The same user can still connect afterwards: the denial was the only thing missing.
+    assert run_cli("connect", user_id, "--approve", mailbox)["state"] == "CONNECTION_STATE_CONNECTED"
 
 
 def test_failures_print_the_grpc_status_and_message(run_cli: Cli, tmp_path: Path) -> None:
