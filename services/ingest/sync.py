@@ -129,6 +129,7 @@ class _Pass:
     had_work: bool = False
     # Gmail's clock reading when history was listed: the audit leaves newer messages to the next pass.
     listed_at_ms: int = 0
+    skipped: int = 0
 
 
 class MailboxSyncer:
@@ -195,14 +196,18 @@ class MailboxSyncer:
             lease = await store.acquire_lease(session, mailbox_id, owner, now=now, ttl=self._config.lease_ttl)
         if lease is None:
             return PassOutcome.BUSY
+        outcome: PassOutcome | None = None
         try:
-            return await self._leased_pass(lease, mailbox, scope, reason)
+            outcome = await self._leased_pass(lease, mailbox, scope, reason)
+            return outcome
         except store.LeaseLost:
             log.warning("lease lost mid-pass", extra={"mailbox_id": mailbox_id})
             return PassOutcome.LEASE_LOST
         finally:
-            async with self._db.write() as session:
-                await store.release_lease(session, lease)
+            # A pass that ended well gave the lease up in its last transaction.
+            if outcome is not PassOutcome.SYNCED:
+                async with self._db.write() as session:
+                    await store.release_lease(session, lease)
 
     async def _leased_pass(
         self, lease: store.Lease, mailbox: MailboxInfo, scope: tuple[int, dt.datetime], reason: str
@@ -269,8 +274,19 @@ class MailboxSyncer:
             await self._record_failure(lease, plan.state, error, failures + 1, plan.retry_at)
             return PassOutcome.FAILED
         next_at, next_reason = next_check_after_success(work.had_work, self._clock.now(), timing)
+        # One transaction: the cursor (every publish up to it is acknowledged), the next check, the lease given up.
         async with self._db.write() as session:
-            await store.finish_pass(session, lease, next_check_at=next_at, next_check_reason=next_reason)
+            await store.record_progress(
+                session,
+                work.lease,
+                published=[],
+                history_cursor=work.cursor,
+                skipped=work.skipped,
+                latest_seen_history_id=work.cursor or 0,
+                now=self._clock.now(),
+            )
+            await store.finish_pass(session, work.lease, next_check_at=next_at, next_check_reason=next_reason)
+            await store.release_lease(session, work.lease)
         return PassOutcome.SYNCED
 
     async def _record_failure(
@@ -326,19 +342,10 @@ class MailboxSyncer:
         await self._publish_changes(work, plan.label_deltas, plan.deletions)
         candidates = [_Candidate(m.gmail_message_id, m.added_history_id) for m in plan.fetch]
         await self._fetch_and_publish(work, candidates, check_start_time=False)
-        new_cursor = int(listing.history_id)
         work.had_work = work.had_work or bool(plan.fetch or plan.label_deltas or plan.deletions)
-        async with self._db.write() as session:
-            await store.record_progress(
-                session,
-                work.lease,
-                published=[],
-                history_cursor=new_cursor,
-                skipped=len(plan.skipped),
-                latest_seen_history_id=new_cursor,
-                now=self._clock.now(),
-            )
-        work.cursor = new_cursor
+        work.skipped += len(plan.skipped)
+        # Stored at the end of the pass, with the lease given up in the same transaction.
+        work.cursor = int(listing.history_id)
 
     async def _publish_changes(
         self, work: _Pass, deltas: Sequence[LabelDelta], deletions: Sequence[Deletion]
@@ -394,10 +401,6 @@ class MailboxSyncer:
         window = max(1, self._config.fetch_window)
         for start in range(0, len(candidates), window):
             chunk = candidates[start : start + window]
-            async with self._db.write() as session:
-                work.lease = await store.renew_lease(
-                    session, work.lease, now=self._clock.now(), ttl=self._config.lease_ttl
-                )
             bodies = await self._fetch_raw(work.client, [c.gmail_message_id for c in chunk])
             outcomes = await asyncio.gather(
                 *(
@@ -426,6 +429,7 @@ class MailboxSyncer:
                     skipped=skipped,
                     latest_seen_history_id=0,
                     now=self._clock.now(),
+                    lease_until=self._clock.now() + self._config.lease_ttl,
                 )
             published_total += len(entries)
             work.had_work = work.had_work or bool(entries)
