@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ("auth", "ingest", "threading", "outbound")
 DEFAULT_GRPC_PORTS = {"auth": 50051, "ingest": 50052, "threading": 50053, "outbound": 50054}
 DEFAULT_HTTP_PORTS = {"auth": 8081, "ingest": 8082}
+DEFAULT_BCC_SMTP_PORT = 2525
 DEFAULT_SANDBOX_PORT = 8765
 STOP_TIMEOUT_SECONDS = 20.0
 AUTH_TOKEN_KEYS_VARIABLE = "MAILSYNC_AUTH_TOKEN_KEYS"
@@ -245,6 +246,7 @@ class Stack:
             if svc in DEFAULT_HTTP_PORTS:
                 env[f"{prefix}HTTP_PORT"] = str(self.port(DEFAULT_HTTP_PORTS[svc], f"{svc} HTTP"))
         http = {svc: env[f"MAILSYNC_{svc.upper()}_HTTP_PORT"] for svc in DEFAULT_HTTP_PORTS}
+        env["MAILSYNC_INGEST_BCC_SMTP_PORT"] = str(self.port(DEFAULT_BCC_SMTP_PORT, "ingest BCC-drop SMTP"))
         env["MAILSYNC_AUTH_OAUTH_REDIRECT_URI"] = f"http://127.0.0.1:{http['auth']}/oauth/callback"
         env["MAILSYNC_INGEST_PUSH_AUDIENCE"] = f"http://127.0.0.1:{http['ingest']}/gmail/push"
         for svc in SERVICES:
