@@ -12,44 +12,22 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
 
 from tests.fixtures.smtp_server import RecordingHandler
+from tests.fixtures.stack import FAST_SETTINGS, eventually
 from tools import cli
 from tools.run import ROOT, free_port
 
-T = TypeVar("T")
-
 STARTUP_TIMEOUT_SECONDS = 90.0
 SYNC_TIMEOUT_SECONDS = 30.0
-# Quick re-checks and short waits keep the test fast; they change no rule.
-FAST_SETTINGS = {
-    "MAILSYNC_GRPC_SHUTDOWN_GRACE_SECONDS": "1",
-    "MAILSYNC_INGEST_RECHECK_DELAY_SECONDS": "1",
-    "MAILSYNC_INGEST_SCHEDULER_INTERVAL_SECONDS": "0.5",
-    "MAILSYNC_THREADING_WAIT_DELAY_SECONDS": "0.5",
-    "MAILSYNC_THREADING_WATCH_POLL_SECONDS": "0.2",
-}
-
-
-def eventually(check: Callable[[], T], timeout: float = SYNC_TIMEOUT_SECONDS, what: str = "") -> T:
-    """Polls `check` until it returns something truthy; fails with `what` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"not within {timeout:g} s: {what}")
-        time.sleep(0.2)
 
 
 @dataclass
@@ -90,8 +68,8 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
     try:
         eventually(
             lambda: stack_file.exists() or runner.poll() is not None,
-            STARTUP_TIMEOUT_SECONDS,
-            "the stack file was not written",
+            timeout=STARTUP_TIMEOUT_SECONDS,
+            what="the stack file was not written",
         )
         if not stack_file.exists():
             pytest.fail(f"`tools.run` exited before the stack was up:\n{output.read_text()}", pytrace=False)
@@ -178,7 +156,9 @@ def synced_conversation(run_cli: Cli, contact_id: str, count: int) -> dict[str, 
         conversations = run_cli("conversations", "--contact", contact_id)
         return next((c for c in conversations if int(c.get("message_count", 0)) >= count), None)
 
-    return eventually(found, what=f"{count} message(s) in {contact_id}'s conversation")
+    return eventually(
+        found, timeout=SYNC_TIMEOUT_SECONDS, what=f"{count} message(s) in {contact_id}'s conversation"
+    )
 
 
 def test_connect_with_approve_and_mail_from_an_assigned_contact_shows_in_conversations_messages_and_explain(
@@ -267,7 +247,7 @@ def test_reply_sent_from_the_cli_goes_out_through_gmail_counts_in_the_quota_and_
             watched = watcher.next(timeout=1.0)
             return watched if watched and watched["synced"]["direction"] == "DIRECTION_OUTBOUND" else None
 
-        reply = eventually(reply_watched, what="the reply in `watch`")["synced"]
+        reply = eventually(reply_watched, timeout=SYNC_TIMEOUT_SECONDS, what="the reply in `watch`")["synced"]
     finally:
         watcher.stop()
     assert send["state"] == "SEND_STATE_SENT" and send["mailbox_email"] == mailbox
