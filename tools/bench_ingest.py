@@ -116,7 +116,13 @@ class Bench:
         while time.monotonic() < deadline:
             async with self.db.read() as session:
                 rows = [await store.get_sync_row(session, m) for m in mailbox_ids]
-            if all(r is not None and r.state == "IDLE" and r.next_attempt_reason == "POLL" for r in rows):
+            if all(
+                r is not None
+                and r.last_sync_at is not None
+                and r.state == "IDLE"
+                and r.next_attempt_reason == "POLL"
+                for r in rows
+            ):
                 return
             await asyncio.sleep(0.05)
         raise RuntimeError("mailboxes did not settle")
