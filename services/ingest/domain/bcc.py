@@ -120,7 +120,7 @@ def drop_address(token: str, drop_domain: str) -> str:
 
 
 def token_digest(token: str) -> str:
-    """What the store keeps and looks locations up by: the secret itself is never stored or indexed."""
+    """What the store looks locations up by: no query ever compares the secret itself."""
     return hashlib.sha256(token.encode("ascii")).hexdigest()
 
 
