@@ -33,9 +33,7 @@ SYNC_TIMEOUT_SECONDS = 30.0
 @dataclass
 class RunningStack:
     stack_file: Path
-    runner: subprocess.Popen[bytes]
     smtp: RecordingHandler
-    log_dir: Path
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +71,7 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
         )
         if not stack_file.exists():
             pytest.fail(f"`tools.run` exited before the stack was up:\n{output.read_text()}", pytrace=False)
-        yield RunningStack(stack_file, runner, smtp, var_dir / "run" / "logs")
+        yield RunningStack(stack_file, smtp)
     finally:
         runner.send_signal(signal.SIGTERM)
         try:
