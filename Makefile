@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PROTOS := $(wildcard protos/mailsync/v1/*.proto)
 PYTEST_ARGS ?=
 
-.PHONY: help venv protos test test-unit test-integration test-e2e run sandbox lint fmt bench lock clean
+.PHONY: help venv protos test test-unit test-integration test-e2e run cli sandbox lint fmt bench lock clean
 
 help:
 	@echo "make run        start NATS, the Gmail sandbox and the four services (Ctrl-C stops all)"
@@ -17,6 +17,7 @@ help:
 	@echo "make fmt        format with ruff"
 	@echo "make bench      benchmarks (numbers go to stdout and var/bench/)"
 	@echo "make sandbox    run the Gmail sandbox alone"
+	@echo "make cli ARGS=\"...\"  the command-line client for a running stack (docs/demo.md)"
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +44,9 @@ test-e2e: protos
 
 run: protos
 	$(PY) -m tools.run
+
+cli: protos
+	$(PY) -m tools.cli $(ARGS)
 
 sandbox: $(STAMP)
 	$(PY) -m sandbox
