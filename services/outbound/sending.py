@@ -280,6 +280,9 @@ class OutboundSender:
         )
 
     async def _call_gmail(self, record: SendRecord, progress: SendProgress) -> SendRecord:
+        if not await self._still_owned(record):
+            # Recovery in another process took the send over (this one was too slow): only the owner calls Gmail.
+            return await self._reload(record.send_id)
         client = self._gmail.client_for(record.mailbox_id)
         fault_point(BEFORE_GMAIL_SEND)
         try:
@@ -297,6 +300,22 @@ class OutboundSender:
             return await self._resolve(record, advance(progress, GmailNoAnswer(repr(error))))
         gmail = GmailIds(message_id=answer["id"], thread_id=answer.get("threadId", ""))
         return await self._record_sent(record, advance(progress, GmailAccepted(gmail)))
+
+    async def _still_owned(self, record: SendRecord) -> bool:
+        """Renews this process's lease right before a Gmail call; False when another process holds the send."""
+        now = self._clock.now()
+        held_until = record.lease_expires_at
+        if (
+            record.lease_owner == self._config.owner
+            and held_until
+            and held_until - now > self._config.lease / 2
+        ):
+            # Nobody takes a send over before its lease ends, so a lease this fresh needs no round trip.
+            return True
+        async with self._db.write() as session:
+            return await store.renew_lease(
+                session, record.send_id, owner=self._config.owner, until=now + self._config.lease
+            )
 
     async def _record_sent(self, record: SendRecord, progress: SendProgress) -> SendRecord:
         assert progress.gmail is not None

@@ -204,6 +204,21 @@ async def take_lease(
     return await get_send(session, send_id)
 
 
+async def renew_lease(session: AsyncSession, send_id: str, *, owner: str, until: dt.datetime) -> bool:
+    """Extends `owner`'s lease of an unsettled send; False when the send is settled or another owner took it."""
+    result = await session.execute(
+        update(sends)
+        .where(
+            sends.c.send_id == send_id,
+            sends.c.state.in_(UNSETTLED_STATES),
+            sends.c.lease_owner == owner,
+        )
+        .values(lease_expires_at=until)
+        .returning(sends.c.send_id)
+    )
+    return result.first() is not None
+
+
 async def sends_to_recover(session: AsyncSession, *, now: dt.datetime, limit: int = 50) -> list[str]:
     """Unsettled sends whose owner's lease has run out (it crashed, or answered UNKNOWN)."""
     rows = await session.execute(
