@@ -18,6 +18,11 @@ class IngestSettings(ServiceSettings):
     service_name: ClassVar[str] = "ingest"
 
     grpc_port: int = Field(default=50052, ge=0, le=65535, description="gRPC port (0 picks a free port).")
+    grpc_max_message_bytes: int = Field(
+        default=27 * 1024 * 1024,
+        gt=0,
+        description="Largest gRPC message sent or received; above the largest BCC drop SubmitBccDrop carries.",
+    )
     http_host: str = Field(
         default="127.0.0.1", description="Address the HTTP server for the Gmail Pub/Sub push endpoint binds."
     )

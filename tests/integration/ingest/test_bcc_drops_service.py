@@ -143,7 +143,8 @@ async def stack(
 
     def stub(locations: tuple[str, ...], internal: bool) -> ingest_pb2_grpc.IngestServiceStub:
         token = auth_world.keys.mint("threading" if internal else "crm", locations, internal=internal)
-        channel = open_channel(f"127.0.0.1:{ingest.port}", token=StaticToken(token))
+        # The ingest settings carry its larger message limit (a drop may be far above gRPC's 4 MiB).
+        channel = open_channel(f"127.0.0.1:{ingest.port}", settings, token=StaticToken(token))
         channels.append(channel)
         return ingest_pb2_grpc.IngestServiceStub(channel)
 
@@ -256,6 +257,13 @@ async def test_R9_submit_bcc_drop_over_grpc_is_internal_only_and_refuses_with_th
         )
     )
     assert accepted.location_id == "loc-1" and accepted.sender_user_id == "u1" and accepted.drop_id
+    large = await stack.internal.SubmitBccDrop(
+        ingest_pb2.SubmitBccDropRequest(
+            raw_message=drop_mail(subject="large", attachment=bytes(5 * 1024 * 1024)),
+            envelope_recipient=address,
+        )
+    )
+    assert large.drop_id and large.drop_id != accepted.drop_id
 
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await stack.internal.SubmitBccDrop(
@@ -274,11 +282,13 @@ async def test_R9_submit_bcc_drop_over_grpc_is_internal_only_and_refuses_with_th
         )
     assert outsider.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
-    async def published() -> bool:
-        return len(stack.drops()) >= 1
+    async def both_published() -> bool:
+        return len(stack.drops()) >= 2
 
-    await eventually(published, within=15)
-    assert [event.bcc_drop.drop_id for event in stack.drops()] == [accepted.drop_id]
+    await eventually(both_published, within=15)
+    assert sorted(event.bcc_drop.drop_id for event in stack.drops()) == sorted(
+        [accepted.drop_id, large.drop_id]
+    )
 
 
 async def test_R9_bcc_address_is_stable_until_rotated_and_scoped_to_the_callers_location(
