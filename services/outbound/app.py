@@ -20,7 +20,7 @@ from services.outbound.recovery import RecoveryLoop
 from services.outbound.sending import BulkSender, OutboundSender, SendingConfig
 from services.outbound.settings import OutboundSettings
 from services.outbound.smtp import SmtpProvider, SmtpSecurity
-from services.runtime.gmail import GmailApi, GmailEndpoint
+from services.runtime.gmail import GmailApi, GmailEndpoint, RetryPolicy
 from services.runtime.grpc_client import ServiceToken, open_channel
 from services.runtime.service import ServiceComponents, open_foundation
 
@@ -76,7 +76,13 @@ async def build(settings: OutboundSettings) -> ServiceComponents:
         components.database,
         ledger,
         connections,
-        GmailMailboxes(gmail_api, connections.access_token),
+        GmailMailboxes(
+            gmail_api,
+            connections.access_token,
+            policy=RetryPolicy(
+                max_attempts=settings.gmail_retry_attempts, base_delay=settings.gmail_retry_base_seconds
+            ),
+        ),
         sending_config(settings),
         bulk=bulk_sender(settings),
     )

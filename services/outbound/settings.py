@@ -64,6 +64,12 @@ class OutboundSettings(ServiceSettings):
     max_concurrent_sends: int = Field(
         default=32, gt=0, description="Sends one process works on at once (more wait their turn)."
     )
+    gmail_retry_attempts: int = Field(
+        default=5, gt=0, description="Tries of one Gmail read (search, metadata) on rate limits and 5xx."
+    )
+    gmail_retry_base_seconds: float = Field(
+        default=1.0, gt=0, description="First backoff between Gmail read retries (doubles, with jitter)."
+    )
     gmail_timeout_seconds: float = Field(default=60.0, gt=0, description="Timeout of one Gmail HTTP request.")
     unsafe_ledger_without_lock: bool = Field(
         default=False,
