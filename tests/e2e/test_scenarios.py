@@ -8,6 +8,8 @@ later message of the same mailbox has synced, so they never pass just because th
 from __future__ import annotations
 
 import base64
+import email.utils
+import smtplib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +19,7 @@ import grpc
 import pytest
 
 from mailsync.v1 import auth_pb2, common_pb2, ingest_pb2, outbound_pb2, threading_pb2
-from tests.fixtures.stack import E2E_DAILY_SEND_LIMIT, E2EStack, eventually
+from tests.fixtures.stack import E2E_DAILY_SEND_LIMIT, E2EStack, eventually, only
 
 INBOUND = common_pb2.DIRECTION_INBOUND
 OUTBOUND = common_pb2.DIRECTION_OUTBOUND
@@ -99,7 +101,7 @@ def test_scenario_3_R4_R6_reply_from_the_crm_is_in_gmail_thread_and_stored_once(
     assert not send.rfc_message_id.endswith("@mailsync.invalid>")
 
     def echo_linked() -> threading_pb2.Message:
-        (stored,) = [m for m in stack.messages_of_contact(location, contact.contact_id) if m.send_id]
+        stored = only([m for m in stack.messages_of_contact(location, contact.contact_id) if m.send_id])
         assert [c.gmail_message_id for c in stored.mailbox_copies] == [send.gmail_message_id]
         return stored
 
@@ -563,8 +565,8 @@ def test_scenario_18_R17_trashed_and_read_in_gmail_is_recorded_and_never_deleted
     stack.sandbox.user_trash(mailbox, delivered["id"])
 
     def trashed_in_gmail() -> threading_pb2.Message:
-        (message,) = stack.messages_of_contact(location, contact.contact_id)
-        (copy,) = message.mailbox_copies
+        message = only(stack.messages_of_contact(location, contact.contact_id))
+        copy = only(list(message.mailbox_copies))
         assert copy.gmail_message_id == delivered["id"]
         assert copy.gmail_state.trashed and not copy.gmail_state.unread, copy.gmail_state
         return message
@@ -623,3 +625,75 @@ def test_scenario_19_R18_R16_stranger_mail_with_attachment_leaves_only_its_expla
         base64.urlsafe_b64encode(attachment_marker).rstrip(b"="),
     ):
         assert files_containing(state, needle) == [], needle
+
+
+def test_scenario_9_R9_R2_bcc_drop_creates_an_assigned_contact_whose_reply_then_syncs(
+    stack: E2EStack,
+) -> None:
+    location = stack.new_id("loc")
+    user_id, mailbox = connected_user(stack, location)
+    bcc_address = stack.bcc_address(location)
+    stranger = stack.new_address("newlead", "elsewhere.test")
+    colleague = stack.new_address("colleague", "elsewhere.test")
+    assert stack.contacts(location) == []
+
+    sent = sent_from_gmail(
+        stack,
+        mailbox,
+        to=[stranger],
+        cc=[colleague],
+        bcc=[bcc_address],
+        subject="Our offer",
+        body="Offer inside",
+    )
+    stack.drop_over_smtp(
+        mailbox, bcc_address, stack.stamped_by_mx(stack.outbox_raw(bcc_address), "gmail.test")
+    )
+
+    def contact_created() -> threading_pb2.Contact:
+        return only(stack.contacts(location, stranger))
+
+    contact = eventually(contact_created)
+    assert contact.created_by_sync and contact.assigned_user_id == user_id
+    assert stack.contacts(location, colleague) == []
+    logged = stack.wait_for_message(location, contact.contact_id, rfc_message_id=sent["message_id"])
+    assert logged.direction == OUTBOUND
+    reply = stack.deliver(
+        mailbox,
+        stranger,
+        "Re: Our offer",
+        "Interested",
+        in_reply_to=sent["message_id"],
+        references=sent["message_id"],
+    )
+    stack.wait_for_message(location, contact.contact_id, rfc_message_id=reply["message_id"])
+    # The SENT copy also came through mailbox sync: the email is still one record (R15).
+    later = stack.deliver(mailbox, stranger, "Another question", "Fresh thread, assigned contact")
+    fresh = stack.wait_for_message(location, contact.contact_id, rfc_message_id=later["message_id"])
+    assert fresh.rule_id == "R2"
+    stored = [m.rfc_message_id for m in stack.messages_of_contact(location, contact.contact_id)]
+    assert sorted(stored) == sorted([sent["message_id"], reply["message_id"], later["message_id"]])
+
+
+def test_scenario_10_R9_drop_from_someone_who_is_not_a_user_creates_nothing(stack: E2EStack) -> None:
+    location = stack.new_id("loc")
+    _user_id, mailbox = connected_user(stack, location)
+    bcc_address = stack.bcc_address(location)
+    outsider = stack.new_address("outsider", "elsewhere.test")
+    target = stack.new_address("target", "elsewhere.test")
+    raw = (
+        f"From: {outsider}\r\nTo: {target}\r\nBcc: {bcc_address}\r\nSubject: Log me\r\n"
+        f"Date: {email.utils.formatdate()}\r\nMessage-ID: <{uuid.uuid4().hex}@elsewhere.test>\r\n\r\nHello\r\n"
+    ).encode()
+    # The same text claiming to come from the user, without the trusted host's authentication.
+    forged = raw.replace(f"From: {outsider}".encode(), f"From: {mailbox}".encode())
+
+    with pytest.raises(smtplib.SMTPException) as not_a_user:
+        stack.drop_over_smtp(outsider, bcc_address, stack.stamped_by_mx(raw, "elsewhere.test"))
+    with pytest.raises(smtplib.SMTPException) as not_authenticated:
+        stack.drop_over_smtp(mailbox, bcc_address, forged)
+
+    assert "not a user" in str(not_a_user.value)
+    assert "not authenticated" in str(not_authenticated.value)
+    assert stack.contacts(location) == []
+    assert stack.conversations(location) == []
