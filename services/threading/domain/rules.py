@@ -65,6 +65,10 @@ def decide(message: IncomingMessage, knowledge: Knowledge, *, may_wait: bool = T
 
     excluded = sorted(set(message.labels) & set(EXCLUDED_LABELS))
     if excluded:
+        if may_wait and _waits_for_parent(message, knowledge.seen_message_ids):
+            # Even an excluded reply waits for its parent: a later reply that names it must not see the chain
+            # as known before the parent has been decided.
+            return _wait_for_parent(message, key)
         reason = f"the message carries Gmail's {', '.join(excluded)} label; spam, trash, drafts and chats never sync"
         return Decision(
             Outcome.DECIDED, key, tuple(LocationDecision(s.location_id, False, "R1", reason) for s in scopes)
@@ -87,12 +91,7 @@ def decide(message: IncomingMessage, knowledge: Knowledge, *, may_wait: bool = T
 
     stored_here = {h.location_id: h for h in _homes_in_scope(_own_copies(knowledge), scopes)}
     if may_wait and not stored_here and _waits_for_parent(message, knowledge.seen_message_ids):
-        return Decision(
-            Outcome.WAIT_FOR_PARENT,
-            key,
-            wait_reason=f"replies to {message.parent_ids[0]}, which has not been seen yet; waiting for it keeps "
-            "the thread whole whatever the arrival order (R4)",
-        )
+        return _wait_for_parent(message, key)
     return _new_thread(message, key, scopes, knowledge.contacts, stored_here)
 
 
@@ -245,6 +244,15 @@ def _waits_for_crm_send(message: IncomingMessage, sends: tuple[CrmSend, ...]) ->
     if message.source is not Source.GMAIL_SYNC or message.direction is not Direction.OUTBOUND:
         return False
     return any(s.mailbox_id == message.mailbox_id and s.unresolved and not s.gmail_message_id for s in sends)
+
+
+def _wait_for_parent(message: IncomingMessage, key: str) -> Decision:
+    return Decision(
+        Outcome.WAIT_FOR_PARENT,
+        key,
+        wait_reason=f"replies to {message.parent_ids[0]}, which has not been seen yet; waiting for it keeps "
+        "the thread whole whatever the arrival order (R4)",
+    )
 
 
 def _waits_for_parent(message: IncomingMessage, seen: frozenset[str]) -> bool:

@@ -212,6 +212,13 @@ CASES = [
         outcome=Outcome.WAIT_FOR_PARENT,
     ),
     Case(
+        "R4_R1_spam_reply_before_its_parent_also_waits",
+        message(in_reply_to=("<parent@x>",), labels=frozenset({"SPAM"})),
+        k(CAROL),
+        {},
+        outcome=Outcome.WAIT_FOR_PARENT,
+    ),
+    Case(
         "R4_reply_whose_parent_was_seen_but_not_synced_decides_alone",
         message(in_reply_to=("<parent@x>",)),
         k(CAROL, seen=["<parent@x>"]),
