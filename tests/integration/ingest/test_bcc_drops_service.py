@@ -32,6 +32,8 @@ from services.runtime.db import Database, migrate
 from services.runtime.errors import error_info
 from services.runtime.grpc_client import StaticToken, open_channel
 from services.runtime.service import RunningService
+from services.threading.ingest_attachments import IngestAttachmentFetcher
+from services.threading.store.attachments import AttachmentToFetch
 from tests.fixtures.auth_service import AuthWorld, free_port
 from tests.fixtures.databases import DatabaseTarget, _drop_schema
 from tests.fixtures.ingest_world import MessageRecorder
@@ -53,6 +55,8 @@ class DropStack:
     crm: ingest_pb2_grpc.IngestServiceStub
     internal: ingest_pb2_grpc.IngestServiceStub
     recorder: MessageRecorder
+    # Threading's own client of FetchAttachment, on an internal channel.
+    fetcher: IngestAttachmentFetcher
 
     @property
     def db(self) -> Database:
@@ -149,7 +153,9 @@ async def stack(
         return ingest_pb2_grpc.IngestServiceStub(channel)
 
     await auth_world.add_user("u1", locations=("loc-1",))
-    yield DropStack(auth_world, ingest, smtp_port, stub(("loc-1",), False), stub(("*",), True), recorder)
+    internal = stub(("*",), True)
+    fetcher = IngestAttachmentFetcher(channels[-1])
+    yield DropStack(auth_world, ingest, smtp_port, stub(("loc-1",), False), internal, recorder, fetcher)
     await recorder.stop()
     for channel in channels:
         await channel.close()
@@ -165,6 +171,14 @@ async def fetch(stub: ingest_pb2_grpc.IngestServiceStub, **request: str) -> tupl
         else:
             chunks.append(response.chunk)
     return metadata, b"".join(chunks), [len(c) for c in chunks]
+
+
+def to_fetch(**fields: str) -> AttachmentToFetch:
+    values = dict.fromkeys(
+        ("message_id", "attachment_id", "location_id", "mailbox_id", "gmail_message_id", "drop_id"), ""
+    )
+    values.update(fields)
+    return AttachmentToFetch(**values, gmail_attachment_id="", expected_sha256="", size_bytes=0)
 
 
 async def test_R9_drop_over_smtp_from_a_user_is_published_as_bcc_drop_once_and_its_attachment_fetchable(
@@ -198,6 +212,15 @@ async def test_R9_drop_over_smtp_from_a_user_is_published_as_bcc_drop_once_and_i
     assert max(sizes) <= 256 * 1024 and len(sizes) == 3
     log = await stack.drop_log()
     assert [row.accepted for row in log] == [True, True]
+    through_threading = b"".join(
+        [
+            chunk
+            async for chunk in stack.fetcher.fetch(
+                to_fetch(drop_id=event.bcc_drop.drop_id, attachment_id=described.attachment_id)
+            )
+        ]
+    )
+    assert through_threading == ATTACHMENT
 
 
 async def test_R9_refused_drops_over_smtp_are_logged_with_their_reason_and_never_published(
@@ -355,6 +378,13 @@ async def test_fetch_attachment_streams_a_synced_gmail_attachment_and_refuses_wh
     metadata, content, sizes = await fetch(stack.internal, attachment_id=described.attachment_id, **request)
     assert hashlib.sha256(content).hexdigest() == hashlib.sha256(ATTACHMENT).hexdigest() == metadata.sha256
     assert metadata.filename == "data.bin" and max(sizes) <= 256 * 1024
+    through_threading = b"".join(
+        [
+            chunk
+            async for chunk in stack.fetcher.fetch(to_fetch(attachment_id=described.attachment_id, **request))
+        ]
+    )
+    assert through_threading == ATTACHMENT
 
     with pytest.raises(grpc.aio.AioRpcError) as no_part:
         await fetch(stack.internal, attachment_id="9", **request)
