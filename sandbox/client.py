@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -112,7 +113,8 @@ class AdminClient:
         self.request("DELETE", f"/admin/mailboxes/{address}/messages/{message_id}")
 
     def outbox(self, recipient: str | None = None) -> list[dict[str, Any]]:
-        suffix = f"?recipient={recipient}" if recipient else ""
+        # A "+" (BCC-drop addresses) would read as a space in a query string unless encoded.
+        suffix = "?" + urllib.parse.urlencode({"recipient": recipient}) if recipient else ""
         return self.request("GET", "/admin/outbox" + suffix)["messages"]
 
     def change_password(self, address: str, password: str) -> None:

@@ -57,6 +57,17 @@ def test_mail_to_outside_addresses_goes_to_the_outbox(pair, gmail_sandbox: Gmail
     assert gmail_sandbox.admin.outbox(recipient="nobody@outside.test") == []
 
 
+def test_outbox_filter_matches_plus_addresses(pair, gmail_sandbox: GmailSandbox) -> None:
+    """A recipient with a '+' tag (as BCC-drop addresses have) is found by the outbox filter."""
+    alice, _ = pair
+    alice.users().messages().send(
+        userId="me", body={"raw": raw_of(ALICE, "bcc+tok3n@drop.test", "Drop")}
+    ).execute()
+    assert [e["recipients"] for e in gmail_sandbox.admin.outbox(recipient="bcc+tok3n@drop.test")] == [
+        ["bcc+tok3n@drop.test"]
+    ]
+
+
 def test_message_formats_raw_padded_full_unpadded_metadata_filtered(
     pair, gmail_sandbox: GmailSandbox
 ) -> None:
