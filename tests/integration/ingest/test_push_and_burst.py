@@ -80,8 +80,17 @@ async def test_push_with_google_signed_token_is_queued_and_forged_tokens_get_401
         accepted_number = await post_push(
             session, ingest_service.push_url, push_token(world), envelope(ALICE, 6)
         )
+        not_a_push = await post_push(
+            session, ingest_service.push_url, push_token(world), {"message": {"data": "%%"}}
+        )
+        stranger = await post_push(
+            session, ingest_service.push_url, push_token(world), envelope("nobody@example.com", 7)
+        )
     assert statuses == dict.fromkeys(refused, 401) and missing == 401
     assert (accepted_string, accepted_number) == (200, 200)
+    # A genuine push that is not a Gmail notification is refused; one for a mailbox nobody connected is
+    # acknowledged, since Pub/Sub would otherwise redeliver it forever.
+    assert (not_a_push, stranger) == (400, 200)
 
 
 async def test_handle_push_rpc_refuses_a_forged_token_and_queues_a_genuine_one(
