@@ -43,6 +43,7 @@ from services.runtime.consumer import Delivery, RetryLater
 from services.runtime.db import Database
 from services.runtime.faults import fault_point
 from services.runtime.gmail import (
+    AccessTokenRejected,
     GmailApi,
     GmailClient,
     GmailError,
@@ -270,6 +271,11 @@ class MailboxSyncer:
         except store.LeaseLost:
             raise
         except (GmailError, nats.errors.Error, TimeoutError, OSError) as error:
+            if isinstance(error, AccessTokenRejected):
+                # Gmail refused a token the directory may still have cached: the next pass asks for a new one.
+                forget = getattr(self._tokens, "forget_token", None)
+                if forget is not None:
+                    forget(mailbox.mailbox_id)
             plan = plan_after_failure(failures + 1, self._clock.now(), timing)
             await self._record_failure(lease, plan.state, error, failures + 1, plan.retry_at)
             return PassOutcome.FAILED
