@@ -17,11 +17,13 @@ from services.threading.store.placements import (
     GmailCopyState,
     MessageContent,
     apply_gmail_change,
+    copy_decided,
     load_knowledge,
     record_decision,
     record_pending_send,
     record_send_failed,
     record_send_sent,
+    seen_key_of,
     was_seen,
 )
 
@@ -51,6 +53,10 @@ class MessageSync:
     ) -> Decision:
         """Decides where the message belongs and stores it; a wait outcome writes nothing."""
         async with self._db.write() as session:
+            if await copy_decided(session, seen_key_of(message)):
+                # A copy is decided once, at first sight: a redelivery must not re-decide with what the store
+                # learned since (that would make the result depend on redeliveries and arrival order).
+                return Decision(Outcome.DECIDED, message_key(message))
             knowledge = await load_knowledge(session, message, message_key(message))
             decision = decide(message, knowledge, may_wait=may_wait)
             if decision.outcome is not Outcome.DECIDED:

@@ -950,3 +950,8 @@ async def was_seen(session: AsyncSession, mailbox_id: str, gmail_message_id: str
         )
     )
     return found is not None
+
+
+async def copy_decided(session: AsyncSession, seen_key: str) -> bool:
+    """Whether the rules already decided this copy (a mailbox's Gmail message, or one BCC drop)."""
+    return await session.get(SeenMessageRow, seen_key) is not None
