@@ -9,8 +9,8 @@ Hand-over: an accepted drop's log line, its kept content (for FetchAttachment, u
 NormalizedMessage (on the transactional outbox, `Nats-Msg-Id` = `drop:<location>:<content digest>`) are written in
 one transaction, and the SMTP 250 / RPC answer is given only after that commit: the drop is then durable, and the
 outbox relay publishes it. Refused drops get a log line with the reason and publish nothing (threading never saw
-them; the log is the R16 record). A refusal at RCPT (not a current drop address) names no location to explain
-to, so it is not logged.
+them; the log is the R16 record). A drop for an address that is not a location's current one (refused at RCPT
+over SMTP) names no location to explain to, so it is not logged.
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ class LoggedDropAdmission:
         try:
             location_id = await self._admission.location_for_recipient(envelope_recipient)
         except DropRefused:
-            location_id = ""
+            return  # not a current drop address: no location to explain the refusal to
         try:
             rfc_message_id, author = await asyncio.to_thread(_logged_ids, raw)
         except Exception:  # a header the parser cannot read still gets its refusal logged

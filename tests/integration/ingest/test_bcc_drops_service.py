@@ -299,6 +299,23 @@ async def test_R9_submit_bcc_drop_over_grpc_is_internal_only_and_refuses_with_th
     assert info is not None and info.reason == "BCC_DROP_SENDER_NOT_A_USER"
     assert "not a user of this location" in (refused.value.details() or "")
 
+    token = address.split("+", 1)[1].split("@")[0]
+    with pytest.raises(grpc.aio.AioRpcError) as wrong_token:
+        await stack.internal.SubmitBccDrop(
+            ingest_pb2.SubmitBccDropRequest(
+                raw_message=drop_mail(), envelope_recipient=address.replace(token, "b" * 32)
+            )
+        )
+    assert wrong_token.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    info = error_info(wrong_token.value)
+    assert info is not None and info.reason == "BCC_DROP_UNKNOWN_RECIPIENT"
+    # Logged: the stranger's refusal (its location is known); not the wrong token's (no location to tell).
+    assert [(row.accepted, row.sender) for row in await stack.drop_log()] == [
+        (True, USER_ADDRESS),
+        (True, USER_ADDRESS),
+        (False, "someone@crm.example.com"),
+    ]
+
     with pytest.raises(grpc.aio.AioRpcError) as outsider:
         await stack.crm.SubmitBccDrop(
             ingest_pb2.SubmitBccDropRequest(raw_message=drop_mail(), envelope_recipient=address)
