@@ -356,8 +356,10 @@ class OutboundSender:
         """From SEARCH_SENT_FOLDER: found -> SENT; proven absent -> one more call; unreadable -> UNKNOWN."""
         if progress.next_step is NextStep.CALL_GMAIL:
             progress = advance(progress, GmailCallStarted())
-            record = await self._record_call_started(record, progress)
-            return await self._call_gmail(record, progress)
+            owned = await self._record_call_started(record, progress)
+            if owned is None:
+                return await self._reload(record.send_id)
+            return await self._call_gmail(owned, progress)
         while progress.next_step is NextStep.SEARCH_SENT_FOLDER:
             await self._wait_for_search_grace(record)
             try:
@@ -377,8 +379,10 @@ class OutboundSender:
             if progress.state is SendState.FAILED:
                 return await self._settle_refused(record, progress)
             progress = advance(progress, GmailCallStarted())
-            record = await self._record_call_started(record, progress)
-            return await self._call_gmail(record, progress)
+            owned = await self._record_call_started(record, progress)
+            if owned is None:
+                return await self._reload(record.send_id)
+            return await self._call_gmail(owned, progress)
         raise AssertionError(f"cannot resolve a send at {progress.next_step}")
 
     async def _wait_for_search_grace(self, record: SendRecord) -> None:
@@ -387,21 +391,24 @@ class OutboundSender:
         if remaining > 0:
             await self._sleep(remaining)  # type: ignore[misc]
 
-    async def _record_call_started(self, record: SendRecord, progress: SendProgress) -> SendRecord:
+    async def _record_call_started(self, record: SendRecord, progress: SendProgress) -> SendRecord | None:
+        """Records the next call while this process still holds the send (None when another took it over: a slow
+        search outlived the lease, so its "not there" may already be stale)."""
         now = self._clock.now()
         async with self._db.write() as session:
-            await store.update_send(
+            owned = await store.update_send(
                 session,
                 record.send_id,
+                only_if_state=store.UNSETTLED_STATES,
+                only_if_owner=self._config.owner,
                 state=progress.state.value,
                 next_step=progress.next_step.value,
                 gmail_calls=progress.gmail_calls,
                 reason="",
                 call_started_at=now,
-                lease_owner=self._config.owner,
                 lease_expires_at=now + self._config.lease,
             )
-        return await self._reload(record.send_id)
+        return await self._reload(record.send_id) if owned else None
 
     async def _park_unknown(self, record: SendRecord, progress: SendProgress) -> SendRecord:
         # The lease ends after the grace, so the recovery loop searches again soon, in whichever process.
@@ -410,6 +417,8 @@ class OutboundSender:
             await store.update_send(
                 session,
                 record.send_id,
+                only_if_state=store.UNSETTLED_STATES,
+                only_if_owner=self._config.owner,
                 state=progress.state.value,
                 next_step=progress.next_step.value,
                 reason=progress.reason,

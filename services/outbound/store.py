@@ -171,12 +171,20 @@ async def get_send(session: AsyncSession, send_id: str) -> SendRecord | None:
 
 
 async def update_send(
-    session: AsyncSession, send_id: str, *, only_if_state: tuple[str, ...] | None = None, **values: Any
+    session: AsyncSession,
+    send_id: str,
+    *,
+    only_if_state: tuple[str, ...] | None = None,
+    only_if_owner: str | None = None,
+    **values: Any,
 ) -> bool:
-    """Changes the send; with `only_if_state`, only while it is in one of those states. True when it changed."""
+    """Changes the send; with `only_if_state`, only while it is in one of those states, with `only_if_owner`,
+    only while that process holds its lease. True when it changed."""
     statement = update(sends).where(sends.c.send_id == send_id)
     if only_if_state is not None:
         statement = statement.where(sends.c.state.in_(only_if_state))
+    if only_if_owner is not None:
+        statement = statement.where(sends.c.lease_owner == only_if_owner)
     result = await session.execute(statement.values(**values).returning(sends.c.send_id))
     return result.first() is not None
 
