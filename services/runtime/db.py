@@ -12,6 +12,9 @@ here therefore start with BEGIN IMMEDIATE; read-only sessions use a deferred BEG
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import hashlib
+import os
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -81,7 +84,9 @@ def normalize_url(url: str) -> str:
     elif backend == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     else:
-        raise DatabaseConfigError(f"unsupported database {backend!r} in {url!r}: use sqlite:// or postgresql://")
+        raise DatabaseConfigError(
+            f"unsupported database {backend!r} in {url!r}: use sqlite:// or postgresql://"
+        )
     return parsed.render_as_string(hide_password=False)
 
 
@@ -99,14 +104,18 @@ def open_database(url: str, *, schema: str | None = None, echo: bool = False) ->
         schema = None
     else:
         if schema is not None and not _SCHEMA_NAME.match(schema):
-            raise DatabaseConfigError(f"invalid schema name {schema!r}: lower-case letters, digits, underscore")
+            raise DatabaseConfigError(
+                f"invalid schema name {schema!r}: lower-case letters, digits, underscore"
+            )
         if schema:
             kwargs["connect_args"] = {"options": f"-csearch_path={schema}"}
         kwargs["pool_size"] = 10
         kwargs["max_overflow"] = 20
         engine = create_async_engine(url, **kwargs)
     writer = async_sessionmaker(engine, expire_on_commit=False)
-    reader = async_sessionmaker(engine.execution_options(**{_SQLITE_BEGIN: "DEFERRED"}), expire_on_commit=False)
+    reader = async_sessionmaker(
+        engine.execution_options(**{_SQLITE_BEGIN: "DEFERRED"}), expire_on_commit=False
+    )
     return Database(engine=engine, schema=schema, _writer=writer, _reader=reader)
 
 
@@ -139,13 +148,50 @@ async def ensure_schema(db: Database) -> None:
 
 
 async def migrate(db: Database, migrations_dir: Path) -> None:
-    """Applies the service's Alembic migrations up to head."""
-    await ensure_schema(db)
-    from services.runtime.migrations import upgrade_to_head
+    """Applies the service's Alembic migrations up to head; replicas starting together take turns."""
+    async with migration_lock(db):
+        await ensure_schema(db)
+        from services.runtime.migrations import upgrade_to_head
 
-    async with db.engine.connect() as conn:
-        await conn.run_sync(lambda sync_conn: upgrade_to_head(sync_conn, migrations_dir, db.schema))
-        await conn.commit()
+        async with db.engine.connect() as conn:
+            await conn.run_sync(lambda sync_conn: upgrade_to_head(sync_conn, migrations_dir, db.schema))
+            await conn.commit()
+
+
+@asynccontextmanager
+async def migration_lock(db: Database) -> AsyncIterator[None]:
+    """Serialises migrations of one database across processes.
+
+    Alembic does not run SQLite DDL in one transaction, so two replicas that start at the same moment both see
+    an empty database and the second fails with "table already exists". PostgreSQL: a session advisory lock
+    keyed by the schema; SQLite: an exclusive file lock beside the database file (SQLite is one host anyway).
+    """
+    if db.dialect == "postgresql":
+        from sqlalchemy import text
+
+        key = int.from_bytes(
+            hashlib.sha256(f"mailsync-migrate:{db.schema}".encode()).digest()[:8], "big", signed=True
+        )
+        async with db.engine.connect() as lock_conn:
+            await lock_conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            await lock_conn.commit()
+            try:
+                yield
+            finally:
+                await lock_conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                await lock_conn.commit()
+        return
+    database = db.engine.url.database
+    if not database or database == ":memory:":
+        yield
+        return
+    lock_fd = await asyncio.to_thread(os.open, f"{database}.migrate-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        await asyncio.to_thread(fcntl.flock, lock_fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        # Closing the descriptor releases the lock.
+        os.close(lock_fd)
 
 
 def run_blocking(coro: Any) -> Any:
