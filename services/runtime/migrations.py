@@ -14,7 +14,9 @@ from sqlalchemy import MetaData
 from sqlalchemy.engine import Connection
 
 
-def alembic_config(migrations_dir: Path, connection: Connection | None = None, schema: str | None = None) -> Config:
+def alembic_config(
+    migrations_dir: Path, connection: Connection | None = None, schema: str | None = None
+) -> Config:
     config = Config()
     config.set_main_option("script_location", str(migrations_dir))
     config.attributes["connection"] = connection
@@ -30,7 +32,9 @@ def run_env(target_metadata: MetaData) -> None:
     """The body of every service's env.py: migrate on the connection the runtime handed over."""
     connection: Any = context.config.attributes.get("connection")
     if connection is None:
-        raise RuntimeError("run migrations through services.runtime.db.migrate (or `python -m services.<svc> migrate`)")
+        raise RuntimeError(
+            "run migrations through services.runtime.db.migrate (or `python -m services.<svc> migrate`)"
+        )
     schema = context.config.attributes.get("schema")
     context.configure(
         connection=connection,
