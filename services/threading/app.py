@@ -10,8 +10,8 @@ from pathlib import Path
 
 from mailsync.v1 import threading_pb2, threading_pb2_grpc
 from services.runtime.consumer import Consumer
+from services.runtime.grpc_client import ServiceToken, open_channel
 from services.runtime.grpc_server import ServicerRegistration
-from services.runtime.outbox import OutboxRelay
 from services.runtime.service import ServiceComponents, open_foundation
 from services.threading.api import SyncedFeedSignal, ThreadingServicer
 from services.threading.blobs import AttachmentCollector, AttachmentFetcher, FolderBlobStore
@@ -22,6 +22,7 @@ from services.threading.consumers import (
     outbox_events,
     send_consumer_spec,
 )
+from services.threading.ingest_attachments import IngestAttachmentFetcher
 from services.threading.settings import ThreadingSettings
 from services.threading.sync import MessageSync
 
@@ -33,17 +34,23 @@ async def build(
 ) -> ServiceComponents:
     """Opens and migrates the database, connects NATS, and registers the service's servicers and tasks.
 
-    Attachment content is collected only when a fetcher is given (ingest's FetchAttachment client)."""
+    Attachment content comes from ingest's FetchAttachment at `settings.ingest_target`, on a channel with an
+    internal service token, unless another fetcher is given."""
     components = await open_foundation(settings, MIGRATIONS_DIR)
     db = components.database
     blobs = FolderBlobStore(settings.blob_folder)
     feed_signal = SyncedFeedSignal()
-    collector = AttachmentCollector(db, blobs, attachment_fetcher) if attachment_fetcher is not None else None
+    if attachment_fetcher is None:
+        ingest_channel = open_channel(
+            settings.ingest_target, settings, token=ServiceToken(components.token_keys, "threading")
+        )
+        components.add_cleanup(ingest_channel.close)
+        attachment_fetcher = IngestAttachmentFetcher(ingest_channel)
+    collector = AttachmentCollector(db, blobs, attachment_fetcher)
 
     def on_placed() -> None:
         feed_signal.notify()
-        if collector is not None:
-            collector.wake()
+        collector.wake()
 
     policy = WaitPolicy(
         budget=settings.wait_budget_deliveries,
@@ -55,12 +62,9 @@ async def build(
         components.nats, message_consumer_spec(policy), handlers.handle_message_event, db=db
     )
     send_consumer = Consumer(components.nats, send_consumer_spec(policy), handlers.handle_send_event, db=db)
-    relay = OutboxRelay(db, components.jetstream)
     components.add_background("threading-messages", message_consumer.run, message_consumer.stop)
     components.add_background("threading-sends", send_consumer.run, send_consumer.stop)
-    components.add_background("threading-outbox", relay.run, relay.stop)
-    if collector is not None:
-        components.add_background("threading-attachments", collector.run, collector.stop)
+    components.add_background("threading-attachments", collector.run, collector.stop)
     components.add_servicer(
         ServicerRegistration(
             service=threading_pb2.DESCRIPTOR.services_by_name["ThreadingService"],

@@ -19,6 +19,11 @@ class ThreadingSettings(ServiceSettings):
     service_name: ClassVar[str] = "threading"
 
     grpc_port: int = Field(default=50053, ge=0, le=65535, description="gRPC port (0 picks a free port).")
+    ingest_target: str = Field(
+        default="127.0.0.1:50052",
+        description="host:port of the ingest service (FetchAttachment: the content of a placed message's "
+        "attachments).",
+    )
     blob_dir: Path | None = Field(
         default=None,
         description="Folder of the content-addressed attachment store (empty: <data_dir>/threading-blobs).",
