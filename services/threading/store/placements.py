@@ -170,6 +170,14 @@ async def load_knowledge(session: AsyncSession, message: IncomingMessage, key: s
         same = select(MessageRow.message_id).where(
             MessageRow.location_id.in_(locations), MessageRow.dedup_key == key
         )
+        if message.message_id:
+            # Also the email stored under another of its ids (a CRM send whose Message-ID Gmail replaced).
+            same = same.union(
+                select(MessageRfcIdRow.message_id).where(
+                    MessageRfcIdRow.location_id.in_(locations),
+                    MessageRfcIdRow.rfc_message_id == message.message_id,
+                )
+            )
         homes += await _homes(session, _threads_of(same), "same_message")
     return Knowledge(
         contacts=contacts,
@@ -390,7 +398,9 @@ async def _land(
         await insert_new(
             session, ThreadKeyRow.__table__, {"location_id": location, "key": alias, "thread_id": thread_id}
         )
-    message_id = derived_id("message", location, key)
+    message_id = await _stored_as(session, location, message.message_id) or derived_id(
+        "message", location, key
+    )
     message_time = content.message_time or message.internal_time
     inserted = await insert_new(
         session,
@@ -455,6 +465,17 @@ async def _land(
     if message.source is Source.GMAIL_SYNC:
         await _add_mailbox_copy(session, message, location, message_id, now, copy_state)
     return _Landing(message_id, conversation_id, contact_id, synced, created_contact)
+
+
+async def _stored_as(session: AsyncSession, location: str, rfc_message_id: str) -> str | None:
+    """The message already stored in the location under this Message-ID, its own or an alias (R15)."""
+    if not rfc_message_id:
+        return None
+    return await session.scalar(
+        select(MessageRfcIdRow.message_id).where(
+            MessageRfcIdRow.location_id == location, MessageRfcIdRow.rfc_message_id == rfc_message_id
+        )
+    )
 
 
 async def _link_thread(session: AsyncSession, thread_id: str, message_id: str, when: dt.datetime) -> None:
@@ -853,6 +874,8 @@ async def record_send_sent(
         if stored is not None:
             stored.send_pending = False
             if final:
+                # Gmail's id is the one every copy carries from now on: it becomes the message's id, ours an alias.
+                stored.rfc_message_id = final
                 await insert_new(
                     session,
                     MessageRfcIdRow.__table__,

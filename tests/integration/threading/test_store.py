@@ -28,6 +28,7 @@ from services.threading.store.models import (
     ConversationRow,
     DecisionRow,
     MailboxCopyRow,
+    MessageRfcIdRow,
     MessageRow,
     SeenMessageRow,
     SyncedFeedRow,
@@ -35,6 +36,7 @@ from services.threading.store.models import (
     ThreadRow,
 )
 from services.threading.store.placements import CrmSendInput, MessageContent
+from services.threading.store.reads import get_message
 from services.threading.sync import MessageSync
 from tests.fixtures.threading_messages import T0, at, connection, message, people
 
@@ -303,6 +305,52 @@ async def test_R6_echo_arriving_after_sent_is_recognised_by_gmail_id(threading_d
     decision = await sync.apply_message(echo, CONTENT)
     assert decision.echo is not None
     assert await count(threading_db, MessageRow) == 1
+
+
+async def test_R15_crm_send_whose_id_gmail_replaced_is_one_message_when_a_second_mailbox_receives_it(
+    threading_db,
+) -> None:
+    await add_contact(threading_db, "c-carol", "carol@example.com")
+    sync = sync_of(threading_db)
+    # user-1 sends from the CRM to Carol with a colleague in Cc whose mailbox is connected to the same location.
+    send = crm_send(
+        participants=people(to="carol@example.com", cc="colleague@crm.example", **{"from": "user@gmail.com"})
+    )
+    await sync.apply_pending_send(send, CONTENT)
+    await sync.apply_sent(
+        send,
+        CONTENT,
+        gmail_message_id="g-sent",
+        gmail_thread_id="gt-sent",
+        final_rfc_message_id="<replaced@mail.gmail.com>",
+    )
+    received = message(
+        rfc="<replaced@mail.gmail.com>",
+        mailbox="mbx-2",
+        gmail_id="g-colleague",
+        gmail_thread="gt-colleague",
+        minute=31,
+        frm="user@gmail.com",
+        to="carol@example.com",
+        cc=["colleague@crm.example"],
+        connections=(connection(user="user-2", connection_id="conn-2"),),
+    )
+    decision = await sync.apply_message(received, CONTENT)
+    assert [d.rule_id for d in decision.decisions] == ["R15"]
+    assert await count(threading_db, MessageRow) == 1
+    assert await count(threading_db, ThreadMessageRow) == 1
+    async with threading_db.read() as session:
+        stored = (await session.execute(select(MessageRow))).scalar_one()
+        keys = dict(
+            (await session.execute(select(MessageRfcIdRow.rfc_message_id, MessageRfcIdRow.message_id))).all()
+        )
+        copies = set(
+            (await session.execute(select(MailboxCopyRow.mailbox_id, MailboxCopyRow.message_id))).all()
+        )
+        view = await get_message(session, "loc-a", stored.message_id)
+    assert keys == {"<ours@crm>": stored.message_id, "<replaced@mail.gmail.com>": stored.message_id}
+    assert copies == {("mbx-1", stored.message_id), ("mbx-2", stored.message_id)}
+    assert view is not None and view.rfc_message_id == "<replaced@mail.gmail.com>"
 
 
 async def test_R9_drop_creates_contact_once_and_R2_then_syncs_its_reply(threading_db) -> None:
