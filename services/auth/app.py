@@ -20,7 +20,6 @@ from services.auth.connections import ConnectionFlows
 from services.auth.crypto import KeyRing, TokenCipher, TokenKeyError
 from services.auth.events import ConnectionEventStager
 from services.auth.oauth_http import OAuthCallbackServer
-from services.auth.periodic import Periodic
 from services.auth.settings import AuthSettings
 from services.auth.store import delete_expired_oauth_states, rotate_token_keys
 from services.auth.watches import WatchRenewal
@@ -28,6 +27,7 @@ from services.runtime.clock import Clock, SystemClock
 from services.runtime.db import Database
 from services.runtime.gmail import GmailApi, GmailEndpoint, OAuthClient
 from services.runtime.grpc_server import ServicerRegistration
+from services.runtime.periodic import Periodic
 from services.runtime.service import ServiceComponents, StartupError, open_foundation
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"

@@ -5,8 +5,7 @@ due time forward queues the pass, and the work item's Nats-Msg-Id covers the res
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import datetime as dt
 import logging
 
 from nats.js import JetStreamContext
@@ -16,6 +15,7 @@ from services.ingest.sync_policy import SyncTiming
 from services.ingest.work import queue_sync
 from services.runtime.clock import Clock, SystemClock
 from services.runtime.db import Database
+from services.runtime.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -34,22 +34,11 @@ class SyncScheduler:
         self._db = db
         self._js = js
         self._timing = timing
-        self._interval = interval_seconds
         self._batch = batch
         self._clock = clock or SystemClock()
-        self._stopping = asyncio.Event()
-
-    def stop(self) -> None:
-        self._stopping.set()
-
-    async def run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                await self.queue_due()
-            except Exception as error:
-                log.warning("scheduler tick failed", extra={"error": repr(error)})
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=self._interval)
+        self._periodic = Periodic("sync-scheduler", self.queue_due, dt.timedelta(seconds=interval_seconds))
+        self.run = self._periodic.run
+        self.stop = self._periodic.stop
 
     async def queue_due(self) -> int:
         """Queues a pass for every mailbox whose check is due; returns how many were queued."""

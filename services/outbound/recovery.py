@@ -3,14 +3,14 @@ left unsettled (searching Sent before any new Gmail call), and forgets attachmen
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import datetime as dt
 import logging
 
 from services.outbound import store
 from services.outbound.sending import OutboundSender
 from services.runtime.clock import Clock, SystemClock
 from services.runtime.db import Database
+from services.runtime.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -21,24 +21,13 @@ class RecoveryLoop:
     ) -> None:
         self._db = db
         self._sender = sender
-        self._interval = interval_seconds
         self._clock = clock or SystemClock()
-        self._stopping = asyncio.Event()
-
-    def stop(self) -> None:
-        self._stopping.set()
-
-    async def run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                await self.run_once()
-            except Exception:
-                log.exception("outbound recovery pass failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=self._interval)
+        self._periodic = Periodic("send-recovery", self.run_once, dt.timedelta(seconds=interval_seconds))
+        self.run = self._periodic.run
+        self.stop = self._periodic.stop
 
     async def run_once(self) -> None:
-        while await self._sender.recover_due() and not self._stopping.is_set():
+        while await self._sender.recover_due() and not self._periodic.stopping:
             pass
         async with self._db.write() as session:
             await store.delete_expired_attachments(session, now=self._clock.now())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 
-from services.auth.periodic import Periodic
+from services.runtime.periodic import Periodic
 
 
 async def test_a_failing_pass_does_not_end_the_task_and_stop_does() -> None:

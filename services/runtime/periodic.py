@@ -1,4 +1,6 @@
-"""A periodic background task for the service runner: a step every interval until stopped, surviving failures."""
+"""A periodic background task for the service runner: a step every interval until stopped, surviving failures.
+
+Every service's loops (watch renewal, key housekeeping, ingest's scheduler, outbound's send recovery) use it."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ class Periodic:
     """Runs `step` every `interval` until stopped; a failing pass is logged and the next one still runs."""
 
     name: str
-    step: Callable[[], Awaitable[None]]
+    step: Callable[[], Awaitable[object]]
     interval: dt.timedelta
     _stopping: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
@@ -32,3 +34,8 @@ class Periodic:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        """True once stop() was called: a long step checks it to end early."""
+        return self._stopping.is_set()
