@@ -29,7 +29,9 @@ def test_every_service_has_working_local_defaults() -> None:
         name = settings_cls.service_name
         assert settings.database_url == f"sqlite:///{Path('var/data') / f'{name}.db'}"
         assert settings.database_schema == name
-        assert settings.grpc_max_message_bytes == 4 * 1024 * 1024
+        # Ingest alone accepts whole BCC drops (up to 25 MB) in one SubmitBccDrop message.
+        expected = 27 * 1024 * 1024 if settings_cls is IngestSettings else 4 * 1024 * 1024
+        assert settings.grpc_max_message_bytes == expected
         ports.add(settings.grpc_port)
     assert ports == {50051, 50052, 50053, 50054}
 
