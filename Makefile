@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTOS := $(wildcard protos/mailsync/v1/*.proto)
 PYTEST_ARGS ?=
+# Most tests wait on processes and sockets, so four workers fit two cores; a file's tests stay on one worker
+# (the end-to-end stack is started once per worker that runs it).
+PYTEST_PARALLEL ?= -n 4 --dist loadfile
 
 .PHONY: help venv protos test test-unit test-integration test-e2e run cli sandbox lint fmt bench lock clean
 
@@ -31,13 +34,13 @@ protos: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m tools.protogen
 
 test: protos
-	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest -p no:cacheprovider $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 test-unit: protos
 	$(PY) -m pytest -p no:cacheprovider tests/unit $(PYTEST_ARGS)
 
 test-integration: protos
-	$(PY) -m pytest -p no:cacheprovider tests/integration $(PYTEST_ARGS)
+	$(PY) -m pytest -p no:cacheprovider $(PYTEST_PARALLEL) tests/integration $(PYTEST_ARGS)
 
 test-e2e: protos
 	$(PY) -m pytest -p no:cacheprovider tests/e2e $(PYTEST_ARGS)

@@ -22,7 +22,6 @@ from services.auth.proto_codec import (
     STATE_FROM_PROTO,
     connection_proto,
     mailbox_proto,
-    timestamp,
     user_proto,
     user_record,
 )
@@ -42,6 +41,7 @@ from services.runtime.clock import Clock
 from services.runtime.db import Database
 from services.runtime.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from services.runtime.grpc_auth import ALL_LOCATIONS, current_caller
+from services.runtime.protobuf_time import optional_timestamp
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 500
@@ -186,7 +186,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         return auth_pb2.BeginConnectResponse(
             authorization_url=started.authorization_url,
             state=started.state,
-            expire_time=timestamp(started.expires_at),
+            expire_time=optional_timestamp(started.expires_at),
         )
 
     async def UpdateEmail(
@@ -196,7 +196,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         return auth_pb2.UpdateEmailResponse(
             authorization_url=started.authorization_url,
             state=started.state,
-            expire_time=timestamp(started.expires_at),
+            expire_time=optional_timestamp(started.expires_at),
         )
 
     async def _begin(
@@ -324,7 +324,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             mailbox = await get_mailbox(session, mailbox_id)
         return auth_pb2.GetAccessTokenResponse(
             access_token=issued.token.reveal(),
-            expire_time=timestamp(issued.expires_at),
+            expire_time=optional_timestamp(issued.expires_at),
             mailbox_email=mailbox.email if mailbox else "",
             scopes=sorted(mailbox.granted_scopes) if mailbox else [],
         )
@@ -370,6 +370,6 @@ def watch_status_proto(status: WatchStatus) -> auth_pb2.WatchStatus:
         mailbox_id=status.mailbox_id,
         mailbox_email=status.mailbox_email,
         outcome=_WATCH_OUTCOMES[status.outcome.value],  # type: ignore[arg-type]
-        watch_expire_time=timestamp(status.watch_expires_at),
+        watch_expire_time=optional_timestamp(status.watch_expires_at),
         error=status.error,
     )

@@ -10,10 +10,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailsync.v1 import events_pb2
 from services.auth.domain import ConnectionChange
-from services.auth.proto_codec import EVENT_KIND_TO_PROTO, snapshot, timestamp
+from services.auth.proto_codec import EVENT_KIND_TO_PROTO, snapshot
 from services.auth.store import connections_of_mailbox, get_mailbox
 from services.runtime import outbox, subjects
 from services.runtime.clock import Clock
+from services.runtime.protobuf_time import optional_timestamp
 
 
 def event_msg_id(change: ConnectionChange) -> str:
@@ -53,7 +54,7 @@ class ConnectionEventStager:
             mailbox_connections=[snapshot(c) for c in siblings],
             replaced_by_connection_id=connection.replaced_by_connection_id or "",
             reason=reason or connection.last_error or "",
-            event_time=timestamp(connection.state_change_time),
+            event_time=optional_timestamp(connection.state_change_time),
         )
         await outbox.stage(
             session,

@@ -3,13 +3,10 @@ for the servicer and the connection events."""
 
 from __future__ import annotations
 
-import datetime as dt
-
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from mailsync.v1 import auth_pb2, common_pb2, events_pb2
 from services.auth.domain import Connection, ConnectionEventKind, ConnectionState, is_workspace_address
 from services.auth.store import MailboxRecord, UserRecord
+from services.runtime.protobuf_time import optional_timestamp
 
 STATE_TO_PROTO: dict[ConnectionState, int] = {
     ConnectionState.CONNECTED: common_pb2.CONNECTION_STATE_CONNECTED,
@@ -28,15 +25,6 @@ EVENT_KIND_TO_PROTO: dict[ConnectionEventKind, int] = {
 }
 
 
-def timestamp(when: dt.datetime | None) -> Timestamp | None:
-    """A protobuf Timestamp (None stays unset)."""
-    if when is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(when.astimezone(dt.UTC))
-    return stamp
-
-
 def snapshot(connection: Connection) -> common_pb2.ConnectionSnapshot:
     return common_pb2.ConnectionSnapshot(
         connection_id=connection.connection_id,
@@ -44,8 +32,8 @@ def snapshot(connection: Connection) -> common_pb2.ConnectionSnapshot:
         location_id=connection.location_id,
         state=STATE_TO_PROTO[connection.state],  # type: ignore[arg-type]
         start_history_id=connection.start_history_id,
-        start_time=timestamp(connection.start_time),
-        state_change_time=timestamp(connection.state_change_time),
+        start_time=optional_timestamp(connection.start_time),
+        state_change_time=optional_timestamp(connection.state_change_time),
     )
 
 
@@ -59,11 +47,13 @@ def connection_proto(connection: Connection, mailbox: MailboxRecord | None) -> a
         mailbox_email=mailbox.email if mailbox else "",
         state=STATE_TO_PROTO[connection.state],  # type: ignore[arg-type]
         start_history_id=connection.start_history_id,
-        start_time=timestamp(connection.start_time),
-        connect_time=timestamp(connection.start_time),
-        state_change_time=timestamp(connection.state_change_time),
+        start_time=optional_timestamp(connection.start_time),
+        connect_time=optional_timestamp(connection.start_time),
+        state_change_time=optional_timestamp(connection.state_change_time),
         last_error=connection.last_error or "",
-        watch_expire_time=timestamp(mailbox.watch_expires_at if mailbox and connection.active else None),
+        watch_expire_time=optional_timestamp(
+            mailbox.watch_expires_at if mailbox and connection.active else None
+        ),
         reconnect_required=connection.state is ConnectionState.REAUTH_REQUIRED,
         replaced_by_connection_id=connection.replaced_by_connection_id or "",
     )
@@ -94,6 +84,6 @@ def mailbox_proto(mailbox: MailboxRecord, connections: list[Connection]) -> auth
         mailbox_id=mailbox.mailbox_id,
         email=mailbox.email,
         connections=[snapshot(c) for c in connections],
-        watch_expire_time=timestamp(mailbox.watch_expires_at),
+        watch_expire_time=optional_timestamp(mailbox.watch_expires_at),
         workspace=is_workspace_address(mailbox.email),
     )

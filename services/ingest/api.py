@@ -11,7 +11,6 @@ import grpc
 from nats.js import JetStreamContext
 
 from mailsync.v1 import ingest_pb2, ingest_pb2_grpc
-from services.ingest.connection_proto import timestamp
 from services.ingest.drops_api import DropRpcs
 from services.ingest.errors import MailboxNotInLocation, PushMalformed, PushNotAuthenticated, QueueUnavailable
 from services.ingest.mailboxes import MailboxDirectory, MailboxInfo
@@ -23,6 +22,7 @@ from services.runtime.clock import Clock, SystemClock
 from services.runtime.db import Database
 from services.runtime.errors import FailedPrecondition
 from services.runtime.grpc_server import ServicerRegistration
+from services.runtime.protobuf_time import to_timestamp
 
 _TOKEN_REASONS = frozenset(
     {
@@ -107,11 +107,11 @@ class IngestApi(ingest_pb2_grpc.IngestServiceServicer):
             last_audit_missing=view.last_audit_missing,
         )
         if view.last_sync_at is not None:
-            status.last_sync_time.CopyFrom(timestamp(view.last_sync_at))
+            status.last_sync_time.CopyFrom(to_timestamp(view.last_sync_at))
         if view.last_audit_at is not None:
-            status.last_audit_time.CopyFrom(timestamp(view.last_audit_at))
+            status.last_audit_time.CopyFrom(to_timestamp(view.last_audit_at))
         if view.next_attempt_at is not None:
-            status.next_attempt_time.CopyFrom(timestamp(view.next_attempt_at))
+            status.next_attempt_time.CopyFrom(to_timestamp(view.next_attempt_at))
         return ingest_pb2.GetSyncStatusResponse(status=status)
 
     async def ResyncMailbox(

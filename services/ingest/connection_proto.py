@@ -6,10 +6,9 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from mailsync.v1 import common_pb2
 from services.ingest.mailboxes import ConnectionInfo
+from services.runtime.protobuf_time import to_timestamp
 
 _STATES = {
     common_pb2.CONNECTION_STATE_CONNECTED: "CONNECTED",
@@ -18,12 +17,6 @@ _STATES = {
     common_pb2.CONNECTION_STATE_DISCONNECTED: "DISCONNECTED",
 }
 _STATE_VALUES = {name: value for value, name in _STATES.items()}
-
-
-def timestamp(when: dt.datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(when.astimezone(dt.UTC))
-    return stamp
 
 
 def connection_from_proto(snapshot: common_pb2.ConnectionSnapshot) -> ConnectionInfo:
@@ -50,9 +43,9 @@ def connection_to_proto(connection: ConnectionInfo) -> common_pb2.ConnectionSnap
         state=_STATE_VALUES.get(connection.state, common_pb2.CONNECTION_STATE_UNSPECIFIED),
         start_history_id=connection.start_history_id,
     )
-    snapshot.start_time.CopyFrom(timestamp(connection.start_time))
+    snapshot.start_time.CopyFrom(to_timestamp(connection.start_time))
     if connection.state_change_time is not None:
-        snapshot.state_change_time.CopyFrom(timestamp(connection.state_change_time))
+        snapshot.state_change_time.CopyFrom(to_timestamp(connection.state_change_time))
     return snapshot
 
 

@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator
 
 from mailsync.v1 import ingest_pb2
 from services.ingest.attachments import AttachmentSource
-from services.ingest.connection_proto import timestamp
 from services.ingest.domain.bcc import DropRefusalReason, DropRefused
 from services.ingest.drops import BccAddresses, LoggedDropAdmission
 from services.runtime.errors import DependencyUnavailable, InvalidArgument, PermissionDenied
+from services.runtime.protobuf_time import to_timestamp
 
 
 class BccDropRefused(PermissionDenied):
@@ -69,14 +69,16 @@ class DropRpcs:
         self, request: ingest_pb2.GetBccAddressRequest
     ) -> ingest_pb2.GetBccAddressResponse:
         view = await self._addresses.get(_location_required(request.location_id))
-        return ingest_pb2.GetBccAddressResponse(address=view.address, create_time=timestamp(view.created_at))
+        return ingest_pb2.GetBccAddressResponse(
+            address=view.address, create_time=to_timestamp(view.created_at)
+        )
 
     async def rotate_bcc_address(
         self, request: ingest_pb2.RotateBccAddressRequest
     ) -> ingest_pb2.RotateBccAddressResponse:
         view = await self._addresses.rotate(_location_required(request.location_id))
         return ingest_pb2.RotateBccAddressResponse(
-            address=view.address, create_time=timestamp(view.created_at)
+            address=view.address, create_time=to_timestamp(view.created_at)
         )
 
     async def fetch_attachment(

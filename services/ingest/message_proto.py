@@ -5,8 +5,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from mailsync.v1 import common_pb2, events_pb2
 from services.ingest.bcc_drop import AcceptedDrop
 from services.ingest.domain.message import (
@@ -18,6 +16,7 @@ from services.ingest.domain.message import (
     ParticipantRole,
 )
 from services.ingest.domain.mime import normalize_message
+from services.runtime.protobuf_time import to_timestamp
 
 _DIRECTIONS = {
     Direction.INBOUND: common_pb2.DIRECTION_INBOUND,
@@ -37,12 +36,6 @@ _ROLES = {
     ParticipantRole.BCC: common_pb2.PARTICIPANT_ROLE_BCC,
     ParticipantRole.DELIVERED_TO: common_pb2.PARTICIPANT_ROLE_DELIVERED_TO,
 }
-
-
-def _timestamp(when: dt.datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(when.astimezone(dt.UTC))
-    return stamp
 
 
 def participant_to_proto(participant: Participant) -> common_pb2.Participant:
@@ -101,13 +94,13 @@ def normalized_message_to_proto(
         snippet=mail.snippet,
     )
     if mail.copy.internal_time is not None:
-        event.internal_time.CopyFrom(_timestamp(mail.copy.internal_time))
+        event.internal_time.CopyFrom(to_timestamp(mail.copy.internal_time))
     if mail.header_date is not None:
-        event.header_date.CopyFrom(_timestamp(mail.header_date))
+        event.header_date.CopyFrom(to_timestamp(mail.header_date))
     if bcc_drop is not None:
         event.bcc_drop.CopyFrom(bcc_drop)
     if observe_time is not None:
-        event.observe_time.CopyFrom(_timestamp(observe_time))
+        event.observe_time.CopyFrom(to_timestamp(observe_time))
     return event
 
 

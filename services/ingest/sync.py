@@ -24,7 +24,7 @@ from nats.js import JetStreamContext
 
 from mailsync.v1 import events_pb2
 from services.ingest import store
-from services.ingest.connection_proto import connections_to_proto, timestamp
+from services.ingest.connection_proto import connections_to_proto
 from services.ingest.domain.message import MailboxCopy
 from services.ingest.domain.mime import normalize_message
 from services.ingest.history import NOT_EMAIL_LABELS, UNSYNCED_LABELS, Deletion, LabelDelta, plan_history
@@ -55,6 +55,7 @@ from services.runtime.gmail import (
     decode_base64url,
 )
 from services.runtime.jetstream import is_duplicate, publish
+from services.runtime.protobuf_time import to_timestamp
 
 log = logging.getLogger(__name__)
 
@@ -358,7 +359,7 @@ class MailboxSyncer:
     ) -> None:
         """R17: label changes and deletions of published messages, acknowledged before the cursor moves."""
         mailbox_id = work.mailbox.mailbox_id
-        now = timestamp(self._clock.now())
+        now = to_timestamp(self._clock.now())
         events: list[tuple[str, events_pb2.MessageChanged]] = []
         for delta in deltas:
             events.append(

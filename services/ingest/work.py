@@ -9,9 +9,9 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
 from mailsync.v1 import events_pb2
-from services.ingest.connection_proto import timestamp
 from services.runtime import subjects
 from services.runtime.jetstream import publish
+from services.runtime.protobuf_time import to_timestamp
 
 REASONS = {
     "PUSH": events_pb2.MAILBOX_CHANGE_REASON_PUSH,
@@ -41,6 +41,6 @@ async def queue_sync(
         mailbox_email=mailbox_email,
         history_id=history_id,
         reason=REASONS[reason],
-        observe_time=timestamp(now),
+        observe_time=to_timestamp(now),
     )
     return await publish(js, subjects.mailbox_changed(mailbox_id), item, msg_id=msg_id)

@@ -19,7 +19,6 @@ from services.outbound.connections import AuthConnections
 from services.outbound.domain.email import EmailAddress
 from services.outbound.domain.errors import AttachmentsTooLarge
 from services.outbound.domain.routing import SendKind
-from services.outbound.events import timestamp
 from services.outbound.ledger import SendLedger
 from services.outbound.sending import OutboundSender, SendRequest
 from services.outbound.store import SendRecord
@@ -28,6 +27,7 @@ from services.runtime.db import Database
 from services.runtime.errors import InvalidArgument
 from services.runtime.grpc_auth import current_caller
 from services.runtime.grpc_server import ServicerRegistration
+from services.runtime.protobuf_time import to_timestamp
 
 _KINDS = {
     common_pb2.SEND_KIND_INDIVIDUAL: SendKind.INDIVIDUAL,
@@ -88,11 +88,11 @@ def send_proto(record: SendRecord) -> outbound_pb2.Send:
         rfc_message_id=record.final_rfc_message_id or record.rfc_message_id,
         gmail_message_id=record.gmail_message_id,
         gmail_thread_id=record.gmail_thread_id,
-        create_time=timestamp(record.created_at),
+        create_time=to_timestamp(record.created_at),
         error=record.reason if record.state in ("FAILED", "UNKNOWN") else "",
     )
     if record.sent_at is not None:
-        send.sent_time.CopyFrom(timestamp(record.sent_at))
+        send.sent_time.CopyFrom(to_timestamp(record.sent_at))
     return send
 
 
@@ -187,9 +187,9 @@ class OutboundApi(outbound_pb2_grpc.OutboundServiceServicer):
             remaining=quota.remaining,
         )
         if quota.reset_time is not None:
-            answer.reset_time.CopyFrom(timestamp(quota.reset_time))
+            answer.reset_time.CopyFrom(to_timestamp(quota.reset_time))
         if quota.blocked_until is not None:
-            answer.blocked_until.CopyFrom(timestamp(quota.blocked_until))
+            answer.blocked_until.CopyFrom(to_timestamp(quota.blocked_until))
         return answer
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailsync.v1 import common_pb2, events_pb2
@@ -17,16 +16,11 @@ from services.outbound.domain.email import EmailAddress
 from services.outbound.mime import BuiltMessage
 from services.runtime import subjects
 from services.runtime.outbox import stage
+from services.runtime.protobuf_time import to_timestamp
 
 # Bodies ride along in the pending event for threading; beyond this they are cut and marked truncated, which keeps
 # the event far under JetStream's message size limit.
 MAX_EVENT_BODY_CHARS = 256 * 1024
-
-
-def timestamp(when: dt.datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(when)
-    return stamp
 
 
 @dataclass(frozen=True)
@@ -107,7 +101,7 @@ def pending_send(
             )
             for attachment in attachments
         ],
-        create_time=timestamp(context.create_time),
+        create_time=to_timestamp(context.create_time),
     )
 
 
@@ -131,7 +125,7 @@ async def stage_sent(
         gmail_message_id=gmail_message_id,
         gmail_thread_id=gmail_thread_id,
         final_rfc_message_id=final_rfc_message_id,
-        sent_time=timestamp(sent_time),
+        sent_time=to_timestamp(sent_time),
     )
     await stage(session, subjects.send_sent(send.mailbox_id), event, f"send-sent-{send.send_id}")
 
@@ -150,6 +144,6 @@ async def stage_failed(
         mailbox_id=mailbox_id,
         location_id=location_id,
         reason=reason,
-        fail_time=timestamp(fail_time),
+        fail_time=to_timestamp(fail_time),
     )
     await stage(session, subjects.send_failed(mailbox_id), event, f"send-failed-{send_id}")
