@@ -101,6 +101,7 @@ class Connection(_message.Message):
     WATCH_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     RECONNECT_REQUIRED_FIELD_NUMBER: _builtins.int
     REPLACED_BY_CONNECTION_ID_FIELD_NUMBER: _builtins.int
+    USER_DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     connection_id: _builtins.str
     user_id: _builtins.str
     location_id: _builtins.str
@@ -112,6 +113,8 @@ class Connection(_message.Message):
     reconnect_required: _builtins.bool
     """True when the user must go through the connect flow again (REAUTH_REQUIRED)."""
     replaced_by_connection_id: _builtins.str
+    user_display_name: _builtins.str
+    """The CRM user's display name (outbound puts it in From)."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -137,10 +140,11 @@ class Connection(_message.Message):
         watch_expire_time: _timestamp_pb2.Timestamp | None = ...,
         reconnect_required: _builtins.bool = ...,
         replaced_by_connection_id: _builtins.str = ...,
+        user_display_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["connect_time", b"connect_time", "start_time", b"start_time", "state_change_time", b"state_change_time", "watch_expire_time", b"watch_expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["connect_time", b"connect_time", "connection_id", b"connection_id", "last_error", b"last_error", "location_id", b"location_id", "mailbox_email", b"mailbox_email", "mailbox_id", b"mailbox_id", "reconnect_required", b"reconnect_required", "replaced_by_connection_id", b"replaced_by_connection_id", "start_history_id", b"start_history_id", "start_time", b"start_time", "state", b"state", "state_change_time", b"state_change_time", "user_id", b"user_id", "watch_expire_time", b"watch_expire_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connect_time", b"connect_time", "connection_id", b"connection_id", "last_error", b"last_error", "location_id", b"location_id", "mailbox_email", b"mailbox_email", "mailbox_id", b"mailbox_id", "reconnect_required", b"reconnect_required", "replaced_by_connection_id", b"replaced_by_connection_id", "start_history_id", b"start_history_id", "start_time", b"start_time", "state", b"state", "state_change_time", b"state_change_time", "user_display_name", b"user_display_name", "user_id", b"user_id", "watch_expire_time", b"watch_expire_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

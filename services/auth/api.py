@@ -308,7 +308,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def _connection_proto(self, connection: Connection) -> auth_pb2.Connection:
         async with self.db.read() as session:
             mailbox = await get_mailbox(session, connection.mailbox_id)
-        return connection_proto(connection, mailbox)
+            user = await get_user(session, connection.user_id)
+        return connection_proto(connection, mailbox, user)
 
     # Internal: tokens and mailboxes -------------------------------------------------------------------------
 

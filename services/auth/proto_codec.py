@@ -37,7 +37,9 @@ def snapshot(connection: Connection) -> common_pb2.ConnectionSnapshot:
     )
 
 
-def connection_proto(connection: Connection, mailbox: MailboxRecord | None) -> auth_pb2.Connection:
+def connection_proto(
+    connection: Connection, mailbox: MailboxRecord | None, user: UserRecord | None = None
+) -> auth_pb2.Connection:
     """The UI's view of a connection: its state, mailbox address, start point, last error and watch expiry."""
     return auth_pb2.Connection(
         connection_id=connection.connection_id,
@@ -56,6 +58,7 @@ def connection_proto(connection: Connection, mailbox: MailboxRecord | None) -> a
         ),
         reconnect_required=connection.state is ConnectionState.REAUTH_REQUIRED,
         replaced_by_connection_id=connection.replaced_by_connection_id or "",
+        user_display_name=user.display_name if user else "",
     )
 
 

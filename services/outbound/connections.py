@@ -33,6 +33,8 @@ class SenderMailbox:
     location_id: str
     mailbox_id: str
     mailbox_email: str
+    # The user's name for the From header (empty when the CRM gave none).
+    display_name: str
     # By name, e.g. "CONNECTED" (services.outbound.domain.routing decides what may send).
     state: str
     # The mailbox's own limit (0: none set) and whether it is a Workspace mailbox (R14).
@@ -98,6 +100,7 @@ class AuthConnections:
             location_id=connection.location_id,
             mailbox_id=connection.mailbox_id,
             mailbox_email=connection.mailbox_email,
+            display_name=connection.user_display_name,
             state=_state_name(connection.state),
             daily_send_limit=mailbox.daily_send_limit if mailbox is not None else 0,
             workspace=mailbox.workspace if mailbox is not None else False,

@@ -223,7 +223,9 @@ class OutboundSender:
         # Fetched before anything is recorded: a mailbox auth cannot serve is refused with nothing sent.
         await self._directory.access_token(sender.mailbox_id)
         now = self._clock.now()
-        built = self._build(request, EmailAddress(sender.mailbox_email), staged, now, BccHandling.HEADER)
+        built = self._build(
+            request, EmailAddress(sender.mailbox_email, sender.display_name), staged, now, BccHandling.HEADER
+        )
         send_id = uuid.uuid4().hex
         key = ledger_key(request.location_id, request.request_id)
         pending = events.pending_send(

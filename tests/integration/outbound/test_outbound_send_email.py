@@ -4,6 +4,7 @@ on SQLite and PostgreSQL: replies in their Gmail thread, events, idempotency, co
 from __future__ import annotations
 
 import asyncio
+from email.header import decode_header, make_header
 
 import grpc
 import pytest
@@ -32,7 +33,7 @@ async def test_R6_reply_lands_in_the_gmail_thread_and_sent_folder_and_events_car
     outbound_world: OutboundWorld,
 ) -> None:
     world = outbound_world
-    await world.connect("u1", ALICE)
+    await world.connect("u1", ALICE, display_name="Alíce Ëxample")
     world.sandbox.create_mailbox(CAROL)
     # Carol wrote to Alice first: the CRM answers in that conversation.
     world.sandbox.admin.user_send(CAROL, to=ALICE, subject="Quote request", body="How much?")
@@ -56,6 +57,9 @@ async def test_R6_reply_lands_in_the_gmail_thread_and_sent_folder_and_events_car
     sent = _sent_copies(world, ALICE)
     assert [m["id"] for m in sent] == [send.gmail_message_id]
     assert sent[0]["threadId"] == inbound["threadId"] and sent[0]["subject"] == "Re: Quote request"
+    # From carries the user's name from the CRM, as an RFC 2047 encoded word since it is not ASCII.
+    received = next(m for m in world.sandbox.admin.messages(CAROL) if m["subject"] == "Re: Quote request")
+    assert str(make_header(decode_header(received["from"]))) == f"Alíce Ëxample <{ALICE}>"
     pending = (await world.events.wait_for("pending", 1))[0]
     delivered = (await world.events.wait_for("sent", 1))[0]
     assert pending.send_id == send.send_id and pending.location_id == LOCATION
