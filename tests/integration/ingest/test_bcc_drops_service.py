@@ -392,6 +392,18 @@ async def test_fetch_attachment_streams_a_synced_gmail_attachment_and_refuses_wh
     [described] = event.attachments
     request = {"mailbox_id": mailbox.mailbox_id, "gmail_message_id": delivered["id"]}
 
+    # The published ledger is written right after the window's publishes are acknowledged, so a fetch can
+    # race it by a moment (threading's collector retries for the same reason).
+    async def fetched() -> bool:
+        try:
+            await fetch(stack.internal, attachment_id=described.attachment_id, **request)
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            return False
+        return True
+
+    await eventually(fetched, within=30)
     metadata, content, sizes = await fetch(stack.internal, attachment_id=described.attachment_id, **request)
     assert hashlib.sha256(content).hexdigest() == hashlib.sha256(ATTACHMENT).hexdigest() == metadata.sha256
     assert metadata.filename == "data.bin" and max(sizes) <= 256 * 1024

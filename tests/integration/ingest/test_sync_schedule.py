@@ -114,6 +114,11 @@ async def test_a_failing_mailbox_backs_off_turns_failed_is_retried_and_never_blo
 
     flaky.healed = True
     await eventually(lambda: published(world, alice_mail), within=30)
-    async with world.db.read() as session:
-        row = await store.get_sync_row(session, alice.mailbox_id)
-    assert row is not None and row.consecutive_failures == 0 and row.last_error == ""
+
+    async def recovered() -> bool:
+        # The pass records its success after its publishes, so the row follows a moment later.
+        async with world.db.read() as session:
+            row = await store.get_sync_row(session, alice.mailbox_id)
+        return row is not None and row.consecutive_failures == 0 and row.last_error == ""
+
+    await eventually(recovered, within=30)
