@@ -264,7 +264,7 @@ async def test_concurrent_get_access_token_from_two_auth_processes_cause_one_ref
     )
     replica = await start_auth_process(replica_settings, tmp_path / "replica.log")
     try:
-        replica_stub = world.stub(locations=("*",), internal=True, port=replica.grpc_port)
+        replica_stub = world.stub(locations=("*",), internal=True, port=replica.port)
         await world.expire_access_tokens()
         before = world.tokens_issued(ALICE)
 
