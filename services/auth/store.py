@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -29,13 +30,12 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.auth.crypto import SealedToken, SecretToken, TokenCipher
 from services.auth.domain import ACTIVE_STATES, Connection, ConnectionState, OAuthState
-from services.runtime.db import Database
+from services.runtime.db import Database, upsert_insert
 from services.runtime.messaging_tables import add_runtime_tables
 
 _WHEN = DateTime(timezone=True)
@@ -147,8 +147,8 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
     return value.replace(tzinfo=dt.UTC)
 
 
-def _insert(session: AsyncSession):  # type: ignore[no-untyped-def]
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+def _insert(session: AsyncSession) -> Any:
+    return upsert_insert(session)
 
 
 def mailbox_row_key(mailbox_id: str) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -26,10 +27,10 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from services.runtime.db import upsert_insert
 from services.runtime.messaging_tables import add_runtime_tables
 
 _WHEN = DateTime(timezone=True)
@@ -132,8 +133,8 @@ class PublishedEntry:
     internal_ms: int
 
 
-def _insert(session: AsyncSession):  # type: ignore[no-untyped-def]
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+def _insert(session: AsyncSession) -> Any:
+    return upsert_insert(session)
 
 
 async def ensure_mailbox(session: AsyncSession, mailbox_id: str, mailbox_email: str) -> None:

@@ -31,7 +31,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.outbound.domain.quota import (
@@ -41,6 +40,7 @@ from services.outbound.domain.quota import (
     quota_status,
     sends_that_must_leave,
 )
+from services.runtime.db import upsert_insert
 
 
 class UtcDateTime(TypeDecorator[dt.datetime]):
@@ -259,10 +259,8 @@ class SendLedger:
         return int(mailbox.daily_limit)
 
     async def _ensure_mailbox_row(self, session: AsyncSession, mailbox_id: str) -> None:
-        dialect = session.get_bind().dialect.name
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         await session.execute(
-            insert(send_mailboxes)
+            upsert_insert(session)(send_mailboxes)
             .values(mailbox_id=mailbox_id)
             .on_conflict_do_nothing(index_elements=["mailbox_id"])
         )
@@ -306,7 +304,7 @@ _MAILBOX_COLUMNS = (send_mailboxes.c.daily_limit, send_mailboxes.c.blocked_until
 
 
 def _upsert(session: AsyncSession) -> Any:
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    return upsert_insert(session)
 
 
 def _now(session: AsyncSession) -> Any:

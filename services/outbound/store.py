@@ -28,10 +28,10 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.outbound.ledger import UtcDateTime, add_send_ledger_tables
+from services.runtime.db import upsert_insert
 from services.runtime.messaging_tables import add_runtime_tables
 
 metadata = MetaData()
@@ -141,7 +141,7 @@ def _record(row: Any) -> SendRecord:
 
 
 def _insert(session: AsyncSession) -> Any:
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    return upsert_insert(session)
 
 
 async def insert_send(session: AsyncSession, values: dict[str, Any]) -> bool:

@@ -72,6 +72,13 @@ class Database:
         await self.engine.dispose()
 
 
+def upsert_insert(session: AsyncSession) -> Any:
+    """The dialect's `insert` (with on_conflict_do_nothing/do_update) for the session's database."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
 def normalize_url(url: str) -> str:
     """Picks the asyncio driver for plain URLs (sqlite:// -> aiosqlite, postgresql:// -> psycopg)."""
     try:

@@ -17,10 +17,9 @@ from typing import TYPE_CHECKING, Any, TextIO
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 from sqlalchemy import select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from services.runtime.clock import Clock, SystemClock
-from services.runtime.db import Database
+from services.runtime.db import Database, upsert_insert
 from services.runtime.jetstream import MSG_ID_HEADER, publish_payload
 from services.runtime.messaging_tables import dead_letters_table
 
@@ -79,9 +78,8 @@ async def record_dead_letter(
         "failed_at": (clock or SystemClock()).now(),
     }
     async with db.write() as session:
-        insert = postgresql.insert if db.dialect == "postgresql" else sqlite.insert
         await session.execute(
-            insert(dead_letters_table)
+            upsert_insert(session)(dead_letters_table)
             .values(**values)
             .on_conflict_do_nothing(index_elements=["consumer", "stream", "stream_sequence"])
         )

@@ -10,20 +10,18 @@ from __future__ import annotations
 import datetime as dt
 
 from sqlalchemy import delete
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.runtime.clock import Clock, SystemClock
+from services.runtime.db import upsert_insert
 from services.runtime.messaging_tables import processed_messages_table
 
 
 async def claim(session: AsyncSession, consumer: str, msg_id: str, *, clock: Clock | None = None) -> bool:
     """Records (consumer, msg_id) in the caller's transaction; True if this is the first time, False if seen."""
     now = (clock or SystemClock()).now()
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     statement = (
-        insert(processed_messages_table)
+        upsert_insert(session)(processed_messages_table)
         .values(consumer=consumer, msg_id=msg_id, processed_at=now)
         .on_conflict_do_nothing(index_elements=["consumer", "msg_id"])
         # rowcount is -1 for this statement on psycopg; only the winner gets a row back.
