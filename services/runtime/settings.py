@@ -50,6 +50,15 @@ class ServiceSettings(BaseSettings):
         default="",
         description="PostgreSQL schema holding the service's tables (empty: the service name). Ignored on SQLite.",
     )
+    database_pool_size: int = Field(
+        default=10,
+        gt=0,
+        description="PostgreSQL connections each process keeps open (ignored on SQLite). A service's peak is "
+        "replicas x (database_pool_size + database_max_overflow).",
+    )
+    database_max_overflow: int = Field(
+        default=20, ge=0, description="Extra PostgreSQL connections a process may open under load."
+    )
     nats_url: str = Field(default="nats://127.0.0.1:4222", description="NATS server URL (JetStream enabled).")
     nats_connect_timeout_seconds: float = Field(
         default=5.0, gt=0, description="How long startup waits for NATS before failing."
