@@ -134,7 +134,7 @@ async def open_foundation(settings: ServiceSettings, migrations_dir: Path) -> Se
         raise StartupError(f"{settings.variable_for('nats_url')}: {exc}") from None
     jetstream = nats.jetstream()
     try:
-        await declare_streams(jetstream)
+        await declare_streams(jetstream, replicas=settings.stream_replicas)
     except Exception as exc:
         await nats.close()
         await database.dispose()

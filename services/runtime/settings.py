@@ -60,6 +60,13 @@ class ServiceSettings(BaseSettings):
         default=20, ge=0, description="Extra PostgreSQL connections a process may open under load."
     )
     nats_url: str = Field(default="nats://127.0.0.1:4222", description="NATS server URL (JetStream enabled).")
+    stream_replicas: int = Field(
+        default=1,
+        ge=1,
+        le=5,
+        description="Replicas of every JetStream stream this service declares: 1 on one server, 3 on a "
+        "three-node cluster. A start raises a stream to this count but never lowers it (it warns instead).",
+    )
     nats_connect_timeout_seconds: float = Field(
         default=5.0, gt=0, description="How long startup waits for NATS before failing."
     )
