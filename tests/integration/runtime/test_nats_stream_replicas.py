@@ -54,7 +54,7 @@ async def test_a_single_server_gets_the_local_default_of_one_replica(nats_server
         await declare_stream(js, MESSAGES)
         assert await replicas_of(js, MESSAGES.name) == 1
         # Three replicas cannot be placed on one server: the declaration fails instead of pretending.
-        with pytest.raises(Exception, match="(?i)replicas|resources|peers"):
+        with pytest.raises(Exception, match=r"(?i)replicas|resources|peers"):
             await declare_stream(js, MESSAGES, replicas=3)
     finally:
         await client.close()
