@@ -54,6 +54,7 @@ from services.runtime.logging import configure_logging
 from services.runtime.migrations import revision_status
 from services.runtime.nats_client import NatsUnavailable, connect
 from services.runtime.outbox import OutboxRelay
+from services.runtime.production import check_production_settings
 from services.runtime.settings import ConfigurationError, ServiceSettings
 from services.runtime.streams import declare_streams
 from services.runtime.telemetry import configure_telemetry
@@ -434,6 +435,7 @@ def run_service(
                     _dead_letters(settings, migrations_dir, args[1:], f"python -m {program} dead-letters")
                 )
             )
+        check_production_settings(settings)
         sys.exit(asyncio.run(serve(settings, build)))
     except (ConfigurationError, StartupError) as exc:
         _fail(program, str(exc))

@@ -27,6 +27,9 @@ def clean_environment(tmp_path: Path, **variables: str) -> dict[str, str]:
             "MAILSYNC_NATS_CONNECT_TIMEOUT_SECONDS": "1",
             # The auth service's own secret (Gmail tokens at rest), so the runtime's checks are what fail.
             "MAILSYNC_AUTH_TOKEN_KEYS": generate_key_text(1),
+            # A Gmail stand-in (never called at startup): against Google itself the sandbox defaults of the
+            # OAuth client would be refused first (tests/integration/runtime/test_production_refusal.py).
+            "MAILSYNC_AUTH_GMAIL_ROOT_URL": "http://127.0.0.1:9/",
         }
     )
     env.update(variables)
