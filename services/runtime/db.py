@@ -166,7 +166,13 @@ async def ensure_schema(db: Database) -> None:
     from sqlalchemy import text
 
     async with db.engine.begin() as conn:
-        await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{db.schema}"'))
+        # Only when missing: CREATE SCHEMA (even IF NOT EXISTS) needs CREATE on the database, which a schema's
+        # owner role rightly lacks when an administrator created the schema for it (docs/operations.md).
+        exists = await conn.scalar(
+            text("SELECT 1 FROM pg_namespace WHERE nspname = :schema"), {"schema": db.schema}
+        )
+        if not exists:
+            await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{db.schema}"'))
 
 
 async def migrate(db: Database, migrations_dir: Path) -> None:
