@@ -9,12 +9,13 @@ PYTEST_ARGS ?=
 # (the end-to-end stack is started once per worker that runs it).
 PYTEST_PARALLEL ?= -n 4 --dist loadfile
 
-.PHONY: help venv protos test test-unit test-integration test-e2e run cli sandbox lint fmt bench lock image-venv clean
+.PHONY: help venv protos test test-unit test-integration test-e2e test-deploy run cli sandbox lint fmt bench lock image-venv clean
 
 help:
 	@echo "make run        start NATS, the Gmail sandbox and the four services (Ctrl-C stops all)"
 	@echo "make test       set up the virtualenv, generate code, run every test tier"
 	@echo "make test-unit  the fast, pure tier only"
+	@echo "make test-deploy  render and check the Kubernetes overlays, the image and the locks"
 	@echo "make protos     regenerate mailsync/v1 from protos/"
 	@echo "make lint       ruff, and mypy on the shared runtime and domain modules"
 	@echo "make fmt        format with ruff"
@@ -46,6 +47,9 @@ test-integration: protos
 
 test-e2e: protos
 	$(PY) -m pytest -p no:cacheprovider tests/e2e $(PYTEST_ARGS)
+
+test-deploy: protos
+	$(PY) -m pytest -p no:cacheprovider tests/deploy $(PYTEST_ARGS)
 
 run: protos
 	$(PY) -m tools.run
