@@ -3,6 +3,8 @@
 pytest_plugins = [
     "tests.fixtures.sandbox",
     "tests.fixtures.nats_server",
+    "tests.fixtures.nats_cluster",
+    "tests.fixtures.s3_server",
     "tests.fixtures.databases",
     "tests.fixtures.services",
     "tests.fixtures.auth_service",

@@ -97,8 +97,23 @@ def normalize_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def open_database(url: str, *, schema: str | None = None, echo: bool = False) -> Database:
-    """Creates the engine (no connection is made until first use)."""
+DEFAULT_POOL_SIZE = 10
+DEFAULT_MAX_OVERFLOW = 20
+
+
+def open_database(
+    url: str,
+    *,
+    schema: str | None = None,
+    echo: bool = False,
+    pool_size: int = DEFAULT_POOL_SIZE,
+    max_overflow: int = DEFAULT_MAX_OVERFLOW,
+) -> Database:
+    """Creates the engine (no connection is made until first use).
+
+    `pool_size` connections stay open per process and up to `max_overflow` more open under load (PostgreSQL
+    only): a deployment's connection count is replicas x (pool_size + max_overflow) per service.
+    """
     url = normalize_url(url)
     parsed = make_url(url)
     kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": True}
@@ -116,8 +131,8 @@ def open_database(url: str, *, schema: str | None = None, echo: bool = False) ->
             )
         if schema:
             kwargs["connect_args"] = {"options": f"-csearch_path={schema}"}
-        kwargs["pool_size"] = 10
-        kwargs["max_overflow"] = 20
+        kwargs["pool_size"] = pool_size
+        kwargs["max_overflow"] = max_overflow
         engine = create_async_engine(url, **kwargs)
     writer = async_sessionmaker(engine, expire_on_commit=False)
     reader = async_sessionmaker(
@@ -151,7 +166,13 @@ async def ensure_schema(db: Database) -> None:
     from sqlalchemy import text
 
     async with db.engine.begin() as conn:
-        await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{db.schema}"'))
+        # Only when missing: CREATE SCHEMA (even IF NOT EXISTS) needs CREATE on the database, which a schema's
+        # owner role rightly lacks when an administrator created the schema for it (docs/operations.md).
+        exists = await conn.scalar(
+            text("SELECT 1 FROM pg_namespace WHERE nspname = :schema"), {"schema": db.schema}
+        )
+        if not exists:
+            await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{db.schema}"'))
 
 
 async def migrate(db: Database, migrations_dir: Path) -> None:

@@ -1,8 +1,13 @@
-"""gRPC health (`grpc.health.v1`) driven by real dependency checks.
+"""gRPC health (`grpc.health.v1`) driven by real dependency checks: readiness and liveness apart.
 
-A monitor runs every named check (database ping, NATS connected, ...) on an interval and sets SERVING for the
-server ("") and every registered service only while all of them pass; one failure flips all to NOT_SERVING.
-Graceful shutdown sets NOT_SERVING permanently.
+Readiness is the server ("") and every registered service: a monitor runs every named check (database ping,
+NATS connected, ...) on an interval and sets SERVING only while all of them pass; one failure flips all to
+NOT_SERVING, and graceful shutdown sets them NOT_SERVING for good. Liveness is the `liveness` service: SERVING
+from the moment the process starts until it exits, whatever its dependencies do, so an outage of NATS or the
+database takes pods out of rotation without restarting them. Both answer only while the event loop runs.
+
+Kubelet's gRPC probes speak plaintext only, so a process can also serve health alone on its own port
+(`health_port`) from the start, before its dependencies are reachable and while the gRPC port uses TLS.
 """
 
 from __future__ import annotations
@@ -10,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 
-from grpc_health.v1 import health, health_pb2
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from nats.aio.client import Client as NatsClient
 
 from services.runtime.db import Database
@@ -21,6 +28,8 @@ HealthCheck = Callable[[], Awaitable[None]]
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+LIVENESS_SERVICE = "liveness"
+"""The health service name a liveness probe asks for: SERVING while the process runs."""
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +53,37 @@ def nats_check(client: NatsClient) -> HealthCheck:
     return check
 
 
+async def starting_health_servicer() -> health.aio.HealthServicer:
+    """A health servicer for a process that has just started: alive, not ready."""
+    servicer = health.aio.HealthServicer()
+    await servicer.set("", NOT_SERVING)
+    await servicer.set(LIVENESS_SERVICE, SERVING)
+    return servicer
+
+
+@dataclass
+class HealthServer:
+    """A plaintext gRPC server that serves only grpc.health.v1 (for kubelet probes)."""
+
+    server: grpc.aio.Server
+    port: int
+
+    async def stop(self) -> None:
+        await self.server.stop(0)
+
+
+async def start_health_server(host: str, port: int, servicer: health.aio.HealthServicer) -> HealthServer:
+    """Serves `servicer` alone on host:port (0 picks a free port). It exposes nothing but statuses."""
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    log.info("health server listening", extra={"address": f"{host}:{bound}"})
+    return HealthServer(server=server, port=bound)
+
+
 class HealthMonitor:
-    """Owns the health servicer and keeps it in step with the dependency checks."""
+    """Owns the readiness statuses of a health servicer and keeps them in step with the dependency checks."""
 
     def __init__(
         self,
@@ -54,14 +92,16 @@ class HealthMonitor:
         *,
         interval_seconds: float = 1.0,
         check_timeout_seconds: float = 2.0,
+        servicer: health.aio.HealthServicer | None = None,
     ) -> None:
-        self.servicer = health.aio.HealthServicer()
+        self.servicer = servicer or health.aio.HealthServicer()
         self._checks = dict(checks)
         self._service_names = ["", *service_names]
         self._interval = interval_seconds
         self._timeout = check_timeout_seconds
         self._failing: dict[str, str] = {}
         self._task: asyncio.Task[None] | None = None
+        self._shutting_down = False
 
     @property
     def failing(self) -> dict[str, str]:
@@ -78,9 +118,12 @@ class HealthMonitor:
         for name in self._failing.keys() - failing.keys():
             log.info("health check recovered", extra={"check": name})
         self._failing = failing
+        if self._shutting_down:
+            return False
         status = NOT_SERVING if failing else SERVING
         for service in self._service_names:
             await self.servicer.set(service, status)
+        await self.servicer.set(LIVENESS_SERVICE, SERVING)
         return not failing
 
     async def _run(self, name: str, check: HealthCheck) -> tuple[str, str | None]:
@@ -103,9 +146,12 @@ class HealthMonitor:
         self._task = asyncio.create_task(self._loop(), name="health-monitor")
 
     async def enter_graceful_shutdown(self) -> None:
-        """NOT_SERVING for every service, for good: load balancers stop sending before the server stops."""
+        """Readiness NOT_SERVING for good (load balancers stop sending before the server stops); liveness stays
+        SERVING until the process exits, so a probe never restarts a pod that is stopping on purpose."""
+        self._shutting_down = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        await self.servicer.enter_graceful_shutdown()
+        for service in self._service_names:
+            await self.servicer.set(service, NOT_SERVING)

@@ -5,7 +5,10 @@ streams declared, health checks for both) and adds its servicers and background 
 `ServiceComponents`. `run_service(...)` is the whole of a service's `__main__`.
 
 Bad configuration never produces a traceback: startup problems print one line naming the problem to stderr and
-exit with status 2.
+exit with status 2. A dependency that is not there yet is not a bad setting: the process waits for NATS, the
+database and (without `migrate_on_start`) the migration Job, with backoff, its health alive but not ready
+(`health_port` serves it from the first moment), and exits with status 69 only if `dependency_wait_seconds`
+runs out.
 """
 
 from __future__ import annotations
@@ -20,18 +23,38 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
+import nats.errors
+import nats.js.errors
+from grpc_health.v1 import health
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from services.runtime.db import Database, DatabaseConfigError, migrate, open_database
 from services.runtime.deadletters import run_cli
+from services.runtime.dependency_wait import (
+    EXIT_UNAVAILABLE,
+    DependencyUnavailable,
+    RetryPolicy,
+    TransientFailure,
+    wait_for,
+)
 from services.runtime.grpc_auth import TokenKeys
 from services.runtime.grpc_server import GrpcServer, ServicerRegistration, start_grpc_server
-from services.runtime.health import HealthCheck, HealthMonitor, database_check, nats_check
+from services.runtime.health import (
+    HealthCheck,
+    HealthMonitor,
+    HealthServer,
+    database_check,
+    nats_check,
+    start_health_server,
+    starting_health_servicer,
+)
 from services.runtime.logging import configure_logging
+from services.runtime.migrations import revision_status
 from services.runtime.nats_client import NatsUnavailable, connect
 from services.runtime.outbox import OutboxRelay
+from services.runtime.production import check_production_settings
 from services.runtime.settings import ConfigurationError, ServiceSettings
 from services.runtime.streams import declare_streams
 from services.runtime.telemetry import configure_telemetry
@@ -95,20 +118,129 @@ class ServiceComponents:
         self.cleanups.append(cleanup)
 
 
-async def open_database_migrated(settings: ServiceSettings, migrations_dir: Path) -> Database:
-    """Opens the service's database and applies its migrations; StartupError when it cannot."""
+def startup_retry_policy(settings: ServiceSettings) -> RetryPolicy:
+    return RetryPolicy(
+        max_delay_seconds=settings.dependency_retry_max_seconds,
+        give_up_after_seconds=settings.dependency_wait_seconds,
+    )
+
+
+async def open_database_ready(
+    settings: ServiceSettings, migrations_dir: Path, *, migrate_now: bool | None = None
+) -> Database:
+    """Opens the service's database once it answers, then migrates it (`migrate_on_start`, or `migrate_now`) or
+    waits until the migration Job has brought it to this code's revision. StartupError when it cannot work."""
     variable = settings.variable_for("database_url")
     try:
-        database = open_database(settings.database_url, schema=settings.database_schema)
+        database = open_database(
+            settings.database_url,
+            schema=settings.database_schema,
+            pool_size=settings.database_pool_size,
+            max_overflow=settings.database_max_overflow,
+        )
     except DatabaseConfigError as exc:
         raise StartupError(f"{variable}: {exc}") from None
+    except OSError as exc:
+        # The SQLite file's folder cannot be created (a file in the way, no permission).
+        raise StartupError(f"{variable}: cannot use the database: {exc}") from None
+    policy = startup_retry_policy(settings)
+    where = database.engine.url.render_as_string(hide_password=True)
     try:
-        await migrate(database, migrations_dir)
-    except (DBAPIError, SQLAlchemyError, OSError) as exc:
+        await wait_for(
+            lambda: _ping(database, variable), what=f"the database {where}", variable=variable, policy=policy
+        )
+        if settings.migrate_on_start if migrate_now is None else migrate_now:
+            try:
+                await migrate(database, migrations_dir)
+            except (DBAPIError, SQLAlchemyError, OSError) as exc:
+                raise StartupError(f"{variable}: cannot use the database: {_first_line(exc)}") from None
+        else:
+            await wait_for(
+                lambda: _migrated_by_someone_else(database, migrations_dir),
+                what=f"the migrations of {where} (`python -m services.{settings.service_name} migrate`)",
+                variable=settings.variable_for("migrate_on_start"),
+                policy=policy,
+            )
+    except BaseException:
         await database.dispose()
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        raise StartupError(f"{variable}: cannot use the database: {reason}") from None
+        raise
     return database
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+
+
+async def _ping(database: Database, variable: str) -> None:
+    try:
+        await database.ping()
+    except (DBAPIError, SQLAlchemyError, OSError) as exc:
+        if database.dialect == "sqlite":
+            # A file database is never "not there yet": the path or its permissions are wrong.
+            raise StartupError(f"{variable}: cannot use the database: {_first_line(exc)}") from None
+        raise TransientFailure(_first_line(exc)) from None
+
+
+async def _migrated_by_someone_else(database: Database, migrations_dir: Path) -> None:
+    try:
+        async with database.engine.connect() as connection:
+            status = await connection.run_sync(
+                lambda sync: revision_status(sync, migrations_dir, database.schema)
+            )
+    except (DBAPIError, SQLAlchemyError, OSError) as exc:
+        raise TransientFailure(_first_line(exc)) from None
+    if not status.usable:
+        raise TransientFailure(status.describe())
+    if status.ahead:
+        log.warning(
+            "the database is newer than this code (a later release migrated it); serving, as expand/contract "
+            "migrations keep the previous release working",
+            extra={"status": status.describe()},
+        )
+
+
+# JetStream answers these while a cluster is forming or has no meta leader: not there yet, not a bad setting.
+_JETSTREAM_NOT_READY = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.js.errors.ServiceUnavailableError,
+)
+
+
+async def connect_nats_ready(settings: ServiceSettings) -> tuple[NatsClient, JetStreamContext]:
+    """Connects to NATS and declares the streams once JetStream answers, waiting (with backoff) until then."""
+
+    async def attempt() -> tuple[NatsClient, JetStreamContext]:
+        try:
+            client = await connect(
+                settings.nats_url,
+                name=f"mailsync-{settings.service_name}",
+                connect_timeout=settings.nats_connect_timeout_seconds,
+            )
+        except NatsUnavailable as exc:
+            raise TransientFailure(str(exc)) from None
+        jetstream = client.jetstream()
+        try:
+            await declare_streams(jetstream, replicas=settings.stream_replicas)
+        except _JETSTREAM_NOT_READY as exc:
+            await client.close()
+            raise TransientFailure(f"JetStream is not available yet: {exc!r}") from None
+        except BaseException as exc:
+            await client.close()
+            if not isinstance(exc, Exception):
+                raise
+            raise StartupError(
+                f"cannot declare JetStream streams on {settings.nats_url} with {settings.stream_replicas} "
+                f"replica(s) ({settings.variable_for('stream_replicas')}): {exc}"
+            ) from None
+        return client, jetstream
+
+    return await wait_for(
+        attempt,
+        what=f"NATS at {settings.nats_url}",
+        variable=settings.variable_for("nats_url"),
+        policy=startup_retry_policy(settings),
+    )
 
 
 async def open_foundation(settings: ServiceSettings, migrations_dir: Path) -> ServiceComponents:
@@ -117,28 +249,17 @@ async def open_foundation(settings: ServiceSettings, migrations_dir: Path) -> Se
         keys = TokenKeys.parse(settings.service_token_keys)
     except ConfigurationError as exc:
         raise StartupError(str(exc)) from None
-    database = await open_database_migrated(settings, migrations_dir)
+    database = await open_database_ready(settings, migrations_dir)
     try:
-        nats = await connect(
-            settings.nats_url,
-            name=f"mailsync-{settings.service_name}",
-            connect_timeout=settings.nats_connect_timeout_seconds,
-        )
-    except NatsUnavailable as exc:
+        nats_client, jetstream = await connect_nats_ready(settings)
+    except BaseException:
         await database.dispose()
-        raise StartupError(f"{settings.variable_for('nats_url')}: {exc}") from None
-    jetstream = nats.jetstream()
-    try:
-        await declare_streams(jetstream)
-    except Exception as exc:
-        await nats.close()
-        await database.dispose()
-        raise StartupError(f"cannot declare JetStream streams on {settings.nats_url}: {exc}") from None
+        raise
     components = ServiceComponents(
-        settings=settings, database=database, nats=nats, jetstream=jetstream, token_keys=keys
+        settings=settings, database=database, nats=nats_client, jetstream=jetstream, token_keys=keys
     )
     components.add_health_check("database", database_check(database))
-    components.add_health_check("nats", nats_check(nats))
+    components.add_health_check("nats", nats_check(nats_client))
     components.add_cleanup(database.dispose)
     relay = OutboxRelay(database, jetstream)
     components.add_background("outbox-relay", relay.run, relay.stop)
@@ -160,14 +281,20 @@ class RunningService:
 
 
 async def start_service(
-    settings: ServiceSettings, build: Callable[[Any], Awaitable[ServiceComponents]]
+    settings: ServiceSettings,
+    build: Callable[[Any], Awaitable[ServiceComponents]],
+    *,
+    health_servicer: health.aio.HealthServicer | None = None,
 ) -> RunningService:
-    """Builds the components, starts gRPC (health checked once first) and the background tasks."""
+    """Builds the components, starts gRPC (health checked once first) and the background tasks.
+
+    `health_servicer` is the one a health-only server already answers probes with while the build waits."""
     components = await build(settings)
     monitor = HealthMonitor(
         components.health_checks,
         [r.full_name for r in components.servicers],
         interval_seconds=settings.health_check_interval_seconds,
+        servicer=health_servicer,
     )
     try:
         grpc_server = await start_grpc_server(settings, components.servicers, monitor, components.token_keys)
@@ -218,25 +345,52 @@ async def serve(
     *,
     stop: asyncio.Event | None = None,
 ) -> int:
-    """Runs the service until SIGTERM/SIGINT (or `stop` is set); returns the process exit status."""
+    """Runs the service until SIGTERM/SIGINT (or `stop` is set); returns the process exit status.
+
+    A stop that arrives while the service still waits for its dependencies ends the wait: status 0."""
     telemetry = configure_telemetry(settings.service_name)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
+    health_servicer = await starting_health_servicer()
+    probes: HealthServer | None = None
     try:
-        running = await start_service(settings, build)
-    except BaseException:
+        if settings.health_port:
+            probes = await _start_probes(settings, health_servicer)
+        starting = asyncio.create_task(
+            start_service(settings, build, health_servicer=health_servicer), name="start-service"
+        )
+        stop_waiter = asyncio.create_task(stop.wait())
+        await asyncio.wait({starting, stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            log.info("service stopped before it had started", extra={"service": settings.service_name})
+            return 0
+        stop_waiter.cancel()
+        running = starting.result()
+        log.info("service started", extra={"service": settings.service_name, "port": running.port})
+        status = await _wait_for_stop(stop, running)
+        log.info("service stopping", extra={"service": settings.service_name})
+        await stop_service(running)
+        log.info("service stopped", extra={"service": settings.service_name})
+        return status
+    finally:
+        if probes is not None:
+            await probes.stop()
         await telemetry.shutdown()
-        raise
-    log.info("service started", extra={"service": settings.service_name, "port": running.port})
-    status = await _wait_for_stop(stop, running)
-    log.info("service stopping", extra={"service": settings.service_name})
-    await stop_service(running)
-    await telemetry.shutdown()
-    log.info("service stopped", extra={"service": settings.service_name})
-    return status
+
+
+async def _start_probes(settings: ServiceSettings, servicer: health.aio.HealthServicer) -> HealthServer:
+    try:
+        return await start_health_server(settings.grpc_host, settings.health_port, servicer)
+    except RuntimeError as exc:
+        raise StartupError(
+            f"{settings.variable_for('health_port')}: cannot listen on "
+            f"{settings.grpc_host}:{settings.health_port}: {exc}"
+        ) from None
 
 
 async def _wait_for_stop(stop: asyncio.Event, running: RunningService) -> int:
@@ -281,26 +435,30 @@ def run_service(
                     _dead_letters(settings, migrations_dir, args[1:], f"python -m {program} dead-letters")
                 )
             )
+        check_production_settings(settings)
         sys.exit(asyncio.run(serve(settings, build)))
     except (ConfigurationError, StartupError) as exc:
         _fail(program, str(exc))
+    except DependencyUnavailable as exc:
+        _fail(program, str(exc), status=EXIT_UNAVAILABLE)
     except KeyboardInterrupt:
         sys.exit(130)
 
 
 async def _migrate_only(settings: ServiceSettings, migrations_dir: Path) -> None:
-    database = await open_database_migrated(settings, migrations_dir)
+    # A migration Job may start before the database is reachable: it waits like a service does.
+    database = await open_database_ready(settings, migrations_dir, migrate_now=True)
     await database.dispose()
 
 
 async def _dead_letters(settings: ServiceSettings, migrations_dir: Path, argv: list[str], prog: str) -> int:
-    database = await open_database_migrated(settings, migrations_dir)
+    database = await open_database_ready(settings, migrations_dir)
     try:
         return await run_cli(argv, db=database, nats_url=settings.nats_url, prog=prog)
     finally:
         await database.dispose()
 
 
-def _fail(program: str, message: str) -> NoReturn:
+def _fail(program: str, message: str, *, status: int = EXIT_CONFIGURATION) -> NoReturn:
     print(f"{program}: {' '.join(message.split())}", file=sys.stderr)
-    sys.exit(EXIT_CONFIGURATION)
+    sys.exit(status)

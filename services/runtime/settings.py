@@ -50,9 +50,27 @@ class ServiceSettings(BaseSettings):
         default="",
         description="PostgreSQL schema holding the service's tables (empty: the service name). Ignored on SQLite.",
     )
+    database_pool_size: int = Field(
+        default=10,
+        gt=0,
+        description="PostgreSQL connections each process keeps open (ignored on SQLite). A service's peak is "
+        "replicas x (database_pool_size + database_max_overflow).",
+    )
+    database_max_overflow: int = Field(
+        default=20, ge=0, description="Extra PostgreSQL connections a process may open under load."
+    )
     nats_url: str = Field(default="nats://127.0.0.1:4222", description="NATS server URL (JetStream enabled).")
+    stream_replicas: int = Field(
+        default=1,
+        ge=1,
+        le=5,
+        description="Replicas of every JetStream stream this service declares: 1 on one server, 3 on a "
+        "three-node cluster. A start raises a stream to this count but never lowers it (it warns instead).",
+    )
     nats_connect_timeout_seconds: float = Field(
-        default=5.0, gt=0, description="How long startup waits for NATS before failing."
+        default=5.0,
+        gt=0,
+        description="Timeout of one attempt to connect to NATS (startup keeps trying: dependency_wait_seconds).",
     )
     grpc_host: str = Field(
         default="127.0.0.1",
@@ -83,6 +101,33 @@ class ServiceSettings(BaseSettings):
     )
     tls_require_client_cert: bool = Field(
         default=False, description="Servers demand a client certificate (mTLS)."
+    )
+    health_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Plaintext port serving only grpc.health.v1 from the moment the process starts, for kubelet "
+        "probes (they cannot speak TLS): `liveness` is SERVING while the process runs, readiness ('' and each "
+        "service) while its dependencies are up. 0: health only on the gRPC port, once it is open.",
+    )
+    migrate_on_start: bool = Field(
+        default=True,
+        description="Apply the service's database migrations at start. false (a cluster that runs the migration "
+        "Job, `python -m services.<svc> migrate`): wait, NOT_SERVING, until the database is at this code's "
+        "revision or newer.",
+    )
+    dependency_wait_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        description="How long startup waits for NATS and the database to become reachable (and, without "
+        "migrate_on_start, for the migrations), NOT_SERVING meanwhile; 0 waits forever. When it runs out the "
+        "process exits with status 69.",
+    )
+    dependency_retry_max_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Longest pause between two attempts to reach a dependency at startup (backoff doubles from "
+        "0.5 s, with jitter).",
     )
     health_check_interval_seconds: float = Field(
         default=1.0, gt=0, description="How often the dependency checks behind gRPC health run."

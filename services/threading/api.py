@@ -21,7 +21,7 @@ from services.runtime.db import Database
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.runtime.grpc_auth import current_caller
 from services.threading import codec
-from services.threading.blobs import BlobNotFound, FolderBlobStore
+from services.threading.blobs import BlobNotFound, BlobStore
 from services.threading.store import reads
 from services.threading.store.attachments import stored_attachment
 from services.threading.store.contacts import delete_contact, get_contact, list_contacts, upsert_contact
@@ -82,7 +82,7 @@ class ThreadingServicer(threading_pb2_grpc.ThreadingServiceServicer):
     def __init__(
         self,
         db: Database,
-        blobs: FolderBlobStore,
+        blobs: BlobStore,
         *,
         clock: Clock | None = None,
         feed_signal: SyncedFeedSignal | None = None,
@@ -202,7 +202,7 @@ class ThreadingServicer(threading_pb2_grpc.ThreadingServiceServicer):
             found = await stored_attachment(session, location, request.message_id, request.attachment_id)
         if found is None:
             raise NotFound("no such attachment in this location", attachment_id=request.attachment_id)
-        if not found.blob_sha256 or not self._blobs.exists(found.blob_sha256):
+        if not found.blob_sha256 or not await self._blobs.exists(found.blob_sha256):
             raise FailedPrecondition("the attachment's content has not been fetched yet; retry later")
         yield threading_pb2.GetAttachmentResponse(
             metadata=threading_pb2.GetAttachmentResponse.Metadata(

@@ -14,7 +14,7 @@ from services.runtime.grpc_client import ServiceToken, open_channel
 from services.runtime.grpc_server import ServicerRegistration
 from services.runtime.service import ServiceComponents, open_foundation
 from services.threading.api import SyncedFeedSignal, ThreadingServicer
-from services.threading.blobs import AttachmentCollector, AttachmentFetcher, FolderBlobStore
+from services.threading.blobs import AttachmentCollector, AttachmentFetcher, open_blob_store
 from services.threading.consumers import (
     ThreadingHandlers,
     WaitPolicy,
@@ -38,7 +38,7 @@ async def build(
     internal service token, unless another fetcher is given."""
     components = await open_foundation(settings, MIGRATIONS_DIR)
     db = components.database
-    blobs = FolderBlobStore(settings.blob_folder)
+    blobs = open_blob_store(settings)
     feed_signal = SyncedFeedSignal()
     if attachment_fetcher is None:
         ingest_channel = open_channel(

@@ -1,5 +1,8 @@
-"""Attachment content: a content-addressed blob store (a folder by default) and the collector that fetches the
-content of attachments of placed messages through an injected port (ingest's FetchAttachment in production).
+"""Attachment content: a content-addressed blob store and the collector that fetches the content of attachments
+of placed messages through an injected port (ingest's FetchAttachment in production).
+
+Two stores behind one interface, chosen by `blob_store`: a local folder (the embedded default) and an
+S3-compatible bucket (`blob_store_s3.py`), which every replica of a cluster shares.
 
 Only attachments of messages that synced somewhere have rows, so nothing of an unsynced email is ever fetched
 (R18). Blobs are never deleted on disconnect: what synced stays (R11).
@@ -15,7 +18,7 @@ import os
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from services.runtime.db import Database
 from services.threading.store.attachments import (
@@ -25,6 +28,9 @@ from services.threading.store.attachments import (
     mark_fetched,
 )
 
+if TYPE_CHECKING:
+    from services.threading.settings import ThreadingSettings
+
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 64 * 1024
@@ -32,6 +38,42 @@ CHUNK_BYTES = 64 * 1024
 
 class BlobNotFound(LookupError):
     """No blob with that digest."""
+
+
+def check_digest(digest: str) -> None:
+    """BlobNotFound unless `digest` is a lower-case hex SHA-256 (so no name can reach outside the store)."""
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise BlobNotFound(digest)
+
+
+class BlobStore(Protocol):
+    """Content-addressed storage of attachment content."""
+
+    async def put(self, chunks: AsyncIterator[bytes]) -> tuple[str, int]:
+        """Stores the content; returns its hex SHA-256 and size (the same content is kept once)."""
+        ...
+
+    async def exists(self, digest: str) -> bool: ...
+
+    def read(self, digest: str, chunk_bytes: int = ...) -> AsyncIterator[bytes]:
+        """The content in chunks; BlobNotFound when there is none."""
+        ...
+
+
+def open_blob_store(settings: ThreadingSettings) -> BlobStore:
+    """The store the settings choose (no connection is made until first use)."""
+    if settings.blob_store == "s3":
+        from services.threading.blob_store_s3 import S3BlobStore, s3_client
+
+        client = s3_client(
+            endpoint_url=settings.blob_s3_endpoint_url,
+            region=settings.blob_s3_region,
+            access_key_id=settings.blob_s3_access_key_id,
+            secret_access_key=settings.blob_s3_secret_access_key,
+            addressing_style=settings.blob_s3_addressing_style,
+        )
+        return S3BlobStore(client, settings.blob_s3_bucket, prefix=settings.blob_s3_prefix)
+    return FolderBlobStore(settings.blob_folder)
 
 
 class AttachmentFetcher(Protocol):
@@ -47,8 +89,7 @@ class FolderBlobStore:
         self._root = root
 
     def _path(self, digest: str) -> Path:
-        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-            raise BlobNotFound(digest)
+        check_digest(digest)
         return self._root / digest[:2] / digest[2:4] / digest
 
     async def put(self, chunks: AsyncIterator[bytes]) -> tuple[str, int]:
@@ -71,7 +112,7 @@ class FolderBlobStore:
                 os.unlink(temporary)
         return digest.hexdigest(), size
 
-    def exists(self, digest: str) -> bool:
+    async def exists(self, digest: str) -> bool:
         try:
             return self._path(digest).is_file()
         except BlobNotFound:
@@ -92,7 +133,7 @@ class AttachmentCollector:
     def __init__(
         self,
         db: Database,
-        blobs: FolderBlobStore,
+        blobs: BlobStore,
         fetcher: AttachmentFetcher,
         *,
         batch: int = 20,

@@ -6,9 +6,9 @@ Every field can be set with MAILSYNC_THREADING_<FIELD>, and the shared ones also
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal, Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from services.runtime.settings import ServiceSettings
 
@@ -27,6 +27,31 @@ class ThreadingSettings(ServiceSettings):
     blob_dir: Path | None = Field(
         default=None,
         description="Folder of the content-addressed attachment store (empty: <data_dir>/threading-blobs).",
+    )
+    blob_store: Literal["folder", "s3"] = Field(
+        default="folder",
+        description="Where attachment content lives: 'folder' (blob_dir, one machine) or 's3' (an "
+        "S3-compatible bucket every replica shares; the blob_s3_* settings).",
+    )
+    blob_s3_bucket: str = Field(default="", description="The bucket of blob_store=s3 (required with it).")
+    blob_s3_prefix: str = Field(
+        default="attachments/", description="Key prefix of the blobs in the bucket (ends with '/')."
+    )
+    blob_s3_endpoint_url: str = Field(
+        default="",
+        description="URL of an S3-compatible server (MinIO, Ceph, GCS interop, ...); empty: AWS S3 itself.",
+    )
+    blob_s3_region: str = Field(default="", description="The bucket's region (empty: boto3's default chain).")
+    blob_s3_access_key_id: str = Field(
+        default="",
+        description="Access key id; empty: boto3's credential chain (workload identity, AWS_* variables).",
+    )
+    blob_s3_secret_access_key: str = Field(
+        default="", repr=False, description="Secret of blob_s3_access_key_id."
+    )
+    blob_s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
+        default="auto",
+        description="Bucket addressing: 'path' for most S3-compatible servers reached by IP or one host name.",
     )
     wait_budget_deliveries: int = Field(
         default=6,
@@ -48,6 +73,14 @@ class ThreadingSettings(ServiceSettings):
         gt=0,
         description="How often a WatchMessages stream looks for messages placed by other replicas.",
     )
+
+    @model_validator(mode="after")
+    def _bucket_with_s3(self) -> Self:
+        if self.blob_store == "s3" and not self.blob_s3_bucket.strip():
+            raise ValueError(
+                "blob_store=s3 needs a bucket: set MAILSYNC_THREADING_BLOB_S3_BUCKET (or use blob_store=folder)"
+            )
+        return self
 
     @property
     def blob_folder(self) -> Path:

@@ -27,6 +27,9 @@ def clean_environment(tmp_path: Path, **variables: str) -> dict[str, str]:
             "MAILSYNC_NATS_CONNECT_TIMEOUT_SECONDS": "1",
             # The auth service's own secret (Gmail tokens at rest), so the runtime's checks are what fail.
             "MAILSYNC_AUTH_TOKEN_KEYS": generate_key_text(1),
+            # A Gmail stand-in (never called at startup): against Google itself the sandbox defaults of the
+            # OAuth client would be refused first (tests/integration/runtime/test_production_refusal.py).
+            "MAILSYNC_AUTH_GMAIL_ROOT_URL": "http://127.0.0.1:9/",
         }
     )
     env.update(variables)
@@ -63,12 +66,22 @@ def test_malformed_database_url_fails_naming_the_variable(tmp_path: Path, nats_s
     assert_one_line_failure(start_auth(env), "MAILSYNC_AUTH_DATABASE_URL", "database URL")
 
 
-def test_unreachable_nats_fails_naming_the_variable(tmp_path: Path) -> None:
+def test_nats_unreachable_for_the_whole_allowed_wait_fails_naming_the_variable(tmp_path: Path) -> None:
+    # Unreachable is not a bad setting: the service waits (tests/integration/runtime/test_startup_waits.py), and
+    # only when the allowed wait runs out does it exit, with 69 (EX_UNAVAILABLE) rather than 2.
     nowhere = f"nats://127.0.0.1:{free_port()}"
     env = clean_environment(
-        tmp_path, MAILSYNC_NATS_URL=nowhere, MAILSYNC_SERVICE_TOKEN_KEYS=new_token_keys_value()
+        tmp_path,
+        MAILSYNC_NATS_URL=nowhere,
+        MAILSYNC_SERVICE_TOKEN_KEYS=new_token_keys_value(),
+        MAILSYNC_DEPENDENCY_WAIT_SECONDS="2",
     )
-    assert_one_line_failure(start_auth(env), "MAILSYNC_NATS_URL", "cannot reach NATS", nowhere)
+    result = start_auth(env)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 69, result.stderr
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for fragment in ("MAILSYNC_NATS_URL", "cannot reach NATS", nowhere, "unreachable"):
+        assert fragment in lines[0]
 
 
 @pytest.mark.parametrize(
