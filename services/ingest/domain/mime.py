@@ -29,16 +29,18 @@ from services.ingest.domain.message import (
 )
 from services.ingest.domain.mime_addresses import AddressReader
 from services.ingest.domain.mime_bounds import bound_raw_message
+from services.ingest.domain.mime_charsets import decode_bytes
 from services.ingest.domain.mime_headers import (
     clean_header_text,
     clean_text,
     decoded_text,
     decoded_value,
     header_date,
-    is_safe_charset,
     message_ids,
+    raw_values,
 )
 from services.ingest.domain.mime_limits import MimeLimits
+from services.ingest.domain.mime_params import MimeField, parse_mime_field
 
 DEFAULT_LIMITS = MimeLimits()
 SENT_LABEL = "SENT"
@@ -276,7 +278,7 @@ def _walk(part: Message, path: str, depth: int, content: _Content, *, in_related
 
 def _read_part(part: Message, path: str, depth: int, content: _Content, *, in_related: bool) -> None:
     content_type = _content_type(part)
-    if part.is_multipart() and content_type.startswith("multipart/"):
+    if _is_container(part):
         for index, child in enumerate(part.get_payload(), start=1):
             child_path = f"{path}.{index}" if path else str(index)
             _walk(child, child_path, depth + 1, content, in_related=content_type == "multipart/related")
@@ -291,26 +293,29 @@ def _read_part(part: Message, path: str, depth: int, content: _Content, *, in_re
         content.attachments.append(_describe(part, leaf_path, content_type, in_related, content.defects))
         return
     disposition, filename = _disposition(part, content.defects)
-    if content_type in ("text/plain", "text/html") and disposition != "attachment" and not filename:
+    # A multipart without a usable boundary has no parts, only text (RFC 2046 5.1.1 gives it no structure):
+    # it is read as a plain text body, never described as an attachment there would be no content for.
+    is_text = content_type in ("text/plain", "text/html") or content_type.startswith("multipart/")
+    if is_text and disposition != "attachment" and not filename:
         text, cut = decoded_text_payload(part, content.defects, max_chars=content.limits.max_body_chars)
         content.body_cut = content.body_cut or cut
-        (content.text_parts if content_type == "text/plain" else content.html_parts).append(text)
+        (content.html_parts if content_type == "text/html" else content.text_parts).append(text)
         return
     content.attachments.append(_describe(part, leaf_path, content_type, in_related, content.defects))
 
 
+def _mime_field(part: Message, name: str) -> MimeField:
+    values = raw_values(part, name)
+    return parse_mime_field(values[0]) if values else MimeField(value="")
+
+
 def _disposition(part: Message, defects: list[str]) -> tuple[str | None, str]:
-    try:
-        disposition = part.get_content_disposition()
-    except Exception:
-        defects.append("header_unparseable:content-disposition")
-        disposition = None
-    try:
-        filename = decoded_value("content-disposition", part.get_filename() or "", defects)
-    except Exception:
-        defects.append("header_unparseable:filename")
-        filename = ""
-    return disposition, filename
+    """The Content-Disposition value and the file name (its `filename`, else Content-Type's `name`), read with
+    RFC 2231 continuations and charsets, and RFC 2047 words inside the quotes as Outlook writes them."""
+    disposition = _mime_field(part, "content-disposition")
+    filename = disposition.get("filename") or _mime_field(part, "content-type").get("name")
+    defects.extend(disposition.defects)
+    return disposition.value or None, decoded_value("content-disposition", filename, defects)
 
 
 def _describe(
@@ -351,30 +356,25 @@ def part_content(part: Message, defects: list[str]) -> bytes:
 
 
 def decoded_text_payload(part: Message, defects: list[str], *, max_chars: int) -> tuple[str, bool]:
-    """A text part's content as str (declared charset, else UTF-8; undecodable bytes become U+FFFD),
-    cut to at most about `max_chars`, and whether it was cut."""
+    """A text part's content as str (declared charset from the allow-list, else the fallback of mime_charsets;
+    undecodable bytes become U+FFFD), cut to at most about `max_chars`, and whether it was cut."""
     payload = part_content(part, defects)
     # No charset needs more than 4 bytes per character for the characters we keep.
     cut = len(payload) > 4 * max_chars + 4
     if cut:
         payload = payload[: 4 * max_chars + 4]
-    try:
-        charset = part.get_content_charset() or "utf-8"
-    except Exception:
-        charset = "utf-8"
-    if not is_safe_charset(charset):
-        defects.append(f"charset_refused:{clean_header_text(charset)[:40]}")
-        return clean_text(payload.decode("utf-8", "replace")), cut
-    try:
-        text = payload.decode(charset, "replace")
-    except Exception:  # unknown codecs (LookupError), and codec bugs on hostile input
-        defects.append(f"charset_unknown:{clean_header_text(charset)[:40]}")
-        text = payload.decode("utf-8", "replace")
-    return clean_text(text), cut
+    content_type = _mime_field(part, "content-type")
+    defects.extend(content_type.defects)
+    decoded = decode_bytes(payload, content_type.get("charset") or None)
+    if decoded.unknown_label:
+        defects.append(f"charset_unknown:{clean_header_text(decoded.unknown_label)[:40]}")
+    return clean_text(decoded.text), cut
 
 
 def attachment_content(raw: bytes, part_path: str, limits: MimeLimits = DEFAULT_LIMITS) -> bytes | None:
-    """The decoded bytes of the attachment at `part_path` (as `Attachment.part_path`), None if there is none."""
+    """The decoded bytes of the attachment at `part_path` (as `Attachment.part_path`), None if there is none.
+
+    Walks the tree exactly as the normalizer does, so every attachment it described has content here."""
     defects: list[str] = []
     message = _parse(bound_raw_message(raw, limits).data, defects)
     if message is None:
@@ -384,10 +384,10 @@ def attachment_content(raw: bytes, part_path: str, limits: MimeLimits = DEFAULT_
         steps = [int(step) for step in part_path.split(".")]
     except ValueError:
         return None
-    if steps == [1] and not _content_type(message).startswith("multipart/"):
-        return part_content(message, defects)
+    if not _is_container(message):
+        return part_content(message, defects) if steps == [1] else None
     for step in steps:
-        if not (part.is_multipart() and _content_type(part).startswith("multipart/")):
+        if not _is_container(part):
             return None
         children = part.get_payload()
         if not isinstance(children, list) or not 1 <= step <= len(children):
@@ -396,4 +396,9 @@ def attachment_content(raw: bytes, part_path: str, limits: MimeLimits = DEFAULT_
         if not isinstance(child, Message):
             return None
         part = child
-    return part_content(part, defects)
+    return None if _is_container(part) else part_content(part, defects)
+
+
+def _is_container(part: Message) -> bool:
+    """A multipart with parts: the normalizer walks into it and describes its leaves, never the part itself."""
+    return part.is_multipart() and _content_type(part).startswith("multipart/")
