@@ -367,7 +367,7 @@ def decoded_text_payload(part: Message, defects: list[str], *, max_chars: int) -
     defects.extend(content_type.defects)
     decoded = decode_bytes(payload, content_type.get("charset") or None)
     if decoded.unknown_label:
-        defects.append(f"charset_unknown:{clean_header_text(decoded.unknown_label)[:40]}")
+        defects.append(f"charset_unknown:{decoded.unknown_label}")
     return clean_text(decoded.text), cut
 
 

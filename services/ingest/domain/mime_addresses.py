@@ -315,10 +315,10 @@ def _phrase_text(tokens: list[_Token]) -> tuple[str, bool]:
             clean = clean and token.text.endswith('"') and len(token.text) > 1
             inner = _unquoted(token.text)
             # Encoded words inside quotes are not allowed by RFC 2047, but Outlook writes them.
-            text = decode_encoded_words(inner, []) if "=?" in inner else inner
+            text = decode_encoded_words(inner, []) if "=?" in inner else decode_fallback(header_bytes(inner))
             words.append(separator + text)
         elif token.kind in ("atom", "."):
-            words.append(separator + token.text)
+            words.append(separator + decode_fallback(header_bytes(token.text)))
         else:
             # "@", "[", "]", "\\" or an unbalanced ")" where only words belong.
             clean = False
@@ -344,6 +344,20 @@ class AddressReader:
         self._remaining = limits.max_address_bytes_total
         self._remaining_count = limits.max_participants
         self._longest = limits.max_address_bytes
+        self._exhausted = False
+
+    def _take(self, length: int, defects: list[str]) -> bool:
+        """Whether one more address of `length` characters fits the budget (after which it is counted)."""
+        if length > self._longest:
+            defects.append("limit:address_bytes")
+            return False
+        if length > self._remaining or not self._remaining_count:
+            defects.append("limit:address_bytes_total")
+            self._exhausted = True
+            return False
+        self._remaining -= length
+        self._remaining_count -= 1
+        return True
 
     def read(self, message: Message, name: str, defects: list[str]) -> list[ReadAddress]:
         """Every address of every `name` field in header order; emails are lower-cased."""
@@ -354,31 +368,29 @@ class AddressReader:
         found: list[ReadAddress] = []
         mailbox_list = name.lower() in MAILBOX_LIST_FIELDS
         for raw_value in raw_field_values:
-            value = decode_fallback(header_bytes(_FOLD.sub("", raw_value)))
+            # Lexed as the parser left it (8-bit bytes as surrogate escapes): each word is decoded on its own.
+            value = _FOLD.sub("", raw_value)
             simple = simple_address_list(value)
-            if simple is not None and len(value) <= self._remaining and len(simple) <= self._remaining_count:
-                if max(map(_simple_length, simple)) <= self._longest:
-                    self._remaining -= len(value)
-                    self._remaining_count -= len(simple)
-                    found.extend(simple)
-                    continue
+            if simple is not None:
+                for address in simple:
+                    if not self._take(_simple_length(address), defects):
+                        if self._exhausted:
+                            return found
+                        continue
+                    found.append(address)
+                continue
             tokens = _spaced(tokens_of(value))
             for item in _items(tokens):
                 if item.in_group and mailbox_list:
                     defects.append("address_group_in_mailbox_list")
                     continue
-                length = item.end - item.start
-                if length > self._longest:
-                    defects.append("limit:address_bytes")
-                    continue
-                if length > self._remaining or not self._remaining_count:
-                    defects.append("limit:address_bytes_total")
-                    return found
                 address = _resolve(item)
                 if address is None:
+                    continue  # no address in it (a group's leftovers, or noise)
+                if not self._take(item.end - item.start, defects):
+                    if self._exhausted:
+                        return found
                     continue
-                self._remaining -= length
-                self._remaining_count -= 1
                 if not address.clean:
                     defects.append("address_malformed")
                 found.append(address)

@@ -14,12 +14,15 @@ Western text), with U+FFFD for the few bytes windows-1252 leaves undefined. Code
 from __future__ import annotations
 
 import codecs
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 FALLBACK_DESCRIPTION = "UTF-8 when valid, else windows-1252"
 _ASCII = "ascii-or-fallback"
 _MAX_LABEL_CHARS = 64
+_REPORTED_LABEL_CHARS = 40
+_UNPRINTABLE = re.compile(r"[^\x21-\x7e]")
 
 # Python codec -> the labels that name it (lower case). Every Python codec named here exists in CPython 3.11+.
 _LABELS: dict[str, tuple[str, ...]] = {
@@ -259,7 +262,7 @@ _decoders: dict[str, Callable[[bytes, str], tuple[str, int]]] = {}
 @dataclass(frozen=True)
 class DecodedText:
     text: str
-    # The label as written (trimmed, at most 64 characters) when it is not on the list, else "".
+    # The label as written (see `reported_label`) when it is not on the list, else "".
     unknown_label: str = ""
 
 
@@ -267,6 +270,11 @@ def charset_label(label: str | None) -> str:
     """A label as written, trimmed to what names it: quotes, spaces and an RFC 2231 `*language` removed."""
     cleaned = (label or "").strip().strip("\"'").strip()
     return cleaned.partition("*")[0].strip()[:_MAX_LABEL_CHARS]
+
+
+def reported_label(label: str) -> str:
+    """An unknown label as a defect names it: printable ASCII only, at most 40 characters."""
+    return _UNPRINTABLE.sub("?", charset_label(label))[:_REPORTED_LABEL_CHARS]
 
 
 def codec_for(label: str | None) -> str | None:
@@ -280,7 +288,7 @@ def decode_bytes(data: bytes, label: str | None) -> DecodedText:
     decodes by the fallback (`FALLBACK_DESCRIPTION`) and is reported in `unknown_label`."""
     codec = codec_for(label) if label else None
     if codec is None:
-        return DecodedText(decode_fallback(data), charset_label(label) if label else "")
+        return DecodedText(decode_fallback(data), reported_label(label) if label else "")
     if codec == _ASCII:
         return DecodedText(data.decode("ascii") if data.isascii() else decode_fallback(data))
     decoder = _decoders.get(codec)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import hashlib
 from collections.abc import Callable
 from email import policy
 from email.parser import BytesParser
@@ -11,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.ingest.domain.mime import DEFAULT_LIMITS, normalize_message
+from services.ingest.domain.mime import DEFAULT_LIMITS, attachment_content, normalize_message
 from services.ingest.domain.mime_bounds import bound_raw_message
 from services.ingest.domain.mime_limits import MimeLimits
 from tests.fixtures.mime_samples import assert_publishable
@@ -151,6 +152,19 @@ def test_hostile_messages_never_crash_the_normalizer(raw: bytes) -> None:
 
     assert_publishable(mail)
     assert mail.size_bytes == len(raw)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
+@given(hostile_message)
+def test_every_attachment_described_of_a_hostile_message_can_be_served(raw: bytes) -> None:
+    """An attachment is advertised only if its content can be cut out again (FetchAttachment relies on it)."""
+    for attachment in normalize_message(raw).attachments:
+        content = attachment_content(raw, attachment.part_path)
+        assert content is not None, attachment
+        assert hashlib.sha256(content).hexdigest() == attachment.sha256
+        assert len(content) == attachment.size_bytes
 
 
 @settings(max_examples=100, deadline=None)
