@@ -50,6 +50,7 @@ DnsTxtLookup = Callable[[str], str | None]
 class DropRefusalReason(enum.Enum):
     UNKNOWN_RECIPIENT = "unknown_recipient"
     TOO_LARGE = "too_large"
+    LINE_TOO_LONG = "line_too_long"
     MALFORMED_AUTHOR = "malformed_author"
     STALE = "stale"
     NOT_AUTHENTICATED = "not_authenticated"
@@ -60,6 +61,8 @@ class DropRefusalReason(enum.Enum):
 _SMTP_STATUS = {
     DropRefusalReason.UNKNOWN_RECIPIENT: (550, "5.1.1"),
     DropRefusalReason.TOO_LARGE: (552, "5.3.4"),
+    # RFC 5321 4.5.3.1.6: "500 Line too long".
+    DropRefusalReason.LINE_TOO_LONG: (500, "5.5.2"),
     DropRefusalReason.MALFORMED_AUTHOR: (550, "5.6.0"),
     DropRefusalReason.STALE: (550, "5.7.1"),
     DropRefusalReason.NOT_AUTHENTICATED: (550, "5.7.26"),
@@ -143,10 +146,27 @@ def check_token(token: str, current_digest: str | None) -> None:
 
 def check_size(size_bytes: int, policy: DropPolicy) -> None:
     if size_bytes > policy.max_message_bytes:
-        raise DropRefused(
-            DropRefusalReason.TOO_LARGE,
-            f"The message is larger than the {policy.max_message_bytes // (1024 * 1024)} MB a BCC drop accepts.",
-        )
+        raise too_large(policy)
+
+
+def too_large(policy: DropPolicy) -> DropRefused:
+    """The refusal of a drop over the size limit (declared at MAIL FROM, or found while DATA streams in)."""
+    limit = policy.max_message_bytes
+    size = f"{limit / 2**20:g} MB" if limit >= 2**20 else f"{limit / 2**10:g} KB"
+    return DropRefused(DropRefusalReason.TOO_LARGE, f"The message is larger than the {size} a BCC drop accepts.")
+
+
+def line_too_long(max_line_bytes: int) -> DropRefused:
+    return DropRefused(
+        DropRefusalReason.LINE_TOO_LONG,
+        f"A line of the message is longer than {max_line_bytes} bytes; mail must be wrapped (RFC 5321 allows "
+        "1,000 bytes per line).",
+    )
+
+
+def header_too_large() -> DropRefused:
+    """A header block over the caps: what was cut could hold a second author, so the drop cannot be checked."""
+    return DropRefused(DropRefusalReason.MALFORMED_AUTHOR, "The message's header is too large to be checked.")
 
 
 def check_author(
@@ -203,9 +223,7 @@ def _headers(raw: bytes) -> Message:
     """The header block, refused when a limit had to trim it: what was cut could hold a second author."""
     bounded = bound_raw_message(raw, _HEADER_LIMITS)
     if any(defect.startswith("limit:header") or defect == "limit:addresses" for defect in bounded.defects):
-        raise DropRefused(
-            DropRefusalReason.MALFORMED_AUTHOR, "The message's header is too large to be checked."
-        )
+        raise header_too_large()
     return BytesHeaderParser(policy=email_policy.compat32).parsebytes(bounded.data)
 
 

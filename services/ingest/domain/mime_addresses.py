@@ -384,14 +384,14 @@ class AddressReader:
                 if item.in_group and mailbox_list:
                     defects.append("address_group_in_mailbox_list")
                     continue
-                address = _resolve(item)
-                if address is None:
+                resolved = _resolve(item)
+                if resolved is None:
                     continue  # no address in it (a group's leftovers, or noise)
                 if not self._take(item.end - item.start, defects):
                     if self._exhausted:
                         return found
                     continue
-                if not address.clean:
+                if not resolved.clean:
                     defects.append("address_malformed")
-                found.append(address)
+                found.append(resolved)
         return found
