@@ -1,7 +1,8 @@
 """Receiving an SMTP DATA stream into a spool: in memory up to a small size, then in a temporary file, with the
 limits applied while the bytes arrive (size, line length, header block), never after.
 
-`DataReceiver.feed(chunk)` takes the content in chunks of any size, cut anywhere; it removes the SMTP dot-stuffing
+`DataReceiver.feed(chunk)` takes the content in chunks of any size, cut anywhere (`feed_last` the one holding the
+end of the data); it removes the SMTP dot-stuffing
 (RFC 5321 4.5.2) with bytes operations over whole chunks (no Python step per line: a 20 MB drop of empty lines is
 ten million lines), and once a limit is exceeded it stops storing but the caller keeps reading to the end of the
 data, so the refusal can be answered after the final dot as RFC 5321 4.2.5 expects. `end_of_data(tail, chunk)`
@@ -88,27 +89,35 @@ class DataReceiver:
         self._in_header = True
         self._header_bytes = 0
         self._header_fields = 0
-        self._long_line = re.compile(rb"[^\r\n]{%d}" % (limits.max_line_bytes + 1))
+        # Tried only at line starts, so the search is linear: a line (with its CR) longer than the limit + CR.
+        self._long_line = re.compile(rb"(?:\A|\n)[^\n]{%d}" % (limits.max_line_bytes + 2))
 
     @property
     def refusal(self) -> DataRefusal | None:
         return self._refusal
 
-    def feed(self, chunk: bytes, *, final: bool = False) -> None:
-        """The next bytes of the content (dot-stuffed, as on the wire, without the end-of-data line); `final` for
-        the last ones, which end the last line."""
+    def feed(self, chunk: bytes) -> None:
+        """The next bytes of the content, dot-stuffed as on the wire, cut anywhere."""
         data = self._partial + chunk
-        if final:
-            complete, self._partial = data, b""
-        else:
-            last_line_end = data.rfind(_CRLF)
-            complete, self._partial = data[: last_line_end + 2], data[last_line_end + 2 :]
-            if len(self._partial) > self._limits.max_line_bytes + 2:
-                self._refuse(DataRefusal.LINE_TOO_LONG)
-                # Only the end of the data matters now; the caller finds it, nothing more is kept.
-                self._partial = b""
+        cut = data.rfind(_CRLF) + 2 if _CRLF in data else 0
+        complete, self._partial = data[:cut], data[cut:]
+        if len(self._partial) > self._limits.max_line_bytes + 2:
+            self._refuse(DataRefusal.LINE_TOO_LONG)
+            self._partial = b""  # only the end of the data matters now; the caller finds it
         if complete and self._refusal is None:
             self._store(complete)
+
+    def feed_last(self, chunk: bytes, content_end: int) -> None:
+        """The chunk holding the end-of-data line, and where the content ends in it (`end_of_data`). The content
+        ends with a line end; when that was in an earlier chunk, `content_end` is zero or less and the bytes of
+        the end-of-data line seen so far are dropped."""
+        if content_end >= 0:
+            data = self._partial + chunk[:content_end]
+        else:
+            data = self._partial[: max(len(self._partial) + content_end, 0)]
+        self._partial = b""
+        if data and self._refusal is None:
+            self._store(data)
 
     def finish(self) -> ReceivedData:
         """The content received (call after the final chunk)."""

@@ -303,7 +303,7 @@ class DropSmtp(SMTP):
             found = end_of_data(tail, chunk)
             if found is not None:
                 content_end, rest = found
-                receiver.feed(chunk[: max(content_end, 0)], final=True)
+                receiver.feed_last(chunk, content_end)
                 if rest < len(chunk):
                     self._reader._buffer[0:0] = chunk[rest:]  # type: ignore[attr-defined]
                 return

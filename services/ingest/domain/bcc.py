@@ -153,7 +153,9 @@ def too_large(policy: DropPolicy) -> DropRefused:
     """The refusal of a drop over the size limit (declared at MAIL FROM, or found while DATA streams in)."""
     limit = policy.max_message_bytes
     size = f"{limit / 2**20:g} MB" if limit >= 2**20 else f"{limit / 2**10:g} KB"
-    return DropRefused(DropRefusalReason.TOO_LARGE, f"The message is larger than the {size} a BCC drop accepts.")
+    return DropRefused(
+        DropRefusalReason.TOO_LARGE, f"The message is larger than the {size} a BCC drop accepts."
+    )
 
 
 def line_too_long(max_line_bytes: int) -> DropRefused:
