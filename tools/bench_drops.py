@@ -94,7 +94,9 @@ class Sampler(threading.Thread):
         self.channel.close()
 
 
-def measure(concurrent: int, megabytes: float, var_dir: Path) -> dict[str, object]:
+def measure(
+    concurrent: int, megabytes: float, var_dir: Path, settings: dict[str, str] | None = None
+) -> dict[str, object]:
     runner = Stack(var_dir=var_dir, free_ports=True)
     runner.plan()
     runner.processes = [m for m in runner.processes if m.name in ("nats", "auth", "ingest")]
@@ -102,6 +104,7 @@ def measure(concurrent: int, megabytes: float, var_dir: Path) -> dict[str, objec
         managed.env.update(
             {"MAILSYNC_INGEST_BCC_TRUSTED_AUTHSERV_IDS": TRUSTED_MX, "MAILSYNC_INGEST_BCC_VERIFY_DKIM": "false"}
         )
+        managed.env.update(settings or {})
     runner.start()
     try:
         runner.wait_until_healthy(120)
@@ -157,9 +160,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--concurrent", type=int, default=4)
     parser.add_argument("--megabytes", type=float, default=24.0)
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an ingest setting for the run, e.g. MAILSYNC_INGEST_BCC_MAX_CONCURRENT_DROPS=1 (repeatable)",
+    )
     arguments = parser.parse_args()
+    settings = dict(item.split("=", 1) for item in arguments.setting)
     with tempfile.TemporaryDirectory(prefix="bench-drops-") as var_dir:
-        results = measure(arguments.concurrent, arguments.megabytes, Path(var_dir))
+        results = measure(arguments.concurrent, arguments.megabytes, Path(var_dir), settings)
+    results["settings"] = settings
     out = Path("var/bench")
     out.mkdir(parents=True, exist_ok=True)
     (out / "drops.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -156,7 +156,7 @@ class IngestSettings(ServiceSettings):
         description="SMTP sessions one process serves at once; more are told 421 (try later).",
     )
     bcc_max_concurrent_drops: int = Field(
-        default=2,
+        default=1,
         gt=0,
         description="Received drops one process reads back and checks at once (each up to the drop size in "
         "memory, a few times over while parsed); others wait, spooled.",

@@ -234,6 +234,7 @@ class DropSmtp(SMTP):
         super().__init__(handler, data_size_limit=handler.policy.max_message_bytes, **options)
         self._drop_handler = handler
         self._gate = gate
+        self._drop_wait_seconds = limits.drop_wait_seconds
         self._spool_limits = SpoolLimits(
             max_bytes=handler.policy.max_message_bytes,
             max_line_bytes=limits.max_line_bytes,
@@ -284,10 +285,14 @@ class DropSmtp(SMTP):
             receiver.discard()
             raise
         received = receiver.finish()
+        # The client now waits for the answer to its final dot (RFC 5321 4.5.3.2.6 allows it 10 minutes): no idle
+        # timeout while the drop waits for its turn and is checked.
+        self._reset_timeout(self._drop_wait_seconds + 60)
         try:
             status = await self._drop_handler.handle_received(self.session, self.envelope, received)
         finally:
             received.close()
+            self._reset_timeout()
         self._set_post_data_state()
         await self.push(status)
 
@@ -309,6 +314,9 @@ class DropSmtp(SMTP):
                 return
             receiver.feed(chunk)
             tail = chunk[-4:] if len(chunk) >= 4 else (tail + chunk)[-4:]
+            # read() returns at once while the client's bytes are buffered: without this, a fast client's whole
+            # drop would be received in one step of the event loop (a second and more for 25 MB).
+            await asyncio.sleep(0)
 
 
 async def start_smtp_listener(

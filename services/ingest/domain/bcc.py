@@ -40,6 +40,9 @@ _HEADER_LIMITS = MimeLimits()
 _FOLD = re.compile(r"\r\n|\r|\n")
 # The authserv-id is the first token of an Authentication-Results value (RFC 8601 section 2.2).
 _AUTHSERV_ID = re.compile(r"\s*(?:\([^()]*\)\s*)*([^\s;()]+)")
+# Two line ends in a row: where a header block ends (the body may not be needed to check a drop's author).
+_BLANK_LINE = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")
+_HEADER_WINDOW_SLACK = 64 * 1024
 # Real headers are far shorter; the parser is quadratic in the words of a hostile one.
 _MAX_AUTHENTICATION_RESULTS_CHARS = 8 * 1024
 
@@ -222,8 +225,13 @@ def _unknown_recipient() -> DropRefused:
 
 
 def _headers(raw: bytes) -> Message:
-    """The header block, refused when a limit had to trim it: what was cut could hold a second author."""
-    bounded = bound_raw_message(raw, _HEADER_LIMITS)
+    """The header block, refused when a limit had to trim it: what was cut could hold a second author.
+
+    Only the bytes up to the first blank line are parsed (a drop of 25 MB is not read whole for its header);
+    a longer header block than the cap allows is cut there too, and refused as too large."""
+    window = raw[: _HEADER_LIMITS.max_header_block_bytes + _HEADER_WINDOW_SLACK]
+    blank = _BLANK_LINE.search(window)
+    bounded = bound_raw_message(window if blank is None else window[: blank.end()], _HEADER_LIMITS)
     if any(defect.startswith("limit:header") or defect == "limit:addresses" for defect in bounded.defects):
         raise header_too_large()
     return BytesHeaderParser(policy=email_policy.compat32).parsebytes(bounded.data)

