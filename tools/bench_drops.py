@@ -102,7 +102,10 @@ def measure(
     runner.processes = [m for m in runner.processes if m.name in ("nats", "auth", "ingest")]
     for managed in runner.processes[1:]:
         managed.env.update(
-            {"MAILSYNC_INGEST_BCC_TRUSTED_AUTHSERV_IDS": TRUSTED_MX, "MAILSYNC_INGEST_BCC_VERIFY_DKIM": "false"}
+            {
+                "MAILSYNC_INGEST_BCC_TRUSTED_AUTHSERV_IDS": TRUSTED_MX,
+                "MAILSYNC_INGEST_BCC_VERIFY_DKIM": "false",
+            }
         )
         managed.env.update(settings or {})
     runner.start()

@@ -14,8 +14,8 @@ import html
 import re
 from dataclasses import dataclass, field
 from email import policy
-from email.message import Message
 from email.feedparser import BytesFeedParser
+from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import Compat32
 
