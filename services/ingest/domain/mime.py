@@ -406,9 +406,12 @@ def part_content(part: Message, defects: list[str]) -> bytes:
 def decoded_text_payload(part: Message, defects: list[str], *, max_chars: int) -> tuple[str, bool]:
     """A text part's content as str (declared charset from the allow-list, else the fallback of mime_charsets;
     undecodable bytes become U+FFFD), cut to at most about `max_chars`, and whether it was cut."""
-    payload = part_content(part, defects)
     # No charset needs more than 4 bytes per character for the characters we keep.
-    cut = len(payload) > 4 * max_chars + 4
+    keep = 4 * max_chars + 4
+    payload = _unencoded_prefix(part, keep + 1)
+    if payload is None:
+        payload = part_content(part, defects)
+    cut = len(payload) > keep
     if cut:
         payload = payload[: 4 * max_chars + 4]
     content_type = _mime_field(part, "content-type")
@@ -417,6 +420,17 @@ def decoded_text_payload(part: Message, defects: list[str], *, max_chars: int) -
     if decoded.unknown_label:
         defects.append(f"charset_unknown:{decoded.unknown_label}")
     return clean_text(decoded.text), cut
+
+
+def _unencoded_prefix(part: Message, length: int) -> bytes | None:
+    """The first `length` bytes of a body sent without transfer encoding (7bit, 8bit, binary), without decoding
+    all of it first (a 50 MB text body is cut to 1 MB anyway); None when the body must be decoded."""
+    payload = getattr(part, "_payload", None)  # the body text compat32 keeps
+    if part.is_multipart() or not isinstance(payload, str) or len(payload) <= length:
+        return None
+    if str(part.get("content-transfer-encoding", "")).lower() in ("base64", "quoted-printable"):
+        return None
+    return payload[:length].encode("ascii", "surrogateescape")
 
 
 def attachment_content(raw: bytes, part_path: str, limits: MimeLimits = DEFAULT_LIMITS) -> bytes | None:
