@@ -83,6 +83,10 @@ class RefusalLog(Protocol):
         ...
 
 
+def _content_digest(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
 class BccDropAdmission:
     def __init__(
         self,
@@ -137,6 +141,8 @@ class BccDropAdmission:
 
     async def admit(self, envelope_recipient: str, raw: bytes, *, envelope_sender: str = "") -> AcceptedDrop:
         """Run every R9 check on one drop and hand it to the sink; raises DropRefused with the reason (logged)."""
+        # Hashing up to 25 MB, like the checks below, is work for a worker thread, not the event loop.
+        digest = asyncio.create_task(asyncio.to_thread(_content_digest, raw))
         try:
             check_size(len(raw), self.policy)
             location_id = await self.location_for_recipient(envelope_recipient)
@@ -153,7 +159,7 @@ class BccDropAdmission:
                 envelope_sender,
                 refused,
                 size=len(raw),
-                content_digest=hashlib.sha256(raw).hexdigest(),
+                content_digest=await digest,
             )
             raise
         drop = AcceptedDrop(
@@ -162,7 +168,7 @@ class BccDropAdmission:
             sender_user_id=user_id,
             envelope_recipient=envelope_recipient,
             author=author,
-            content_digest=hashlib.sha256(raw).hexdigest(),
+            content_digest=await digest,
             raw=raw,
         )
         await self._sink.accept_drop(drop)
