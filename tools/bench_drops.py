@@ -2,7 +2,7 @@
 
 Starts nats-server, auth and ingest as `make run` does (tools.run), makes a user of one location, and sends
 `--concurrent` drops of `--megabytes` each at once through the drop listener (each accepted: a trusted MX's
-DMARC pass). Samples ingest's RSS (/proc) and the round trip of its gRPC health check meanwhile; reports the idle
+DMARC pass; `--shape empty-lines` sends empty lines instead of an attachment). Samples ingest's RSS (/proc) and the round trip of its gRPC health check meanwhile; reports the idle
 RSS, the peak, and the slowest health answer. Run `python -m tools.bench_drops [--concurrent 4] [--megabytes 24]`;
 prints one JSON object (last on stdout) and writes var/bench/drops.json.
 """
@@ -38,6 +38,17 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def empty_lines_drop(total_bytes: int, index: int) -> bytes:
+    """A drop of about `total_bytes` of empty lines (ten million for 20 MB): the costliest shape per byte."""
+    head = (
+        f"Authentication-Results: {TRUSTED_MX}; dmarc=pass header.from=crm.test\r\n"
+        f"From: Bench User <{USER_ADDRESS}>\r\nTo: Customer <customer@client.test>\r\n"
+        f"Subject: Empty lines {index}\r\nDate: {email.utils.format_datetime(dt.datetime.now(dt.UTC))}\r\n"
+        f"Message-ID: <bench-{uuid.uuid4().hex}@crm.test>\r\n\r\n"
+    ).encode()
+    return head + b"\r\n" * (total_bytes // 2)
 
 
 def drop_message(total_bytes: int, index: int) -> bytes:
@@ -95,7 +106,11 @@ class Sampler(threading.Thread):
 
 
 def measure(
-    concurrent: int, megabytes: float, var_dir: Path, settings: dict[str, str] | None = None
+    concurrent: int,
+    megabytes: float,
+    var_dir: Path,
+    settings: dict[str, str] | None = None,
+    shape: str = "attachment",
 ) -> dict[str, object]:
     runner = Stack(var_dir=var_dir, free_ports=True)
     runner.plan()
@@ -135,7 +150,8 @@ def measure(
         warm = send(port, recipient, drop_message(64 * 1024, 0))
         time.sleep(2)
         idle = rss_bytes(ingest.pid)
-        drops = [drop_message(int(megabytes * 1024 * 1024), index) for index in range(1, concurrent + 1)]
+        build = empty_lines_drop if shape == "empty-lines" else drop_message
+        drops = [build(int(megabytes * 1024 * 1024), index) for index in range(1, concurrent + 1)]
         sampler = Sampler(ingest.pid, ingest.address)
         sampler.start()
         started = time.monotonic()
@@ -145,6 +161,7 @@ def measure(
         time.sleep(1)
         sampler.stop()
         return {
+            "shape": shape,
             "concurrent_drops": concurrent,
             "drop_bytes": len(drops[0]),
             "warm_up_answer": warm,
@@ -164,6 +181,9 @@ def main() -> None:
     parser.add_argument("--concurrent", type=int, default=4)
     parser.add_argument("--megabytes", type=float, default=24.0)
     parser.add_argument(
+        "--shape", choices=("attachment", "empty-lines"), default="attachment", help="what each drop holds"
+    )
+    parser.add_argument(
         "--setting",
         action="append",
         default=[],
@@ -173,7 +193,7 @@ def main() -> None:
     arguments = parser.parse_args()
     settings = dict(item.split("=", 1) for item in arguments.setting)
     with tempfile.TemporaryDirectory(prefix="bench-drops-") as var_dir:
-        results = measure(arguments.concurrent, arguments.megabytes, Path(var_dir), settings)
+        results = measure(arguments.concurrent, arguments.megabytes, Path(var_dir), settings, arguments.shape)
     results["settings"] = settings
     out = Path("var/bench")
     out.mkdir(parents=True, exist_ok=True)
