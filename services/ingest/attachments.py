@@ -2,14 +2,17 @@
 kept content of an accepted BCC drop, and the attachment cut out of it by its MIME part path.
 
 Only messages ingest published are served (the ledger says so), so the method cannot be used to read arbitrary
-mail of a connected mailbox.
+mail of a connected mailbox. Every answer that is not content says whether it ever will be: NOT_FOUND for what
+will never be served (a message never published or gone from Gmail, a drop whose content is not kept, a part path
+the normalizer never described as an attachment), FAILED_PRECONDITION until a dead grant is renewed, UNAVAILABLE
+for a Gmail outage worth retrying.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 from services.ingest import store
@@ -80,8 +83,11 @@ class AttachmentSource:
         tokens: AccessTokens,
         gmail_policy: RetryPolicy | None = None,
         clock: Clock | None = None,
+        on_drop_fetched: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self._db = db
+        # Told when a drop's attachment was served: only threading fetches, and only for drops it placed.
+        self._on_drop_fetched = on_drop_fetched
         self._gmail_api = gmail_api
         self._tokens = tokens
         self._gmail_policy = gmail_policy
@@ -124,13 +130,22 @@ class AttachmentSource:
             raw = await store.drop_content(session, drop_id, now=self._clock.now())
         if raw is None:
             raise AttachmentNotFound(
-                f"BCC drop {drop_id!r} is unknown or its content is past its retention", drop_id=drop_id
+                f"BCC drop {drop_id!r} has no content kept: it is unknown, had no attachments, was not placed in a "
+                "conversation, or its retention ended; it will never be available",
+                drop_id=drop_id,
             )
-        return await self._cut(raw, part_path, what=f"BCC drop {drop_id!r}")
+        found = await self._cut(raw, part_path, what=f"BCC drop {drop_id!r}")
+        if self._on_drop_fetched is not None:
+            await self._on_drop_fetched(drop_id)
+        return found
 
     async def _cut(self, raw: bytes, part_path: str, *, what: str) -> AttachmentContent:
         # Parsing a large message is CPU work: off the event loop.
         found = await asyncio.to_thread(cut_attachment, raw, part_path)
         if found is None:
-            raise AttachmentNotFound(f"{what} has no attachment {part_path!r}", attachment_id=part_path)
+            raise AttachmentNotFound(
+                f"{what} has no attachment {part_path!r} (the path names no attachment its content can be cut "
+                "from); it will never be available",
+                attachment_id=part_path,
+            )
         return found

@@ -1,7 +1,8 @@
 """Admitting BCC drops (R9): the domain's checks run in order against the ports that know locations and users.
 
 Used by the SMTP listener (recipient checked at RCPT time, the rest on DATA) and by the SubmitBccDrop RPC.
-Nothing is handed on unless every check passed; every refusal is a `DropRefused` with its reason.
+Nothing is handed on unless every check passed; every refusal is a `DropRefused` with its reason, and every
+refusal for a current drop address, whichever stage decided it, goes to the refusal log (R16).
 """
 
 from __future__ import annotations
@@ -67,6 +68,25 @@ class DropSink(Protocol):
         ...
 
 
+class RefusalLog(Protocol):
+    async def log_refusal(
+        self,
+        location_id: str,
+        head: bytes,
+        envelope_sender: str,
+        refused: DropRefused,
+        *,
+        size: int,
+        content_digest: str,
+    ) -> None:
+        """Records one refused drop of the location (from its first bytes: ids and addresses, never content)."""
+        ...
+
+
+def _content_digest(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
 class BccDropAdmission:
     def __init__(
         self,
@@ -77,6 +97,7 @@ class BccDropAdmission:
         sink: DropSink,
         dns_txt: DnsTxtLookup | None = None,
         clock: Clock | None = None,
+        refusals: RefusalLog | None = None,
     ) -> None:
         self.policy = policy
         self._locations = locations
@@ -84,6 +105,7 @@ class BccDropAdmission:
         self._sink = sink
         self._dns_txt = dns_txt
         self._clock = clock or SystemClock()
+        self._refusals = refusals
 
     async def location_for_recipient(self, envelope_recipient: str) -> str:
         """The location a drop address belongs to; refuses unknown, malformed and rotated-out addresses."""
@@ -95,8 +117,32 @@ class BccDropAdmission:
         check_token(token, location.token_digest)
         return location.location_id
 
-    async def admit(self, envelope_recipient: str, raw: bytes) -> AcceptedDrop:
-        """Run every R9 check on one drop and hand it to the sink; raises DropRefused with the reason."""
+    async def log_refusal(
+        self,
+        envelope_recipient: str,
+        head: bytes,
+        envelope_sender: str,
+        refused: DropRefused,
+        *,
+        size: int,
+        content_digest: str = "",
+    ) -> None:
+        """Log a refusal (R16): also one the SMTP session decided before the drop was complete (then there is no
+        content digest). A drop for an address that is no current drop address names no location: not logged."""
+        if self._refusals is None:
+            return
+        try:
+            location_id = await self.location_for_recipient(envelope_recipient)
+        except DropRefused:
+            return
+        await self._refusals.log_refusal(
+            location_id, head, envelope_sender, refused, size=size, content_digest=content_digest
+        )
+
+    async def admit(self, envelope_recipient: str, raw: bytes, *, envelope_sender: str = "") -> AcceptedDrop:
+        """Run every R9 check on one drop and hand it to the sink; raises DropRefused with the reason (logged)."""
+        # Hashing up to 25 MB, like the checks below, is work for a worker thread, not the event loop.
+        digest = asyncio.create_task(asyncio.to_thread(_content_digest, raw))
         try:
             check_size(len(raw), self.policy)
             location_id = await self.location_for_recipient(envelope_recipient)
@@ -107,6 +153,14 @@ class BccDropAdmission:
             )
         except DropRefused as refused:
             log.info("bcc drop refused: %s: %s", refused.reason.value, refused.explanation)
+            await self.log_refusal(
+                envelope_recipient,
+                raw,
+                envelope_sender,
+                refused,
+                size=len(raw),
+                content_digest=await digest,
+            )
             raise
         drop = AcceptedDrop(
             drop_id=uuid.uuid4().hex,
@@ -114,7 +168,7 @@ class BccDropAdmission:
             sender_user_id=user_id,
             envelope_recipient=envelope_recipient,
             author=author,
-            content_digest=hashlib.sha256(raw).hexdigest(),
+            content_digest=await digest,
             raw=raw,
         )
         await self._sink.accept_drop(drop)

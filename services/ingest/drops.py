@@ -5,53 +5,44 @@ Addresses: the token is kept in the database (GetBccAddress must show the addres
 cannot), next to its SHA-256 digest, which is what a drop is looked up by, so that lookups never compare the
 secret itself. A stolen token alone logs nothing: the sender must still be an authenticated user of the location.
 
-Hand-over: an accepted drop's log line, its kept content (for FetchAttachment, until its retention ends) and its
-NormalizedMessage (on the transactional outbox, `Nats-Msg-Id` = `drop:<location>:<content digest>`) are written in
-one transaction, and the SMTP 250 / RPC answer is given only after that commit: the drop is then durable, and the
-outbox relay publishes it. Refused drops get a log line with the reason and publish nothing (threading never saw
-them; the log is the R16 record). A drop for an address that is not a location's current one (refused at RCPT
-over SMTP) names no location to explain to, so it is not logged.
+Hand-over: an accepted drop's log line, its content (only when it has attachments, for FetchAttachment, as long as
+drop_retention says) and its NormalizedMessage (on the transactional outbox, `Nats-Msg-Id` =
+`drop:<location>:<content digest>`) are written in one transaction, and the SMTP 250 / RPC answer is given only
+after that commit: the drop is then durable, and the outbox relay publishes it. Refused drops get a log line with
+the reason and publish nothing (threading never saw them; the log is the R16 record), whatever stage refused them:
+the SMTP session (size, line length, header size) or the R9 checks. A drop for an address that is not a location's
+current one (refused at RCPT over SMTP) names no location to explain to, so it is not logged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
 import logging
 import uuid
 from dataclasses import dataclass
 from email import policy as email_policy
 from email.parser import BytesHeaderParser
-from email.utils import parseaddr
 
 from services.ingest import store
-from services.ingest.bcc_drop import AcceptedDrop, BccDropAdmission, DropLocation
+from services.ingest.bcc_drop import AcceptedDrop, DropLocation
 from services.ingest.domain.bcc import (
-    DropPolicy,
     DropRefused,
     drop_address,
     new_drop_token,
     token_digest,
 )
+from services.ingest.domain.mime_addresses import AddressReader
+from services.ingest.domain.mime_bounds import bound_raw_message
 from services.ingest.domain.mime_headers import raw_values
-from services.ingest.message_proto import bcc_drop_event
-from services.runtime import subjects
+from services.ingest.domain.mime_limits import MimeLimits
+from services.ingest.drop_retention import DropRetention
+from services.ingest.message_proto import bcc_drop_event, drop_msg_id, drop_subject
 from services.runtime.clock import Clock, SystemClock
 from services.runtime.db import Database
 from services.runtime.outbox import stage
 
 log = logging.getLogger(__name__)
-
-
-def drop_subject(location_id: str) -> str:
-    """Drops share the normalized-message stream; their partition is the location (no mailbox)."""
-    return subjects.normalized(f"drop-{location_id}")
-
-
-def drop_msg_id(location_id: str, content_digest: str) -> str:
-    """The same content dropped twice into one location is one event (R15)."""
-    return f"drop:{location_id}:{content_digest}"
 
 
 @dataclass(frozen=True)
@@ -103,27 +94,33 @@ class BccAddresses:
         )
 
 
-def _logged_ids(raw: bytes) -> tuple[str, str]:
+_LOG_LIMITS = MimeLimits()
+
+
+def _logged_ids(head: bytes) -> tuple[str, str]:
     """The Message-ID and the first From address of a refused drop, from its header block only (R18)."""
-    head = raw[: 256 * 1024].split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
-    headers = BytesHeaderParser(policy=email_policy.compat32).parsebytes(head, headersonly=True)
+    block = head[: 256 * 1024].split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    headers = BytesHeaderParser(policy=email_policy.compat32).parsebytes(
+        bound_raw_message(block, _LOG_LIMITS).data, headersonly=True
+    )
     message_ids = raw_values(headers, "message-id")
-    authors = raw_values(headers, "from")
-    author = parseaddr(authors[0])[1].lower() if authors else ""
+    authors = AddressReader(_LOG_LIMITS).read(headers, "from", [])
+    author = authors[0].email if authors else ""
     return (message_ids[0].strip()[:998] if message_ids else ""), author[:320]
 
 
 class OutboxDropSink:
     """The admission's DropSink: log line, kept content and the event in one transaction (see module doc)."""
 
-    def __init__(self, db: Database, *, content_retention: dt.timedelta, clock: Clock | None = None) -> None:
+    def __init__(self, db: Database, *, retention: DropRetention, clock: Clock | None = None) -> None:
         self._db = db
-        self._retention = content_retention
+        self._retention = retention
         self._clock = clock or SystemClock()
 
     async def accept_drop(self, drop: AcceptedDrop) -> None:
         now = self._clock.now()
-        event = bcc_drop_event(drop, observe_time=now)
+        # Normalizing a drop of up to 25 MB is CPU work: off the event loop.
+        event = await asyncio.to_thread(bcc_drop_event, drop, observe_time=now)
         async with self._db.write() as session:
             await store.log_drop(
                 session,
@@ -136,7 +133,11 @@ class OutboxDropSink:
                 reason=f"accepted: {drop.author.method} for {drop.author.authenticated_domain}",
                 now=now,
             )
-            await store.keep_drop_content(session, drop.drop_id, drop.raw, expires_at=now + self._retention)
+            if event.attachments:
+                # Threading fetches attachments only; a drop without any keeps no content at all (R18).
+                await store.keep_drop_content(
+                    session, drop.drop_id, drop.raw, expires_at=self._retention.first_expiry(now)
+                )
             await stage(
                 session,
                 drop_subject(drop.location_id),
@@ -146,37 +147,25 @@ class OutboxDropSink:
             )
 
 
-class LoggedDropAdmission:
-    """The admission as the SMTP listener and SubmitBccDrop use it: every refused drop gets its log line."""
+class DropLog:
+    """The admission's RefusalLog over ingest's drop log (R16)."""
 
-    def __init__(self, admission: BccDropAdmission, db: Database, *, clock: Clock | None = None) -> None:
-        self._admission = admission
+    def __init__(self, db: Database, *, clock: Clock | None = None) -> None:
         self._db = db
         self._clock = clock or SystemClock()
 
-    @property
-    def policy(self) -> DropPolicy:
-        return self._admission.policy
-
-    async def location_for_recipient(self, envelope_recipient: str) -> str:
-        return await self._admission.location_for_recipient(envelope_recipient)
-
-    async def admit(self, envelope_recipient: str, raw: bytes, *, envelope_sender: str = "") -> AcceptedDrop:
-        try:
-            return await self._admission.admit(envelope_recipient, raw)
-        except DropRefused as refused:
-            await self._log_refusal(envelope_recipient, raw, envelope_sender, refused)
-            raise
-
-    async def _log_refusal(
-        self, envelope_recipient: str, raw: bytes, envelope_sender: str, refused: DropRefused
+    async def log_refusal(
+        self,
+        location_id: str,
+        head: bytes,
+        envelope_sender: str,
+        refused: DropRefused,
+        *,
+        size: int,
+        content_digest: str,
     ) -> None:
         try:
-            location_id = await self._admission.location_for_recipient(envelope_recipient)
-        except DropRefused:
-            return  # not a current drop address: no location to explain the refusal to
-        try:
-            rfc_message_id, author = await asyncio.to_thread(_logged_ids, raw)
+            rfc_message_id, author = await asyncio.to_thread(_logged_ids, head)
         except Exception:  # a header the parser cannot read still gets its refusal logged
             rfc_message_id, author = "", ""
         async with self._db.write() as session:
@@ -184,40 +173,10 @@ class LoggedDropAdmission:
                 session,
                 drop_id=uuid.uuid4().hex,
                 location_id=location_id,
-                content_digest=hashlib.sha256(raw).hexdigest(),
+                content_digest=content_digest,
                 rfc_message_id=rfc_message_id,
                 sender=author or envelope_sender,
                 accepted=False,
-                reason=f"{refused.reason.value}: {refused.explanation}",
+                reason=f"{refused.reason.value}: {refused.explanation} ({size} bytes)",
                 now=self._clock.now(),
             )
-
-
-class DropContentPurger:
-    """Forgets kept drop content past its retention, periodically, until stopped."""
-
-    def __init__(self, db: Database, *, interval_seconds: float, clock: Clock | None = None) -> None:
-        self._db = db
-        self._interval = interval_seconds
-        self._clock = clock or SystemClock()
-        self._stopped = asyncio.Event()
-
-    def stop(self) -> None:
-        self._stopped.set()
-
-    async def purge_once(self) -> int:
-        async with self._db.write() as session:
-            return await store.purge_drop_contents(session, now=self._clock.now())
-
-    async def run(self) -> None:
-        while not self._stopped.is_set():
-            try:
-                purged = await self.purge_once()
-                if purged:
-                    log.info("forgot the content of %d expired bcc drops", purged)
-            except Exception:
-                log.exception("bcc drop content purge failed; retried at the next interval")
-            try:
-                await asyncio.wait_for(self._stopped.wait(), timeout=self._interval)
-            except TimeoutError:
-                pass

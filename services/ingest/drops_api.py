@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator
 
 from mailsync.v1 import ingest_pb2
 from services.ingest.attachments import AttachmentSource
+from services.ingest.bcc_drop import BccDropAdmission
 from services.ingest.domain.bcc import DropRefusalReason, DropRefused
-from services.ingest.drops import BccAddresses, LoggedDropAdmission
+from services.ingest.drops import BccAddresses
 from services.runtime.errors import DependencyUnavailable, InvalidArgument, PermissionDenied
 from services.runtime.protobuf_time import to_timestamp
 
@@ -42,7 +43,7 @@ def _location_required(location_id: str) -> str:
 
 class DropRpcs:
     def __init__(
-        self, *, admission: LoggedDropAdmission, addresses: BccAddresses, attachments: AttachmentSource
+        self, *, admission: BccDropAdmission, addresses: BccAddresses, attachments: AttachmentSource
     ) -> None:
         self._admission = admission
         self._addresses = addresses

@@ -16,6 +16,7 @@ from services.ingest.domain.message import (
     ParticipantRole,
 )
 from services.ingest.domain.mime import normalize_message
+from services.runtime import subjects
 from services.runtime.protobuf_time import to_timestamp
 
 _DIRECTIONS = {
@@ -121,3 +122,13 @@ def bcc_drop_event(
     """The NormalizedMessage an admitted drop is published as: outbound, source BCC_DROP, with its drop info."""
     mail = normalize_message(drop.raw, source=MessageSource.BCC_DROP)
     return normalized_message_to_proto(mail, bcc_drop=bcc_drop_to_proto(drop), observe_time=observe_time)
+
+
+def drop_subject(location_id: str) -> str:
+    """Drops share the normalized-message stream; their partition is the location (no mailbox)."""
+    return subjects.normalized(f"drop-{location_id}")
+
+
+def drop_msg_id(location_id: str, content_digest: str) -> str:
+    """The same content dropped twice into one location is one event (R15)."""
+    return f"drop:{location_id}:{content_digest}"

@@ -139,8 +139,48 @@ class IngestSettings(ServiceSettings):
     bcc_drop_content_retention_seconds: float = Field(
         default=259200.0,
         gt=0,
-        description="How long an accepted drop's content is kept for FetchAttachment, then forgotten.",
+        description="How long an accepted drop's content is kept for FetchAttachment once threading placed it.",
+    )
+    bcc_drop_placement_grace_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="How long a drop's content is kept after threading decided on it without placing it (R18); "
+        "restarts while threading has not decided yet.",
     )
     bcc_purge_interval_seconds: float = Field(
-        default=600.0, gt=0, description="How often expired drop content is forgotten."
+        default=60.0, gt=0, description="How often drop content that is no longer needed is forgotten."
+    )
+    bcc_smtp_max_sessions: int = Field(
+        default=20,
+        gt=0,
+        description="SMTP sessions one process serves at once; more are told 421 (try later).",
+    )
+    bcc_max_concurrent_drops: int = Field(
+        default=1,
+        gt=0,
+        description="Received drops one process reads back and checks at once (each up to the drop size in "
+        "memory, a few times over while parsed); others wait, spooled.",
+    )
+    bcc_smtp_spool_memory_bytes: int = Field(
+        default=1024 * 1024,
+        gt=0,
+        description="Bytes of a drop a session keeps in memory while DATA arrives; the rest goes to a temporary file.",
+    )
+    bcc_smtp_spool_dir: str = Field(
+        default="",
+        description="Folder for the spool files of drops being received; empty: the system's temporary folder.",
+    )
+    bcc_smtp_max_line_bytes: int = Field(
+        default=8192,
+        ge=998,
+        description="Longest line a drop may have (RFC 5321 allows 1,000 with CRLF; clients often write longer).",
+    )
+    bcc_smtp_tls_certificate_file: str = Field(
+        default="",
+        description="PEM certificate (chain) the SMTP listener offers STARTTLS with; empty: no STARTTLS.",
+    )
+    bcc_smtp_tls_key_file: str = Field(default="", description="PEM private key of that certificate.")
+    bcc_smtp_require_starttls: bool = Field(
+        default=False,
+        description="Refuse mail commands until the client has started TLS (needs a certificate).",
     )

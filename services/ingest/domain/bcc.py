@@ -40,6 +40,9 @@ _HEADER_LIMITS = MimeLimits()
 _FOLD = re.compile(r"\r\n|\r|\n")
 # The authserv-id is the first token of an Authentication-Results value (RFC 8601 section 2.2).
 _AUTHSERV_ID = re.compile(r"\s*(?:\([^()]*\)\s*)*([^\s;()]+)")
+# Two line ends in a row: where a header block ends (the body may not be needed to check a drop's author).
+_BLANK_LINE = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")
+_HEADER_WINDOW_SLACK = 64 * 1024
 # Real headers are far shorter; the parser is quadratic in the words of a hostile one.
 _MAX_AUTHENTICATION_RESULTS_CHARS = 8 * 1024
 
@@ -50,6 +53,7 @@ DnsTxtLookup = Callable[[str], str | None]
 class DropRefusalReason(enum.Enum):
     UNKNOWN_RECIPIENT = "unknown_recipient"
     TOO_LARGE = "too_large"
+    LINE_TOO_LONG = "line_too_long"
     MALFORMED_AUTHOR = "malformed_author"
     STALE = "stale"
     NOT_AUTHENTICATED = "not_authenticated"
@@ -60,6 +64,8 @@ class DropRefusalReason(enum.Enum):
 _SMTP_STATUS = {
     DropRefusalReason.UNKNOWN_RECIPIENT: (550, "5.1.1"),
     DropRefusalReason.TOO_LARGE: (552, "5.3.4"),
+    # RFC 5321 4.5.3.1.6: "500 Line too long".
+    DropRefusalReason.LINE_TOO_LONG: (500, "5.5.2"),
     DropRefusalReason.MALFORMED_AUTHOR: (550, "5.6.0"),
     DropRefusalReason.STALE: (550, "5.7.1"),
     DropRefusalReason.NOT_AUTHENTICATED: (550, "5.7.26"),
@@ -143,10 +149,29 @@ def check_token(token: str, current_digest: str | None) -> None:
 
 def check_size(size_bytes: int, policy: DropPolicy) -> None:
     if size_bytes > policy.max_message_bytes:
-        raise DropRefused(
-            DropRefusalReason.TOO_LARGE,
-            f"The message is larger than the {policy.max_message_bytes // (1024 * 1024)} MB a BCC drop accepts.",
-        )
+        raise too_large(policy)
+
+
+def too_large(policy: DropPolicy) -> DropRefused:
+    """The refusal of a drop over the size limit (declared at MAIL FROM, or found while DATA streams in)."""
+    limit = policy.max_message_bytes
+    size = f"{limit / 2**20:g} MB" if limit >= 2**20 else f"{limit / 2**10:g} KB"
+    return DropRefused(
+        DropRefusalReason.TOO_LARGE, f"The message is larger than the {size} a BCC drop accepts."
+    )
+
+
+def line_too_long(max_line_bytes: int) -> DropRefused:
+    return DropRefused(
+        DropRefusalReason.LINE_TOO_LONG,
+        f"A line of the message is longer than {max_line_bytes} bytes; mail must be wrapped (RFC 5321 allows "
+        "1,000 bytes per line).",
+    )
+
+
+def header_too_large() -> DropRefused:
+    """A header block over the caps: what was cut could hold a second author, so the drop cannot be checked."""
+    return DropRefused(DropRefusalReason.MALFORMED_AUTHOR, "The message's header is too large to be checked.")
 
 
 def check_author(
@@ -200,12 +225,15 @@ def _unknown_recipient() -> DropRefused:
 
 
 def _headers(raw: bytes) -> Message:
-    """The header block, refused when a limit had to trim it: what was cut could hold a second author."""
-    bounded = bound_raw_message(raw, _HEADER_LIMITS)
+    """The header block, refused when a limit had to trim it: what was cut could hold a second author.
+
+    Only the bytes up to the first blank line are parsed (a drop of 25 MB is not read whole for its header);
+    a longer header block than the cap allows is cut there too, and refused as too large."""
+    window = raw[: _HEADER_LIMITS.max_header_block_bytes + _HEADER_WINDOW_SLACK]
+    blank = _BLANK_LINE.search(window)
+    bounded = bound_raw_message(window if blank is None else window[: blank.end()], _HEADER_LIMITS)
     if any(defect.startswith("limit:header") or defect == "limit:addresses" for defect in bounded.defects):
-        raise DropRefused(
-            DropRefusalReason.MALFORMED_AUTHOR, "The message's header is too large to be checked."
-        )
+        raise header_too_large()
     return BytesHeaderParser(policy=email_policy.compat32).parsebytes(bounded.data)
 
 

@@ -8,13 +8,15 @@ recorded in `defects` and the message is published with whatever could be read.
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import html
 import re
 from dataclasses import dataclass, field
 from email import policy
+from email.feedparser import BytesFeedParser
 from email.message import Message
-from email.parser import BytesHeaderParser, BytesParser
+from email.parser import BytesHeaderParser
 from email.policy import Compat32
 
 from services.ingest.domain.automail import is_auto_submitted, is_list_mail
@@ -29,16 +31,18 @@ from services.ingest.domain.message import (
 )
 from services.ingest.domain.mime_addresses import AddressReader
 from services.ingest.domain.mime_bounds import bound_raw_message
+from services.ingest.domain.mime_charsets import decode_bytes
 from services.ingest.domain.mime_headers import (
     clean_header_text,
     clean_text,
     decoded_text,
     decoded_value,
     header_date,
-    is_safe_charset,
     message_ids,
+    raw_values,
 )
 from services.ingest.domain.mime_limits import MimeLimits
+from services.ingest.domain.mime_params import MimeField, parse_mime_field
 
 DEFAULT_LIMITS = MimeLimits()
 SENT_LABEL = "SENT"
@@ -116,9 +120,19 @@ def normalize_message(
     return _assemble(raw, message, content, copy, source, limits, defects)
 
 
+_FEED_CHUNK = 1024 * 1024
+# Smaller bodies are decoded whole (cheaper than slicing).
+_STREAM_DIGEST_FROM = 256 * 1024
+
+
 def _parse(data: bytes, defects: list[str]) -> Message | None:
     try:
-        return BytesParser(policy=policy.compat32).parsebytes(data)
+        # Fed in slices: `parsebytes` decodes the whole message to one str first, and its line lists on top of
+        # that made a 24 MB message peak at 191 MB of Python memory (69 MB fed this way).
+        parser = BytesFeedParser(policy=policy.compat32)
+        for start in range(0, len(data), _FEED_CHUNK):
+            parser.feed(data[start : start + _FEED_CHUNK])
+        return parser.close()
     except RecursionError:
         defects.append("limit:depth:recursion")
     except Exception as error:
@@ -276,7 +290,7 @@ def _walk(part: Message, path: str, depth: int, content: _Content, *, in_related
 
 def _read_part(part: Message, path: str, depth: int, content: _Content, *, in_related: bool) -> None:
     content_type = _content_type(part)
-    if part.is_multipart() and content_type.startswith("multipart/"):
+    if _is_container(part):
         for index, child in enumerate(part.get_payload(), start=1):
             child_path = f"{path}.{index}" if path else str(index)
             _walk(child, child_path, depth + 1, content, in_related=content_type == "multipart/related")
@@ -291,33 +305,41 @@ def _read_part(part: Message, path: str, depth: int, content: _Content, *, in_re
         content.attachments.append(_describe(part, leaf_path, content_type, in_related, content.defects))
         return
     disposition, filename = _disposition(part, content.defects)
-    if content_type in ("text/plain", "text/html") and disposition != "attachment" and not filename:
+    # A multipart without a usable boundary has no parts, only text (RFC 2046 5.1.1 gives it no structure):
+    # it is read as a plain text body, never described as an attachment there would be no content for.
+    is_text = content_type in ("text/plain", "text/html") or content_type.startswith("multipart/")
+    if is_text and disposition != "attachment" and not filename:
         text, cut = decoded_text_payload(part, content.defects, max_chars=content.limits.max_body_chars)
         content.body_cut = content.body_cut or cut
-        (content.text_parts if content_type == "text/plain" else content.html_parts).append(text)
+        (content.html_parts if content_type == "text/html" else content.text_parts).append(text)
         return
     content.attachments.append(_describe(part, leaf_path, content_type, in_related, content.defects))
 
 
+def _mime_field(part: Message, name: str) -> MimeField:
+    values = raw_values(part, name)
+    return parse_mime_field(values[0]) if values else MimeField(value="")
+
+
 def _disposition(part: Message, defects: list[str]) -> tuple[str | None, str]:
-    try:
-        disposition = part.get_content_disposition()
-    except Exception:
-        defects.append("header_unparseable:content-disposition")
-        disposition = None
-    try:
-        filename = decoded_value("content-disposition", part.get_filename() or "", defects)
-    except Exception:
-        defects.append("header_unparseable:filename")
-        filename = ""
-    return disposition, filename
+    """The Content-Disposition value and the file name (its `filename`, else Content-Type's `name`), read with
+    RFC 2231 continuations and charsets, and RFC 2047 words inside the quotes as Outlook writes them."""
+    disposition = _mime_field(part, "content-disposition")
+    filename = disposition.get("filename") or _mime_field(part, "content-type").get("name")
+    defects.extend(disposition.defects)
+    return disposition.value or None, decoded_value("content-disposition", filename, defects)
 
 
 def _describe(
     part: Message, path: str, content_type: str, in_related: bool, defects: list[str]
 ) -> Attachment:
     disposition, filename = _disposition(part, defects)
-    payload = part_content(part, defects)
+    streamed = _streamed_base64_digest(part)
+    if streamed is None:
+        payload = part_content(part, defects)
+        size, sha256 = len(payload), hashlib.sha256(payload).hexdigest()
+    else:
+        size, sha256 = streamed
     content_id = ""
     try:
         content_id = clean_header_text(str(part.get("content-id", ""))).strip("<>")
@@ -330,11 +352,42 @@ def _describe(
         part_path=path,
         filename=filename,
         content_type=content_type,
-        size_bytes=len(payload),
+        size_bytes=size,
         content_id=content_id,
         inline=inline,
-        sha256=hashlib.sha256(payload).hexdigest(),
+        sha256=sha256,
     )
+
+
+def _streamed_base64_digest(part: Message) -> tuple[int, str] | None:
+    """Size and SHA-256 of a valid base64 leaf, decoded a slice at a time. What `part_content` gives would be the
+    same bytes, but it holds the text, its bytes, their joined lines and the decoded content at once (a 24 MB
+    attachment peaked at about 70 MB more). None when the part is not valid base64: then `part_content` decides
+    (with the stdlib's lenient fallbacks and defects), so both paths always agree."""
+    payload = getattr(part, "_payload", None)  # the undecoded body text compat32 keeps
+    if part.is_multipart() or not isinstance(payload, str) or len(payload) < _STREAM_DIGEST_FROM:
+        return None
+    if str(part.get("content-transfer-encoding", "")).lower() != "base64":  # get_payload's own test
+        return None
+    digest = hashlib.sha256()
+    size = 0
+    carry = b""
+    for start in range(0, len(payload), _FEED_CHUNK):
+        try:
+            piece = b"".join(payload[start : start + _FEED_CHUNK].encode("ascii").splitlines())
+        except UnicodeEncodeError:
+            return None
+        data = carry + piece
+        last = start + _FEED_CHUNK >= len(payload)
+        usable = len(data) if last else len(data) - len(data) % 4
+        try:
+            decoded = binascii.a2b_base64(data[:usable], strict_mode=True)
+        except (binascii.Error, ValueError):
+            return None
+        carry = data[usable:]
+        digest.update(decoded)
+        size += len(decoded)
+    return size, digest.hexdigest()
 
 
 def part_content(part: Message, defects: list[str]) -> bytes:
@@ -351,30 +404,39 @@ def part_content(part: Message, defects: list[str]) -> bytes:
 
 
 def decoded_text_payload(part: Message, defects: list[str], *, max_chars: int) -> tuple[str, bool]:
-    """A text part's content as str (declared charset, else UTF-8; undecodable bytes become U+FFFD),
-    cut to at most about `max_chars`, and whether it was cut."""
-    payload = part_content(part, defects)
+    """A text part's content as str (declared charset from the allow-list, else the fallback of mime_charsets;
+    undecodable bytes become U+FFFD), cut to at most about `max_chars`, and whether it was cut."""
     # No charset needs more than 4 bytes per character for the characters we keep.
-    cut = len(payload) > 4 * max_chars + 4
+    keep = 4 * max_chars + 4
+    payload = _unencoded_prefix(part, keep + 1)
+    if payload is None:
+        payload = part_content(part, defects)
+    cut = len(payload) > keep
     if cut:
         payload = payload[: 4 * max_chars + 4]
-    try:
-        charset = part.get_content_charset() or "utf-8"
-    except Exception:
-        charset = "utf-8"
-    if not is_safe_charset(charset):
-        defects.append(f"charset_refused:{clean_header_text(charset)[:40]}")
-        return clean_text(payload.decode("utf-8", "replace")), cut
-    try:
-        text = payload.decode(charset, "replace")
-    except Exception:  # unknown codecs (LookupError), and codec bugs on hostile input
-        defects.append(f"charset_unknown:{clean_header_text(charset)[:40]}")
-        text = payload.decode("utf-8", "replace")
-    return clean_text(text), cut
+    content_type = _mime_field(part, "content-type")
+    defects.extend(content_type.defects)
+    decoded = decode_bytes(payload, content_type.get("charset") or None)
+    if decoded.unknown_label:
+        defects.append(f"charset_unknown:{decoded.unknown_label}")
+    return clean_text(decoded.text), cut
+
+
+def _unencoded_prefix(part: Message, length: int) -> bytes | None:
+    """The first `length` bytes of a body sent without transfer encoding (7bit, 8bit, binary), without decoding
+    all of it first (a 50 MB text body is cut to 1 MB anyway); None when the body must be decoded."""
+    payload = getattr(part, "_payload", None)  # the body text compat32 keeps
+    if part.is_multipart() or not isinstance(payload, str) or len(payload) <= length:
+        return None
+    if str(part.get("content-transfer-encoding", "")).lower() in ("base64", "quoted-printable"):
+        return None
+    return payload[:length].encode("ascii", "surrogateescape")
 
 
 def attachment_content(raw: bytes, part_path: str, limits: MimeLimits = DEFAULT_LIMITS) -> bytes | None:
-    """The decoded bytes of the attachment at `part_path` (as `Attachment.part_path`), None if there is none."""
+    """The decoded bytes of the attachment at `part_path` (as `Attachment.part_path`), None if there is none.
+
+    Walks the tree exactly as the normalizer does, so every attachment it described has content here."""
     defects: list[str] = []
     message = _parse(bound_raw_message(raw, limits).data, defects)
     if message is None:
@@ -384,10 +446,10 @@ def attachment_content(raw: bytes, part_path: str, limits: MimeLimits = DEFAULT_
         steps = [int(step) for step in part_path.split(".")]
     except ValueError:
         return None
-    if steps == [1] and not _content_type(message).startswith("multipart/"):
-        return part_content(message, defects)
+    if not _is_container(message):
+        return part_content(message, defects) if steps == [1] else None
     for step in steps:
-        if not (part.is_multipart() and _content_type(part).startswith("multipart/")):
+        if not _is_container(part):
             return None
         children = part.get_payload()
         if not isinstance(children, list) or not 1 <= step <= len(children):
@@ -396,4 +458,9 @@ def attachment_content(raw: bytes, part_path: str, limits: MimeLimits = DEFAULT_
         if not isinstance(child, Message):
             return None
         part = child
-    return part_content(part, defects)
+    return None if _is_container(part) else part_content(part, defects)
+
+
+def _is_container(part: Message) -> bool:
+    """A multipart with parts: the normalizer walks into it and describes its leaves, never the part itself."""
+    return part.is_multipart() and _content_type(part).startswith("multipart/")

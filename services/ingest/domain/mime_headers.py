@@ -2,34 +2,20 @@
 
 from __future__ import annotations
 
-import codecs
 import datetime as dt
 import email.utils
 import re
-from email.header import decode_header
 from email.message import Message
+
+from services.ingest.domain.mime_words import decode_encoded_words
 
 _FOLD = re.compile(r"\r\n|\r|\n")
 _MESSAGE_ID = re.compile(r"<[^<>\s]+>")
 _BARE_MESSAGE_ID = re.compile(r"^[^<>\s@]+@[^<>\s@]+$")
-# Decoders that are super-linear in their input (punycode, and idna which uses it): a hostile charset
-# label must not turn a body or an encoded word into minutes of CPU.
-_SLOW_CODECS = frozenset({"punycode", "idna"})
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 # Both patterns are linear: hostile headers are long runs of exactly these characters.
 _LINE_BREAKS = re.compile(r"[\r\n]+")
 _WHITESPACE_RUN = re.compile(r"[ \t]+")
-
-
-def is_safe_charset(name: str) -> bool:
-    """False for charsets whose decoder is slow on hostile input or that do not decode to text."""
-    try:
-        info = codecs.lookup(name)
-    except LookupError:
-        return True  # unknown charsets are handled (replaced) by every decoding path
-    except Exception:
-        return False
-    return info.name not in _SLOW_CODECS and getattr(info, "_is_text_encoding", True)
 
 
 def clean_text(text: str) -> str:
@@ -54,36 +40,8 @@ def raw_values(message: Message, name: str) -> list[str]:
 
 
 def decoded_value(name: str, value: str, defects: list[str]) -> str:
-    """`value` with its encoded words (RFC 2047) decoded, on one line; bad or unsafe charsets are replaced.
-
-    Uses the legacy `decode_header`, which is linear: the modern unstructured-header parser is quadratic in
-    the number of words of a long hostile field.
-    """
-    value = _FOLD.sub("", value)
-    if "=?" not in value:
-        return clean_header_text(value)
-    try:
-        pieces = decode_header(value)
-    except Exception:  # invalid base64 in an encoded word, and anything else hostile input provokes
-        defects.append(f"header_undecodable:{name.lower()}")
-        return clean_header_text(value)
-    return clean_header_text("".join(_decoded_piece(piece, charset, defects) for piece, charset in pieces))
-
-
-def _decoded_piece(piece: bytes | str, charset: str | None, defects: list[str]) -> str:
-    if isinstance(piece, str):
-        return piece
-    if charset is None:
-        # decode_header returns the text between encoded words encoded this way.
-        return piece.decode("raw-unicode-escape", "replace")
-    if not is_safe_charset(charset):
-        defects.append(f"charset_refused:{clean_header_text(charset)[:40]}")
-        return piece.decode("utf-8", "replace")
-    try:
-        return piece.decode(charset, "replace")
-    except Exception:
-        defects.append(f"charset_unknown:{clean_header_text(charset)[:40]}")
-        return piece.decode("utf-8", "replace")
+    """`value` with its encoded words (RFC 2047) decoded by their charsets, on one line (see mime_words)."""
+    return clean_header_text(decode_encoded_words(_FOLD.sub("", value), defects, field=name.lower()))
 
 
 def decoded_text(message: Message, name: str, defects: list[str]) -> str:
@@ -115,9 +73,10 @@ def header_date(message: Message, defects: list[str]) -> dt.datetime | None:
         return None
     try:
         when = email.utils.parsedate_to_datetime(clean_header_text(raw[0]))
-    except Exception:  # any malformed date, whatever the stdlib raises for it
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        # Year 9999 with a negative offset is beyond datetime's range in UTC (OverflowError).
+        return when.astimezone(dt.UTC)
+    except Exception:  # any malformed or out-of-range date, whatever the stdlib raises for it
         defects.append("header_date_unparseable")
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return when.astimezone(dt.UTC)

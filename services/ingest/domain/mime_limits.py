@@ -29,14 +29,17 @@ class MimeLimits:
     max_encoded_words_per_header: int = 256
     max_encoded_words_total: int = 4096
     max_depth: int = 50
+    # Body lines times the multiparts open around them (the parser tests each line against each boundary):
+    # four times the line cap, so a 45 MB attachment three multiparts deep still fits.
+    max_boundary_checks: int = 2_400_000
     max_parts: int = 500
     # Characters kept of each of the text and HTML bodies.
     max_body_chars: int = 256 * 1024
     max_message_ids: int = 100
     max_participants: int = 1000
-    # One address (display name included) and all address fields of a message together; the modern
-    # address parser sees one address at a time and is quadratic in its length.
-    max_address_bytes: int = 512
+    # One address (display name included) and all address fields of a message together; the address reader
+    # is linear, these bound its work and what is published.
+    max_address_bytes: int = 2048
     max_address_bytes_total: int = 64 * 1024
     max_defects: int = 100
     snippet_chars: int = 200

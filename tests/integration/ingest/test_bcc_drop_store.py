@@ -8,7 +8,8 @@ import datetime as dt
 from services.ingest import store
 from services.ingest.app import MIGRATIONS_DIR
 from services.ingest.domain.bcc import token_digest
-from services.ingest.drops import BccAddresses, DropContentPurger
+from services.ingest.drop_retention import DropRetention
+from services.ingest.drops import BccAddresses
 from services.runtime.clock import FrozenClock
 from services.runtime.db import Database, migrate
 
@@ -42,7 +43,15 @@ async def test_R18_drop_content_is_served_until_its_retention_and_then_purged(da
         assert await store.drop_content(session, "d-old", now=NOW) is None
         assert await store.drop_content(session, "d-new", now=NOW) == b"new"
 
-    assert await DropContentPurger(database, interval_seconds=60, clock=FrozenClock(NOW)).purge_once() == 1
+    retention = DropRetention(
+        database,
+        placement_grace=dt.timedelta(minutes=10),
+        retention=dt.timedelta(days=3),
+        undecided=None,
+        interval_seconds=60,
+        clock=FrozenClock(NOW),
+    )
+    assert await retention.purge_once() == 1
     async with database.read() as session:
         # Past its expiry even a clock going backwards no longer finds it: the row is gone.
         assert await store.drop_content(session, "d-old", now=NOW - dt.timedelta(days=1)) is None

@@ -443,3 +443,32 @@ async def test_ingest_migrations_build_the_schema_the_store_describes(database: 
     async with database.engine.connect() as connection:
         diff = await connection.run_sync(differences)
     assert [d for d in diff if d[0] != "modify_type"] == []
+
+
+async def test_R18_a_drop_without_attachments_keeps_no_content_and_fetch_says_it_never_will(
+    stack: DropStack,
+) -> None:
+    address = await stack.address()
+    text_only = await stack.internal.SubmitBccDrop(
+        ingest_pb2.SubmitBccDropRequest(
+            raw_message=drop_mail(subject="text only"), envelope_recipient=address
+        )
+    )
+    with_file = await stack.internal.SubmitBccDrop(
+        ingest_pb2.SubmitBccDropRequest(
+            raw_message=drop_mail(subject="with file", attachment=b"%PDF small"), envelope_recipient=address
+        )
+    )
+
+    with pytest.raises(grpc.aio.AioRpcError) as never:
+        await fetch(stack.internal, drop_id=text_only.drop_id, attachment_id="2")
+    assert never.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "will never be available" in (never.value.details() or "")
+    # Control: the drop with a file keeps its content, and the file is served.
+    metadata, content, _ = await fetch(stack.internal, drop_id=with_file.drop_id, attachment_id="2")
+    assert content == b"%PDF small" and metadata.filename == "proposal.pdf"
+    # A part path that names no attachment of a kept drop is refused for good too.
+    with pytest.raises(grpc.aio.AioRpcError) as no_part:
+        await fetch(stack.internal, drop_id=with_file.drop_id, attachment_id="1")
+    assert no_part.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "will never be available" in (no_part.value.details() or "")

@@ -8,8 +8,6 @@ from email import policy
 from email.parser import BytesParser
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from services.ingest.domain.message import (
     Direction,
@@ -19,7 +17,6 @@ from services.ingest.domain.message import (
     ParticipantRole,
 )
 from services.ingest.domain.mime import attachment_content, normalize_message
-from services.ingest.domain.mime_addresses import address_chunks, parse_address, parse_address_fully
 from services.ingest.domain.mime_limits import MimeLimits
 from tests.fixtures import mime_samples
 
@@ -266,17 +263,26 @@ def test_long_bodies_are_cut_to_the_cap_and_flagged_truncated() -> None:
     assert mail.body_truncated
 
 
-def test_unknown_body_charset_falls_back_to_utf8_with_replacement_and_a_defect() -> None:
-    raw = b"Subject: x\r\nContent-Type: text/plain; charset=x-no-such\r\n\r\ncaf\xc3\xa9 \xff"
+@pytest.mark.parametrize(
+    ("body", "text"),
+    [
+        ("café déjà".encode(), "café déjà"),
+        ("café déjà".encode("cp1252"), "café déjà"),
+        ("“quoted” €5".encode("cp1252"), "“quoted” €5"),
+        (b"\x81 undefined in windows-1252", "\ufffd undefined in windows-1252"),
+    ],
+)
+def test_unknown_body_charset_decodes_as_utf8_else_windows_1252_with_a_defect(body: bytes, text: str) -> None:
+    raw = b"Subject: x\r\nContent-Type: text/plain; charset=x-no-such\r\n\r\n" + body
 
     mail = normalize_message(raw)
 
-    assert mail.text_body == "café \ufffd"
+    assert mail.text_body == text
     assert "charset_unknown:x-no-such" in mail.defects
 
 
 @pytest.mark.parametrize("charset", ["punycode", "IDNA"])
-def test_charsets_with_slow_decoders_are_refused_in_bodies_and_encoded_words(charset: str) -> None:
+def test_charsets_with_slow_decoders_are_not_on_the_allow_list(charset: str) -> None:
     raw = (
         f"Subject: =?{charset}?q?bcher-kva?=\r\nContent-Type: text/plain; charset={charset}\r\n\r\nbcher-kva"
     )
@@ -285,7 +291,7 @@ def test_charsets_with_slow_decoders_are_refused_in_bodies_and_encoded_words(cha
 
     assert mail.text_body == "bcher-kva"
     assert "bücher" not in mail.subject
-    assert f"charset_refused:{charset.lower()}" in mail.defects
+    assert f"charset_unknown:{charset}" in mail.defects
 
 
 def test_a_delivery_report_is_automatic_not_a_forward() -> None:
@@ -308,8 +314,9 @@ def test_undecodable_header_bytes_are_replaced_not_raised() -> None:
 
     mail = normalize_message(raw)
 
-    assert mail.subject.startswith("caf")
-    assert "\ufffd" in mail.subject
+    # The unknown charset and the raw bytes outside any encoded word both take the fallback (windows-1252 here).
+    assert mail.subject == "café ÿþ"
+    assert "charset_unknown:x-no-such" in mail.defects
     assert mail.participants_in(ParticipantRole.FROM)[0].email == "a@example.com"
     mail.subject.encode("utf-8")
 
@@ -350,65 +357,3 @@ def test_the_parser_sees_the_raw_bytes_unchanged_for_ordinary_mail() -> None:
     reference = BytesParser(policy=policy.default).parsebytes(raw)
 
     assert normalize_message(raw).subject == reference["subject"]
-
-
-@pytest.mark.parametrize(
-    ("value", "chunks"),
-    [
-        ("a@x.io, b@y.io", ["a@x.io", "b@y.io"]),
-        ('"Doe, Jane" <jane@x.io>, bob@y.io', ['"Doe, Jane" <jane@x.io>', "bob@y.io"]),
-        ("bob@y.io (Bob, the builder), c@z.io", ["bob@y.io (Bob, the builder)", "c@z.io"]),
-        ('"a \\" b, c" <q@x.io>', ['"a \\" b, c" <q@x.io>']),
-        ("team: a@x.io, b@y.io;, c@z.io", ["a@x.io", "b@y.io", "c@z.io"]),
-        ("<@route,@relay:u@x.io>", ["<@route,@relay:u@x.io>"]),
-        ("undisclosed-recipients:;", []),
-        (' ,, "unterminated, x@y.io', ['"unterminated, x@y.io']),
-    ],
-)
-def test_address_lists_split_only_at_top_level_commas(value: str, chunks: list[str]) -> None:
-    assert address_chunks(value) == chunks
-
-
-_address_piece = st.sampled_from(
-    [
-        "a",
-        "Bob",
-        "x.y",
-        "@",
-        ".",
-        "<",
-        ">",
-        '"',
-        " ",
-        "-",
-        "ex.org",
-        "b@c.io",
-        "J.",
-        "=",
-        "?",
-        "(",
-        ")",
-        "\\",
-        ",",
-    ]
-)
-
-
-_well_formed_address = st.builds(
-    lambda name, local, domain, form: [
-        f"{local}@{domain}",
-        f"<{local}@{domain}>",
-        f"{name} <{local}@{domain}>",
-        f'"{name}, jr" <{local}@{domain}>',
-    ][form],
-    st.text(alphabet="ab .-Z'", max_size=8),
-    st.text(alphabet="abXYZ09!#$%&'*+/=?^_`{|}~-.", max_size=6),
-    st.text(alphabet="ab.-9", max_size=8),
-    st.integers(0, 3),
-)
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.lists(_address_piece, max_size=10).map("".join) | _well_formed_address)
-def test_the_fast_address_reader_agrees_with_the_full_parser(chunk: str) -> None:
-    assert parse_address(chunk, []) == parse_address_fully(chunk, [])
