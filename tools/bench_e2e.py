@@ -777,16 +777,27 @@ def floor_gmail(sandbox_url: str, messages: int, run_id: str) -> dict[str, float
 
 
 def floor(running: Running, database: str, args: argparse.Namespace, var_dir: Path) -> dict[str, Any]:
+    """Each stage three times; the median run of each (the machine is shared, so one run can be unlucky)."""
     nats = next(m for m in running.stack.processes if m.name == "nats")
-    sandbox_cpu_before = running.meter.cpu().get("sandbox", 0.0)
-    gmail = floor_gmail(running.crm.sandbox_url, args.floor_messages, running.run_id)
-    sandbox_cpu = running.meter.cpu().get("sandbox", 0.0) - sandbox_cpu_before
-    gmail["sandbox_cpu_ms_per_message"] = round(sandbox_cpu * 1000 / args.floor_messages, 3)
-    jetstream = floor_jetstream(nats.address, args.floor_messages, 2048)
-    if database == "postgresql":
-        db = floor_database(args.postgres_url, f"bench_{running.run_id}_floor", args.floor_messages)
-    else:
-        db = floor_database(f"sqlite:///{var_dir / 'floor.db'}", None, args.floor_messages)
+
+    def gmail_stage(attempt: int) -> dict[str, float]:
+        sandbox_cpu_before = running.meter.cpu().get("sandbox", 0.0)
+        measured = floor_gmail(running.crm.sandbox_url, args.floor_messages, f"{running.run_id}-{attempt}")
+        sandbox_cpu = running.meter.cpu().get("sandbox", 0.0) - sandbox_cpu_before
+        # Seeding the mailbox is in it too (the admin API builds the messages): an upper bound.
+        measured["sandbox_cpu_ms_per_message"] = round(sandbox_cpu * 1000 / args.floor_messages, 3)
+        return measured
+
+    def database_stage(attempt: int) -> dict[str, float]:
+        if database == "postgresql":
+            return floor_database(args.postgres_url, f"bench_{running.run_id}_floor", args.floor_messages)
+        return floor_database(f"sqlite:///{var_dir / f'floor{attempt}.db'}", None, args.floor_messages)
+
+    gmail = _median_run([gmail_stage(i) for i in range(3)], "messages_per_second_batch_25")
+    jetstream = _median_run(
+        [floor_jetstream(nats.address, args.floor_messages, 2048) for _ in range(3)], "messages_per_second"
+    )
+    db = _median_run([database_stage(i) for i in range(3)], "messages_per_second_batch_100")
     rates = [
         gmail["messages_per_second_batch_25"],
         jetstream["messages_per_second"],
@@ -800,6 +811,11 @@ def floor(running: Running, database: str, args: argparse.Namespace, var_dir: Pa
         "serial_messages_per_second": round(serial),
         "note": "serial = 1 / sum(1 / rate) of the three stages, each message going through all three",
     }
+
+
+def _median_run(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    ordered = sorted(runs, key=lambda run: run[key])
+    return {**ordered[len(ordered) // 2], "runs": [run[key] for run in runs]}
 
 
 # ---- one database ---------------------------------------------------------------------------------------------------
