@@ -182,10 +182,11 @@ class AdminApi:
         body = await self._body(request)
         internal_date = body.get("internal_date_ms")
         delivered = []
-        for _ in range(max(1, int(body.get("copies", 1)))):
+        raw = build_inbound_raw(body)
+        for index in range(max(1, int(body.get("copies", 1)))):
             message = self.core.mail.deliver_inbound(
                 request.match_info["address"],
-                build_inbound_raw(body),
+                raw if index == 0 or body.get("message_id") else mime.restamp_message_id(raw),
                 body.get("label_ids"),
                 int(internal_date) if internal_date else None,
             )

@@ -67,6 +67,20 @@ def new_message_id(domain: str = "mail.gmail.com") -> str:
     return make_msgid(domain=domain)
 
 
+_MESSAGE_ID_HEADER = re.compile(rb"^(message-id:[ \t]*)<[^<>\s]+@([^<>\s]+)>", re.IGNORECASE | re.MULTILINE)
+
+
+def restamp_message_id(raw: bytes) -> bytes:
+    """The same message with a new Message-ID (same domain), the rest byte-identical: a copy built in microseconds
+    instead of building the message again. Without a Message-ID header the message is returned as it is."""
+    block, separator, body = split_header_block(raw)
+
+    def fresh(found: re.Match[bytes]) -> bytes:
+        return found.group(1) + new_message_id(found.group(2).decode("ascii", "replace")).encode()
+
+    return _MESSAGE_ID_HEADER.sub(fresh, block, count=1) + separator + body
+
+
 def message_ids(value: str | None) -> list[str]:
     """The `<...>` identifiers in a Message-ID, In-Reply-To or References value."""
     return re.findall(r"<[^<>\s]+>", value or "")

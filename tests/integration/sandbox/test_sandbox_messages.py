@@ -238,3 +238,26 @@ def test_ten_megabytes_of_angle_brackets_in_html_are_served(pair, gmail_sandbox:
         .execute()
     )
     assert base64.urlsafe_b64decode(fetched["data"] + "==") == html
+
+
+def test_copies_of_a_delivery_each_have_their_own_message_id(pair, gmail_sandbox: GmailSandbox) -> None:
+    """The admin API's `copies` (benchmark seeding): one message built once, each copy a distinct Message-ID and
+    otherwise the same bytes; the answer lists every copy's Gmail id, Message-ID and internal date."""
+    alice, _ = pair
+    answer = gmail_sandbox.admin.deliver(
+        ALICE, sender="carol@outside.test", to=[ALICE], subject="Seeded", body="same body", copies=3
+    )
+    assert (
+        len(set(answer["message_ids"])) == 3 and len(answer["ids"]) == len(answer["internal_dates_ms"]) == 3
+    )
+    raws = [
+        base64.urlsafe_b64decode(
+            alice.users().messages().get(userId="me", id=message_id, format="raw").execute()["raw"]
+        )
+        for message_id in answer["ids"]
+    ]
+    for raw, rfc_id in zip(raws, answer["message_ids"], strict=True):
+        assert f"Message-ID: {rfc_id}".encode() in raw
+        assert raw.replace(rfc_id.encode(), b"<id>") == raws[0].replace(
+            answer["message_ids"][0].encode(), b"<id>"
+        )
