@@ -18,6 +18,7 @@ import httplib2
 from googleapiclient.discovery import build_from_document
 
 from services.runtime.gmail.errors import AccessTokenRejected
+from services.runtime.gmail.pacing import QuotaBudget, UserPacers
 
 GOOGLE_ROOT_URL = "https://gmail.googleapis.com/"
 T = TypeVar("T")
@@ -33,6 +34,8 @@ class GmailEndpoint:
     batch_size: int = 25
     # Larger messages go through the /upload media path instead of a base64 JSON body.
     media_upload_threshold: int = 5 * 1024 * 1024
+    # Each user's requests paced to this budget (QuotaBudget.for_table("legacy") or "2026"); None: not paced.
+    quota_pacing: QuotaBudget | None = None
 
 
 def load_discovery_document(root_url: str | None = None) -> dict[str, Any]:
@@ -77,6 +80,8 @@ class GmailApi:
         self.endpoint = endpoint or GmailEndpoint()
         self.root_url = self.endpoint.root_url or GOOGLE_ROOT_URL
         self._executor = ThreadPoolExecutor(max_workers=self.endpoint.max_workers, thread_name_prefix="gmail")
+        # One moving window of quota units per user, shared by every client this process builds.
+        self.pacers = UserPacers(self.endpoint.quota_pacing) if self.endpoint.quota_pacing else None
         self._local = threading.local()
         # Passing an http object keeps the client from looking for application default credentials; every
         # request runs with its own authorised http (see `authorized_http`).
