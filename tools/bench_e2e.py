@@ -452,7 +452,7 @@ def ensure_seats(running: Running, count: int, pool: concurrent.futures.Executor
     running.seats.extend(new)
     warm = Delivered()
     list(pool.map(lambda one: deliver(running.crm, one, 1, "warm-up", warm), new))
-    running.watch.wait_for(set(warm.at), timeout=120 + 2 * len(new))
+    running.watch.wait_for(set(warm.at), timeout=120 + len(new) // 2)
     return time.monotonic() - started
 
 
@@ -833,18 +833,14 @@ def run_database(database: str, args: argparse.Namespace) -> dict[str, Any]:
         print(f"   floor: {json.dumps(result['floor'])}", flush=True)
         with concurrent.futures.ThreadPoolExecutor(max_workers=args.setup_threads) as pool:
             for mailboxes in args.mailboxes:
-                setup = ensure_seats(running, mailboxes, pool)
-                print(f"   {mailboxes} mailboxes connected and warm ({setup:.1f} s)", flush=True)
-                total = max(args.burst, mailboxes)
-                measured = burst(running, mailboxes, total, pool)
-                result["bursts"][str(mailboxes)] = measured
-                print(f"   burst {mailboxes:5} mailboxes: {_line(measured)}", flush=True)
-                if args.steady_seconds > 0:
-                    rate = max(0.5, measured["messages_per_second"] / 2)
-                    calm = steady(running, mailboxes, rate, args.steady_seconds)
-                    result["steady"][str(mailboxes)] = calm
-                    print(f"   steady {mailboxes:4} mailboxes at {rate:.1f}/s: {_line(calm)}", flush=True)
-            if args.paced_messages:
+                try:
+                    measure_mailboxes(running, mailboxes, args, pool, result)
+                except BenchError as error:
+                    # What did not sync is itself a finding: it is reported, and larger counts are not tried.
+                    result["failed"] = {"mailboxes": mailboxes, "error": str(error)}
+                    print(f"   {mailboxes} mailboxes: {error}", flush=True)
+                    break
+            if args.paced_messages and "failed" not in result:
                 result["paced_one_mailbox"] = paced_mailbox(running, args.paced_messages, args.paced_table)
                 print(
                     f"   one mailbox at Gmail's per-user rate: {_line(result['paced_one_mailbox'])}",
@@ -854,8 +850,11 @@ def run_database(database: str, args: argparse.Namespace) -> dict[str, Any]:
                 result["sends"] = sends(running, args.send_limit, args.send_mailboxes, pool)
                 print(f"   sends: {json.dumps(result['sends'])}", flush=True)
         result["memory_at_end"] = running.meter.rss_mb()
-        best = max(b["messages_per_second"] for b in result["bursts"].values())
-        result["best_burst_to_serial_floor"] = round(best / result["floor"]["serial_messages_per_second"], 4)
+        if result["bursts"]:
+            best = max(b["messages_per_second"] for b in result["bursts"].values())
+            result["best_burst_to_serial_floor"] = round(
+                best / result["floor"]["serial_messages_per_second"], 4
+            )
     finally:
         running.watch.stop()
         running.crm.close()
@@ -866,6 +865,25 @@ def run_database(database: str, args: argparse.Namespace) -> dict[str, Any]:
         if not args.keep:
             shutil.rmtree(var_dir, ignore_errors=True)
     return result
+
+
+def measure_mailboxes(
+    running: Running,
+    mailboxes: int,
+    args: argparse.Namespace,
+    pool: concurrent.futures.Executor,
+    result: dict[str, Any],
+) -> None:
+    setup = ensure_seats(running, mailboxes, pool)
+    print(f"   {mailboxes} mailboxes connected and warm ({setup:.1f} s)", flush=True)
+    measured = burst(running, mailboxes, max(args.burst, mailboxes), pool)
+    result["bursts"][str(mailboxes)] = measured
+    print(f"   burst {mailboxes:5} mailboxes: {_line(measured)}", flush=True)
+    if args.steady_seconds > 0:
+        rate = max(0.5, measured["messages_per_second"] / 2)
+        calm = steady(running, mailboxes, rate, args.steady_seconds)
+        result["steady"][str(mailboxes)] = calm
+        print(f"   steady {mailboxes:4} mailboxes at {rate:.1f}/s: {_line(calm)}", flush=True)
 
 
 def _line(measured: dict[str, Any]) -> str:
@@ -950,6 +968,9 @@ def _database_table(database: str, result: dict[str, Any]) -> list[str]:
         f"{fl['database']['messages_per_second_batch_100']} msg/s at 100 per transaction "
         f"({fl['database']['messages_per_second_one_per_transaction']} at one); serial floor {floor_rate} msg/s."
     )
+    failed = result.get("failed")
+    if failed:
+        lines.append(f"**Not measured at {failed['mailboxes']} mailboxes**: {failed['error']}.")
     paced = result.get("paced_one_mailbox")
     if paced:
         lines.append(
@@ -1085,6 +1106,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for database in args.databases:
             results["databases"][database] = run_database(database, args)
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "e2e.partial.json").write_text(json.dumps(results, indent=2) + "\n")
     except BenchError as error:
         print(f"tools.bench_e2e: {error}", file=sys.stderr)
         return 1
