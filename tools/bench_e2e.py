@@ -528,24 +528,85 @@ def paced_mailbox(running: Running, messages: int, table: str) -> dict[str, Any]
     crm.sandbox.settings(enforce_quota=True, quota_table=table)
     try:
         rejected_before = _rejected_of(crm, one.address)
+        gets_before = _gets_of(crm, one.address)
         before = Measurement(running)
         delivered = Delivered()
         first = time.monotonic()
         deliver(crm, one, messages, "paced", delivered)
+        # Gmail's side: when the sandbox has served every message to ingest (threading may still be behind).
+        deadline = first + 120 + messages
+        while _gets_of(crm, one.address) - gets_before < messages and time.monotonic() < deadline:
+            time.sleep(0.1)
+        fetched = time.monotonic() - first
         stored = running.watch.wait_for(set(delivered.at), timeout=120 + messages)
         seconds = max(stored.values()) - first
         result = {
             "quota_table": table,
             "messages": messages,
+            "fetched_per_second": round(messages / fetched, 1),
             "seconds": round(seconds, 2),
             "messages_per_second": round(messages / seconds, 1),
             "rejected_calls": _rejected_of(crm, one.address) - rejected_before,
             **latencies(delivered, stored),
             **before.per_message(messages),
         }
+        result["adapter_alone"] = [
+            adapter_alone(crm, running.run_id, messages, table, paced) for paced in (True, False)
+        ]
     finally:
         crm.sandbox.settings(enforce_quota=False, quota_table="legacy")
     return result
+
+
+def adapter_alone(crm: Crm, run_id: str, messages: int, table: str, paced: bool) -> dict[str, Any]:
+    """The Gmail adapter alone (no ingest pass around it) fetching a mailbox's messages, two batches in flight as
+    ingest asks, with the sandbox enforcing the per-user rate: with the adapter's pacing, and without it (the
+    adapter's usual retries then absorb the refusals)."""
+    from services.runtime.gmail import GmailApi, GmailClient, GmailEndpoint, QuotaBudget, fixed_access_token
+
+    address = f"adapter-{'paced' if paced else 'unpaced'}.{run_id}@gmail.com"
+    crm.sandbox.create_mailbox(address)
+    ids = crm.sandbox.deliver(
+        address,
+        sender="Contact <contact@outside.test>",
+        to=[address],
+        subject="x",
+        body=BODY_TEXT,
+        copies=messages,
+    )["ids"]
+    token = crm.sandbox.grant(address, [GMAIL_MODIFY])["access_token"]
+    budget = QuotaBudget.for_table(table) if paced else None
+
+    async def fetch() -> tuple[float, int]:
+        api = GmailApi(GmailEndpoint(root_url=crm.sandbox_url, max_workers=4, quota_pacing=budget))
+        client = GmailClient(api, fixed_access_token(token))
+        limit = asyncio.Semaphore(2)
+
+        async def one(chunk: list[str]) -> int:
+            async with limit:
+                return len((await client.get_messages_raw(chunk)).messages)
+
+        started = time.monotonic()
+        try:
+            got = sum(await asyncio.gather(*(one(ids[i : i + 25]) for i in range(0, len(ids), 25))))
+        finally:
+            await api.aclose()
+        return time.monotonic() - started, got
+
+    rejected_before = _rejected_of(crm, address)
+    seconds, got = asyncio.run(fetch())
+    return {
+        "paced": paced,
+        "messages": messages,
+        "fetched": got,
+        "messages_per_second": round(got / seconds, 1),
+        "rejected_calls": _rejected_of(crm, address) - rejected_before,
+    }
+
+
+def _gets_of(crm: Crm, address: str) -> int:
+    methods = crm.sandbox.quota().get("users", {}).get(address, {}).get("methods", {})
+    return int(methods.get("gmail.users.messages.get", {}).get("calls", 0))
 
 
 def _rejected_of(crm: Crm, address: str) -> int:
@@ -975,7 +1036,14 @@ def _database_table(database: str, result: dict[str, Any]) -> list[str]:
     if paced:
         lines.append(
             f"One mailbox with the sandbox enforcing Gmail's per-user rate ({paced['quota_table']} table): "
-            f"{paced['messages_per_second']} msg/s, {paced['rejected_calls']} rejected calls."
+            f"fetched from Gmail at {paced['fetched_per_second']} msg/s, stored at "
+            f"{paced['messages_per_second']} msg/s, {paced['rejected_calls']} refused calls. The adapter alone: "
+            + "; ".join(
+                f"{'paced' if run['paced'] else 'not paced'} {run['messages_per_second']} msg/s, "
+                f"{run['rejected_calls']} refused"
+                for run in paced.get("adapter_alone", [])
+            )
+            + "."
         )
     sent = result.get("sends")
     if sent:

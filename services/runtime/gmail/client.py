@@ -363,13 +363,14 @@ class GmailClient:
         token_refetched = False
         attempt = 0
         while True:
+            grant = await self._paced(token, method, 1)
 
-            def execute(current: str = token) -> Any:
-                return build(self._api.resource.users()).execute(http=self._api.authorized_http(current))
+            def execute(current: str = token, grant: Grant | None = grant) -> Any:
+                http = self._api.authorized_http(current, grant.answered if grant is not None else None)
+                return build(self._api.resource.users()).execute(http=http)
 
             span.set_attribute("gmail.attempts", attempt + 1)
             _QUOTA_UNITS.add(quota_units(method), {"gmail.method": method})
-            grant = await self._paced(token, method, 1)
             try:
                 return await self._api.run(execute)
             except Exception as exc:
@@ -412,13 +413,20 @@ class GmailClient:
         grant = await self._paced(token, "users.messages.get", len(candidates))
         message_ids = candidates[: grant.count] if grant is not None else candidates
         try:
-            return message_ids, await self._send_get_batch(token, message_ids, format, metadata_headers)
+            return message_ids, await self._send_get_batch(
+                token, message_ids, format, metadata_headers, grant
+            )
         finally:
             if grant is not None:
                 grant.release()
 
     async def _send_get_batch(
-        self, token: str, message_ids: list[str], format: str, metadata_headers: Sequence[str] | None
+        self,
+        token: str,
+        message_ids: list[str],
+        format: str,
+        metadata_headers: Sequence[str] | None,
+        grant: Grant | None,
     ) -> dict[str, dict[str, Any] | GmailError]:
         now = self._timing.clock.now()
 
@@ -433,7 +441,9 @@ class GmailClient:
             for message_id in message_ids:
                 params = self._get_params(message_id, format, metadata_headers)
                 batch.add(users.messages().get(**params), request_id=message_id)
-            batch.execute(http=self._api.authorized_http(current))
+            batch.execute(
+                http=self._api.authorized_http(current, grant.answered if grant is not None else None)
+            )
             return answers
 
         token_refetched = False

@@ -64,10 +64,16 @@ class Grant:
     count: int
     _spend: _Spend
     _pacer: UserPacer
+    _answered_hint: float | None = None
+
+    def answered(self) -> None:
+        """The answer has arrived (safe from any thread): the moment `release` dates the spend to."""
+        self._answered_hint = self._pacer.clock()
 
     def release(self) -> None:
+        """Back on the event loop, once the call is over: the units leave the window a window after the answer."""
         if self._spend.answered_at is None:
-            self._spend.answered_at = self._pacer.clock()
+            self._spend.answered_at = self._answered_hint or self._pacer.clock()
             self._pacer.wake()
 
 
