@@ -1077,7 +1077,8 @@ def write_docs(table: str, results: dict[str, Any], docs: Path) -> None:
     text = docs.read_text()
     section = (
         f"{DOCS_BEGIN}\n\nMeasured {results['started']} at commit {results['commit'][:10]} "
-        f"(`python -m tools.bench_e2e {' '.join(results['arguments'])}`):\n\n"
+        f"(`python -m tools.bench_e2e {' '.join(results['arguments'])}`), machine load average "
+        f"{results.get('load_average', '?')} on {results.get('cpus', '?')} CPUs:\n\n"
         f"{table}\n![throughput and latency against mailbox count](bench_e2e.png)\n\n{DOCS_END}"
     )
     if DOCS_BEGIN.split(" (")[0] in text and DOCS_END in text:
@@ -1098,9 +1099,14 @@ def plot(results: dict[str, Any], path: Path) -> None:
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for database, result in results["databases"].items():
         counts = [int(c) for c in result["bursts"]]
-        left.plot(counts, [b["messages_per_second"] for b in result["bursts"].values()], "o-", label=database)
+        [line] = left.plot(
+            counts, [b["messages_per_second"] for b in result["bursts"].values()], "o-", label=database
+        )
         left.axhline(
-            result["floor"]["serial_messages_per_second"], linestyle=":", label=f"{database} serial floor"
+            result["floor"]["serial_messages_per_second"],
+            linestyle=":",
+            color=line.get_color(),
+            label=f"{database} serial floor",
         )
         calm = result.get("steady", {})
         steady_counts = [int(c) for c in calm]
@@ -1194,9 +1200,11 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "databases": {},
     }
+    started_load = os.getloadavg()[0]
     try:
         for database in args.databases:
             results["databases"][database] = run_database(database, args)
+            results["load_average"] = f"{started_load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / "e2e.partial.json").write_text(json.dumps(results, indent=2) + "\n")
     except BenchError as error:
