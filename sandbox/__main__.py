@@ -43,6 +43,23 @@ async def _main(arguments: argparse.Namespace) -> None:
     await stop_server()
 
 
+def _run_profiled(arguments: argparse.Namespace, path: str) -> None:
+    """SANDBOX_PROFILE=<file>: cProfile statistics of the whole run, written at shutdown (what costs CPU)."""
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        asyncio.run(_main(arguments))
+    finally:
+        profiler.disable()
+        profiler.dump_stats(path)
+
+
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
-    asyncio.run(_main(_arguments()))
+    profile_path = os.environ.get("SANDBOX_PROFILE", "")
+    if profile_path:
+        _run_profiled(_arguments(), profile_path)
+    else:
+        asyncio.run(_main(_arguments()))

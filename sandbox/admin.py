@@ -181,15 +181,16 @@ class AdminApi:
         """One inbound message, or `copies` of it (each with its own Message-ID) for seeding benchmarks."""
         body = await self._body(request)
         internal_date = body.get("internal_date_ms")
-        ids = []
-        for _ in range(max(1, int(body.get("copies", 1)))):
+        delivered = []
+        raw = build_inbound_raw(body)
+        for index in range(max(1, int(body.get("copies", 1)))):
             message = self.core.mail.deliver_inbound(
                 request.match_info["address"],
-                build_inbound_raw(body),
+                raw if index == 0 or body.get("message_id") else mime.restamp_message_id(raw),
                 body.get("label_ids"),
                 int(internal_date) if internal_date else None,
             )
-            ids.append(message.id)
+            delivered.append(message)
         answer = {
             "id": message.id,
             "threadId": message.thread_id,
@@ -197,8 +198,12 @@ class AdminApi:
             "historyId": str(message.history_id),
             "message_id": message.rfc_message_id,
         }
-        if len(ids) > 1:
-            answer["ids"] = ids
+        if len(delivered) > 1:
+            answer["ids"] = [m.id for m in delivered]
+            answer["message_ids"] = [m.rfc_message_id for m in delivered]
+            answer["internal_dates_ms"] = [m.internal_date_ms for m in delivered]
+        else:
+            answer["internal_date_ms"] = message.internal_date_ms
         return web.json_response(answer, status=201)
 
     # -- what the user does in Gmail's own UI (no OAuth, no quota) -------------------------------------------

@@ -45,13 +45,16 @@ def build_app(core: SandboxCore, state_file: Path | None = None) -> web.Applicat
     persisted = StateFile(state_file, core) if state_file else None
 
     async def gmail_route(request: web.Request) -> web.Response:
+        core.quota.count_request("gmail")
         return _to_web(await gmail.handle(await _api_request(request)))
 
     async def batch_route(request: web.Request) -> web.Response:
+        core.quota.count_request("batch")
         body = await request.read()
         return _to_web(await run_batch(gmail, request.headers.get("Content-Type", ""), body, request.headers))
 
     async def upload_route(request: web.Request) -> web.Response:
+        core.quota.count_request("upload")
         api_request = await _api_request(request)
         if api_request.path.startswith("/resumable/"):
             api_request.path = api_request.path[len("/resumable") :]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
@@ -22,6 +22,8 @@ class SigningKey:
     kid: str
     private_pem: bytes
     certificate_pem: bytes
+    # Loading the PEM checks the RSA key (about 100 ms of CPU on a loaded machine): done once per key, not per token.
+    _signer: tuple[bytes, crypt.RSASigner] | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def generate(cls) -> SigningKey:
@@ -49,8 +51,9 @@ class SigningKey:
         )
 
     def sign(self, claims: dict[str, Any]) -> str:
-        signer = crypt.RSASigner.from_string(self.private_pem, key_id=self.kid)
-        return jwt.encode(signer, claims).decode("ascii")
+        if self._signer is None or self._signer[0] is not self.private_pem:
+            self._signer = (self.private_pem, crypt.RSASigner.from_string(self.private_pem, key_id=self.kid))
+        return jwt.encode(self._signer[1], claims).decode("ascii")
 
     def certs_v1(self) -> dict[str, str]:
         return {self.kid: self.certificate_pem.decode("ascii")}

@@ -67,6 +67,20 @@ def new_message_id(domain: str = "mail.gmail.com") -> str:
     return make_msgid(domain=domain)
 
 
+_MESSAGE_ID_HEADER = re.compile(rb"^(message-id:[ \t]*)<[^<>\s]+@([^<>\s]+)>", re.IGNORECASE | re.MULTILINE)
+
+
+def restamp_message_id(raw: bytes) -> bytes:
+    """The same message with a new Message-ID (same domain), the rest byte-identical: a copy built in microseconds
+    instead of building the message again. Without a Message-ID header the message is returned as it is."""
+    block, separator, body = split_header_block(raw)
+
+    def fresh(found: re.Match[bytes]) -> bytes:
+        return found.group(1) + new_message_id(found.group(2).decode("ascii", "replace")).encode()
+
+    return _MESSAGE_ID_HEADER.sub(fresh, block, count=1) + separator + body
+
+
 def message_ids(value: str | None) -> list[str]:
     """The `<...>` identifiers in a Message-ID, In-Reply-To or References value."""
     return re.findall(r"<[^<>\s]+>", value or "")
@@ -154,11 +168,23 @@ def _snippet(root: ParsedPart) -> str:
         elif part.mime_type == "text/plain" and not part.filename:
             text = part.body.decode("utf-8", errors="replace")
             return " ".join(text.split())[:200]
-    for part in [root]:
-        if part.mime_type == "text/html":
-            text = re.sub(r"<[^>]+>", " ", part.body.decode("utf-8", errors="replace"))
-            return " ".join(text.split())[:200]
+    if root.mime_type == "text/html":
+        return " ".join(strip_tags(root.body.decode("utf-8", errors="replace")).split())[:200]
     return ""
+
+
+_TAG = re.compile(r"<[^>]+>")
+
+
+def strip_tags(html: str) -> str:
+    """Every `<...>` tag replaced by a space, in time linear in the text.
+
+    `<[^>]+>` alone is quadratic when many `<` have no `>` after them (10 MB of `<` took hours): each one scans
+    to the end. After the last `>` no tag can close, so only the text up to it is searched; before it, every
+    attempt ends at the first `>` and the match consumes what it scanned.
+    """
+    last = html.rfind(">")
+    return _TAG.sub(" ", html[: last + 1]) + html[last + 1 :]
 
 
 def parse(raw: bytes) -> ParsedMessage:

@@ -23,6 +23,9 @@ from sandbox.state import HistoryRecord, Mailbox
 _TOPIC = re.compile(r"^projects/([^/]+)/topics/([^/]+)$")
 _ACK_STATUSES = {102, 200, 201, 202, 204}
 GMAIL_PUBLISHER = "gmail-api-push@system.gserviceaccount.com"
+TOKEN_LIFETIME_S = 3600
+# A signed push token is reused for this long (well inside its hour), as a token cache in front of a signer would.
+TOKEN_REUSE_S = 600
 
 
 @dataclass
@@ -74,6 +77,9 @@ class PushService:
         self._queued: dict[str, int] = {}
         self._settled = asyncio.Condition()
         self._sequence = 0
+        # Signed push tokens by (audience, service account, key id) with the time they were issued: a token
+        # lives an hour and is reused for TOKEN_REUSE_S, so a push costs no RSA signature.
+        self._tokens: dict[tuple[str, str, str], tuple[str, int]] = {}
         self.session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -103,6 +109,7 @@ class PushService:
         self._last_publish.clear()
         self._published.clear()
         self._queued.clear()
+        self._tokens.clear()
         self.default_target = PushTarget()
 
     # -- configuration --------------------------------------------------------------------------------------
@@ -228,19 +235,26 @@ class PushService:
     def oidc_token(self, target: PushTarget) -> str:
         # Real wall time, not the sandbox clock: the receiver verifies exp/iat against its own clock.
         now = int(time.time())
+        audience = target.audience or target.push_endpoint or ""
+        cache_key = (audience, target.service_account_email, self.key.kid)
+        cached = self._tokens.get(cache_key)
+        if cached is not None and now - cached[1] < TOKEN_REUSE_S:
+            return cached[0]
         subject = str(int(hashlib.sha256(target.service_account_email.encode()).hexdigest()[:16], 16))
-        return self.key.sign(
+        token = self.key.sign(
             {
                 "iss": "https://accounts.google.com",
-                "aud": target.audience or target.push_endpoint,
+                "aud": audience,
                 "azp": subject,
                 "sub": subject,
                 "email": target.service_account_email,
                 "email_verified": True,
                 "iat": now,
-                "exp": now + 3600,
+                "exp": now + TOKEN_LIFETIME_S,
             }
         )
+        self._tokens[cache_key] = (token, now)
+        return token
 
     async def _deliver(self, log: DeliveryLog, target: PushTarget) -> None:
         delay = self.settings.push_retry_initial_s

@@ -57,6 +57,8 @@ class QuotaLedger:
         self.units: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self.calls: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self.rejected: dict[str, int] = defaultdict(int)
+        # HTTP requests to the Gmail API as they arrive on the wire (a batch is one), by surface.
+        self.http_requests: dict[str, int] = defaultdict(int)
         self._window: dict[str, deque[tuple[float, int]]] = defaultdict(deque)
 
     @staticmethod
@@ -82,6 +84,10 @@ class QuotaLedger:
         self.units[user][method_id] += units
         self.calls[user][method_id] += 1
 
+    def count_request(self, surface: str) -> None:
+        """One HTTP request to the Gmail API (`gmail`, `batch` or `upload`), whatever it carries."""
+        self.http_requests[surface] += 1
+
     @staticmethod
     def _over_limit() -> GoogleApiError:
         return user_rate_exceeded()
@@ -96,10 +102,15 @@ class QuotaLedger:
                     m: {"units": u, "calls": self.calls[user][m]} for m, u in sorted(per_method.items())
                 },
             }
-        return {"users": users, "total_units": sum(u["total_units"] for u in users.values())}
+        return {
+            "users": users,
+            "total_units": sum(u["total_units"] for u in users.values()),
+            "http_requests": {**self.http_requests, "total": sum(self.http_requests.values())},
+        }
 
     def reset(self) -> None:
         self.units.clear()
         self.calls.clear()
         self.rejected.clear()
+        self.http_requests.clear()
         self._window.clear()

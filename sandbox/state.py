@@ -5,6 +5,8 @@ Pure apart from the clock and the seeded random source it is given: no I/O, no a
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import random
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -163,6 +165,10 @@ class SendResult:
 ChangeListener = Callable[[Mailbox, HistoryRecord], None]
 
 
+def _record_id(record: HistoryRecord) -> int:
+    return record.id
+
+
 class MailState:
     """Every mailbox of the sandbox plus the outside world's outbox."""
 
@@ -257,9 +263,9 @@ class MailState:
             raise not_found()
         cursor = max(start, after or start)
         selected: list[HistoryRecord] = []
-        for record in mailbox.history:
-            if record.id <= cursor:
-                continue
+        # Records are kept in id order: start right after the cursor instead of scanning the whole history.
+        first = bisect.bisect_right(mailbox.history, cursor, key=_record_id)
+        for record in itertools.islice(mailbox.history, first, None):
             if kinds and record.kind not in kinds:
                 continue
             if (

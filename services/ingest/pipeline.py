@@ -30,7 +30,7 @@ from services.ingest.sync import MailboxSyncer, PublishObserver, SyncConfig
 from services.ingest.sync_policy import SyncTiming
 from services.runtime import streams, subjects
 from services.runtime.consumer import Consumer, ConsumerSpec
-from services.runtime.gmail import GmailApi, GmailEndpoint, RetryPolicy
+from services.runtime.gmail import GmailApi, GmailEndpoint, QuotaBudget, RetryPolicy
 from services.runtime.grpc_client import ServiceToken, open_channel
 from services.runtime.service import ServiceComponents
 
@@ -139,7 +139,13 @@ def add_sync_pipeline(
         components.add_cleanup(channel.close)
     db, js = components.database, components.jetstream
     gmail_api = GmailApi(
-        GmailEndpoint(root_url=settings.gmail_root_url or None, max_workers=settings.gmail_max_workers)
+        GmailEndpoint(
+            root_url=settings.gmail_root_url or None,
+            max_workers=settings.gmail_max_workers,
+            quota_pacing=None
+            if settings.gmail_quota_pacing == "off"
+            else QuotaBudget.for_table(settings.gmail_quota_pacing),
+        )
     )
     components.add_cleanup(gmail_api.aclose)
     verifier = PushTokenVerifier(

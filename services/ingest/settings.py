@@ -5,7 +5,7 @@ Every field can be set with MAILSYNC_INGEST_<FIELD>, and the shared ones also wi
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -41,6 +41,11 @@ class IngestSettings(ServiceSettings):
     )
     gmail_max_workers: int = Field(
         default=8, gt=0, description="Threads running blocking Gmail client calls (shared by every mailbox)."
+    )
+    gmail_quota_pacing: Literal["legacy", "2026", "off"] = Field(
+        default="legacy",
+        description="Paces each mailbox's Gmail requests to Google's per-user quota so none is refused: "
+        "'legacy' (250 units/s, projects created before May 2026), '2026' (6,000 units/min), or 'off'.",
     )
     push_audience: str = Field(
         default="http://127.0.0.1:8082/gmail/push",

@@ -41,6 +41,7 @@ from services.runtime.gmail.google_oauth import (
     exchange_code,
     revoke_token,
 )
+from services.runtime.gmail.pacing import QuotaBudget, UserPacer, UserPacers
 from services.runtime.gmail.retry import RetryPolicy, RetryTiming
 
 __all__ = [
@@ -67,12 +68,15 @@ __all__ = [
     "PermanentAuthFailure",
     "PermanentGmailError",
     "Profile",
+    "QuotaBudget",
     "RefreshedToken",
     "RetryPolicy",
     "RetryTiming",
     "RetryableGmailError",
     "SendOutcomeUnknown",
     "SendingLimitReached",
+    "UserPacer",
+    "UserPacers",
     "WatchStarted",
     "classify",
     "decode_base64url",

@@ -18,6 +18,7 @@ import httplib2
 from googleapiclient.discovery import build_from_document
 
 from services.runtime.gmail.errors import AccessTokenRejected
+from services.runtime.gmail.pacing import QuotaBudget, UserPacers
 
 GOOGLE_ROOT_URL = "https://gmail.googleapis.com/"
 T = TypeVar("T")
@@ -33,6 +34,8 @@ class GmailEndpoint:
     batch_size: int = 25
     # Larger messages go through the /upload media path instead of a base64 JSON body.
     media_upload_threshold: int = 5 * 1024 * 1024
+    # Each user's requests paced to this budget (QuotaBudget.for_table("legacy") or "2026"); None: not paced.
+    quota_pacing: QuotaBudget | None = None
 
 
 def load_discovery_document(root_url: str | None = None) -> dict[str, Any]:
@@ -70,6 +73,24 @@ class GivenAccessToken(google.auth.credentials.Credentials):  # type: ignore[mis
         return "GivenAccessToken(<hidden>)"
 
 
+class AnswerNotifyingHttp:
+    """An http (as google-api-python-client uses one) that calls `on_answer` when each answer has arrived: the
+    quota pacer's clock for "Google has charged this request", without the client's parsing time."""
+
+    def __init__(self, http: Any, on_answer: Callable[[], None]) -> None:
+        self._http = http
+        self._on_answer = on_answer
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self._http.request(*args, **kwargs)
+        finally:
+            self._on_answer()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._http, name)
+
+
 class GmailApi:
     """Builds requests with google-api-python-client and runs them on a bounded thread pool."""
 
@@ -77,6 +98,8 @@ class GmailApi:
         self.endpoint = endpoint or GmailEndpoint()
         self.root_url = self.endpoint.root_url or GOOGLE_ROOT_URL
         self._executor = ThreadPoolExecutor(max_workers=self.endpoint.max_workers, thread_name_prefix="gmail")
+        # One moving window of quota units per user, shared by every client this process builds.
+        self.pacers = UserPacers(self.endpoint.quota_pacing) if self.endpoint.quota_pacing else None
         self._local = threading.local()
         # Passing an http object keeps the client from looking for application default credentials; every
         # request runs with its own authorised http (see `authorized_http`).
@@ -92,9 +115,13 @@ class GmailApi:
             self._local.http = http
         return http
 
-    def authorized_http(self, access_token: str) -> google_auth_httplib2.AuthorizedHttp:
-        """An http that sends the bearer token, on this thread's connection."""
-        return google_auth_httplib2.AuthorizedHttp(GivenAccessToken(access_token), http=self.thread_http())
+    def authorized_http(
+        self, access_token: str, on_answer: Callable[[], None] | None = None
+    ) -> google_auth_httplib2.AuthorizedHttp | AnswerNotifyingHttp:
+        """An http that sends the bearer token, on this thread's connection; `on_answer` runs (on this worker
+        thread) as each HTTP answer has arrived, before the client library parses it."""
+        http = google_auth_httplib2.AuthorizedHttp(GivenAccessToken(access_token), http=self.thread_http())
+        return http if on_answer is None else AnswerNotifyingHttp(http, on_answer)
 
     async def run(self, call: Callable[[], T]) -> T:
         """Runs a blocking client call on the pool, never on the event loop."""

@@ -27,6 +27,7 @@ from services.runtime.gmail.errors import (
     SendOutcomeUnknown,
     classify,
 )
+from services.runtime.gmail.pacing import Grant, user_key_of_token
 from services.runtime.gmail.quota import quota_units
 from services.runtime.gmail.retry import RetryPolicy, RetryTiming
 
@@ -99,14 +100,18 @@ class GmailClient:
         access_token: AccessTokenSource,
         *,
         user_id: str = "me",
+        quota_user: str | None = None,
         policy: RetryPolicy | None = None,
         timing: RetryTiming | None = None,
         tracer_provider: trace.TracerProvider | None = None,
     ) -> None:
+        """`quota_user` names the Gmail user for pacing (a mailbox id or address); without it the user is known
+        by the access token, which names one user too (a new token starts a new budget)."""
         self._tracer = trace.get_tracer("mailsync.gmail", tracer_provider=tracer_provider)
         self._api = api
         self._access_token = access_token
         self._user_id = user_id
+        self._quota_user = quota_user
         self._policy = policy or RetryPolicy()
         self._timing = timing or RetryTiming()
 
@@ -217,18 +222,20 @@ class GmailClient:
         while pending:
             again: list[str] = []
             last_errors: dict[str, RetryableGmailError] = {}
-            for start in range(0, len(pending), size):
-                chunk = pending[start : start + size]
+            queue = list(pending)
+            while queue:
                 with self._tracer.start_as_current_span(
                     "Gmail batch users.messages.get", kind=SpanKind.CLIENT
                 ) as span:
                     span.set_attribute("gmail.method", "users.messages.get")
-                    span.set_attribute("gmail.batch_size", len(chunk))
                     span.set_attribute("gmail.retry_round", retry_round)
+                    # With pacing, the batch holds as many of the next `size` ids as the user's budget allows.
+                    chunk, outcomes = await self._run_get_batch(queue[:size], format, metadata_headers)
+                    queue = queue[len(chunk) :]
+                    span.set_attribute("gmail.batch_size", len(chunk))
                     _QUOTA_UNITS.add(
                         quota_units("users.messages.get") * len(chunk), {"gmail.method": "users.messages.get"}
                     )
-                    outcomes = await self._run_get_batch(chunk, format, metadata_headers)
                 for message_id, outcome in outcomes.items():
                     if isinstance(outcome, RetryableGmailError):
                         again.append(message_id)
@@ -356,9 +363,11 @@ class GmailClient:
         token_refetched = False
         attempt = 0
         while True:
+            grant = await self._paced(token, method, 1)
 
-            def execute(current: str = token) -> Any:
-                return build(self._api.resource.users()).execute(http=self._api.authorized_http(current))
+            def execute(current: str = token, grant: Grant | None = grant) -> Any:
+                http = self._api.authorized_http(current, grant.answered if grant is not None else None)
+                return build(self._api.resource.users()).execute(http=http)
 
             span.set_attribute("gmail.attempts", attempt + 1)
             _QUOTA_UNITS.add(quota_units(method), {"gmail.method": method})
@@ -367,6 +376,9 @@ class GmailClient:
             except Exception as exc:
                 error = classify(exc, now=self._timing.clock.now())
                 failure: Exception = exc
+            finally:
+                if grant is not None:
+                    grant.release()
             if isinstance(error, AccessTokenRejected) and not token_refetched:
                 token_refetched = True
                 fresh = await self._access_token()
@@ -381,12 +393,41 @@ class GmailClient:
                 raise _chained(error, failure)
             await self._timing.sleep(delay)
 
+    async def _paced(self, token: str, method: str, wanted: int) -> Grant | None:
+        """Waits until `wanted` calls of `method` (at least one of them) fit this user's quota budget; None when
+        the process does not pace."""
+        pacers = self._api.pacers
+        if pacers is None:
+            return None
+        if self._quota_user is None:
+            self._quota_user = user_key_of_token(token)
+        return await pacers.pacer(self._quota_user).acquire(pacers.budget.cost(method), wanted)
+
     async def _run_get_batch(
-        self, message_ids: list[str], format: str, metadata_headers: Sequence[str] | None
-    ) -> dict[str, dict[str, Any] | GmailError]:
-        """One batch request; a failure of the whole batch becomes the outcome of each of its items. A rejected
-        access token is fetched again once, as for single calls."""
+        self, candidates: list[str], format: str, metadata_headers: Sequence[str] | None
+    ) -> tuple[list[str], dict[str, dict[str, Any] | GmailError]]:
+        """One batch request of the first candidates (all of them, or as many as the user's quota budget allows
+        now); a failure of the whole batch becomes the outcome of each of its items. A rejected access token is
+        fetched again once, as for single calls. Returns the ids sent and their outcomes."""
         token = await self._access_token()
+        grant = await self._paced(token, "users.messages.get", len(candidates))
+        message_ids = candidates[: grant.count] if grant is not None else candidates
+        try:
+            return message_ids, await self._send_get_batch(
+                token, message_ids, format, metadata_headers, grant
+            )
+        finally:
+            if grant is not None:
+                grant.release()
+
+    async def _send_get_batch(
+        self,
+        token: str,
+        message_ids: list[str],
+        format: str,
+        metadata_headers: Sequence[str] | None,
+        grant: Grant | None,
+    ) -> dict[str, dict[str, Any] | GmailError]:
         now = self._timing.clock.now()
 
         def execute(current: str) -> dict[str, Any]:
@@ -400,7 +441,9 @@ class GmailClient:
             for message_id in message_ids:
                 params = self._get_params(message_id, format, metadata_headers)
                 batch.add(users.messages().get(**params), request_id=message_id)
-            batch.execute(http=self._api.authorized_http(current))
+            batch.execute(
+                http=self._api.authorized_http(current, grant.answered if grant is not None else None)
+            )
             return answers
 
         token_refetched = False

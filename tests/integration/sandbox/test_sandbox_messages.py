@@ -214,3 +214,50 @@ def test_thread_modify_and_trash_touch_every_current_message(pair, gmail_sandbox
         BOB, sender="x@outside.test", to=[BOB], subject="Re: T", body="3", references="<t1@outside.test>"
     )
     assert later["threadId"] == first["threadId"] and "TRASH" not in later["labelIds"]
+
+
+def test_ten_megabytes_of_angle_brackets_in_html_are_served(pair, gmail_sandbox: GmailSandbox) -> None:
+    """Issue 16: any message within the size limit is served; 10 MB of `<` in an HTML body once hung the
+    sandbox in its snippet code. The body comes back whole and the snippet is its text."""
+    alice, _ = pair
+    html = b"<" * (10 * 1024 * 1024) + b"<b>Hello</b> there"
+    raw = (
+        b"From: Carol <carol@outside.test>\r\nTo: alice@example.com\r\nSubject: brackets\r\n"
+        b"Content-Type: text/html; charset=utf-8\r\n\r\n" + html
+    )
+    delivered = gmail_sandbox.admin.deliver(ALICE, raw=base64.urlsafe_b64encode(raw).decode())
+    got = alice.users().messages().get(userId="me", id=delivered["id"], format="full").execute()
+    assert got["snippet"] == "Hello there"
+    body = got["payload"]["body"]
+    assert body["size"] == len(html)
+    fetched = (
+        alice.users()
+        .messages()
+        .attachments()
+        .get(userId="me", messageId=delivered["id"], id=body["attachmentId"])
+        .execute()
+    )
+    assert base64.urlsafe_b64decode(fetched["data"] + "==") == html
+
+
+def test_copies_of_a_delivery_each_have_their_own_message_id(pair, gmail_sandbox: GmailSandbox) -> None:
+    """The admin API's `copies` (benchmark seeding): one message built once, each copy a distinct Message-ID and
+    otherwise the same bytes; the answer lists every copy's Gmail id, Message-ID and internal date."""
+    alice, _ = pair
+    answer = gmail_sandbox.admin.deliver(
+        ALICE, sender="carol@outside.test", to=[ALICE], subject="Seeded", body="same body", copies=3
+    )
+    assert (
+        len(set(answer["message_ids"])) == 3 and len(answer["ids"]) == len(answer["internal_dates_ms"]) == 3
+    )
+    raws = [
+        base64.urlsafe_b64decode(
+            alice.users().messages().get(userId="me", id=message_id, format="raw").execute()["raw"]
+        )
+        for message_id in answer["ids"]
+    ]
+    for raw, rfc_id in zip(raws, answer["message_ids"], strict=True):
+        assert f"Message-ID: {rfc_id}".encode() in raw
+        assert raw.replace(rfc_id.encode(), b"<id>") == raws[0].replace(
+            answer["message_ids"][0].encode(), b"<id>"
+        )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 
 import google.auth.transport.requests
 import pytest
@@ -177,3 +178,27 @@ def test_watch_expires_after_seven_days_without_renewal(
     assert len(push_receiver.wait_for(2, timeout=1.0)) == 1
     renewed = gmail.users().watch(userId="me", body={"topicName": TOPIC}).execute()
     assert decoded(push_receiver.wait_for(2)[1])["historyId"] == int(renewed["historyId"])
+
+
+def test_a_second_push_reuses_the_signed_token_and_another_audience_gets_its_own(
+    gmail_sandbox: GmailSandbox, push_receiver, watched
+) -> None:
+    """A push token lives an hour; the sandbox signs one per audience and reuses it (no RSA work per push), and a
+    target with another audience gets a token for that audience, never the cached one."""
+    [first] = push_receiver.wait_for(1)
+    # A second later a newly signed token would carry another `iat`, so an equal header proves the reuse.
+    time.sleep(1.1)
+    gmail_sandbox.admin.deliver(ALICE, sender="x@outside.test", to=[ALICE], subject="again", body="b")
+    second = push_receiver.wait_for(2)[1]
+    assert second.headers["Authorization"] == first.headers["Authorization"]
+    gmail_sandbox.admin.set_topic(TOPIC, audience="https://other.test/push")
+    gmail_sandbox.admin.deliver(ALICE, sender="x@outside.test", to=[ALICE], subject="third", body="b")
+    third = push_receiver.wait_for(3)[2]
+    token = third.headers["Authorization"].removeprefix("Bearer ")
+    claims = id_token.verify_token(
+        token,
+        google.auth.transport.requests.Request(),
+        audience="https://other.test/push",
+        certs_url=gmail_sandbox.url + "/oauth2/v1/certs",
+    )
+    assert claims["email"] == PUSH_ACCOUNT

@@ -166,3 +166,15 @@ def test_101st_refresh_token_silently_ends_the_oldest(world) -> None:
     with pytest.raises(OAuthError):
         registry.refresh(tokens[0].refresh_token or "", client, None)
     assert registry.refresh(tokens[1].refresh_token or "", client, None).access.token
+
+
+def test_restamped_copy_has_a_new_message_id_and_the_same_bytes_otherwise() -> None:
+    original = raw("Seeded")
+    copy = mime.restamp_message_id(original)
+    old_id = mime.parse(original).header("Message-ID")
+    new_id = mime.parse(copy).header("Message-ID")
+    assert old_id and new_id and new_id != old_id
+    assert new_id.endswith("@example.com>")
+    assert copy.replace(new_id.encode(), old_id.encode()) == original
+    without = b"From: a@b.test\r\nSubject: none\r\n\r\nMessage-ID: <in@body.test>\r\n"
+    assert mime.restamp_message_id(without) == without
