@@ -116,8 +116,11 @@ class UserPacer:
         self._changed.set()
 
     async def acquire(self, units_each: int, wanted: int = 1) -> Grant:
-        """Waits until at least one request of `units_each` fits, then grants as many as fit (at most `wanted`).
-        A request larger than the whole budget goes alone once nothing else is counted."""
+        """Waits until `wanted` requests of `units_each` fit, or as many as a whole window holds when that is
+        fewer, then grants them. Granting whatever fits as soon as one part does would split a burst into many
+        small batches as the window frees unit by unit, and each batch is an HTTP request of its own. A request
+        larger than the whole budget goes alone once nothing else is counted."""
+        full = min(wanted, self.budget.units // units_each) if units_each > 0 else wanted
         self.waiting += 1
         try:
             while True:
@@ -125,7 +128,7 @@ class UserPacer:
                 counted, next_expiry = self._in_window(now)
                 room = self.budget.units - counted
                 count = min(wanted, room // units_each) if units_each > 0 else wanted
-                if count >= 1 or counted == 0:
+                if count >= max(full, 1) or counted == 0:
                     count = max(1, count)
                     spend = _Spend(units_each * count)
                     self._spent.append(spend)

@@ -27,14 +27,28 @@ def test_the_two_tables_have_googles_per_user_rates_and_prices() -> None:
         QuotaBudget.for_table("2025")
 
 
-async def test_a_batch_is_granted_as_many_parts_as_fit() -> None:
+async def test_a_batch_waits_for_room_for_all_its_parts_instead_of_going_out_in_fragments() -> None:
     clock = ManualClock()
-    pacer = UserPacer(QuotaBudget.for_table("legacy"), clock)
+    pacer = UserPacer(QuotaBudget(units=250, window_seconds=1.0, margin_seconds=0.0), clock)
     first = await pacer.acquire(5, 25)
     second = await pacer.acquire(2, 1)
-    third = await pacer.acquire(5, 25)
-    # 125 + 2 units are counted: 24 more gets fit, not 25.
-    assert (first.count, second.count, third.count) == (25, 1, 24)
+    # 125 + 2 units are counted: 24 gets would fit, but the batch of 25 waits rather than leave one part for a
+    # request of its own.
+    third = asyncio.create_task(pacer.acquire(5, 25))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not third.done()
+    second.release()
+    clock.now += 1.0
+    pacer.wake()
+    grant = await asyncio.wait_for(third, timeout=30)
+    assert (first.count, grant.count) == (25, 25)
+
+
+async def test_a_batch_larger_than_a_window_is_granted_a_window_at_a_time() -> None:
+    pacer = UserPacer(QuotaBudget(units=250, window_seconds=1.0, margin_seconds=0.0), ManualClock())
+    # 100 gets of 5 units never fit at once; a whole window's worth (50) goes, not one part at a time.
+    assert (await pacer.acquire(5, 100)).count == 50
 
 
 async def test_units_stay_counted_until_a_window_after_the_answer() -> None:
