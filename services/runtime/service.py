@@ -26,7 +26,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from services.runtime.db import Database, DatabaseConfigError, migrate, open_database
 from services.runtime.deadletters import run_cli
-from services.runtime.grpc_auth import TokenKeys
+from services.runtime.grpc_auth import ServiceTokenKeys, TokenVerifier
 from services.runtime.grpc_server import GrpcServer, ServicerRegistration, start_grpc_server
 from services.runtime.health import HealthCheck, HealthMonitor, database_check, nats_check
 from services.runtime.logging import configure_logging
@@ -70,7 +70,9 @@ class ServiceComponents:
     database: Database
     nats: NatsClient
     jetstream: JetStreamContext
-    token_keys: TokenKeys
+    # The internal ring this service mints its outgoing calls' tokens with; the verifier also knows the CRM's keys.
+    token_keys: ServiceTokenKeys
+    token_verifier: TokenVerifier
     servicers: list[ServicerRegistration] = field(default_factory=list)
     background: list[BackgroundTask] = field(default_factory=list)
     health_checks: dict[str, HealthCheck] = field(default_factory=dict)
@@ -114,7 +116,7 @@ async def open_database_migrated(settings: ServiceSettings, migrations_dir: Path
 async def open_foundation(settings: ServiceSettings, migrations_dir: Path) -> ServiceComponents:
     """The parts every service has: migrated database, NATS and JetStream with the streams declared, health."""
     try:
-        keys = TokenKeys.parse(settings.service_token_keys)
+        verifier = TokenVerifier.parse(settings.service_token_keys, settings.crm_token_public_keys)
     except ConfigurationError as exc:
         raise StartupError(str(exc)) from None
     database = await open_database_migrated(settings, migrations_dir)
@@ -135,7 +137,12 @@ async def open_foundation(settings: ServiceSettings, migrations_dir: Path) -> Se
         await database.dispose()
         raise StartupError(f"cannot declare JetStream streams on {settings.nats_url}: {exc}") from None
     components = ServiceComponents(
-        settings=settings, database=database, nats=nats, jetstream=jetstream, token_keys=keys
+        settings=settings,
+        database=database,
+        nats=nats,
+        jetstream=jetstream,
+        token_keys=verifier.internal,
+        token_verifier=verifier,
     )
     components.add_health_check("database", database_check(database))
     components.add_health_check("nats", nats_check(nats))
@@ -170,7 +177,9 @@ async def start_service(
         interval_seconds=settings.health_check_interval_seconds,
     )
     try:
-        grpc_server = await start_grpc_server(settings, components.servicers, monitor, components.token_keys)
+        grpc_server = await start_grpc_server(
+            settings, components.servicers, monitor, components.token_verifier
+        )
     except ConfigurationError as exc:
         await _release(components)
         raise StartupError(str(exc)) from None

@@ -14,7 +14,7 @@ import pytest
 
 from services.auth.crypto import generate_key_text
 from tests.fixtures.nats_server import free_port
-from tests.fixtures.services import new_token_keys_value
+from tests.fixtures.services import crm_public_keys_value, new_token_keys_value
 
 
 def clean_environment(tmp_path: Path, **variables: str) -> dict[str, str]:
@@ -27,6 +27,7 @@ def clean_environment(tmp_path: Path, **variables: str) -> dict[str, str]:
             "MAILSYNC_NATS_CONNECT_TIMEOUT_SECONDS": "1",
             # The auth service's own secret (Gmail tokens at rest), so the runtime's checks are what fail.
             "MAILSYNC_AUTH_TOKEN_KEYS": generate_key_text(1),
+            "MAILSYNC_CRM_TOKEN_PUBLIC_KEYS": crm_public_keys_value(),
         }
     )
     env.update(variables)
@@ -53,6 +54,16 @@ def test_missing_token_keys_fail_naming_the_variable(tmp_path: Path, nats_server
     assert_one_line_failure(result, "MAILSYNC_SERVICE_TOKEN_KEYS", "not set")
 
 
+def test_missing_crm_public_keys_fail_naming_the_variable(tmp_path: Path, nats_server: Any) -> None:
+    env = clean_environment(
+        tmp_path,
+        MAILSYNC_NATS_URL=nats_server.url,
+        MAILSYNC_SERVICE_TOKEN_KEYS=new_token_keys_value(),
+        MAILSYNC_CRM_TOKEN_PUBLIC_KEYS="",
+    )
+    assert_one_line_failure(start_auth(env), "MAILSYNC_CRM_TOKEN_PUBLIC_KEYS", "not set")
+
+
 def test_malformed_database_url_fails_naming_the_variable(tmp_path: Path, nats_server: Any) -> None:
     env = clean_environment(
         tmp_path,
@@ -77,6 +88,9 @@ def test_unreachable_nats_fails_naming_the_variable(tmp_path: Path) -> None:
         ("MAILSYNC_AUTH_GRPC_PORT", "not-a-port"),
         ("MAILSYNC_LOG_LEVEL", "LOUD"),
         ("MAILSYNC_SERVICE_TOKEN_KEYS", "k1=not*base64"),
+        ("MAILSYNC_CRM_TOKEN_PUBLIC_KEYS", "crm1=" + "A" * 48),
+        # A ring whose key id is also a CRM key id would let a token pick its trust level.
+        ("MAILSYNC_SERVICE_TOKEN_KEYS", "crm-test=" + "A" * 44),
         ("OTEL_TRACES_EXPORTER", "carrier-pigeon"),
     ],
 )
