@@ -64,6 +64,10 @@ class NothingToUpdate(FailedPrecondition):
     reason = "NOT_CONNECTED"
 
 
+class StateOfAnotherLocation(PermissionDenied):
+    reason = "LOCATION_NOT_PERMITTED"
+
+
 class AllLocationsRequired(PermissionDenied):
     reason = "ALL_LOCATIONS_REQUIRED"
 
@@ -218,8 +222,11 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     ) -> auth_pb2.CompleteConnectResponse:
         state = require(request.state, "state", "pass the state Google redirected with")
         pending = await self.flows.pending_state(state)
-        if pending is not None:
-            current_caller().require_location(pending.location_id)
+        if pending is not None and not current_caller().may_access(pending.location_id):
+            # Not LocationNotPermitted: that would name the location, which the caller did not send.
+            raise StateOfAnotherLocation(
+                "this OAuth state is for a location your token does not name: complete it with that location's token"
+            )
         async with translated_errors():
             completed = await self.flows.complete(
                 state=state,
