@@ -8,7 +8,8 @@ every record before it is formatted, and the formatter applies the same patterns
 line. It knows the shapes of what the product handles: JWTs (service, CRM and Google push tokens), bearer
 headers, Google OAuth access and refresh tokens and authorization codes, OAuth parameters in URLs and JSON, and
 the secret token of a BCC-drop address (`bcc+<token>@...`, which aiosmtpd logs with every RCPT TO). Bodies
-have no shape, so no logger may print them: aiosmtpd's DEBUG output (every DATA line) is capped at INFO.
+have no shape, so no logger may print them: the DEBUG output of aiosmtpd (every DATA line) and aiosqlite (every
+statement's parameters) is capped at INFO.
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ _SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # A BCC-drop address's token: the subaddress after '+' (160 bits of lower-case base32).
     (re.compile(r"(?i)\+[a-z2-7]{20,}(?=@)"), f"+{REDACTED}"),
 )
-# Libraries whose DEBUG output carries message content: never below INFO, whatever the configured level.
-_CONTENT_LOGGERS = ("mail.log",)
+# Libraries whose DEBUG output carries message content or secrets: never below INFO, whatever the configured
+# level (aiosmtpd logs every DATA line; aiosqlite every statement with its parameters: bodies, tokens).
+_CONTENT_LOGGERS = ("mail.log", "aiosqlite")
 
 
 def redact_secrets(text: str) -> str:
