@@ -144,7 +144,8 @@ class OutboundApi(outbound_pb2_grpc.OutboundServiceServicer):
             raise InvalidArgument("the upload carried no metadata", field="metadata")
         if not content:
             raise InvalidArgument(
-                "the upload carried no content: send the attachment's bytes in chunk messages after the metadata",
+                "chunk: the upload carried no content; send the attachment's bytes in chunk messages after "
+                "the metadata",
                 field="chunk",
             )
         request_id = _require(metadata.request_id, "request_id")

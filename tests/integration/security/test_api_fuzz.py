@@ -27,7 +27,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mailsync.v1 import auth_pb2, threading_pb2
+from mailsync.v1 import auth_pb2, outbound_pb2, threading_pb2
 from services.runtime.api_limits import FIELD_RULES
 from services.runtime.grpc_auth import ServiceTokenKeys
 from tests.fixtures.databases import _drop_schema, postgres_url
@@ -424,3 +424,100 @@ def test_the_fuzzer_reaches_past_validation(counts: collections.Counter[tuple[st
     reached = {method for (method, _backend, code), _n in counts.items() if code in ("OK", "NOT_FOUND")}
     assert len(reached) >= len(METHODS) // 2, sorted(reached)
     assert any(code == "INVALID_ARGUMENT" for (_m, _b, code) in counts)
+
+
+def _rpc(service: str, name: str) -> MethodDescriptor:
+    return SERVICES[service][0].methods_by_name[name]
+
+
+ISSUE_13_INPUTS = [
+    pytest.param(
+        "threading",
+        "UpsertContact",
+        threading_pb2.UpsertContactRequest(
+            contact=threading_pb2.Contact(contact_id="c" * 70, location_id="loc-a", version=1)
+        ),
+        "contact.contact_id",
+        id="70-character contact_id",
+    ),
+    pytest.param(
+        "threading",
+        "WatchMessages",
+        threading_pb2.WatchMessagesRequest(location_id="loc-a", after_cursor="9" * 40),
+        "after_cursor",
+        id="40-digit cursor",
+    ),
+    pytest.param(
+        "threading",
+        "UpsertContact",
+        threading_pb2.UpsertContactRequest(
+            contact=threading_pb2.Contact(
+                contact_id="c-x",
+                location_id="loc-a",
+                emails=[threading_pb2.ContactEmail(email="not an email\r\nBcc: x@y")],
+            )
+        ),
+        "contact.emails[0].email",
+        id="header injection as a contact email",
+    ),
+    pytest.param(
+        "auth",
+        "UpsertUser",
+        auth_pb2.UpsertUserRequest(
+            user=auth_pb2.User(user_id="u-x", crm_email="not-an-email", location_ids=["loc-a"], version=1)
+        ),
+        "user.crm_email",
+        id="not-an-email as a CRM email",
+    ),
+    pytest.param(
+        "auth",
+        "UpsertUser",
+        auth_pb2.UpsertUserRequest(
+            user=auth_pb2.User(
+                user_id="u" * 1_000_000, crm_email="u@crm.test", location_ids=["loc-a"], version=1
+            )
+        ),
+        "user.user_id",
+        id="1 MB user_id",
+    ),
+    pytest.param(
+        "auth",
+        "ListConnections",
+        auth_pb2.ListConnectionsRequest(location_id="loc-a", state=99),  # type: ignore[arg-type]
+        "state",
+        id="unknown enum value",
+    ),
+    pytest.param("outbound", "UploadAttachment", "empty-upload", "chunk", id="empty upload"),
+]
+
+
+@pytest.mark.parametrize(("service", "name", "request_", "field"), ISSUE_13_INPUTS)
+def test_the_inputs_issue_13_found_are_invalid_argument_naming_the_field_on_every_database(
+    targets: list[Target], service: str, name: str, request_: Any, field: str
+) -> None:
+    method = _rpc(service, name)
+    if request_ == "empty-upload":
+        request_ = [
+            outbound_pb2.UploadAttachmentRequest(
+                metadata=outbound_pb2.UploadAttachmentRequest.Metadata(
+                    request_id="r-empty", location_id="loc-a", filename="a.txt"
+                )
+            )
+        ]
+
+    def invoke(t: Target) -> Any:
+        rpc = getattr(SERVICES[service][1](t.channels[service]), name)
+        metadata = (("authorization", f"Bearer {t.crm_token}"),)
+        if method.client_streaming:
+            return rpc(iter(request_), metadata=metadata, timeout=CALL_TIMEOUT_SECONDS)
+        answer = rpc(request_, metadata=metadata, timeout=CALL_TIMEOUT_SECONDS)
+        return list(answer) if method.server_streaming else answer
+
+    for t in targets:
+        with pytest.raises(grpc.RpcError) as failure:
+            invoke(t)
+        error = failure.value
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (t.backend, error.details())
+        details = error.details() or ""
+        assert details.startswith(field), (t.backend, details)
+        assert "SELECT" not in details and "INSERT" not in details and len(details) <= 300
