@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from google.protobuf.descriptor import Descriptor, FieldDescriptor, ServiceDescriptor
+from google.protobuf.descriptor import Descriptor, ServiceDescriptor
 
 from mailsync.v1 import auth_pb2, ingest_pb2, outbound_pb2, threading_pb2
 from services.auth.api import INTERNAL_METHODS as AUTH_INTERNAL
