@@ -5,7 +5,9 @@ and each service as its own process (`python -m services.<svc>`) with SQLite fil
 every one answers its health check, points the sandbox's Gmail pushes at ingest, prints a status table and a
 development CRM token, writes them to var/run/stack.json (what `python -m tools.cli` reads), and on Ctrl-C stops
 the services gracefully before NATS. `--check` stops everything as soon as all are healthy (exit 0).
-Development token keys are generated once into var/dev-token-keys unless MAILSYNC_SERVICE_TOKEN_KEYS is set.
+Development keys are generated once into var/: the services' internal ring (var/dev-token-keys, unless
+MAILSYNC_SERVICE_TOKEN_KEYS is set) and the CRM's token signing keys (var/dev-crm-signing-keys, unless
+MAILSYNC_CRM_SIGNING_KEYS is set), whose public half the services get as MAILSYNC_CRM_TOKEN_PUBLIC_KEYS.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.auth.crypto import generate_key_text
-from services.runtime.grpc_auth import TokenKeys
-from services.runtime.settings import TOKEN_KEYS_VARIABLE
+from services.runtime.grpc_auth import CRM_SIGNING_KEYS_VARIABLE, CrmTokenSigner
+from services.runtime.settings import CRM_PUBLIC_KEYS_VARIABLE, TOKEN_KEYS_VARIABLE
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ("auth", "ingest", "threading", "outbound")
@@ -137,6 +139,18 @@ def development_token_keys(var_dir: Path) -> str:
     )
 
 
+def development_crm_signer(var_dir: Path) -> CrmTokenSigner:
+    """The CRM's token signing keys (MAILSYNC_CRM_SIGNING_KEYS): `make run` plays the CRM with them."""
+    return CrmTokenSigner.parse(
+        development_secret(
+            var_dir,
+            CRM_SIGNING_KEYS_VARIABLE,
+            "dev-crm-signing-keys",
+            lambda: CrmTokenSigner.generate("crm-dev1").signing_keys_text(),
+        )
+    )
+
+
 def development_auth_token_keys(var_dir: Path) -> str:
     """Keys sealing Gmail tokens at rest in the auth service (MAILSYNC_AUTH_TOKEN_KEYS)."""
     return development_secret(
@@ -186,12 +200,14 @@ class Stack:
     free_ports: bool
     processes: list[Managed] = field(default_factory=list)
     token_keys: str = ""
+    crm_signer: CrmTokenSigner | None = None
 
     def port(self, default: int, what: str) -> int:
         return free_port() if self.free_ports else require_free(default, what)
 
     def plan(self) -> None:
         self.token_keys = development_token_keys(self.var_dir)
+        self.crm_signer = development_crm_signer(self.var_dir)
         logs = self.var_dir / "run" / "logs"
         nats_port = free_port()
         nats_dir = self.var_dir / "run" / "nats"
@@ -212,9 +228,13 @@ class Stack:
                 "MAILSYNC_NATS_URL": f"nats://127.0.0.1:{nats_port}",
                 "MAILSYNC_DATA_DIR": str(self.var_dir / "data"),
                 TOKEN_KEYS_VARIABLE: self.token_keys,
+                CRM_PUBLIC_KEYS_VARIABLE: os.environ.get(CRM_PUBLIC_KEYS_VARIABLE)
+                or self.crm_signer.public_keys_text(),
                 AUTH_TOKEN_KEYS_VARIABLE: development_auth_token_keys(self.var_dir),
             }
         )
+        # The CRM's private keys stay with the runner (the CRM's role); no service is given them.
+        env.pop(CRM_SIGNING_KEYS_VARIABLE, None)
         if (ROOT / "sandbox" / "__main__.py").exists():
             sandbox_port = self.port(DEFAULT_SANDBOX_PORT, "Gmail sandbox")
             sandbox_url = f"http://127.0.0.1:{sandbox_port}"
@@ -309,7 +329,8 @@ class Stack:
         )
 
     def crm_token(self) -> str:
-        return TokenKeys.parse(self.token_keys).mint("crm", ["*"], ttl_seconds=24 * 3600)
+        assert self.crm_signer is not None, "plan() first"
+        return self.crm_signer.mint("crm", ["*"], ttl_seconds=24 * 3600)
 
     def managed(self, name: str) -> Managed | None:
         return next((m for m in self.processes if m.name == name), None)

@@ -55,14 +55,23 @@ class User(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     crm_email: _builtins.str
+    """Limit: an RFC 5322 addr-spec local-part@domain, at most 254 characters; the domain a host name with a dot, internationalized names allowed (IDNA)"""
     display_name: _builtins.str
+    """Limit: at most 256 characters, one line, no control characters"""
     version: _builtins.int
-    """Monotonic version from the CRM; an upsert with a lower version is ignored."""
+    """Monotonic version from the CRM; an upsert with a lower version is ignored.
+    Limit: a whole number from 0 to 9223372036854775807
+    """
     @_builtins.property
-    def location_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def location_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Limit: at most 100 items, each up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
+
     @_builtins.property
-    def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """Limit: an instant from year 1 to year 9999 (nanos 0-999999999)"""
+
     def __init__(
         self,
         *,
@@ -157,6 +166,7 @@ class UpsertUserRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     USER_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Limit: up to 128 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     @_builtins.property
     def user(self) -> Global___User: ...
     def __init__(
@@ -206,10 +216,15 @@ class ListUsersRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     location_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     email: _builtins.str
-    """Optional: only users whose CRM address or connected mailbox address is this (case-insensitive)."""
+    """Optional: only users whose CRM address or connected mailbox address is this (case-insensitive).
+    Limit: an RFC 5322 addr-spec local-part@domain, at most 254 characters; the domain a host name with a dot, internationalized names allowed (IDNA)
+    """
     page_size: _builtins.int
+    """Limit: a whole number from 0 to 2147483647"""
     page_token: _builtins.str
+    """Limit: a next_page_token from an earlier response, at most 1024 characters"""
     def __init__(
         self,
         *,
@@ -258,10 +273,15 @@ class BeginConnectRequest(_message.Message):
     LOCATION_ID_FIELD_NUMBER: _builtins.int
     RETURN_URL_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Limit: up to 128 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     user_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     location_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     return_url: _builtins.str
-    """Optional: where the callback page sends the browser when done (must be an allowed CRM URL)."""
+    """Optional: where the callback page sends the browser when done (must be an allowed CRM URL).
+    Limit: an absolute http:// or https:// URL, at most 2048 characters
+    """
     def __init__(
         self,
         *,
@@ -314,12 +334,19 @@ class CompleteConnectRequest(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     SCOPE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Limit: up to 128 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     state: _builtins.str
+    """Limit: the state Google redirected with, at most 256 characters"""
     code: _builtins.str
+    """Limit: at most 2048 characters, one line, no control characters"""
     error: _builtins.str
-    """The `error` query parameter Google sent instead of a code (e.g. access_denied)."""
+    """The `error` query parameter Google sent instead of a code (e.g. access_denied).
+    Limit: at most 256 characters, one line, no control characters
+    """
     scope: _builtins.str
-    """The scopes Google reported as granted (the `scope` query parameter); checked against the token response too."""
+    """The scopes Google reported as granted (the `scope` query parameter); checked against the token response too.
+    Limit: at most 2048 characters, one line, no control characters
+    """
     def __init__(
         self,
         *,
@@ -369,9 +396,13 @@ class GetConnectionRequest(_message.Message):
     CONNECTION_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     location_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     connection_id: _builtins.str
-    """Either the connection id or the user id (the active connection of the user in the location)."""
+    """Either the connection id or the user id (the active connection of the user in the location).
+    Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -
+    """
     user_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     def __init__(
         self,
         *,
@@ -417,11 +448,17 @@ class ListConnectionsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     location_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     user_id: _builtins.str
-    """Optional filters."""
+    """Optional filters.
+    Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -
+    """
     state: _common_pb2.ConnectionState.ValueType
+    """Limit: one of the values the proto defines"""
     page_size: _builtins.int
+    """Limit: a whole number from 0 to 2147483647"""
     page_token: _builtins.str
+    """Limit: a next_page_token from an earlier response, at most 1024 characters"""
     def __init__(
         self,
         *,
@@ -471,9 +508,13 @@ class UpdateEmailRequest(_message.Message):
     LOCATION_ID_FIELD_NUMBER: _builtins.int
     RETURN_URL_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Limit: up to 128 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     user_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     location_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     return_url: _builtins.str
+    """Limit: an absolute http:// or https:// URL, at most 2048 characters"""
     def __init__(
         self,
         *,
@@ -525,9 +566,13 @@ class DisconnectRequest(_message.Message):
     USER_ID_FIELD_NUMBER: _builtins.int
     CONNECTION_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Limit: up to 128 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     location_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     user_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     connection_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     def __init__(
         self,
         *,
@@ -574,6 +619,7 @@ class GetAccessTokenRequest(_message.Message):
 
     MAILBOX_ID_FIELD_NUMBER: _builtins.int
     mailbox_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     def __init__(
         self,
         *,
@@ -624,8 +670,11 @@ class GetMailboxRequest(_message.Message):
     MAILBOX_ID_FIELD_NUMBER: _builtins.int
     EMAIL_FIELD_NUMBER: _builtins.int
     mailbox_id: _builtins.str
-    """Either the id or the Gmail address."""
+    """Either the id or the Gmail address.
+    Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -
+    """
     email: _builtins.str
+    """Limit: an RFC 5322 addr-spec local-part@domain, at most 254 characters; the domain a host name with a dot, internationalized names allowed (IDNA)"""
     def __init__(
         self,
         *,
@@ -705,11 +754,14 @@ class RenewWatchesRequest(_message.Message):
     MAILBOX_IDS_FIELD_NUMBER: _builtins.int
     FORCE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Limit: up to 128 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     force: _builtins.bool
     """Renew even when the watch is not yet due."""
     @_builtins.property
     def mailbox_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Optional: only these mailboxes; otherwise every mailbox whose watch expires within the renewal margin."""
+        """Optional: only these mailboxes; otherwise every mailbox whose watch expires within the renewal margin.
+        Limit: at most 1000 items, each up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -
+        """
 
     def __init__(
         self,

@@ -137,7 +137,9 @@ class EmailAddress(_message.Message):
     EMAIL_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     email: _builtins.str
+    """Limit: an RFC 5322 addr-spec local-part@domain, at most 254 characters; the domain a host name with a dot, internationalized names allowed (IDNA)"""
     display_name: _builtins.str
+    """Limit: at most 998 characters, no NUL characters"""
     def __init__(
         self,
         *,

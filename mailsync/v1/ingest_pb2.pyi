@@ -78,11 +78,17 @@ class PubSubMessage(_message.Message):
     PUBLISH_TIME_FIELD_NUMBER: _builtins.int
     ATTRIBUTES_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
+    """Limit: at most 65536 bytes"""
     message_id: _builtins.str
+    """Limit: at most 256 characters, one line, no control characters"""
     @_builtins.property
-    def publish_time(self) -> _timestamp_pb2.Timestamp: ...
+    def publish_time(self) -> _timestamp_pb2.Timestamp:
+        """Limit: an instant from year 1 to year 9999 (nanos 0-999999999)"""
+
     @_builtins.property
-    def attributes(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def attributes(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Limit: at most 64 entries; keys at most 256 characters, one line, no control characters; values at most 2048 characters, one line, no control characters"""
+
     def __init__(
         self,
         *,
@@ -107,8 +113,11 @@ class HandlePushRequest(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     OIDC_TOKEN_FIELD_NUMBER: _builtins.int
     subscription: _builtins.str
+    """Limit: at most 256 characters, one line, no control characters"""
     oidc_token: _builtins.str
-    """The OIDC JWT from the push's Authorization header (without "Bearer ")."""
+    """The OIDC JWT from the push's Authorization header (without "Bearer ").
+    Limit: at most 8192 characters, one line, no control characters
+    """
     @_builtins.property
     def message(self) -> Global___PubSubMessage: ...
     def __init__(
@@ -158,10 +167,15 @@ class SubmitBccDropRequest(_message.Message):
     ENVELOPE_RECIPIENT_FIELD_NUMBER: _builtins.int
     ENVELOPE_SENDER_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Limit: up to 128 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     raw_message: _builtins.bytes
+    """Limit: bytes, bounded by the service's gRPC message limit"""
     envelope_recipient: _builtins.str
-    """The RCPT TO address the message was delivered to (carries the location's token)."""
+    """The RCPT TO address the message was delivered to (carries the location's token).
+    Limit: an RFC 5322 addr-spec local-part@domain, at most 254 characters; the domain a host name with a dot, internationalized names allowed (IDNA)
+    """
     envelope_sender: _builtins.str
+    """Limit: an RFC 5322 addr-spec local-part@domain, at most 254 characters; the domain a host name with a dot, internationalized names allowed (IDNA)"""
     def __init__(
         self,
         *,
@@ -209,6 +223,7 @@ class GetBccAddressRequest(_message.Message):
 
     LOCATION_ID_FIELD_NUMBER: _builtins.int
     location_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     def __init__(
         self,
         *,
@@ -252,7 +267,9 @@ class RotateBccAddressRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     LOCATION_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Limit: up to 128 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     location_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     def __init__(
         self,
         *,
@@ -298,8 +315,11 @@ class ResyncMailboxRequest(_message.Message):
     LOCATION_ID_FIELD_NUMBER: _builtins.int
     MAILBOX_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Limit: up to 128 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     location_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     mailbox_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     def __init__(
         self,
         *,
@@ -400,7 +420,9 @@ class GetSyncStatusRequest(_message.Message):
     LOCATION_ID_FIELD_NUMBER: _builtins.int
     MAILBOX_ID_FIELD_NUMBER: _builtins.int
     location_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     mailbox_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     def __init__(
         self,
         *,
@@ -444,10 +466,15 @@ class FetchAttachmentRequest(_message.Message):
     DROP_ID_FIELD_NUMBER: _builtins.int
     ATTACHMENT_ID_FIELD_NUMBER: _builtins.int
     mailbox_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     gmail_message_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     drop_id: _builtins.str
-    """For a BCC drop instead of a Gmail message."""
+    """For a BCC drop instead of a Gmail message.
+    Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -
+    """
     attachment_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     def __init__(
         self,
         *,

@@ -57,9 +57,13 @@ class UploadAttachmentRequest(_message.Message):
         FILENAME_FIELD_NUMBER: _builtins.int
         CONTENT_TYPE_FIELD_NUMBER: _builtins.int
         request_id: _builtins.str
+        """Limit: up to 128 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
         location_id: _builtins.str
+        """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
         filename: _builtins.str
+        """Limit: at most 255 characters, one line, no control characters"""
         content_type: _builtins.str
+        """Limit: at most 255 characters, one line, no control characters"""
         def __init__(
             self,
             *,
@@ -77,6 +81,7 @@ class UploadAttachmentRequest(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     CHUNK_FIELD_NUMBER: _builtins.int
     chunk: _builtins.bytes
+    """Limit: bytes, bounded by the service's gRPC message limit"""
     @_builtins.property
     def metadata(self) -> Global___UploadAttachmentRequest.Metadata: ...
     def __init__(
@@ -141,30 +146,53 @@ class SendEmailRequest(_message.Message):
     REPLY_TO_RFC_MESSAGE_ID_FIELD_NUMBER: _builtins.int
     REPLY_REFERENCES_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Limit: up to 128 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     location_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     user_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     kind: _common_pb2.SendKind.ValueType
+    """Limit: one of the values the proto defines"""
     subject: _builtins.str
+    """Limit: at most 998 characters, no NUL characters"""
     text_body: _builtins.str
+    """Limit: any length within the message limit, no NUL characters"""
     html_body: _builtins.str
+    """Limit: any length within the message limit, no NUL characters"""
     conversation_id: _builtins.str
-    """Optional: reply in this conversation / thread of the threading service."""
+    """Optional: reply in this conversation / thread of the threading service.
+    Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -
+    """
     thread_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     reply_gmail_thread_id: _builtins.str
-    """Optional, for replies: the Gmail thread and the Message-IDs of the message replied to."""
+    """Optional, for replies: the Gmail thread and the Message-IDs of the message replied to.
+    Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -
+    """
     reply_to_rfc_message_id: _builtins.str
+    """Limit: at most 998 characters, one line, no control characters"""
     @_builtins.property
-    def to(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.EmailAddress]: ...
-    @_builtins.property
-    def cc(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.EmailAddress]: ...
-    @_builtins.property
-    def bcc(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.EmailAddress]: ...
-    @_builtins.property
-    def attachment_upload_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """From UploadAttachment, in order."""
+    def to(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.EmailAddress]:
+        """Limit: at most 1000 items"""
 
     @_builtins.property
-    def reply_references(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def cc(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.EmailAddress]:
+        """Limit: at most 1000 items"""
+
+    @_builtins.property
+    def bcc(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.EmailAddress]:
+        """Limit: at most 1000 items"""
+
+    @_builtins.property
+    def attachment_upload_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """From UploadAttachment, in order.
+        Limit: at most 100 items, each up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -
+        """
+
+    @_builtins.property
+    def reply_references(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Limit: at most 100 items, each at most 998 characters, one line, no control characters"""
+
     def __init__(
         self,
         *,
@@ -274,7 +302,9 @@ class GetSendRequest(_message.Message):
     LOCATION_ID_FIELD_NUMBER: _builtins.int
     SEND_ID_FIELD_NUMBER: _builtins.int
     location_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     send_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     def __init__(
         self,
         *,
@@ -316,7 +346,9 @@ class GetQuotaRequest(_message.Message):
     LOCATION_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     location_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     user_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     def __init__(
         self,
         *,

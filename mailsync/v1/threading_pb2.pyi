@@ -28,6 +28,7 @@ class ContactEmail(_message.Message):
     EMAIL_FIELD_NUMBER: _builtins.int
     PRIMARY_FIELD_NUMBER: _builtins.int
     email: _builtins.str
+    """Limit: an RFC 5322 addr-spec local-part@domain, at most 254 characters; the domain a host name with a dot, internationalized names allowed (IDNA)"""
     primary: _builtins.bool
     def __init__(
         self,
@@ -58,17 +59,27 @@ class Contact(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     CREATED_BY_SYNC_FIELD_NUMBER: _builtins.int
     contact_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     location_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     display_name: _builtins.str
+    """Limit: at most 256 characters, one line, no control characters"""
     assigned_user_id: _builtins.str
-    """Empty when the contact is assigned to nobody."""
+    """Empty when the contact is assigned to nobody.
+    Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -
+    """
     version: _builtins.int
+    """Limit: a whole number from 0 to 9223372036854775807"""
     created_by_sync: _builtins.bool
     """True for contacts the sync created from a BCC drop (R9)."""
     @_builtins.property
-    def emails(self) -> _containers.RepeatedCompositeFieldContainer[Global___ContactEmail]: ...
+    def emails(self) -> _containers.RepeatedCompositeFieldContainer[Global___ContactEmail]:
+        """Limit: at most 100 items"""
+
     @_builtins.property
-    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """Limit: an instant from year 1 to year 9999 (nanos 0-999999999)"""
+
     def __init__(
         self,
         *,
@@ -240,6 +251,7 @@ class UpsertContactRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     CONTACT_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Limit: up to 128 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     @_builtins.property
     def contact(self) -> Global___Contact: ...
     def __init__(
@@ -288,10 +300,15 @@ class DeleteContactRequest(_message.Message):
     CONTACT_ID_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Limit: up to 128 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     location_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     contact_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     version: _builtins.int
-    """The CRM's version of the deletion; an older delete than the stored version is ignored."""
+    """The CRM's version of the deletion; an older delete than the stored version is ignored.
+    Limit: a whole number from 0 to 9223372036854775807
+    """
     def __init__(
         self,
         *,
@@ -336,10 +353,15 @@ class ListContactsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     location_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     email: _builtins.str
-    """Optional: contacts with this address (normalized matching)."""
+    """Optional: contacts with this address (normalized matching).
+    Limit: an RFC 5322 addr-spec local-part@domain, at most 254 characters; the domain a host name with a dot, internationalized names allowed (IDNA)
+    """
     page_size: _builtins.int
+    """Limit: a whole number from 0 to 2147483647"""
     page_token: _builtins.str
+    """Limit: a next_page_token from an earlier response, at most 1024 characters"""
     def __init__(
         self,
         *,
@@ -388,9 +410,13 @@ class ListConversationsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     location_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     contact_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     page_size: _builtins.int
+    """Limit: a whole number from 0 to 2147483647"""
     page_token: _builtins.str
+    """Limit: a next_page_token from an earlier response, at most 1024 characters"""
     def __init__(
         self,
         *,
@@ -437,7 +463,9 @@ class GetConversationRequest(_message.Message):
     LOCATION_ID_FIELD_NUMBER: _builtins.int
     CONVERSATION_ID_FIELD_NUMBER: _builtins.int
     location_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     conversation_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     def __init__(
         self,
         *,
@@ -482,11 +510,17 @@ class ListMessagesRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     location_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     conversation_id: _builtins.str
-    """One of the two."""
+    """One of the two.
+    Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -
+    """
     thread_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     page_size: _builtins.int
+    """Limit: a whole number from 0 to 2147483647"""
     page_token: _builtins.str
+    """Limit: a next_page_token from an earlier response, at most 1024 characters"""
     def __init__(
         self,
         *,
@@ -534,7 +568,9 @@ class GetMessageRequest(_message.Message):
     LOCATION_ID_FIELD_NUMBER: _builtins.int
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
     location_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     message_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     def __init__(
         self,
         *,
@@ -577,8 +613,11 @@ class GetAttachmentRequest(_message.Message):
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
     ATTACHMENT_ID_FIELD_NUMBER: _builtins.int
     location_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     message_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     attachment_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     def __init__(
         self,
         *,
@@ -652,8 +691,11 @@ class WatchMessagesRequest(_message.Message):
     LOCATION_ID_FIELD_NUMBER: _builtins.int
     AFTER_CURSOR_FIELD_NUMBER: _builtins.int
     location_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     after_cursor: _builtins.str
-    """Resume after this cursor (from an earlier response); empty starts with what syncs from now on."""
+    """Resume after this cursor (from an earlier response); empty starts with what syncs from now on.
+    Limit: empty, or a decimal number from 0 to 9223372036854775807 that a response gave
+    """
     def __init__(
         self,
         *,
@@ -700,10 +742,15 @@ class ExplainMessageRequest(_message.Message):
     MAILBOX_ID_FIELD_NUMBER: _builtins.int
     GMAIL_MESSAGE_ID_FIELD_NUMBER: _builtins.int
     location_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     rfc_message_id: _builtins.str
-    """One of: the RFC Message-ID, or the Gmail id with its mailbox."""
+    """One of: the RFC Message-ID, or the Gmail id with its mailbox.
+    Limit: at most 998 characters, one line, no control characters
+    """
     mailbox_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     gmail_message_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     def __init__(
         self,
         *,

@@ -4,8 +4,6 @@ and the few requests that carry locations elsewhere check them here with the sam
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -16,7 +14,7 @@ import grpc
 from mailsync.v1 import auth_pb2, auth_pb2_grpc
 from services.auth.access_tokens import AccessTokens
 from services.auth.connections import ConnectionFlows, StartedConnect
-from services.auth.domain import Connection
+from services.auth.domain import Connection, UserRecord
 from services.auth.errors import ConnectionMissing, MailboxMissing, UserMissing, as_domain_error
 from services.auth.proto_codec import (
     STATE_FROM_PROTO,
@@ -42,6 +40,8 @@ from services.runtime.db import Database
 from services.runtime.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from services.runtime.grpc_auth import ALL_LOCATIONS, current_caller
 from services.runtime.protobuf_time import optional_timestamp
+from services.runtime.validation import decode_page_token, encode_page_token, required
+from services.runtime.validation import page_size as bounded_page_size
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 500
@@ -60,45 +60,38 @@ class ReturnUrlNotAllowed(InvalidArgument):
     reason = "RETURN_URL_NOT_ALLOWED"
 
 
-class UserNotInLocation(FailedPrecondition):
-    reason = "USER_NOT_IN_LOCATION"
-
-
 class NothingToUpdate(FailedPrecondition):
     reason = "NOT_CONNECTED"
+
+
+class StateOfAnotherLocation(PermissionDenied):
+    reason = "LOCATION_NOT_PERMITTED"
 
 
 class AllLocationsRequired(PermissionDenied):
     reason = "ALL_LOCATIONS_REQUIRED"
 
 
-def require(value: str, field: str, hint: str) -> str:
-    """The field's value, or INVALID_ARGUMENT naming the field and how to fill it."""
-    if not value.strip():
-        raise InvalidArgument(f"{field} is required: {hint}", field=field)
-    return value.strip()
+require = required
 
 
 def page_size(requested: int) -> int:
-    if requested < 0:
-        raise InvalidArgument("page_size must not be negative: use 0 for the default", field="page_size")
-    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    return bounded_page_size(requested, default=DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE)
 
 
-def encode_page_token(last_id: str) -> str:
-    return base64.urlsafe_b64encode(last_id.encode()).decode().rstrip("=")
+def after_id(token: str) -> str | None:
+    """The id a page token continues after (None: the first page)."""
+    decoded = decode_page_token(token, parts=1)
+    return decoded[0] if decoded else None
 
 
-def decode_page_token(token: str) -> str | None:
-    if not token:
-        return None
-    try:
-        padded = token + "=" * (-len(token) % 4)
-        return base64.b64decode(padded, altchars=b"-_", validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise InvalidArgument(
-            "page_token is not one this service issued: pass next_page_token unchanged", field="page_token"
-        ) from None
+def page_token_after(last_id: str) -> str:
+    return encode_page_token([last_id])
+
+
+def visible_user(user: UserRecord) -> auth_pb2.User:
+    """The user as the caller may see it: only the memberships of locations its token names."""
+    return user_proto(user.seen_by(current_caller().scope))
 
 
 def check_return_url(url: str, allowed_origins: Collection[str]) -> str:
@@ -151,11 +144,11 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         caller = current_caller()
         for location_id in user.location_ids:
             caller.require_location(location_id)
-        async with self.db.write() as session:
-            applied = await upsert_user(session, user_record(user), now=self.clock.now())
+        async with translated_errors(), self.db.write() as session:
+            applied = await upsert_user(session, user_record(user), now=self.clock.now(), scope=caller.scope)
             stored = await get_user(session, user.user_id)
         assert stored is not None
-        return auth_pb2.UpsertUserResponse(user=user_proto(stored), applied=applied)
+        return auth_pb2.UpsertUserResponse(user=visible_user(stored), applied=applied)
 
     async def ListUsers(
         self, request: auth_pb2.ListUsersRequest, context: grpc.aio.ServicerContext
@@ -168,13 +161,13 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                 location_id,
                 email=request.email or None,
                 limit=limit + 1,
-                after_user_id=decode_page_token(request.page_token),
+                after_user_id=after_id(request.page_token),
             )
         more = len(users) > limit
         users = users[:limit]
         return auth_pb2.ListUsersResponse(
-            users=[user_proto(u) for u in users],
-            next_page_token=encode_page_token(users[-1].user_id) if more else "",
+            users=[visible_user(u) for u in users],
+            next_page_token=page_token_after(users[-1].user_id) if more else "",
         )
 
     # Connect ------------------------------------------------------------------------------------------------
@@ -208,11 +201,11 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         async with self.db.read() as session:
             user = await get_user(session, user_id)
             current = await active_connection(session, user_id, location_id)
-        if user is None:
-            raise UserMissing(f"no user {user_id}: upsert the user first (UpsertUser)", user_id=user_id)
-        if location_id not in user.location_ids:
-            raise UserNotInLocation(
-                f"user {user_id} is not in location {location_id}: upsert the user with this location first",
+        # A user of other locations only is as unknown here as no user at all: ids reveal nothing across them.
+        if user is None or location_id not in user.location_ids:
+            raise UserMissing(
+                f"no user {user_id} in location {location_id}: upsert the user with this location first "
+                "(UpsertUser)",
                 user_id=user_id,
                 location_id=location_id,
             )
@@ -229,8 +222,11 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     ) -> auth_pb2.CompleteConnectResponse:
         state = require(request.state, "state", "pass the state Google redirected with")
         pending = await self.flows.pending_state(state)
-        if pending is not None:
-            current_caller().require_location(pending.location_id)
+        if pending is not None and not current_caller().may_access(pending.location_id):
+            # Not LocationNotPermitted: that would name the location, which the caller did not send.
+            raise StateOfAnotherLocation(
+                "this OAuth state is for a location your token does not name: complete it with that location's token"
+            )
         async with translated_errors():
             completed = await self.flows.complete(
                 state=state,
@@ -265,13 +261,13 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                 user_id=request.user_id or None,
                 state=STATE_FROM_PROTO.get(request.state),
                 limit=limit + 1,
-                after_connection_id=decode_page_token(request.page_token),
+                after_connection_id=after_id(request.page_token),
             )
         more = len(found) > limit
         found = found[:limit]
         return auth_pb2.ListConnectionsResponse(
             connections=[await self._connection_proto(c) for c in found],
-            next_page_token=encode_page_token(found[-1].connection_id) if more else "",
+            next_page_token=page_token_after(found[-1].connection_id) if more else "",
         )
 
     async def Disconnect(

@@ -89,6 +89,72 @@ class ReconnectRequired(AuthDomainError):
         self.reason = reason
 
 
+class UserSharedWithOtherLocations(AuthDomainError):
+    """A caller scoped to some locations tried to change the name or address of a user who also belongs to
+    locations it may not act for (users are global: the change would show in those locations too)."""
+
+    def __init__(self, user_id: str) -> None:
+        super().__init__(
+            f"user {user_id} also belongs to locations your token does not name: its name and CRM address can be "
+            "changed only with a token for all of them (send them unchanged to change its membership of yours)"
+        )
+        self.user_id = user_id
+
+
+# CRM users --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    """A CRM user as stored: global (one per CRM user id), member of some locations, versioned by the CRM."""
+
+    user_id: str
+    crm_email: str
+    display_name: str
+    location_ids: tuple[str, ...]
+    version: int
+
+    def seen_by(self, scope: frozenset[str] | None) -> UserRecord:
+        """The user as a caller scoped to `scope` may see it: only the memberships of its locations."""
+        if scope is None:
+            return self
+        return replace(self, location_ids=tuple(loc for loc in self.location_ids if loc in scope))
+
+
+@dataclass(frozen=True)
+class UserUpsertPlan:
+    """What an upsert does: `write` is the record to store (None: nothing changes)."""
+
+    applied: bool
+    write: UserRecord | None
+
+
+def plan_user_upsert(
+    stored: UserRecord | None, requested: UserRecord, scope: frozenset[str] | None
+) -> UserUpsertPlan:
+    """Decides an UpsertUser from a caller that may act for `scope` (None: every location).
+
+    A caller changes only the memberships of locations it may act for; the others are kept. The name, address
+    and version are global, so a scoped caller may change them only when the user belongs to no location outside
+    its scope (otherwise it may still add or remove its own locations, sending the stored name and address,
+    and the version is left alone so it cannot lock the CRM's later updates out). A request older than the
+    stored version changes nothing (R: the CRM's version is monotonic).
+    """
+    if stored is None:
+        return UserUpsertPlan(True, requested)
+    foreign = () if scope is None else tuple(loc for loc in stored.location_ids if loc not in scope)
+    if not foreign:
+        if requested.version <= stored.version:
+            return UserUpsertPlan(False, None)
+        return UserUpsertPlan(True, requested)
+    if (requested.crm_email, requested.display_name) != (stored.crm_email, stored.display_name):
+        raise UserSharedWithOtherLocations(stored.user_id)
+    if requested.version < stored.version:
+        return UserUpsertPlan(False, None)
+    memberships = tuple(sorted(set(foreign) | set(requested.location_ids)))
+    return UserUpsertPlan(True, replace(stored, location_ids=memberships))
+
+
 # OAuth state and PKCE ---------------------------------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ from services.auth.domain import (
     ReconnectRequired,
     RedirectUriMismatch,
     StateRejected,
+    UserSharedWithOtherLocations,
 )
 from services.runtime.errors import (
     DependencyUnavailable,
@@ -21,6 +22,7 @@ from services.runtime.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
 )
 from services.runtime.gmail import GmailError, PermanentAuthFailure, RetryableGmailError
 
@@ -63,6 +65,10 @@ class MailboxMissing(NotFound):
 
 class UserMissing(NotFound):
     reason = "USER_NOT_FOUND"
+
+
+class UserInOtherLocations(PermissionDenied):
+    reason = "USER_IN_OTHER_LOCATIONS"
 
 
 class GoogleRefused(FailedPrecondition):
@@ -111,12 +117,14 @@ def as_domain_error(error: Exception) -> DomainError | None:
         return ConnectionMissing(str(error), connection_id=error.connection_id)
     if isinstance(error, UnknownMailbox):
         return MailboxMissing(str(error), mailbox_id=error.mailbox_id)
+    if isinstance(error, UserSharedWithOtherLocations):
+        return UserInOtherLocations(str(error), user_id=error.user_id)
     if isinstance(error, RefreshBusy | RetryableGmailError):
-        return GoogleUnavailable(f"Google did not answer in time ({type(error).__name__}): try again shortly")
+        return GoogleUnavailable("Google did not answer in time: try again shortly")
     if isinstance(error, PermanentAuthFailure):
         return ReauthRequired(f"Google refused the grant ({error.reason or error.message}): connect again")
     if isinstance(error, GmailError):
-        return GoogleRefused(f"Google refused the request ({type(error).__name__}: {error.message})")
+        return GoogleRefused(f"Google refused the request: {error.message}")
     if isinstance(error, AuthDomainError):
         return FailedPrecondition(str(error))
     return None

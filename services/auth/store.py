@@ -34,7 +34,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.auth.crypto import SealedToken, SecretToken, TokenCipher
-from services.auth.domain import ACTIVE_STATES, Connection, ConnectionState, OAuthState
+from services.auth.domain import (
+    ACTIVE_STATES,
+    Connection,
+    ConnectionState,
+    OAuthState,
+    UserRecord,
+    plan_user_upsert,
+)
 from services.runtime.db import Database, upsert_insert
 from services.runtime.messaging_tables import add_runtime_tables
 
@@ -159,46 +166,57 @@ def mailbox_row_key(mailbox_id: str) -> str:
 # Users ------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class UserRecord:
-    user_id: str
-    crm_email: str
-    display_name: str
-    location_ids: tuple[str, ...]
-    version: int
+async def upsert_user(
+    session: AsyncSession, user: UserRecord, *, now: dt.datetime, scope: frozenset[str] | None = None
+) -> bool:
+    """Creates or updates a user as a caller scoped to `scope` may (domain.plan_user_upsert); returns whether
+    the request applied. Raises UserSharedWithOtherLocations when the scoped caller may not make the change.
 
-
-async def upsert_user(session: AsyncSession, user: UserRecord, *, now: dt.datetime) -> bool:
-    """Creates or updates a user unless the stored version is as new or newer; returns whether it applied."""
-    insert = _insert(session)
-    statement = insert(UserRow).values(
-        user_id=user.user_id,
-        crm_email=user.crm_email,
-        display_name=user.display_name,
-        version=user.version,
-        updated_at=now,
+    The stored user is read under a row lock (SQLite: the write transaction's own lock), so concurrent upserts
+    are planned one after the other.
+    """
+    created = await session.execute(
+        _insert(session)(UserRow)
+        .values(
+            user_id=user.user_id,
+            crm_email=user.crm_email,
+            display_name=user.display_name,
+            version=user.version,
+            updated_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=["user_id"])
+        .returning(UserRow.user_id)
     )
-    statement = statement.on_conflict_do_update(
-        index_elements=["user_id"],
-        set_={
-            "crm_email": statement.excluded.crm_email,
-            "display_name": statement.excluded.display_name,
-            "version": statement.excluded.version,
-            "updated_at": statement.excluded.updated_at,
-        },
-        where=UserRow.version < statement.excluded.version,
-    ).returning(UserRow.user_id)
-    applied = (await session.execute(statement)).first() is not None
-    if applied:
-        await session.execute(delete(UserLocationRow).where(UserLocationRow.user_id == user.user_id))
-        for location_id in dict.fromkeys(user.location_ids):
-            session.add(UserLocationRow(user_id=user.user_id, location_id=location_id))
-        await session.flush()
-    return applied
+    if created.first() is not None:
+        await _replace_memberships(session, user.user_id, user.location_ids)
+        return True
+    plan = plan_user_upsert(await get_user(session, user.user_id, for_update=True), user, scope)
+    if plan.write is not None:
+        await session.execute(
+            update(UserRow)
+            .where(UserRow.user_id == user.user_id)
+            .values(
+                crm_email=plan.write.crm_email,
+                display_name=plan.write.display_name,
+                version=plan.write.version,
+                updated_at=now,
+            )
+        )
+        await _replace_memberships(session, user.user_id, plan.write.location_ids)
+    return plan.applied
 
 
-async def get_user(session: AsyncSession, user_id: str) -> UserRecord | None:
-    row = await session.get(UserRow, user_id)
+async def _replace_memberships(session: AsyncSession, user_id: str, location_ids: Iterable[str]) -> None:
+    await session.execute(delete(UserLocationRow).where(UserLocationRow.user_id == user_id))
+    for location_id in dict.fromkeys(location_ids):
+        session.add(UserLocationRow(user_id=user_id, location_id=location_id))
+    await session.flush()
+
+
+async def get_user(session: AsyncSession, user_id: str, *, for_update: bool = False) -> UserRecord | None:
+    """The user (`for_update`: its row locked until the transaction ends, on PostgreSQL)."""
+    query = select(UserRow).where(UserRow.user_id == user_id)
+    row = (await session.execute(query.with_for_update() if for_update else query)).scalar_one_or_none()
     if row is None:
         return None
     locations = await session.scalars(

@@ -5,6 +5,7 @@ connected in that location, or it does not exist for the caller."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 import grpc
@@ -23,6 +24,9 @@ from services.runtime.db import Database
 from services.runtime.errors import FailedPrecondition
 from services.runtime.grpc_server import ServicerRegistration
 from services.runtime.protobuf_time import to_timestamp
+from services.runtime.validation import required
+
+log = logging.getLogger(__name__)
 
 _TOKEN_REASONS = frozenset(
     {
@@ -82,7 +86,8 @@ class IngestApi(ingest_pb2_grpc.IngestServiceServicer):
                 raise PushNotAuthenticated(str(rejected), reason_code=rejected.reason) from None
             raise PushMalformed(str(rejected), reason_code=rejected.reason) from None
         except Exception as error:
-            raise QueueUnavailable(f"push not queued: {type(error).__name__}") from error
+            log.warning("push not queued", exc_info=True)
+            raise QueueUnavailable("push not queued: the work queue did not take it; retry") from error
         return ingest_pb2.HandlePushResponse(mailbox_id=outcome.mailbox_id, queued=outcome.queued)
 
     async def GetSyncStatus(
@@ -129,7 +134,8 @@ class IngestApi(ingest_pb2_grpc.IngestServiceServicer):
                 now=self._clock.now(),
             )
         except Exception as error:
-            raise QueueUnavailable(f"resync not queued: {type(error).__name__}") from error
+            log.warning("resync not queued", exc_info=True)
+            raise QueueUnavailable("resync not queued: the work queue did not take it; retry") from error
         return ingest_pb2.ResyncMailboxResponse(queued=True)
 
     async def SubmitBccDrop(
@@ -159,7 +165,9 @@ class IngestApi(ingest_pb2_grpc.IngestServiceServicer):
         return self._drops
 
     async def _mailbox_in_location(self, mailbox_id: str, location_id: str) -> MailboxInfo:
-        mailbox = await self._directory.get_mailbox(mailbox_id=mailbox_id) if mailbox_id else None
+        required(location_id, "location_id", "name the location the mailbox is connected in")
+        required(mailbox_id, "mailbox_id", "name the mailbox (its connection in auth gives the id)")
+        mailbox = await self._directory.get_mailbox(mailbox_id=mailbox_id)
         if mailbox is None or not location_id or not mailbox.connected_in(location_id):
             raise MailboxNotInLocation(
                 f"mailbox {mailbox_id!r} is not connected in location {location_id!r}",

@@ -7,6 +7,7 @@ outside the caller's token; an empty one is refused here.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 from mailsync.v1 import ingest_pb2
@@ -16,6 +17,9 @@ from services.ingest.domain.bcc import DropRefusalReason, DropRefused
 from services.ingest.drops import BccAddresses
 from services.runtime.errors import DependencyUnavailable, InvalidArgument, PermissionDenied
 from services.runtime.protobuf_time import to_timestamp
+from services.runtime.validation import required
+
+log = logging.getLogger(__name__)
 
 
 class BccDropRefused(PermissionDenied):
@@ -35,12 +39,6 @@ class DropNotRecorded(DependencyUnavailable):
     reason = "BCC_DROP_NOT_RECORDED"
 
 
-def _location_required(location_id: str) -> str:
-    if not location_id:
-        raise InvalidArgument("location_id is required", field="location_id")
-    return location_id
-
-
 class DropRpcs:
     def __init__(
         self, *, admission: BccDropAdmission, addresses: BccAddresses, attachments: AttachmentSource
@@ -52,8 +50,9 @@ class DropRpcs:
     async def submit_bcc_drop(
         self, request: ingest_pb2.SubmitBccDropRequest
     ) -> ingest_pb2.SubmitBccDropResponse:
-        if not request.envelope_recipient or not request.raw_message:
-            raise InvalidArgument("envelope_recipient and raw_message are required")
+        required(request.envelope_recipient, "envelope_recipient", "the RCPT TO address of the drop")
+        if not request.raw_message:
+            raise InvalidArgument("raw_message is required: the message as received", field="raw_message")
         try:
             drop = await self._admission.admit(
                 request.envelope_recipient, request.raw_message, envelope_sender=request.envelope_sender
@@ -61,7 +60,8 @@ class DropRpcs:
         except DropRefused as refused:
             raise _REFUSALS[refused.reason](refused.explanation, refusal=refused.reason.value) from None
         except Exception as error:
-            raise DropNotRecorded(f"the drop could not be recorded: {type(error).__name__}") from error
+            log.warning("bcc drop not recorded", exc_info=True)
+            raise DropNotRecorded("the drop could not be recorded just now: retry later") from error
         return ingest_pb2.SubmitBccDropResponse(
             drop_id=drop.drop_id, location_id=drop.location_id, sender_user_id=drop.sender_user_id
         )
@@ -69,7 +69,7 @@ class DropRpcs:
     async def get_bcc_address(
         self, request: ingest_pb2.GetBccAddressRequest
     ) -> ingest_pb2.GetBccAddressResponse:
-        view = await self._addresses.get(_location_required(request.location_id))
+        view = await self._addresses.get(required(request.location_id, "location_id", "name the location"))
         return ingest_pb2.GetBccAddressResponse(
             address=view.address, create_time=to_timestamp(view.created_at)
         )
@@ -77,7 +77,7 @@ class DropRpcs:
     async def rotate_bcc_address(
         self, request: ingest_pb2.RotateBccAddressRequest
     ) -> ingest_pb2.RotateBccAddressResponse:
-        view = await self._addresses.rotate(_location_required(request.location_id))
+        view = await self._addresses.rotate(required(request.location_id, "location_id", "name the location"))
         return ingest_pb2.RotateBccAddressResponse(
             address=view.address, create_time=to_timestamp(view.created_at)
         )
@@ -86,8 +86,7 @@ class DropRpcs:
         self, request: ingest_pb2.FetchAttachmentRequest
     ) -> AsyncIterator[ingest_pb2.FetchAttachmentResponse]:
         """Metadata first, then the content in chunks of at most 256 KiB."""
-        if not request.attachment_id:
-            raise InvalidArgument("attachment_id is required", field="attachment_id")
+        required(request.attachment_id, "attachment_id", "the attachment's id from the message")
         if request.drop_id:
             found = await self._attachments.from_drop(request.drop_id, request.attachment_id)
         elif request.mailbox_id and request.gmail_message_id:
@@ -95,7 +94,9 @@ class DropRpcs:
                 request.mailbox_id, request.gmail_message_id, request.attachment_id
             )
         else:
-            raise InvalidArgument("either drop_id or mailbox_id and gmail_message_id are required")
+            raise InvalidArgument(
+                "either drop_id or mailbox_id and gmail_message_id are required", field="drop_id"
+            )
         yield ingest_pb2.FetchAttachmentResponse(
             metadata=ingest_pb2.FetchAttachmentResponse.Metadata(
                 filename=found.filename,

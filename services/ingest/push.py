@@ -4,6 +4,9 @@ The envelope is the JSON Pub/Sub POSTs (reference/gmail_api.md 1.2): `message.da
 `{"emailAddress": ..., "historyId": ...}`, where historyId arrives as a string or a number. The token is an
 RS256 JWT signed by Google (iss accounts.google.com, aud = the configured audience, email = the push service
 account, email_verified); anything else is refused before any work is queued.
+
+Certificates are cached; a token under an unknown key id triggers at most one refetch per
+`certs_refetch_interval_seconds`, so forged key ids cannot make the service hammer Google's certs URL.
 """
 
 from __future__ import annotations
@@ -98,6 +101,8 @@ class PushAuthConfig:
     certs_url: str
     clock_skew_seconds: int = 10
     certs_ttl_seconds: float = 300.0
+    # Unknown key ids refetch at most this often (Google rotates keys daily: one refetch soon finds a new one).
+    certs_refetch_interval_seconds: float = 30.0
 
 
 CertsFetcher = Callable[[str], Awaitable[Mapping[str, str]]]
@@ -106,11 +111,19 @@ CertsFetcher = Callable[[str], Awaitable[Mapping[str, str]]]
 class PushTokenVerifier:
     """Verifies push OIDC tokens against Google's (or the sandbox's) certificates, cached for a while."""
 
-    def __init__(self, config: PushAuthConfig, fetch_certs: CertsFetcher) -> None:
+    def __init__(
+        self,
+        config: PushAuthConfig,
+        fetch_certs: CertsFetcher,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._config = config
         self._fetch_certs = fetch_certs
+        self._monotonic = monotonic
         self._certs: Mapping[str, str] = {}
-        self._fetched_at = 0.0
+        self._fetched_at: float | None = None
+        self._refetched_at: float | None = None
         self._lock = asyncio.Lock()
 
     async def verify(self, token: str | None) -> Mapping[str, Any]:
@@ -152,10 +165,21 @@ class PushTokenVerifier:
 
     async def _current_certs(self, *, force: bool) -> Mapping[str, str]:
         async with self._lock:
-            stale = time.monotonic() - self._fetched_at > self._config.certs_ttl_seconds
-            if force or stale or not self._certs:
+            now = self._monotonic()
+            due = self._fetched_at is None or now - self._fetched_at > self._config.certs_ttl_seconds
+            if force and not due:
+                # An unknown key id: refetch, unless one did within the interval (forged ids cost nothing).
+                if (
+                    self._refetched_at is not None
+                    and now - self._refetched_at < self._config.certs_refetch_interval_seconds
+                ):
+                    return self._certs
+                self._refetched_at = now
+                due = True
+            if due:
+                # Counted from the attempt, so a failing certs URL is not retried by every push either.
+                self._fetched_at = now
                 self._certs = await self._fetch_certs(self._config.certs_url)
-                self._fetched_at = time.monotonic()
             return self._certs
 
 

@@ -16,6 +16,7 @@ import grpc
 from mailsync.v1 import common_pb2, outbound_pb2, outbound_pb2_grpc
 from services.outbound import store
 from services.outbound.connections import AuthConnections
+from services.outbound.conversations import ThreadingConversations
 from services.outbound.domain.email import EmailAddress
 from services.outbound.domain.errors import AttachmentsTooLarge
 from services.outbound.domain.routing import SendKind
@@ -28,6 +29,7 @@ from services.runtime.errors import InvalidArgument
 from services.runtime.grpc_auth import current_caller
 from services.runtime.grpc_server import ServicerRegistration
 from services.runtime.protobuf_time import to_timestamp
+from services.runtime.validation import required
 
 _KINDS = {
     common_pb2.SEND_KIND_INDIVIDUAL: SendKind.INDIVIDUAL,
@@ -44,9 +46,7 @@ _STATES = {
 
 
 def _require(value: str, field: str) -> str:
-    if not value.strip():
-        raise InvalidArgument(f"{field} is required", field=field)
-    return value.strip()
+    return required(value, field)
 
 
 def _addresses(values: list[common_pb2.EmailAddress]) -> tuple[EmailAddress, ...]:
@@ -107,7 +107,9 @@ class OutboundApi(outbound_pb2_grpc.OutboundServiceServicer):
         max_attachment_bytes: int,
         attachment_ttl: dt.timedelta,
         clock: Clock | None = None,
+        conversations: ThreadingConversations | None = None,
     ) -> None:
+        self._conversations = conversations
         self._db = db
         self._sender = sender
         self._ledger = ledger
@@ -140,6 +142,12 @@ class OutboundApi(outbound_pb2_grpc.OutboundServiceServicer):
                 )
         if metadata is None:
             raise InvalidArgument("the upload carried no metadata", field="metadata")
+        if not content:
+            raise InvalidArgument(
+                "chunk: the upload carried no content; send the attachment's bytes in chunk messages after "
+                "the metadata",
+                field="chunk",
+            )
         request_id = _require(metadata.request_id, "request_id")
         now = self._clock.now()
         data = bytes(content)
@@ -161,7 +169,13 @@ class OutboundApi(outbound_pb2_grpc.OutboundServiceServicer):
     async def SendEmail(
         self, request: outbound_pb2.SendEmailRequest, context: grpc.aio.ServicerContext
     ) -> outbound_pb2.SendEmailResponse:
-        record = await self._sender.send(send_request(request))
+        wanted = send_request(request)
+        if self._conversations is not None and (wanted.conversation_id or wanted.thread_id):
+            # Another location's conversation is refused, not silently replaced by the To recipient's.
+            await self._conversations.require_in_location(
+                wanted.location_id, wanted.conversation_id, wanted.thread_id
+            )
+        record = await self._sender.send(wanted)
         return outbound_pb2.SendEmailResponse(send=send_proto(record))
 
     async def GetSend(

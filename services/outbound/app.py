@@ -13,6 +13,7 @@ from pathlib import Path
 
 from services.outbound.api import OutboundApi, outbound_registration
 from services.outbound.connections import AuthConnections
+from services.outbound.conversations import ThreadingConversations
 from services.outbound.domain.email import EmailAddress, MessageLimits
 from services.outbound.gmail_sends import GmailMailboxes
 from services.outbound.ledger import SendLedger
@@ -86,6 +87,10 @@ async def build(settings: OutboundSettings) -> ServiceComponents:
         sending_config(settings),
         bulk=bulk_sender(settings),
     )
+    threading_channel = open_channel(
+        settings.threading_target, settings, token=ServiceToken(components.token_keys, "outbound")
+    )
+    components.add_cleanup(threading_channel.close)
     api = OutboundApi(
         components.database,
         sender,
@@ -93,6 +98,7 @@ async def build(settings: OutboundSettings) -> ServiceComponents:
         connections,
         max_attachment_bytes=settings.max_attachment_bytes,
         attachment_ttl=dt.timedelta(seconds=settings.attachment_ttl_seconds),
+        conversations=ThreadingConversations(threading_channel),
     )
     components.add_servicer(outbound_registration(api))
     recovery = RecoveryLoop(components.database, sender, interval_seconds=settings.recovery_interval_seconds)

@@ -12,7 +12,7 @@ import grpc
 from mailsync.v1 import auth_pb2, auth_pb2_grpc, common_pb2
 from services.outbound.domain.routing import require_connection_can_send
 from services.runtime.clock import Clock, SystemClock
-from services.runtime.errors import DependencyUnavailable, FailedPrecondition
+from services.runtime.errors import DependencyUnavailable, FailedPrecondition, NotFound
 
 # A token is used only while it has at least this much life left.
 _TOKEN_MARGIN = dt.timedelta(seconds=60)
@@ -20,8 +20,9 @@ _TOKEN_MARGIN = dt.timedelta(seconds=60)
 _MAILBOX_CACHE = dt.timedelta(seconds=60)
 
 
-class NoConnection(FailedPrecondition):
-    """The user has never connected a mailbox in the location."""
+class NoConnection(NotFound):
+    """The user has never connected a mailbox in the location (or is not a user of it: the two look alike, so
+    another location's user ids reveal nothing)."""
 
     reason = "NO_CONNECTION"
 

@@ -22,6 +22,10 @@ class OutboundSettings(ServiceSettings):
         default="127.0.0.1:50051",
         description="host:port of the auth service (the user's connection in a location, access tokens).",
     )
+    threading_target: str = Field(
+        default="127.0.0.1:50053",
+        description="host:port of the threading service (a reply's conversation must be of the sender's location).",
+    )
     gmail_root_url: str = Field(
         default="", description="Gmail API root; empty means Google, a URL points at the Gmail sandbox."
     )

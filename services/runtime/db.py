@@ -119,7 +119,7 @@ def open_database(
     kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": True}
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            _create_private_file(Path(parsed.database))
         kwargs["connect_args"] = {"timeout": 30}
         engine = create_async_engine(url, **kwargs)
         _configure_sqlite(engine)
@@ -139,6 +139,16 @@ def open_database(
         engine.execution_options(**{_SQLITE_BEGIN: "DEFERRED"}), expire_on_commit=False
     )
     return Database(engine=engine, schema=schema, _writer=writer, _reader=reader)
+
+
+def _create_private_file(path: Path) -> None:
+    """Creates the SQLite file readable by its owner only (0600): it holds sealed tokens and mail metadata.
+
+    SQLite gives its -wal and -shm files the database file's permissions, so they are private too.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    os.chmod(path, 0o600)
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

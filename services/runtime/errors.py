@@ -1,13 +1,20 @@
-"""Domain errors and their one mapping to gRPC: `google.rpc.Status` with an `ErrorInfo` detail (AIP-193).
+"""Domain errors and the one error boundary of every gRPC server: `google.rpc.Status` with an `ErrorInfo`
+detail (AIP-193), and a `BadRequest` detail listing the fields an INVALID_ARGUMENT refused.
 
 A service raises a DomainError subclass (`class QuotaExceeded(DomainError): code = RESOURCE_EXHAUSTED`);
-the server's error interceptor turns it into the status, so a servicer never builds one by hand. Clients read
-the detail back with `error_info(rpc_error)`.
+the server's `ErrorBoundaryInterceptor` turns it into the status, so a servicer never builds one by hand.
+Anything else that escapes a servicer becomes INTERNAL with an opaque error id, and the server logs the full
+exception under that id: no SQL, parameter, class name or echoed input ever reaches the client. Every message
+and metadata value is bounded, so no answer can overflow gRPC's metadata limit. Clients read the details back
+with `error_info(rpc_error)` and `field_violations(rpc_error)`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import logging
+import secrets
+import unicodedata
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, ClassVar, NoReturn
 
@@ -18,7 +25,15 @@ from grpc_status import rpc_status
 
 from services.runtime.grpc_handlers import wrap_handler
 
+log = logging.getLogger(__name__)
+
 ERROR_DOMAIN = "mailsync"
+# Bounds on what a status carries (gRPC's metadata limit is 8 KiB by default; these stay far below it).
+MAX_MESSAGE_CHARS = 300
+MAX_METADATA_ENTRIES = 8
+MAX_METADATA_KEY_CHARS = 40
+MAX_METADATA_VALUE_CHARS = 128
+MAX_FIELD_VIOLATIONS = 10
 
 
 class DomainError(Exception):
@@ -38,8 +53,17 @@ class DomainError(Exception):
 
 
 class InvalidArgument(DomainError):
+    """A request field is unusable; `field=` names it, `violations` lists (field, problem) pairs for BadRequest."""
+
     code = grpc.StatusCode.INVALID_ARGUMENT
     reason = "INVALID_ARGUMENT"
+
+    def __init__(
+        self, message: str, *, violations: Sequence[tuple[str, str]] = (), **metadata: object
+    ) -> None:
+        super().__init__(message, **metadata)
+        field = self.metadata.get("field")
+        self.violations = tuple(violations) or (((field, message),) if field else ())
 
 
 class NotFound(DomainError):
@@ -79,13 +103,54 @@ class DependencyUnavailable(DomainError):
     reason = "DEPENDENCY_UNAVAILABLE"
 
 
+class InternalError(DomainError):
+    """Something unexpected failed; the client sees only the error id the server logged the details under."""
+
+    code = grpc.StatusCode.INTERNAL
+    reason = "INTERNAL"
+
+
+def bounded(text: str, limit: int) -> str:
+    """`text` without control characters, cut to `limit` characters (an ellipsis marks the cut)."""
+    clean = "".join(" " if unicodedata.category(c)[0] == "C" else c for c in text)
+    return clean if len(clean) <= limit else clean[: limit - 1] + "\u2026"
+
+
+def _bounded_metadata(metadata: dict[str, str]) -> dict[str, str]:
+    return {
+        bounded(key, MAX_METADATA_KEY_CHARS): bounded(value, MAX_METADATA_VALUE_CHARS)
+        for key, value in list(metadata.items())[:MAX_METADATA_ENTRIES]
+    }
+
+
 def to_rpc_status(error: DomainError) -> grpc.Status:
-    """The gRPC status for a domain error: canonical code, message, and ErrorInfo{reason, domain, metadata}."""
-    detail = any_pb2.Any()
-    detail.Pack(
-        error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata)
+    """The gRPC status for a domain error: canonical code, bounded message, ErrorInfo{reason, domain, metadata},
+    and for INVALID_ARGUMENT a BadRequest with the fields refused."""
+    info = any_pb2.Any()
+    info.Pack(
+        error_details_pb2.ErrorInfo(
+            reason=error.reason, domain=ERROR_DOMAIN, metadata=_bounded_metadata(error.metadata)
+        )
     )
-    status = status_pb2.Status(code=error.code.value[0], message=error.message, details=[detail])
+    details = [info]
+    violations = getattr(error, "violations", ())
+    if violations:
+        bad_request = any_pb2.Any()
+        bad_request.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=bounded(field, MAX_METADATA_VALUE_CHARS),
+                        description=bounded(problem, MAX_METADATA_VALUE_CHARS),
+                    )
+                    for field, problem in violations[:MAX_FIELD_VIOLATIONS]
+                ]
+            )
+        )
+        details.append(bad_request)
+    status = status_pb2.Status(
+        code=error.code.value[0], message=bounded(error.message, MAX_MESSAGE_CHARS), details=details
+    )
     return rpc_status.to_status(status)
 
 
@@ -95,8 +160,55 @@ async def abort_with(context: grpc.aio.ServicerContext, error: DomainError) -> N
     raise AssertionError("abort_with_status returned")  # grpc.aio always raises; this keeps NoReturn honest
 
 
-class DomainErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Turns a DomainError escaping a servicer into its status: the one place that mapping happens."""
+def new_error_id() -> str:
+    """An opaque id that ties a client's INTERNAL answer to the server's log entry."""
+    return secrets.token_hex(8)
+
+
+def unexpected_error(error: BaseException, method: str) -> DomainError:
+    """What the client is told about an exception no rule expected, after logging it in full under an id."""
+    error_id = new_error_id()
+    log.error(
+        "unexpected error in an RPC",
+        exc_info=(type(error), error, error.__traceback__),
+        extra={"error_id": error_id, "rpc_method": method},
+    )
+    if isinstance(error, grpc.aio.AioRpcError) and error.code() in _RETRYABLE_UPSTREAM:
+        return DependencyUnavailable(
+            f"a service this call depends on did not answer (error id {error_id}): retry shortly",
+            error_id=error_id,
+        )
+    if _is_database_unavailable(error):
+        return DependencyUnavailable(
+            f"the database did not answer (error id {error_id}): retry shortly", error_id=error_id
+        )
+    return InternalError(
+        f"internal error (error id {error_id}): the server logged the details under this id",
+        error_id=error_id,
+    )
+
+
+_RETRYABLE_UPSTREAM = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+def _is_database_unavailable(error: BaseException) -> bool:
+    # Imported here: the error boundary must not make every importer of this module load SQLAlchemy.
+    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    return isinstance(error, OperationalError | PoolTimeout) and bool(
+        getattr(error, "connection_invalidated", False) or isinstance(error, PoolTimeout)
+    )
+
+
+class ErrorBoundaryInterceptor(grpc.aio.ServerInterceptor):
+    """The one place errors become statuses, for every RPC of the server.
+
+    A DomainError keeps its code and reason; an abort another interceptor already made passes through; anything
+    else is logged with its traceback and answered INTERNAL (or UNAVAILABLE for a dependency that did not
+    answer) with an opaque error id. Runs outside authentication, tenant scoping and validation, so their
+    refusals and any failure of theirs are answered the same way.
+    """
 
     async def intercept_service(
         self,
@@ -106,15 +218,20 @@ class DomainErrorInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        return wrap_handler(handler, _mapping_domain_errors)
+        method = handler_call_details.method
 
+        @asynccontextmanager
+        async def boundary(_request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+            try:
+                yield
+            except DomainError as error:
+                await abort_with(context, error)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as error:
+                await abort_with(context, unexpected_error(error, method))
 
-@asynccontextmanager
-async def _mapping_domain_errors(_request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
-    try:
-        yield
-    except DomainError as error:
-        await abort_with(context, error)
+        return wrap_handler(handler, boundary)
 
 
 def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
@@ -130,6 +247,20 @@ def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
             detail.Unpack(info)
             return info
     return None
+
+
+def field_violations(error: grpc.RpcError) -> list[tuple[str, str]]:
+    """The (field, description) pairs of a failed call's BadRequest detail (empty when it has none)."""
+    if not isinstance(error, grpc.Call | grpc.aio.AioRpcError):
+        return []
+    status = _status_of(error)
+    found: list[tuple[str, str]] = []
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad_request = error_details_pb2.BadRequest()
+            detail.Unpack(bad_request)
+            found += [(v.field, v.description) for v in bad_request.field_violations]
+    return found
 
 
 def _status_of(error: grpc.RpcError) -> status_pb2.Status | None:

@@ -1,16 +1,27 @@
-"""Per-call service tokens (HS256 JWT) and the server interceptors that enforce them.
+"""Per-call tokens at two trust levels and the server interceptors that enforce them.
 
 Every RPC except health and reflection carries `authorization: Bearer <JWT>` whose claims name the caller
-(`sub`), the locations it may act for (`locations`, `["*"]` for all) and whether it is a service
-(`internal`). Authentication checks the token; tenant scoping checks the request's `location_id` against the
-token and refuses internal-only methods to outside callers. Both live here, in one place, for every service.
+(`sub`) and the locations it may act for (`locations`, `["*"]` for all). The trust level is the key that signed
+it, never a claim:
 
-CLI for development, tests and the CRM: `python -m services.runtime.grpc_auth mint --sub crm --locations a,b`.
+- CRM tokens are EdDSA (Ed25519) JWTs signed by the CRM; the services hold only the public keys
+  (MAILSYNC_CRM_TOKEN_PUBLIC_KEYS), so nothing a service holds can mint one, and a CRM token is never internal.
+- Internal tokens are HS256 JWTs signed with the services' own secret ring (MAILSYNC_SERVICE_TOKEN_KEYS), which
+  the CRM never holds; only they reach internal-only methods such as `GetAccessToken`.
+
+The `kid` header picks the ring and each ring accepts one algorithm only, so a token cannot move between them
+(the two rings' key ids must differ). Authentication checks the token; tenant scoping checks the request's
+`location_id` against it and refuses internal-only methods to CRM callers. Both live here, for every service.
+
+CLI: `python -m services.runtime.grpc_auth keygen --kid crm1` prints a CRM key pair;
+`python -m services.runtime.grpc_auth mint --sub crm --locations a,b` prints a CRM token signed with
+MAILSYNC_CRM_SIGNING_KEYS (the CRM's private keys; `--internal` signs with the service ring instead).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextvars
 import os
 import sys
@@ -22,13 +33,27 @@ from typing import Any
 
 import grpc
 import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from services.runtime.errors import PermissionDenied, Unauthenticated, abort_with
 from services.runtime.grpc_handlers import wrap_handler
-from services.runtime.settings import TOKEN_KEYS_VARIABLE, ConfigurationError, parse_token_keys
+from services.runtime.settings import (
+    CRM_PUBLIC_KEYS_VARIABLE,
+    TOKEN_KEYS_VARIABLE,
+    ConfigurationError,
+    parse_token_keys,
+)
 
 ISSUER = "mailsync"
+# Each trust level has its own audience too, so a token meant for one is refused as the other.
 AUDIENCE = "mailsync"
+INTERNAL_AUDIENCE = "mailsync-internal"
+CRM_ALGORITHM = "EdDSA"
+INTERNAL_ALGORITHM = "HS256"
+# The CRM's private keys, for the mint CLI and `make run` (never a service setting: services hold public keys).
+CRM_SIGNING_KEYS_VARIABLE = "MAILSYNC_CRM_SIGNING_KEYS"
+ED25519_KEY_BYTES = 32
 ALL_LOCATIONS = "*"
 AUTHORIZATION_HEADER = "authorization"
 # Reachable without a token: probes and tooling must work before anyone holds a token.
@@ -69,6 +94,11 @@ class Caller:
     def may_access(self, location_id: str) -> bool:
         return ALL_LOCATIONS in self.locations or location_id in self.locations
 
+    @property
+    def scope(self) -> frozenset[str] | None:
+        """The locations the caller may act for, or None when it may act for all of them."""
+        return None if ALL_LOCATIONS in self.locations else self.locations
+
     def require_location(self, location_id: str) -> None:
         """Raises PermissionDenied unless the caller may act for location_id (for client-streaming RPCs)."""
         if location_id and not self.may_access(location_id):
@@ -96,8 +126,52 @@ class InvalidToken(Exception):
     """The token is missing, malformed, badly signed, expired or for someone else."""
 
 
-class TokenKeys:
-    """The signing keys: the first signs, all verify (so a new key is prepended, then the old one dropped)."""
+def _claims(
+    subject: str, locations: Iterable[str], audience: str, internal: bool, ttl: int, now: float | None
+) -> dict[str, Any]:
+    issued = int(time.time() if now is None else now)
+    return {
+        "iss": ISSUER,
+        "aud": audience,
+        "sub": subject,
+        "locations": sorted(set(locations)),
+        "internal": internal,
+        "iat": issued,
+        "exp": issued + ttl,
+    }
+
+
+def _decode(token: str, key: Any, algorithm: str, audience: str) -> dict[str, Any]:
+    try:
+        return dict(
+            jwt.decode(
+                token,
+                key,
+                algorithms=[algorithm],
+                audience=audience,
+                issuer=ISSUER,
+                options={"require": ["exp", "iat", "sub", "iss", "aud"]},
+            )
+        )
+    except jwt.ExpiredSignatureError:
+        raise InvalidToken("token expired") from None
+    except jwt.InvalidSignatureError:
+        raise InvalidToken("token signature does not verify") from None
+    except jwt.InvalidAlgorithmError:
+        raise InvalidToken(f"token is not signed with {algorithm}, the algorithm of its key") from None
+    except jwt.InvalidTokenError as exc:
+        raise InvalidToken(f"invalid token: {exc}") from None
+
+
+def _locations(claims: Mapping[str, Any]) -> frozenset[str]:
+    locations = claims.get("locations", [])
+    if not isinstance(locations, list) or not all(isinstance(item, str) for item in locations):
+        raise InvalidToken("invalid token: 'locations' must be a list of location ids")
+    return frozenset(locations)
+
+
+class ServiceTokenKeys:
+    """The services' secret ring for internal tokens: the first key signs, all verify (see docs/auth.md)."""
 
     def __init__(self, keys: Mapping[str, bytes]) -> None:
         if not keys:
@@ -106,63 +180,137 @@ class TokenKeys:
         self.signing_kid = next(iter(self._keys))
 
     @classmethod
-    def parse(cls, raw: str) -> TokenKeys:
+    def parse(cls, raw: str) -> ServiceTokenKeys:
         return cls(parse_token_keys(raw))
+
+    @property
+    def kids(self) -> frozenset[str]:
+        return frozenset(self._keys)
 
     def mint(
         self,
         subject: str,
-        locations: Iterable[str],
+        locations: Iterable[str] = (ALL_LOCATIONS,),
         *,
-        internal: bool = False,
         ttl_seconds: int = 300,
         now: float | None = None,
     ) -> str:
-        """A signed token for `subject`, valid for `ttl_seconds`."""
-        issued = int(time.time() if now is None else now)
-        claims = {
-            "iss": ISSUER,
-            "aud": AUDIENCE,
-            "sub": subject,
-            "locations": sorted(set(locations)),
-            "internal": internal,
-            "iat": issued,
-            "exp": issued + ttl_seconds,
-        }
+        """An internal token for the service `subject`, valid for `ttl_seconds`."""
+        claims = _claims(subject, locations, INTERNAL_AUDIENCE, True, ttl_seconds, now)
         return jwt.encode(
-            claims, self._keys[self.signing_kid], algorithm="HS256", headers={"kid": self.signing_kid}
+            claims,
+            self._keys[self.signing_kid],
+            algorithm=INTERNAL_ALGORITHM,
+            headers={"kid": self.signing_kid},
         )
+
+    def verify(self, token: str, kid: str) -> Caller:
+        claims = _decode(token, self._keys[kid], INTERNAL_ALGORITHM, INTERNAL_AUDIENCE)
+        if claims.get("internal") is not True:
+            raise InvalidToken("invalid token: an internal key signed a token that is not internal")
+        return Caller(name=str(claims["sub"]), locations=_locations(claims), internal=True)
+
+
+def _raw_public_key(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+class CrmTokenKeys:
+    """The Ed25519 public keys that verify the CRM's tokens (any of them verifies; the CRM picks the signer)."""
+
+    def __init__(self, keys: Mapping[str, Ed25519PublicKey]) -> None:
+        if not keys:
+            raise ConfigurationError(f"{CRM_PUBLIC_KEYS_VARIABLE} holds no key")
+        self._keys = dict(keys)
+
+    @classmethod
+    def parse(cls, raw: str) -> CrmTokenKeys:
+        parsed = parse_token_keys(raw, CRM_PUBLIC_KEYS_VARIABLE, exact_bytes=ED25519_KEY_BYTES)
+        return cls({kid: Ed25519PublicKey.from_public_bytes(key) for kid, key in parsed.items()})
+
+    @property
+    def kids(self) -> frozenset[str]:
+        return frozenset(self._keys)
+
+    def verify(self, token: str, kid: str) -> Caller:
+        claims = _decode(token, self._keys[kid], CRM_ALGORITHM, AUDIENCE)
+        if claims.get("internal", False) is not False:
+            raise InvalidToken(
+                "invalid token: a CRM token cannot be internal (internal tokens come from services)"
+            )
+        return Caller(name=str(claims["sub"]), locations=_locations(claims), internal=False)
+
+
+class CrmTokenSigner:
+    """The CRM's side: Ed25519 private keys, the first signs. Services never hold one (tests and `make run` do)."""
+
+    def __init__(self, keys: Mapping[str, Ed25519PrivateKey]) -> None:
+        if not keys:
+            raise ConfigurationError(f"{CRM_SIGNING_KEYS_VARIABLE} holds no key")
+        self._keys = dict(keys)
+        self.signing_kid = next(iter(self._keys))
+
+    @classmethod
+    def parse(cls, raw: str) -> CrmTokenSigner:
+        parsed = parse_token_keys(raw, CRM_SIGNING_KEYS_VARIABLE, exact_bytes=ED25519_KEY_BYTES)
+        return cls({kid: Ed25519PrivateKey.from_private_bytes(seed) for kid, seed in parsed.items()})
+
+    @classmethod
+    def generate(cls, kid: str) -> CrmTokenSigner:
+        return cls({kid: Ed25519PrivateKey.generate()})
+
+    def signing_keys_text(self) -> str:
+        """The private keys as MAILSYNC_CRM_SIGNING_KEYS holds them: 'kid=base64 of the 32-byte seed,...'."""
+        return ",".join(
+            f"{kid}={base64.b64encode(key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())).decode()}"
+            for kid, key in self._keys.items()
+        )
+
+    def public_keys_text(self) -> str:
+        """The matching public keys as MAILSYNC_CRM_TOKEN_PUBLIC_KEYS holds them."""
+        return ",".join(
+            f"{kid}={base64.b64encode(_raw_public_key(key.public_key())).decode()}"
+            for kid, key in self._keys.items()
+        )
+
+    def mint(
+        self, subject: str, locations: Iterable[str], *, ttl_seconds: int = 300, now: float | None = None
+    ) -> str:
+        """A CRM token for `subject` acting for `locations` (["*"]: all), valid for `ttl_seconds`."""
+        claims = _claims(subject, locations, AUDIENCE, False, ttl_seconds, now)
+        return jwt.encode(
+            claims, self._keys[self.signing_kid], algorithm=CRM_ALGORITHM, headers={"kid": self.signing_kid}
+        )
+
+
+class TokenVerifier:
+    """What a server checks tokens with: the internal ring and the CRM's public keys, told apart by `kid`."""
+
+    def __init__(self, internal: ServiceTokenKeys, crm: CrmTokenKeys) -> None:
+        shared = internal.kids & crm.kids
+        if shared:
+            raise ConfigurationError(
+                f"{TOKEN_KEYS_VARIABLE} and {CRM_PUBLIC_KEYS_VARIABLE} share key id(s) {sorted(shared)}: "
+                "give the two rings distinct key ids"
+            )
+        self.internal = internal
+        self.crm = crm
+
+    @classmethod
+    def parse(cls, service_token_keys: str, crm_token_public_keys: str) -> TokenVerifier:
+        return cls(ServiceTokenKeys.parse(service_token_keys), CrmTokenKeys.parse(crm_token_public_keys))
 
     def verify(self, token: str) -> Caller:
         """The caller a valid token names; raises InvalidToken saying what is wrong."""
         try:
-            kid = jwt.get_unverified_header(token).get("kid")
+            kid = str(jwt.get_unverified_header(token).get("kid"))
         except jwt.InvalidTokenError as exc:
             raise InvalidToken(f"malformed token: {exc}") from None
-        secret = self._keys.get(str(kid))
-        if secret is None:
-            raise InvalidToken(f"token signed with unknown key {kid!r}")
-        try:
-            claims = jwt.decode(
-                token,
-                secret,
-                algorithms=["HS256"],
-                audience=AUDIENCE,
-                issuer=ISSUER,
-                options={"require": ["exp", "iat", "sub", "iss", "aud"]},
-            )
-        except jwt.ExpiredSignatureError:
-            raise InvalidToken("token expired") from None
-        except jwt.InvalidSignatureError:
-            raise InvalidToken("token signature does not verify") from None
-        except jwt.InvalidTokenError as exc:
-            raise InvalidToken(f"invalid token: {exc}") from None
-        locations = claims.get("locations", [])
-        if not isinstance(locations, list) or not all(isinstance(item, str) for item in locations):
-            raise InvalidToken("invalid token: 'locations' must be a list of location ids")
-        return Caller(
-            name=str(claims["sub"]), locations=frozenset(locations), internal=bool(claims.get("internal"))
-        )
+        if kid in self.internal.kids:
+            return self.internal.verify(token, kid)
+        if kid in self.crm.kids:
+            return self.crm.verify(token, kid)
+        raise InvalidToken(f"token signed with unknown key {kid[:40]!r}")
 
 
 def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
@@ -184,7 +332,7 @@ def _service_of(method: str) -> str:
 class AuthenticationInterceptor(grpc.aio.ServerInterceptor):
     """Verifies the bearer token and makes the caller available through `current_caller()`."""
 
-    def __init__(self, keys: TokenKeys) -> None:
+    def __init__(self, keys: TokenVerifier) -> None:
         self._keys = keys
 
     async def intercept_service(
@@ -251,26 +399,42 @@ class TenantScopeInterceptor(grpc.aio.ServerInterceptor):
 def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.runtime.grpc_auth", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    keygen = commands.add_parser(
+        "keygen", help="print a new CRM key pair (private for the CRM, public for services)"
+    )
+    keygen.add_argument("--kid", required=True, help="the key id, distinct from the service ring's ids")
     mint = commands.add_parser(
-        "mint", help=f"print a token signed with the first key of {TOKEN_KEYS_VARIABLE}"
+        "mint", help=f"print a CRM token signed with the first key of {CRM_SIGNING_KEYS_VARIABLE}"
     )
     mint.add_argument("--sub", required=True, help="the caller's name, e.g. crm")
     mint.add_argument("--locations", default="", help="comma-separated location ids, or * for all")
-    mint.add_argument("--internal", action="store_true", help="a service-to-service caller")
+    mint.add_argument(
+        "--internal", action="store_true", help=f"an internal token, signed with {TOKEN_KEYS_VARIABLE}"
+    )
     mint.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
     mint.add_argument(
-        "--keys", default=None, help=f"keys as in {TOKEN_KEYS_VARIABLE} (default: that variable)"
+        "--keys",
+        default=None,
+        help=f"signing keys (default: {CRM_SIGNING_KEYS_VARIABLE}, or {TOKEN_KEYS_VARIABLE} with --internal)",
     )
     args = parser.parse_args(argv)
+    if args.command == "keygen":
+        signer = CrmTokenSigner.generate(args.kid)
+        print(f"{CRM_SIGNING_KEYS_VARIABLE}={signer.signing_keys_text()}")
+        print(f"{CRM_PUBLIC_KEYS_VARIABLE}={signer.public_keys_text()}")
+        return 0
+    variable = TOKEN_KEYS_VARIABLE if args.internal else CRM_SIGNING_KEYS_VARIABLE
+    raw = args.keys if args.keys is not None else os.environ.get(variable, "")
+    locations = [item.strip() for item in args.locations.split(",") if item.strip()]
     try:
-        keys = TokenKeys.parse(
-            args.keys if args.keys is not None else os.environ.get(TOKEN_KEYS_VARIABLE, "")
-        )
+        if args.internal:
+            token = ServiceTokenKeys.parse(raw).mint(args.sub, locations, ttl_seconds=args.ttl)
+        else:
+            token = CrmTokenSigner.parse(raw).mint(args.sub, locations, ttl_seconds=args.ttl)
     except ConfigurationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    locations = [item.strip() for item in args.locations.split(",") if item.strip()]
-    print(keys.mint(args.sub, locations, internal=args.internal, ttl_seconds=args.ttl))
+    print(token)
     return 0
 
 

@@ -1,7 +1,7 @@
 """Client channels to mailsync services: the same TLS settings as the servers, a token on every call, tracing.
 
 `open_channel(target, settings, token=ServiceToken(keys, "threading"))` for service-to-service calls (an
-internal token for all locations, renewed before it expires); `StaticToken("...")` for a token minted
+internal token for all locations from the services' own key ring, renewed before it expires); `StaticToken("...")` for a token minted
 elsewhere (the CRM, tests).
 """
 
@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import grpc
 
-from services.runtime.grpc_auth import ALL_LOCATIONS, AUTHORIZATION_HEADER, TokenKeys
+from services.runtime.grpc_auth import ALL_LOCATIONS, AUTHORIZATION_HEADER, ServiceTokenKeys
 from services.runtime.settings import ServiceSettings
 from services.runtime.telemetry import client_interceptors
 
@@ -38,7 +38,7 @@ class StaticToken:
 class ServiceToken:
     """An internal token for a service calling another one, re-minted when it nears expiry."""
 
-    def __init__(self, keys: TokenKeys, subject: str, *, ttl_seconds: int = 300) -> None:
+    def __init__(self, keys: ServiceTokenKeys, subject: str, *, ttl_seconds: int = 300) -> None:
         self._keys = keys
         self._subject = subject
         self._ttl = ttl_seconds
@@ -48,9 +48,7 @@ class ServiceToken:
     def token(self) -> str:
         now = time.time()
         if now >= self._renew_at:
-            self._value = self._keys.mint(
-                self._subject, [ALL_LOCATIONS], internal=True, ttl_seconds=self._ttl, now=now
-            )
+            self._value = self._keys.mint(self._subject, [ALL_LOCATIONS], ttl_seconds=self._ttl, now=now)
             self._renew_at = now + self._ttl / 2
         return self._value
 

@@ -1,7 +1,8 @@
 """The asyncio gRPC server every service runs: interceptors, health, reflection, limits and optional TLS.
 
-Interceptors, outermost first: OpenTelemetry, authentication, tenant scoping, domain error mapping. Health
-and reflection need no token. Stopping is graceful: health goes NOT_SERVING first, then in-flight RPCs get
+Interceptors, outermost first: OpenTelemetry, the error boundary (every failure becomes a bounded status; the
+unexpected ones INTERNAL with a logged error id), authentication, validation of every request field
+(services.runtime.api_limits), tenant scoping. Health and reflection need no token. Stopping is graceful: health goes NOT_SERVING first, then in-flight RPCs get
 `grace` seconds.
 """
 
@@ -19,11 +20,13 @@ from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry import trace
 
-from services.runtime.errors import DomainErrorInterceptor
-from services.runtime.grpc_auth import AuthenticationInterceptor, TenantScopeInterceptor, TokenKeys
+from services.runtime.api_limits import FIELD_RULES
+from services.runtime.errors import ErrorBoundaryInterceptor
+from services.runtime.grpc_auth import AuthenticationInterceptor, TenantScopeInterceptor, TokenVerifier
 from services.runtime.health import HealthMonitor
 from services.runtime.settings import ConfigurationError, ServiceSettings
 from services.runtime.telemetry import server_interceptor
+from services.runtime.validation import ValidationInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +125,7 @@ async def start_grpc_server(
     settings: ServiceSettings,
     registrations: Sequence[ServicerRegistration],
     health_monitor: HealthMonitor,
-    keys: TokenKeys,
+    keys: TokenVerifier,
     *,
     tracer_provider: trace.TracerProvider | None = None,
     extra_interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
@@ -133,9 +136,11 @@ async def start_grpc_server(
     server = grpc.aio.server(
         interceptors=[
             server_interceptor(tracer_provider),
+            ErrorBoundaryInterceptor(),
             AuthenticationInterceptor(keys),
+            # Before tenant scoping, so the location it compares (and may name in a refusal) is a valid id.
+            ValidationInterceptor(FIELD_RULES),
             TenantScopeInterceptor(internal_methods),
-            DomainErrorInterceptor(),
             *extra_interceptors,
         ],
         options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],

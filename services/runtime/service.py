@@ -39,7 +39,7 @@ from services.runtime.dependency_wait import (
     TransientFailure,
     wait_for,
 )
-from services.runtime.grpc_auth import TokenKeys
+from services.runtime.grpc_auth import ServiceTokenKeys, TokenVerifier
 from services.runtime.grpc_server import GrpcServer, ServicerRegistration, start_grpc_server
 from services.runtime.health import (
     HealthCheck,
@@ -93,7 +93,9 @@ class ServiceComponents:
     database: Database
     nats: NatsClient
     jetstream: JetStreamContext
-    token_keys: TokenKeys
+    # The internal ring this service mints its outgoing calls' tokens with; the verifier also knows the CRM's keys.
+    token_keys: ServiceTokenKeys
+    token_verifier: TokenVerifier
     servicers: list[ServicerRegistration] = field(default_factory=list)
     background: list[BackgroundTask] = field(default_factory=list)
     health_checks: dict[str, HealthCheck] = field(default_factory=dict)
@@ -246,7 +248,7 @@ async def connect_nats_ready(settings: ServiceSettings) -> tuple[NatsClient, Jet
 async def open_foundation(settings: ServiceSettings, migrations_dir: Path) -> ServiceComponents:
     """The parts every service has: migrated database, NATS and JetStream with the streams declared, health."""
     try:
-        keys = TokenKeys.parse(settings.service_token_keys)
+        verifier = TokenVerifier.parse(settings.service_token_keys, settings.crm_token_public_keys)
     except ConfigurationError as exc:
         raise StartupError(str(exc)) from None
     database = await open_database_ready(settings, migrations_dir)
@@ -256,7 +258,12 @@ async def open_foundation(settings: ServiceSettings, migrations_dir: Path) -> Se
         await database.dispose()
         raise
     components = ServiceComponents(
-        settings=settings, database=database, nats=nats_client, jetstream=jetstream, token_keys=keys
+        settings=settings,
+        database=database,
+        nats=nats_client,
+        jetstream=jetstream,
+        token_keys=verifier.internal,
+        token_verifier=verifier,
     )
     components.add_health_check("database", database_check(database))
     components.add_health_check("nats", nats_check(nats_client))
@@ -297,7 +304,9 @@ async def start_service(
         servicer=health_servicer,
     )
     try:
-        grpc_server = await start_grpc_server(settings, components.servicers, monitor, components.token_keys)
+        grpc_server = await start_grpc_server(
+            settings, components.servicers, monitor, components.token_verifier
+        )
     except ConfigurationError as exc:
         await _release(components)
         raise StartupError(str(exc)) from None

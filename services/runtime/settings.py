@@ -2,7 +2,8 @@
 
 Shared fields are read from `MAILSYNC_<FIELD>` and a service overrides any of them with
 `MAILSYNC_<SERVICE>_<FIELD>` (for example MAILSYNC_THREADING_DATABASE_URL). Every field has a default that
-works on a developer machine, except the service token keys, which are a secret. Problems surface as one
+works on a developer machine, except the token keys (the internal ring is a secret; the CRM's public keys come
+from the CRM), which `make run` generates. Problems surface as one
 `ConfigurationError` whose message names the variable.
 """
 
@@ -24,6 +25,7 @@ from pydantic_settings import (
 
 SHARED_PREFIX = "MAILSYNC_"
 TOKEN_KEYS_VARIABLE = "MAILSYNC_SERVICE_TOKEN_KEYS"
+CRM_PUBLIC_KEYS_VARIABLE = "MAILSYNC_CRM_TOKEN_PUBLIC_KEYS"
 
 
 class ConfigurationError(ValueError):
@@ -85,8 +87,15 @@ class ServiceSettings(BaseSettings):
     )
     service_token_keys: str = Field(
         default="",
-        description="Keys for the per-call service tokens (HS256 JWT): 'kid=base64secret,kid2=...'. "
-        "The first key signs, every key verifies, so keys rotate by prepending a new one.",
+        description="Secret keys of the internal tokens services call each other with (HS256 JWT, the only "
+        "tokens internal-only methods accept): 'kid=base64secret,kid2=...'. Only the services hold them. The "
+        "first key signs, every key verifies (rotation: docs/auth.md).",
+    )
+    crm_token_public_keys: str = Field(
+        default="",
+        description="Ed25519 public keys that verify the CRM's tokens (EdDSA JWT, never internal): "
+        "'kid=base64 of the 32-byte key,...'. The CRM alone holds the private keys; `python -m "
+        "services.runtime.grpc_auth keygen` makes a pair.",
     )
     service_token_ttl_seconds: int = Field(
         default=300, gt=0, description="Lifetime of the tokens this service mints for its own outgoing calls."
@@ -205,11 +214,16 @@ def describe_validation_error(settings_cls: type[ServiceSettings], exc: Validati
     return f"{variable}: {message}{shown}"
 
 
-def parse_token_keys(raw: str, variable: str = TOKEN_KEYS_VARIABLE) -> dict[str, bytes]:
-    """Parses 'kid=base64secret,kid2=...' into an ordered {kid: secret}; the first entry signs."""
+def parse_token_keys(
+    raw: str, variable: str = TOKEN_KEYS_VARIABLE, *, exact_bytes: int | None = None
+) -> dict[str, bytes]:
+    """Parses 'kid=base64secret,kid2=...' into an ordered {kid: secret}; the first entry signs.
+
+    `exact_bytes` asks for keys of exactly that size (Ed25519 keys are 32 bytes) instead of at least 32.
+    """
     if not raw.strip():
         raise ConfigurationError(
-            f"{variable} is not set: give at least one signing key as 'kid=base64secret' "
+            f"{variable} is not set: give at least one key as 'kid=base64key' "
             "(`make run` generates development keys)"
         )
     keys: dict[str, bytes] = {}
@@ -221,7 +235,11 @@ def parse_token_keys(raw: str, variable: str = TOKEN_KEYS_VARIABLE) -> dict[str,
             secret = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
         except (binascii.Error, ValueError):
             raise ConfigurationError(f"{variable}: the secret of key {kid!r} is not valid base64") from None
+        if exact_bytes is not None and len(secret) != exact_bytes:
+            raise ConfigurationError(f"{variable}: key {kid!r} is not {exact_bytes} bytes")
         if len(secret) < 32:
             raise ConfigurationError(f"{variable}: the secret of key {kid!r} is shorter than 32 bytes")
+        if kid in keys:
+            raise ConfigurationError(f"{variable}: key id {kid!r} appears twice")
         keys[kid] = secret
     return keys

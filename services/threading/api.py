@@ -5,11 +5,8 @@ elsewhere check it here), and another location's ids find nothing, so their exis
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import datetime as dt
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,6 +17,7 @@ from services.runtime.clock import Clock, SystemClock
 from services.runtime.db import Database
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.runtime.grpc_auth import current_caller
+from services.runtime.validation import decode_page_token, encode_page_token, page_size, required
 from services.threading import codec
 from services.threading.blobs import BlobNotFound, BlobStore
 from services.threading.store import reads
@@ -46,36 +44,37 @@ class SyncedFeedSignal:
             await asyncio.wait_for(event.wait(), timeout=at_most_seconds)
 
 
-def _location(location_id: str) -> str:
-    if not location_id:
-        raise InvalidArgument("location_id is required")
+class ContactMissing(NotFound):
+    reason = "CONTACT_NOT_FOUND"
+
+
+def _location(location_id: str, field: str = "location_id") -> str:
+    required(location_id, field, "name the location")
     current_caller().require_location(location_id)
     return location_id
 
 
 def _page_size(requested: int) -> int:
-    if requested < 0:
-        raise InvalidArgument("page_size must not be negative")
-    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    return page_size(requested, default=DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE)
 
 
 def _encode_token(when: dt.datetime, last_id: str) -> str:
-    raw = json.dumps([when.isoformat(), last_id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return encode_page_token([when.isoformat(), last_id])
 
 
 def _decode_token(token: str) -> tuple[dt.datetime, str] | None:
-    if not token:
+    parts = decode_page_token(token, parts=2)
+    if parts is None:
         return None
     try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        when, last_id = json.loads(raw)
-        parsed = dt.datetime.fromisoformat(when)
-        if parsed.tzinfo is None or not isinstance(last_id, str):
-            raise ValueError("bad token")
-        return parsed, last_id
-    except (ValueError, TypeError, binascii.Error, json.JSONDecodeError):
-        raise InvalidArgument("page_token is not a token this service issued") from None
+        when = dt.datetime.fromisoformat(parts[0])
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None:
+        raise InvalidArgument(
+            "page_token is not one this service issued: pass next_page_token unchanged", field="page_token"
+        )
+    return when, parts[1]
 
 
 class ThreadingServicer(threading_pb2_grpc.ThreadingServiceServicer):
@@ -96,9 +95,8 @@ class ThreadingServicer(threading_pb2_grpc.ThreadingServiceServicer):
 
     async def UpsertContact(self, request: threading_pb2.UpsertContactRequest, context: Any) -> Any:
         contact = request.contact
-        _location(contact.location_id)
-        if not contact.contact_id:
-            raise InvalidArgument("contact.contact_id is required")
+        _location(contact.location_id, "contact.location_id")
+        required(contact.contact_id, "contact.contact_id", "set the CRM contact id")
         record = codec.contact_record_of(contact, now=self._clock.now())
         async with self._db.write() as session:
             applied = await upsert_contact(session, record, now=self._clock.now())
@@ -108,8 +106,7 @@ class ThreadingServicer(threading_pb2_grpc.ThreadingServiceServicer):
 
     async def DeleteContact(self, request: threading_pb2.DeleteContactRequest, context: Any) -> Any:
         location = _location(request.location_id)
-        if not request.contact_id:
-            raise InvalidArgument("contact_id is required")
+        required(request.contact_id, "contact_id", "name the contact to delete")
         async with self._db.write() as session:
             applied = await delete_contact(
                 session, location, request.contact_id, request.version, now=self._clock.now()
@@ -137,6 +134,11 @@ class ThreadingServicer(threading_pb2_grpc.ThreadingServiceServicer):
         location = _location(request.location_id)
         size = _page_size(request.page_size)
         async with self._db.read() as session:
+            # A contact this location never had is an error, not an empty list (another location's looks alike).
+            if request.contact_id and await get_contact(session, location, request.contact_id) is None:
+                raise ContactMissing(
+                    f"no contact {request.contact_id} in location {location}", contact_id=request.contact_id
+                )
             found = await reads.list_conversations(
                 session,
                 location,
@@ -161,7 +163,9 @@ class ThreadingServicer(threading_pb2_grpc.ThreadingServiceServicer):
     async def ListMessages(self, request: threading_pb2.ListMessagesRequest, context: Any) -> Any:
         location = _location(request.location_id)
         if bool(request.conversation_id) == bool(request.thread_id):
-            raise InvalidArgument("give exactly one of conversation_id and thread_id")
+            raise InvalidArgument(
+                "give exactly one of conversation_id and thread_id", field="conversation_id"
+            )
         size = _page_size(request.page_size)
         after = _decode_token(request.page_token)
         async with self._db.read() as session:
@@ -223,12 +227,13 @@ class ThreadingServicer(threading_pb2_grpc.ThreadingServiceServicer):
     ) -> AsyncIterator[threading_pb2.WatchMessagesResponse]:
         location = _location(request.location_id)
         if request.after_cursor:
-            if not request.after_cursor.isdigit():
-                raise InvalidArgument("after_cursor is not a cursor this service issued")
+            # The edge already refused anything but a decimal number that fits the feed's 64-bit sequence.
             cursor = int(request.after_cursor)
         else:
             async with self._db.read() as session:
                 cursor = await reads.last_feed_seq(session, location)
+        # The subscription is live from here: a client sees the headers at once, not with the first message.
+        await context.send_initial_metadata(())
         while True:
             async with self._db.read() as session:
                 entries = await reads.feed_after(session, location, cursor, limit=200)
@@ -243,7 +248,9 @@ class ThreadingServicer(threading_pb2_grpc.ThreadingServiceServicer):
         if request.location_id:
             caller.require_location(request.location_id)
         if not request.rfc_message_id and not (request.mailbox_id and request.gmail_message_id):
-            raise InvalidArgument("give rfc_message_id, or mailbox_id with gmail_message_id")
+            raise InvalidArgument(
+                "give rfc_message_id, or mailbox_id with gmail_message_id", field="rfc_message_id"
+            )
         async with self._db.read() as session:
             explanation = await reads.explain(
                 session,
@@ -259,8 +266,10 @@ class ThreadingServicer(threading_pb2_grpc.ThreadingServiceServicer):
                 for d in explanation.decisions
                 if caller.may_access(d.location_id) and (wanted is None or d.location_id in wanted)
             )
+            # The subject is the message's content: shown only to a caller of a location it synced into.
+            subject = explanation.subject if any(d.synced for d in visible) else ""
             explanation = reads.Explanation(
-                explanation.rfc_message_id, explanation.subject, explanation.participants, visible
+                explanation.rfc_message_id, subject, explanation.participants, visible
             )
         if explanation is None or not explanation.decisions:
             raise NotFound("this service has no decision about that message that you may see")

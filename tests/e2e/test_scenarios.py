@@ -591,11 +591,12 @@ def test_scenario_19_R18_R16_stranger_mail_with_attachment_leaves_only_its_expla
     contact_address = stack.new_address("uma", "outside.test")
     contact = stack.upsert_contact(location, contact_address, assigned_user_id=user_id)
     control_marker = f"synced-body-{uuid.uuid4().hex}"
+    subject_marker = f"Invoice attached {uuid.uuid4().hex}"
 
     delivered = stack.deliver(
         mailbox,
         stranger,
-        "Invoice attached",
+        subject_marker,
         body_marker,
         attachments=[
             {
@@ -610,7 +611,8 @@ def test_scenario_19_R18_R16_stranger_mail_with_attachment_leaves_only_its_expla
     decision = stack.wait_for_decision(location, delivered["message_id"])
     assert not decision.synced and decision.rule_id == "R2" and stranger in decision.reason
     explanation = stack.explain(location, delivered["message_id"])
-    assert explanation.subject == "Invoice attached"
+    # R18: a subject is content; only ids, addresses and the reason are kept for mail that synced nowhere.
+    assert explanation.subject == ""
     assert (stranger, common_pb2.PARTICIPANT_ROLE_FROM) in {
         (p.email, p.role) for p in explanation.participants
     }
@@ -619,6 +621,7 @@ def test_scenario_19_R18_R16_stranger_mail_with_attachment_leaves_only_its_expla
     # Negative control: the scan does find the body of a message that was synced.
     assert files_containing(state, control_marker.encode())
     for needle in (
+        subject_marker.encode(),
         body_marker.encode(),
         attachment_marker,
         base64.b64encode(attachment_marker),

@@ -245,7 +245,8 @@ class AttachmentRow(Base):
 
 
 class SeenMessageRow(Base):
-    """Every message copy the service was handed, placed or not: ids, addresses, subject; never a body (R18)."""
+    """Every message copy the service was handed, placed or not: ids and addresses; the subject only of a copy
+    that synced somewhere; never a body (R18)."""
 
     __tablename__ = "seen_messages"
     seen_key: Mapped[str] = mapped_column(String(600), primary_key=True)

@@ -277,8 +277,10 @@ async def record_decision(
     if decision.echo is not None:
         await _link_echo(session, message, decision.echo, now=now, copy_state=copy_state)
     seen_key = seen_key_of(message)
+    # R18: a subject is content, kept for explanations only when the copy synced somewhere.
+    kept_subject = content.subject if decision.placements or decision.echo is not None else ""
     await _record_seen(
-        session, seen_key, message, content.subject, [d.location_id for d in decision.decisions], now
+        session, seen_key, message, kept_subject, [d.location_id for d in decision.decisions], now
     )
     await _record_explanations(session, seen_key, decision.decisions, landings, decision.echo, now)
     return Applied(
@@ -841,7 +843,8 @@ async def record_pending_send(
             update(CrmSendRow).where(CrmSendRow.send_id == send.send_id).values(message_id=landing.message_id)
         )
     seen_key = f"send:{send.send_id}"
-    await _record_seen(session, seen_key, message, content.subject, [send.location_id], now)
+    kept_subject = content.subject if landing is not None else ""  # R18, as in record_decision
+    await _record_seen(session, seen_key, message, kept_subject, [send.location_id], now)
     await _record_explanations(
         session, seen_key, (decision,), {send.location_id: landing} if landing else {}, None, now
     )

@@ -374,7 +374,8 @@ async def explain(
     first = seen[0]
     return Explanation(
         rfc_message_id=first.rfc_message_id,
-        subject=first.subject,
+        # Copies that synced nowhere keep no subject (R18): take it from one that did.
+        subject=next((s.subject for s in seen if s.subject), ""),
         participants=tuple(
             ParticipantView(
                 p.get("email", ""), p.get("display_name", ""), p.get("role", ""), int(p.get("position", 0))

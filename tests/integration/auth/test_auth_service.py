@@ -170,7 +170,9 @@ async def test_other_locations_are_permission_denied(world: AuthWorld) -> None:
         outsider.BeginConnect(auth_pb2.BeginConnectRequest(user_id="u1", location_id="loc-1")),
         outsider.UpsertUser(
             auth_pb2.UpsertUserRequest(
-                user=auth_pb2.User(user_id="u2", crm_email="u2@crm", location_ids=["loc-1"], version=1)
+                user=auth_pb2.User(
+                    user_id="u2", crm_email="u2@crm.example.com", location_ids=["loc-1"], version=1
+                )
             )
         ),
     ):

@@ -13,10 +13,10 @@ from sqlalchemy import update
 from mailsync.v1 import ingest_pb2, ingest_pb2_grpc
 from services.ingest import store
 from services.ingest.work import queue_sync
-from services.runtime.grpc_auth import TokenKeys
 from services.runtime.grpc_client import StaticToken, open_channel
 from tests.fixtures.ingest_world import IngestWorld, RunningIngest
 from tests.fixtures.messaging import eventually
+from tests.fixtures.services import session_crm_signer
 
 ALICE = "alice@example.com"
 
@@ -25,7 +25,7 @@ ALICE = "alice@example.com"
 async def crm_for_loc1(
     ingest_service: RunningIngest, token_keys_value: str
 ) -> AsyncIterator[ingest_pb2_grpc.IngestServiceStub]:
-    token = TokenKeys.parse(token_keys_value).mint("crm", ["loc-1"])
+    token = session_crm_signer().mint("crm", ["loc-1"])
     channel = open_channel(f"127.0.0.1:{ingest_service.running.port}", token=StaticToken(token))
     yield ingest_pb2_grpc.IngestServiceStub(channel)
     await channel.close()
@@ -35,7 +35,7 @@ async def crm_for_loc1(
 async def crm_for_loc2(
     ingest_service: RunningIngest, token_keys_value: str
 ) -> AsyncIterator[ingest_pb2_grpc.IngestServiceStub]:
-    token = TokenKeys.parse(token_keys_value).mint("crm", ["loc-2"])
+    token = session_crm_signer().mint("crm", ["loc-2"])
     channel = open_channel(f"127.0.0.1:{ingest_service.running.port}", token=StaticToken(token))
     yield ingest_pb2_grpc.IngestServiceStub(channel)
     await channel.close()

@@ -17,7 +17,7 @@ from mailsync.v1 import ingest_pb2, ingest_pb2_grpc
 from sandbox.keys import SigningKey
 from services.ingest import store
 from services.runtime import streams, subjects
-from services.runtime.grpc_auth import TokenKeys
+from services.runtime.grpc_auth import ServiceTokenKeys
 from services.runtime.grpc_client import StaticToken, open_channel
 from tests.fixtures.ingest_world import AUDIENCE, PUSH_ACCOUNT, IngestWorld, RunningIngest, push_token
 from tests.fixtures.messaging import eventually
@@ -99,8 +99,7 @@ async def test_handle_push_rpc_refuses_a_forged_token_and_queues_a_genuine_one(
     world = ingest_world
     world.sandbox.create_mailbox(ALICE)
     mailbox = world.connect(ALICE)
-    keys = TokenKeys.parse(token_keys_value)
-    token = keys.mint("push-gateway", ["*"], internal=True)
+    token = ServiceTokenKeys.parse(token_keys_value).mint("push-gateway", ["*"])
     channel = open_channel(f"127.0.0.1:{ingest_service.running.port}", token=StaticToken(token))
     stub = ingest_pb2_grpc.IngestServiceStub(channel)
     data = json.dumps({"emailAddress": ALICE, "historyId": 9}).encode()

@@ -33,7 +33,7 @@ async def ingest_on_auth(
     db = open_database(f"sqlite:///{tmp_path / 'ingest.db'}")
     await migrate(db, MIGRATIONS_DIR)
     channel = open_channel(
-        f"127.0.0.1:{auth_world.service.port}", token=ServiceToken(auth_world.keys, "ingest")
+        f"127.0.0.1:{auth_world.service.port}", token=ServiceToken(auth_world.keys.internal, "ingest")
     )
     auth = AuthServiceClient(channel)
     api = GmailApi(GmailEndpoint(root_url=auth_world.sandbox.url, max_workers=4))

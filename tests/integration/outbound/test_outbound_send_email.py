@@ -175,7 +175,7 @@ async def test_R11_R12_inactive_connections_refuse_with_failed_precondition_and_
     info = error_info(error)
     assert info.reason == "CONNECTION_NOT_ACTIVE" and info.metadata["state"] == "DISCONNECTED"
     never = await _refused(stub.SendEmail(individual("req-none", BOB, user_id="u2")))
-    assert never.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert never.code() == grpc.StatusCode.NOT_FOUND
     assert error_info(never).reason == "NO_CONNECTION"
     assert _sent_copies(world, ALICE) == []
 

@@ -14,7 +14,7 @@ import pytest
 
 from services.auth.crypto import generate_key_text
 from tests.fixtures.nats_server import free_port
-from tests.fixtures.services import new_token_keys_value
+from tests.fixtures.services import crm_public_keys_value, new_token_keys_value
 
 
 def clean_environment(tmp_path: Path, **variables: str) -> dict[str, str]:
@@ -30,6 +30,7 @@ def clean_environment(tmp_path: Path, **variables: str) -> dict[str, str]:
             # A Gmail stand-in (never called at startup): against Google itself the sandbox defaults of the
             # OAuth client would be refused first (tests/integration/runtime/test_production_refusal.py).
             "MAILSYNC_AUTH_GMAIL_ROOT_URL": "http://127.0.0.1:9/",
+            "MAILSYNC_CRM_TOKEN_PUBLIC_KEYS": crm_public_keys_value(),
         }
     )
     env.update(variables)
@@ -54,6 +55,16 @@ def assert_one_line_failure(result: subprocess.CompletedProcess[str], *expected:
 def test_missing_token_keys_fail_naming_the_variable(tmp_path: Path, nats_server: Any) -> None:
     result = start_auth(clean_environment(tmp_path, MAILSYNC_NATS_URL=nats_server.url))
     assert_one_line_failure(result, "MAILSYNC_SERVICE_TOKEN_KEYS", "not set")
+
+
+def test_missing_crm_public_keys_fail_naming_the_variable(tmp_path: Path, nats_server: Any) -> None:
+    env = clean_environment(
+        tmp_path,
+        MAILSYNC_NATS_URL=nats_server.url,
+        MAILSYNC_SERVICE_TOKEN_KEYS=new_token_keys_value(),
+        MAILSYNC_CRM_TOKEN_PUBLIC_KEYS="",
+    )
+    assert_one_line_failure(start_auth(env), "MAILSYNC_CRM_TOKEN_PUBLIC_KEYS", "not set")
 
 
 def test_malformed_database_url_fails_naming_the_variable(tmp_path: Path, nats_server: Any) -> None:
@@ -90,6 +101,9 @@ def test_nats_unreachable_for_the_whole_allowed_wait_fails_naming_the_variable(t
         ("MAILSYNC_AUTH_GRPC_PORT", "not-a-port"),
         ("MAILSYNC_LOG_LEVEL", "LOUD"),
         ("MAILSYNC_SERVICE_TOKEN_KEYS", "k1=not*base64"),
+        ("MAILSYNC_CRM_TOKEN_PUBLIC_KEYS", "crm1=" + "A" * 48),
+        # A ring whose key id is also a CRM key id would let a token pick its trust level.
+        ("MAILSYNC_SERVICE_TOKEN_KEYS", "crm-test=" + "A" * 44),
         ("OTEL_TRACES_EXPORTER", "carrier-pigeon"),
     ],
 )

@@ -16,7 +16,6 @@ import pytest
 
 from mailsync.v1 import common_pb2, events_pb2, threading_pb2, threading_pb2_grpc
 from services.runtime import subjects
-from services.runtime.grpc_auth import TokenKeys
 from services.runtime.grpc_client import StaticToken, open_channel
 from services.runtime.jetstream import publish
 from services.runtime.service import RunningService
@@ -25,7 +24,7 @@ from services.threading.codec import to_timestamp
 from services.threading.settings import ThreadingSettings
 from services.threading.store.attachments import AttachmentToFetch
 from tests.fixtures.messaging import eventually
-from tests.fixtures.services import service_settings
+from tests.fixtures.services import TestTokens, service_settings
 from tests.fixtures.threading_messages import at
 
 ATTACHMENT = b"%PDF-1.7 quarterly numbers\n" * 5000
@@ -113,14 +112,14 @@ class Client:
 
 
 @pytest.fixture
-async def crm_a(threading_service: RunningService, token_keys: TokenKeys) -> AsyncIterator[Client]:
+async def crm_a(threading_service: RunningService, token_keys: TestTokens) -> AsyncIterator[Client]:
     client = Client(threading_service, token_keys.mint("crm", ["loc-a"]))
     yield client
     await client.channel.close()
 
 
 @pytest.fixture
-async def crm_b(threading_service: RunningService, token_keys: TokenKeys) -> AsyncIterator[Client]:
+async def crm_b(threading_service: RunningService, token_keys: TestTokens) -> AsyncIterator[Client]:
     client = Client(threading_service, token_keys.mint("crm-b", ["loc-b"]))
     yield client
     await client.channel.close()

@@ -23,6 +23,7 @@ from services.threading.codec import to_timestamp
 from services.threading.store.contacts import ContactEmail, ContactRecord, upsert_contact
 from services.threading.store.models import MessageRow, SeenMessageRow, ThreadMessageRow, ThreadRow
 from tests.fixtures.messaging import eventually
+from tests.fixtures.services import crm_public_keys_value
 from tests.fixtures.threading_messages import T0, at
 
 THREADS = 8
@@ -106,6 +107,7 @@ async def test_two_replicas_one_killed_midstream_store_each_message_once_in_one_
     env = {
         "MAILSYNC_NATS_URL": nats_server.url,
         "MAILSYNC_SERVICE_TOKEN_KEYS": token_keys_value,
+        "MAILSYNC_CRM_TOKEN_PUBLIC_KEYS": crm_public_keys_value(),
         "MAILSYNC_THREADING_GRPC_PORT": "0",
         "MAILSYNC_THREADING_DATA_DIR": str(tmp_path),
         "MAILSYNC_THREADING_WAIT_DELAY_SECONDS": "0.2",

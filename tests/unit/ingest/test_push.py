@@ -179,3 +179,42 @@ async def test_a_rotated_google_key_is_fetched_once_then_cached(google_key: Sign
     await check.verify(rotated.token())
     await check.verify(rotated.token())
     assert endpoint.fetches == 2
+
+
+class FakeMonotonic:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_unknown_key_ids_refetch_the_certificates_at_most_once_per_interval(
+    google_key: SigningKey,
+) -> None:
+    endpoint = CertsEndpoint(google_key)
+    clock = FakeMonotonic()
+    config = PushAuthConfig(AUDIENCE, PUSH_ACCOUNT, "http://certs.invalid", certs_refetch_interval_seconds=30)
+    check = PushTokenVerifier(config, endpoint, monotonic=clock)
+    await check.verify(google_key.token())
+    forged = [SigningKey(f"forged-{n}") for n in range(20)]
+    for key in forged:
+        with pytest.raises(PushRejected) as info:
+            await check.verify(key.token())
+        assert info.value.reason == "unknown_key"
+    assert endpoint.fetches == 2  # the first fetch, and one refetch for the flood
+    clock.now += 31
+    rotated = SigningKey("k2")
+    endpoint.certs[rotated.kid] = rotated.cert_pem
+    assert (await check.verify(rotated.token()))["email"] == PUSH_ACCOUNT
+    assert endpoint.fetches == 3
+    # Negative control: without an interval every forged key id would have cost a fetch.
+    unlimited = PushTokenVerifier(
+        PushAuthConfig(AUDIENCE, PUSH_ACCOUNT, "http://certs.invalid", certs_refetch_interval_seconds=0),
+        counting := CertsEndpoint(google_key),
+        monotonic=clock,
+    )
+    for key in forged[:5]:
+        with pytest.raises(PushRejected):
+            await unlimited.verify(key.token())
+    assert counting.fetches == 6

@@ -6,6 +6,7 @@ import io
 import json
 import logging
 
+import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
 from services.runtime.logging import configure_logging
@@ -58,3 +59,66 @@ def test_exceptions_are_logged_in_the_same_object() -> None:
 
     entry = log_line(emit)
     assert "ValueError: broken" in str(entry["exception"])
+
+
+SECRETS = {
+    "bcc drop token": "bcc+abcdefghijklmnopqrstuvwxyz234567@drop.mailsync.test",
+    "access token": "ya29.sandbox-Xy_z0123456789abcdef",
+    "refresh token": "1//sandbox-refresh-0123456789abcdef",
+    "authorization code": "4/sandbox-code-0123456789abcdef",
+    "jwt": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJjcm0ifQ.c2lnbmF0dXJlLXNpZ25hdHVyZQ",
+}
+
+
+@pytest.mark.parametrize(
+    "emit",
+    [
+        lambda: logging.getLogger("mail.log").info("('127.0.0.1', 5) recip: %s", SECRETS["bcc drop token"]),
+        lambda: logging.getLogger("aiohttp.access").info(
+            'GET /oauth/callback?state=s3cr3tstate&code=%s HTTP/1.1" 200', SECRETS["authorization code"]
+        ),
+        lambda: logging.getLogger("x").info(
+            "token response",
+            extra={
+                "body": {"access_token": SECRETS["access token"], "refresh_token": SECRETS["refresh token"]}
+            },
+        ),
+        lambda: logging.getLogger("x").warning("call failed: authorization: Bearer %s", SECRETS["jwt"]),
+        lambda: logging.getLogger("x").error(
+            "failed", exc_info=ValueError(f"refresh with {SECRETS['refresh token']}")
+        ),
+    ],
+)
+def test_secrets_are_redacted_wherever_they_appear(emit: object) -> None:
+    stream = io.StringIO()
+    configure_logging("DEBUG", stream=stream)
+    try:
+        emit()  # type: ignore[operator]
+    finally:
+        logging.getLogger().handlers.clear()
+    line = stream.getvalue()
+    json.loads(line)  # redaction keeps the line valid JSON
+    assert "[redacted]" in line
+    for name, secret in SECRETS.items():
+        assert secret not in line, name
+    assert "s3cr3tstate" not in line
+
+
+def test_redaction_leaves_ordinary_text_alone() -> None:
+    entry = log_line(
+        lambda: logging.getLogger("x").info(
+            "connection state changed", extra={"state": "CONNECTED", "mailbox": "bob+sales@example.com"}
+        )
+    )
+    assert entry["state"] == "CONNECTED" and entry["mailbox"] == "bob+sales@example.com"
+
+
+def test_aiosmtpd_debug_output_which_carries_message_lines_stays_off_at_debug() -> None:
+    stream = io.StringIO()
+    configure_logging("DEBUG", stream=stream)
+    try:
+        logging.getLogger("mail.log").debug("DATA readline: %s", "the secret body line")
+        logging.getLogger("services.x").debug("our own debug line")
+    finally:
+        logging.getLogger().handlers.clear()
+    assert "secret body" not in stream.getvalue() and "our own debug line" in stream.getvalue()

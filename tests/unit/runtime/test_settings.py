@@ -86,6 +86,7 @@ def test_token_keys_parse_in_order_and_the_first_signs() -> None:
     [
         ("", "is not set"),
         ("nokey", "is not 'kid=base64secret'"),
+        (f"k1={'A' * 44},k1={'B' * 44}", "appears twice"),
         ("k1=***", "not valid base64"),
         ("k1=c2hvcnQ=", "shorter than 32 bytes"),
     ],
@@ -94,3 +95,9 @@ def test_bad_token_keys_say_what_is_wrong(raw: str, problem: str) -> None:
     with pytest.raises(ConfigurationError, match="MAILSYNC_SERVICE_TOKEN_KEYS") as failure:
         parse_token_keys(raw)
     assert problem in str(failure.value)
+
+
+def test_public_keys_must_be_exactly_32_bytes() -> None:
+    with pytest.raises(ConfigurationError, match="MAILSYNC_CRM_TOKEN_PUBLIC_KEYS: key 'c1' is not 32 bytes"):
+        parse_token_keys("c1=" + "A" * 48, "MAILSYNC_CRM_TOKEN_PUBLIC_KEYS", exact_bytes=32)
+    assert len(parse_token_keys("c1=" + "A" * 43, "X", exact_bytes=32)["c1"]) == 32
