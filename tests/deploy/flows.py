@@ -26,6 +26,7 @@ def expected_flows(overlay: str, pods: list[str]) -> set[Flow]:
     flows |= {
         ("ingest", "auth", "50051/TCP"),
         ("outbound", "auth", "50051/TCP"),
+        ("outbound", "threading", "50053/TCP"),
         ("threading", "ingest", "50052/TCP"),
     }
     flows |= {("ingress-nginx", "auth", "8081/TCP"), ("ingress-nginx", "ingest", "8082/TCP")}
