@@ -29,7 +29,7 @@ from services.threading.app import build
 from services.threading.settings import ThreadingSettings
 from tests.fixtures.databases import DatabaseTarget
 from tests.fixtures.nats_server import NatsServer, free_port
-from tests.fixtures.services import new_token_keys_value, service_settings
+from tests.fixtures.services import crm_public_keys_value, new_token_keys_value, service_settings
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -108,6 +108,7 @@ def threading_env(tmp_path: Path, nats_url: str, **variables: str) -> dict[str, 
         {
             "MAILSYNC_NATS_URL": nats_url,
             "MAILSYNC_SERVICE_TOKEN_KEYS": new_token_keys_value(),
+            "MAILSYNC_CRM_TOKEN_PUBLIC_KEYS": crm_public_keys_value(),
             "MAILSYNC_DATA_DIR": str(tmp_path / "data"),
             "MAILSYNC_THREADING_GRPC_PORT": str(free_port()),
             "MAILSYNC_THREADING_HEALTH_PORT": str(free_port()),
