@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.fixtures.nats_server import free_port
-from tests.fixtures.services import new_token_keys_value
+from tests.fixtures.services import crm_public_keys_value, new_token_keys_value
 
 PRODUCTION = {
     "MAILSYNC_INGEST_PUSH_AUDIENCE": "https://mail.crm.acme-corp.com/gmail/push",
@@ -25,6 +25,7 @@ def ingest_env(tmp_path: Path, nats_url: str, **variables: str) -> dict[str, str
         {
             "MAILSYNC_NATS_URL": nats_url,
             "MAILSYNC_SERVICE_TOKEN_KEYS": new_token_keys_value(),
+            "MAILSYNC_CRM_TOKEN_PUBLIC_KEYS": crm_public_keys_value(),
             "MAILSYNC_DATA_DIR": str(tmp_path / "data"),
             "MAILSYNC_INGEST_GRPC_PORT": str(free_port()),
             "MAILSYNC_INGEST_HTTP_PORT": "0",
