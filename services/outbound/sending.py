@@ -163,6 +163,8 @@ class OutboundSender:
         # What this process last wrote per mailbox (account type), so the ledger row is only touched on a change.
         self._account_types_written: dict[str, str] = {}
         self._turns = asyncio.Semaphore(config.max_concurrent_sends)
+        # The sends a coroutine of this process works on: the lease tells processes apart, this tells coroutines.
+        self._working: set[str] = set()
 
     # -- entry points ----------------------------------------------------------------------------------------
 
@@ -191,6 +193,17 @@ class OutboundSender:
         """Settles a send its process left unsettled (crash, or UNKNOWN): searches Sent before any new call.
 
         `dead_owner` is the process known dead that held it (its lease is taken at once, not after expiry)."""
+        if send_id in self._working:
+            # This process already works on it (a replay and the recovery loop at once): one at a time, or both
+            # could prove it absent and call Gmail.
+            return await self._reload(send_id)
+        self._working.add(send_id)
+        try:
+            return await self._recover(send_id, dead_owner)
+        finally:
+            self._working.discard(send_id)
+
+    async def _recover(self, send_id: str, dead_owner: str | None) -> SendRecord:
         now = self._clock.now()
         async with self._db.write() as session:
             record = await store.take_lease(
@@ -330,20 +343,24 @@ class OutboundSender:
             "pending_event": pending.SerializeToString(),
             "call_started_at": now,
         }
-        async with self._db.write() as session:
-            if not await store.insert_send(session, values):
-                return None
-            await self._admit(session, sender, key, len(built.envelope_recipients))
-            await events.stage_pending(session, pending)
-            if staged:
-                await store.keep_uploads_for_send(
-                    session,
-                    request.location_id,
-                    [a.upload_id for a in staged],
-                    send_id=send_id,
-                    until=now + self._config.sent_attachment_retention,
-                )
-        return await self._call_gmail(store.record_from_values(values), progress)
+        self._working.add(send_id)
+        try:
+            async with self._db.write() as session:
+                if not await store.insert_send(session, values):
+                    return None
+                await self._admit(session, sender, key, len(built.envelope_recipients))
+                await events.stage_pending(session, pending)
+                if staged:
+                    await store.keep_uploads_for_send(
+                        session,
+                        request.location_id,
+                        [a.upload_id for a in staged],
+                        send_id=send_id,
+                        until=now + self._config.sent_attachment_retention,
+                    )
+            return await self._call_gmail(store.record_from_values(values), progress)
+        finally:
+            self._working.discard(send_id)
 
     async def _admit(self, session: AsyncSession, sender: SenderMailbox, key: str, recipients: int) -> None:
         account_type = sender.account_type.value
