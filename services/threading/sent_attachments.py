@@ -45,7 +45,6 @@ class RoutedAttachmentFetcher:
         self._mail = mail
 
     def fetch(self, attachment: AttachmentToFetch) -> AsyncIterator[bytes]:
-        is_upload = attachment.attachment_id.startswith(UPLOAD_PREFIX) and not (
-            attachment.gmail_message_id or attachment.drop_id
-        )
+        # Only outbound names attachments "upload:..."; Gmail's and drops' ids never take that form.
+        is_upload = attachment.attachment_id.startswith(UPLOAD_PREFIX)
         return (self._sends if is_upload else self._mail).fetch(attachment)
