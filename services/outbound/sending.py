@@ -296,6 +296,7 @@ class OutboundSender:
         sender = await self._directory.sender_for(request.location_id, request.user_id)
         # Fetched before anything is recorded: a mailbox auth cannot serve is refused with nothing sent.
         await self._directory.access_token(sender.mailbox_id)
+        await self._note_account_type(sender)
         now = self._clock.now()
         send_id = uuid.uuid4().hex
         built = build_email(
@@ -362,9 +363,14 @@ class OutboundSender:
         finally:
             self._working.discard(send_id)
 
-    async def _admit(self, session: AsyncSession, sender: SenderMailbox, key: str, recipients: int) -> None:
+    async def _note_account_type(self, sender: SenderMailbox) -> None:
+        """Tells the ledger the mailbox's account type when it changed, in a transaction of its own: writing the
+        mailbox row inside the send's transaction would lock it there too (the admission locks it anyway, but
+        the test of the ledger without that lock must see the race it shows)."""
         account_type = sender.account_type.value
-        if self._account_types_written.get(sender.mailbox_id) != account_type:
+        if self._account_types_written.get(sender.mailbox_id) == account_type:
+            return
+        async with self._db.write() as session:
             await self._ledger.set_account_type(
                 session, mailbox_id=sender.mailbox_id, account_type=sender.account_type
             )
@@ -373,7 +379,9 @@ class OutboundSender:
                 await self._ledger.set_daily_limit(
                     session, mailbox_id=sender.mailbox_id, daily_limit=sender.daily_send_limit
                 )
-            self._account_types_written[sender.mailbox_id] = account_type
+        self._account_types_written[sender.mailbox_id] = account_type
+
+    async def _admit(self, session: AsyncSession, sender: SenderMailbox, key: str, recipients: int) -> None:
         await self._ledger.admit(
             session,
             mailbox_id=sender.mailbox_id,

@@ -184,7 +184,9 @@ async def test_R15_a_live_replica_takes_over_the_send_of_a_replica_that_died(
     assert [m["id"] for m in _sent_copies(world)] == [send.gmail_message_id]
 
 
-def _sender(world: OutboundWorld, db: Database, owner: str) -> tuple[OutboundSender, list[Any]]:
+def _sender(
+    world: OutboundWorld, db: Database, owner: str, sleep: Any = asyncio.sleep
+) -> tuple[OutboundSender, list[Any]]:
     """An outbound sender in the test process, on the shared database, as a process with owner id `owner`."""
     channel = open_channel(world.settings.auth_target, token=ServiceToken(world.keys, "outbound"))
     connections = AuthConnections(channel)
@@ -202,6 +204,7 @@ def _sender(world: OutboundWorld, db: Database, owner: str) -> tuple[OutboundSen
         GmailMailboxes(api, connections.access_token),
         config,
         liveness=LeaseOnlyLiveness(owner),
+        sleep=sleep,
     )
     return sender, [channel, api]
 
@@ -244,11 +247,18 @@ async def test_R15_negative_control_two_workers_with_one_owner_id_and_no_guard_s
     world = outbound_world
     await _crash(world, outbound_processes, tmp_path, BEFORE_GMAIL_SEND, send_lease_seconds=TEN_MINUTES)
     crashed = await _crashed_send(world)
+    # Both searched and found nothing before either waits out the index lag (so neither can find the other's copy).
+    both_searched = asyncio.Barrier(2)
+
+    async def sleep_after_both_searched(seconds: float) -> None:
+        await both_searched.wait()
+        await asyncio.sleep(seconds)
+
     async with _database(world) as db:
         # Two senders claiming to be the same process: the lease cannot tell them apart, only the in-process
         # guard of one sender could, and each has its own.
-        one, first_resources = _sender(world, db, "tester:1:0a0b0c0d")
-        other, other_resources = _sender(world, db, "tester:1:0a0b0c0d")
+        one, first_resources = _sender(world, db, "tester:1:0a0b0c0d", sleep_after_both_searched)
+        other, other_resources = _sender(world, db, "tester:1:0a0b0c0d", sleep_after_both_searched)
         try:
             await asyncio.gather(
                 one.recover(crashed.send_id, dead_owner=crashed.lease_owner),
