@@ -156,6 +156,20 @@ async def test_R15_a_follow_up_sequence_reaches_the_customer_exactly_once_while_
         send.send_id for send in sends
     )
     assert {event.gmail_message_id for event in sent_events} == set(claimed)
+    log = (tmp_path / "outbound.log").read_text(errors="replace")
+    # For the record (pytest -s): what the kills left to recover and how it was settled.
+    print(
+        {
+            "sends": SENDS,
+            "kills": dict(collections.Counter(outbound.kills)),
+            "sent_copies": len(sent_copies),
+            "inbox_copies": len(inbox_copies),
+            "quota_used": quota.used,
+            "recoveries": log.count("recovering a send left unsettled"),
+            "found_in_sent": log.count("found a send of unknown outcome in the Sent folder"),
+            "sent_again_after_proof": log.count("is not in the Sent folder: it is sent again"),
+        }
+    )
 
 
 def _duplicates(world: OutboundWorld, copies: list[dict[str, Any]], sends: list[outbound_pb2.Send]) -> str:
