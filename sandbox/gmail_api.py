@@ -353,7 +353,9 @@ class GmailApi:
         query = call.arg("q") or ""
         if query and call.metadata_only:
             raise GoogleApiError(403, "forbidden", "Metadata scope does not support 'q' parameter")
-        predicates, named_spam_trash = compile_query(call.mailbox, query, self.core.clock.now_ms())
+        predicates, named_spam_trash = compile_query(
+            call.mailbox, query, self.core.clock.now_ms(), index_lag_ms=self.core.settings.search_index_lag_ms
+        )
         label_ids = call.args("labelIds")
         include_spam_trash = (
             (call.arg("includeSpamTrash") or "false").lower() == "true"

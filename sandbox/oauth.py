@@ -203,9 +203,15 @@ class OAuthEndpoints:
             "iat": now,
             "exp": now + 3600,
         }
+        claims.update(self._hosted_domain(address))
         if nonce:
             claims["nonce"] = nonce
         return self.core.key.sign(claims)
+
+    def _hosted_domain(self, address: str) -> dict[str, str]:
+        """Google's `hd` claim: present only for a Google Workspace account (its domain)."""
+        mailbox = self.core.mail.mailboxes.get(address.lower())
+        return {"hd": address.rpartition("@")[2].lower()} if mailbox is not None and mailbox.workspace else {}
 
     async def token(self, request: web.Request) -> web.Response:
         form = {k: str(v) for k, v in (await request.post()).items()}
@@ -270,7 +276,14 @@ class OAuthEndpoints:
     async def userinfo(self, request: web.Request) -> web.Response:
         token = self._bearer(request)
         address = token.grant.address
-        return web.json_response({"sub": subject_id(address), "email": address, "email_verified": True})
+        return web.json_response(
+            {
+                "sub": subject_id(address),
+                "email": address,
+                "email_verified": True,
+                **self._hosted_domain(address),
+            }
+        )
 
     async def userinfo_v2(self, request: web.Request) -> web.Response:
         token = self._bearer(request)

@@ -293,6 +293,11 @@ class PushService:
         """Wait until a notification at or past `history_id` had its first delivery attempt (echo-first mode)."""
         if address not in self.watches or self._queued.get(address, 0) < history_id:
             return  # not watched, or the watch's label filter let this change through without a notification
+        timer = self._timers.get(address)
+        if timer is not None and timer.when() > asyncio.get_running_loop().time():
+            # Held back by the one-per-second notification rate: Gmail never delays a send's answer for it, so
+            # neither does the sandbox (otherwise every mailbox could send once a second at most).
+            return
         async with self._settled:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(

@@ -1,4 +1,9 @@
-"""The subset of Gmail's search language the sandbox understands (`q` of messages.list and threads.list)."""
+"""The subset of Gmail's search language the sandbox understands (`q` of messages.list and threads.list).
+
+Like Gmail, a search sees a message only once the search index caught up with it (`index_lag_ms` after it was
+stored); a listing without `q` (labelIds only) sees every message at once. `after:`/`before:` compare the internal
+date (epoch seconds exactly, calendar dates at midnight Pacific time), `rfc822msgid:` the Message-ID exactly.
+"""
 
 from __future__ import annotations
 
@@ -102,13 +107,18 @@ def _negation(predicate: Predicate) -> Predicate:
     return lambda message: not predicate(message)
 
 
-def compile_query(mailbox: Mailbox, query: str, now_ms: int) -> tuple[list[Predicate], bool]:
+def compile_query(
+    mailbox: Mailbox, query: str, now_ms: int, *, index_lag_ms: int = 0
+) -> tuple[list[Predicate], bool]:
     """All predicates of a query (implicit AND; `-term` negates) and whether it opts into TRASH/SPAM."""
     try:
         terms = shlex.split(query)
     except ValueError as error:
         raise bad_request(f"Invalid query: {error}", reason="invalidArgument") from error
     predicates: list[Predicate] = []
+    if terms and index_lag_ms > 0:
+        indexed_before = now_ms - index_lag_ms
+        predicates.append(lambda message: message.stored_at_ms <= indexed_before)
     includes_spam_trash = False
     for term in terms:
         negated = term.startswith("-") and len(term) > 1

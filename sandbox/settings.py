@@ -24,6 +24,9 @@ class SandboxSettings:
     sent_copy_delay_ms: int = 200
     # How long an echo-first send waits for its push (pushes are paced per mailbox); 0 = history only.
     echo_first_push_wait_s: float = 2.0
+    # Gmail's search index lags: a message shows in `q` searches (messages.list, threads.list) only this long
+    # after it was stored. 0 = at once.
+    search_index_lag_ms: int = 0
     # "legacy" (2023 page: send 100, get 5) or "2026" (get 20, threads.get 40).
     quota_table: str = "legacy"
     enforce_quota: bool = False

@@ -78,6 +78,8 @@ class StoredMessage:
     internal_date_ms: int
     history_id: int
     rfc_message_id: str
+    # When the message was stored in its mailbox (what Gmail's search index catches up with).
+    stored_at_ms: int = 0
 
     def ref(self) -> dict[str, Any]:
         return {"id": self.id, "threadId": self.thread_id, "labelIds": list(self.label_ids)}
@@ -304,6 +306,7 @@ class MailState:
 
     def commit(self, mailbox: Mailbox, message: StoredMessage) -> StoredMessage:
         """Put a message in its mailbox and thread, and write its messageAdded history record."""
+        message.stored_at_ms = self.now_ms()
         mailbox.messages[message.id] = message
         mailbox.threads.setdefault(message.thread_id, []).append(message.id)
         if message.rfc_message_id:

@@ -21,6 +21,28 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _AccountType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AccountTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AccountType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ACCOUNT_TYPE_UNSPECIFIED: _AccountType.ValueType  # 0
+    """Google did not say (no ID token); outbound then holds the mailbox to the consumer limit."""
+    ACCOUNT_TYPE_CONSUMER: _AccountType.ValueType  # 1
+    ACCOUNT_TYPE_WORKSPACE: _AccountType.ValueType  # 2
+
+class AccountType(_AccountType, metaclass=_AccountTypeEnumTypeWrapper):
+    """What kind of Google account a mailbox is, from Google's own answer when the mailbox was connected: the ID
+    token's `hd` (hosted domain) claim, present only for Google Workspace accounts.
+    """
+
+ACCOUNT_TYPE_UNSPECIFIED: AccountType.ValueType  # 0
+"""Google did not say (no ID token); outbound then holds the mailbox to the consumer limit."""
+ACCOUNT_TYPE_CONSUMER: AccountType.ValueType  # 1
+ACCOUNT_TYPE_WORKSPACE: AccountType.ValueType  # 2
+Global___AccountType: _TypeAlias = AccountType  # noqa: Y015
+
 class _WatchRenewalOutcome:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -699,11 +721,14 @@ class Mailbox(_message.Message):
     WATCH_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     DAILY_SEND_LIMIT_FIELD_NUMBER: _builtins.int
     WORKSPACE_FIELD_NUMBER: _builtins.int
+    ACCOUNT_TYPE_FIELD_NUMBER: _builtins.int
     mailbox_id: _builtins.str
     email: _builtins.str
     daily_send_limit: _builtins.int
     """Daily send limit configured for the mailbox (R14); 0 means the service default."""
     workspace: _builtins.bool
+    """True when account_type is WORKSPACE."""
+    account_type: Global___AccountType.ValueType
     @_builtins.property
     def connections(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ConnectionSnapshot]: ...
     @_builtins.property
@@ -717,10 +742,11 @@ class Mailbox(_message.Message):
         watch_expire_time: _timestamp_pb2.Timestamp | None = ...,
         daily_send_limit: _builtins.int = ...,
         workspace: _builtins.bool = ...,
+        account_type: Global___AccountType.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["watch_expire_time", b"watch_expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["connections", b"connections", "daily_send_limit", b"daily_send_limit", "email", b"email", "mailbox_id", b"mailbox_id", "watch_expire_time", b"watch_expire_time", "workspace", b"workspace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_type", b"account_type", "connections", b"connections", "daily_send_limit", b"daily_send_limit", "email", b"email", "mailbox_id", b"mailbox_id", "watch_expire_time", b"watch_expire_time", "workspace", b"workspace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

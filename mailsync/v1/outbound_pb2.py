@@ -23,38 +23,51 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from mailsync.v1 import auth_pb2 as mailsync_dot_v1_dot_auth__pb2
 from mailsync.v1 import common_pb2 as mailsync_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amailsync/v1/outbound.proto\x12\x0bmailsync.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18mailsync/v1/common.proto\"\xd5\x01\n\x17UploadAttachmentRequest\x12\x41\n\x08metadata\x18\x01 \x01(\x0b\x32-.mailsync.v1.UploadAttachmentRequest.MetadataH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x1a[\n\x08Metadata\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0blocation_id\x18\x02 \x01(\t\x12\x10\n\x08\x66ilename\x18\x03 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\tB\t\n\x07payload\"Q\n\x18UploadAttachmentResponse\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"\xc3\x03\n\x10SendEmailRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0blocation_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12#\n\x04kind\x18\x04 \x01(\x0e\x32\x15.mailsync.v1.SendKind\x12%\n\x02to\x18\x05 \x03(\x0b\x32\x19.mailsync.v1.EmailAddress\x12%\n\x02\x63\x63\x18\x06 \x03(\x0b\x32\x19.mailsync.v1.EmailAddress\x12&\n\x03\x62\x63\x63\x18\x07 \x03(\x0b\x32\x19.mailsync.v1.EmailAddress\x12\x0f\n\x07subject\x18\x08 \x01(\t\x12\x11\n\ttext_body\x18\t \x01(\t\x12\x11\n\thtml_body\x18\n \x01(\t\x12\x1d\n\x15\x61ttachment_upload_ids\x18\x0b \x03(\t\x12\x17\n\x0f\x63onversation_id\x18\x0c \x01(\t\x12\x11\n\tthread_id\x18\r \x01(\t\x12\x1d\n\x15reply_gmail_thread_id\x18\x0e \x01(\t\x12\x1f\n\x17reply_to_rfc_message_id\x18\x0f \x01(\t\x12\x18\n\x10reply_references\x18\x10 \x03(\t\"\xdd\x02\n\x04Send\x12\x0f\n\x07send_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x13\n\x0blocation_id\x18\x03 \x01(\t\x12#\n\x04kind\x18\x04 \x01(\x0e\x32\x15.mailsync.v1.SendKind\x12%\n\x05state\x18\x05 \x01(\x0e\x32\x16.mailsync.v1.SendState\x12\x15\n\rmailbox_email\x18\x06 \x01(\t\x12\x16\n\x0erfc_message_id\x18\x07 \x01(\t\x12\x18\n\x10gmail_message_id\x18\x08 \x01(\t\x12\x17\n\x0fgmail_thread_id\x18\t \x01(\t\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tsent_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\x0c \x01(\t\"4\n\x11SendEmailResponse\x12\x1f\n\x04send\x18\x01 \x01(\x0b\x32\x11.mailsync.v1.Send\"6\n\x0eGetSendRequest\x12\x13\n\x0blocation_id\x18\x01 \x01(\t\x12\x0f\n\x07send_id\x18\x02 \x01(\t\"2\n\x0fGetSendResponse\x12\x1f\n\x04send\x18\x01 \x01(\x0b\x32\x11.mailsync.v1.Send\"7\n\x0fGetQuotaRequest\x12\x13\n\x0blocation_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\"\xc2\x01\n\x10GetQuotaResponse\x12\x15\n\rmailbox_email\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x61ily_limit\x18\x02 \x01(\x05\x12\x0c\n\x04used\x18\x03 \x01(\x05\x12\x11\n\tremaining\x18\x04 \x01(\x05\x12.\n\nreset_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rblocked_until\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x83\x01\n\tSendState\x12\x1a\n\x16SEND_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12SEND_STATE_SENDING\x10\x01\x12\x13\n\x0fSEND_STATE_SENT\x10\x02\x12\x15\n\x11SEND_STATE_FAILED\x10\x03\x12\x16\n\x12SEND_STATE_UNKNOWN\x10\x04\x32\xcf\x02\n\x0fOutboundService\x12\x61\n\x10UploadAttachment\x12$.mailsync.v1.UploadAttachmentRequest\x1a%.mailsync.v1.UploadAttachmentResponse(\x01\x12J\n\tSendEmail\x12\x1d.mailsync.v1.SendEmailRequest\x1a\x1e.mailsync.v1.SendEmailResponse\x12\x44\n\x07GetSend\x12\x1b.mailsync.v1.GetSendRequest\x1a\x1c.mailsync.v1.GetSendResponse\x12G\n\x08GetQuota\x12\x1c.mailsync.v1.GetQuotaRequest\x1a\x1d.mailsync.v1.GetQuotaResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amailsync/v1/outbound.proto\x12\x0bmailsync.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16mailsync/v1/auth.proto\x1a\x18mailsync/v1/common.proto\"\xd5\x01\n\x17UploadAttachmentRequest\x12\x41\n\x08metadata\x18\x01 \x01(\x0b\x32-.mailsync.v1.UploadAttachmentRequest.MetadataH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x1a[\n\x08Metadata\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0blocation_id\x18\x02 \x01(\t\x12\x10\n\x08\x66ilename\x18\x03 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\tB\t\n\x07payload\"Q\n\x18UploadAttachmentResponse\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"\xc3\x03\n\x10SendEmailRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0blocation_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12#\n\x04kind\x18\x04 \x01(\x0e\x32\x15.mailsync.v1.SendKind\x12%\n\x02to\x18\x05 \x03(\x0b\x32\x19.mailsync.v1.EmailAddress\x12%\n\x02\x63\x63\x18\x06 \x03(\x0b\x32\x19.mailsync.v1.EmailAddress\x12&\n\x03\x62\x63\x63\x18\x07 \x03(\x0b\x32\x19.mailsync.v1.EmailAddress\x12\x0f\n\x07subject\x18\x08 \x01(\t\x12\x11\n\ttext_body\x18\t \x01(\t\x12\x11\n\thtml_body\x18\n \x01(\t\x12\x1d\n\x15\x61ttachment_upload_ids\x18\x0b \x03(\t\x12\x17\n\x0f\x63onversation_id\x18\x0c \x01(\t\x12\x11\n\tthread_id\x18\r \x01(\t\x12\x1d\n\x15reply_gmail_thread_id\x18\x0e \x01(\t\x12\x1f\n\x17reply_to_rfc_message_id\x18\x0f \x01(\t\x12\x18\n\x10reply_references\x18\x10 \x03(\t\"\xdd\x02\n\x04Send\x12\x0f\n\x07send_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x13\n\x0blocation_id\x18\x03 \x01(\t\x12#\n\x04kind\x18\x04 \x01(\x0e\x32\x15.mailsync.v1.SendKind\x12%\n\x05state\x18\x05 \x01(\x0e\x32\x16.mailsync.v1.SendState\x12\x15\n\rmailbox_email\x18\x06 \x01(\t\x12\x16\n\x0erfc_message_id\x18\x07 \x01(\t\x12\x18\n\x10gmail_message_id\x18\x08 \x01(\t\x12\x17\n\x0fgmail_thread_id\x18\t \x01(\t\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tsent_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\x0c \x01(\t\"4\n\x11SendEmailResponse\x12\x1f\n\x04send\x18\x01 \x01(\x0b\x32\x11.mailsync.v1.Send\"6\n\x0eGetSendRequest\x12\x13\n\x0blocation_id\x18\x01 \x01(\t\x12\x0f\n\x07send_id\x18\x02 \x01(\t\"2\n\x0fGetSendResponse\x12\x1f\n\x04send\x18\x01 \x01(\x0b\x32\x11.mailsync.v1.Send\"7\n\x0fGetQuotaRequest\x12\x13\n\x0blocation_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\"\xa7\x02\n\x10GetQuotaResponse\x12\x15\n\rmailbox_email\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x61ily_limit\x18\x02 \x01(\x05\x12\x0c\n\x04used\x18\x03 \x01(\x05\x12\x11\n\tremaining\x18\x04 \x01(\x05\x12.\n\nreset_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rblocked_until\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0climit_source\x18\x07 \x01(\x0e\x32\x1d.mailsync.v1.DailyLimitSource\x12.\n\x0c\x61\x63\x63ount_type\x18\x08 \x01(\x0e\x32\x18.mailsync.v1.AccountType\"P\n\x13SetSendLimitRequest\x12\x13\n\x0blocation_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x61ily_limit\x18\x03 \x01(\x05\"D\n\x14SetSendLimitResponse\x12,\n\x05quota\x18\x01 \x01(\x0b\x32\x1d.mailsync.v1.GetQuotaResponse\"D\n\x1a\x46\x65tchSentAttachmentRequest\x12\x13\n\x0blocation_id\x18\x01 \x01(\t\x12\x11\n\tupload_id\x18\x02 \x01(\t\"\xe9\x01\n\x1b\x46\x65tchSentAttachmentResponse\x12\x45\n\x08metadata\x18\x01 \x01(\x0b\x32\x31.mailsync.v1.FetchSentAttachmentResponse.MetadataH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x1ag\n\x08Metadata\x12\x0f\n\x07send_id\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\x12\x0e\n\x06sha256\x18\x05 \x01(\tB\t\n\x07payload*\x83\x01\n\tSendState\x12\x1a\n\x16SEND_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12SEND_STATE_SENDING\x10\x01\x12\x13\n\x0fSEND_STATE_SENT\x10\x02\x12\x15\n\x11SEND_STATE_FAILED\x10\x03\x12\x16\n\x12SEND_STATE_UNKNOWN\x10\x04*\xd8\x01\n\x10\x44\x61ilyLimitSource\x12\"\n\x1e\x44\x41ILY_LIMIT_SOURCE_UNSPECIFIED\x10\x00\x12%\n!DAILY_LIMIT_SOURCE_SET_EXPLICITLY\x10\x01\x12(\n$DAILY_LIMIT_SOURCE_WORKSPACE_ACCOUNT\x10\x02\x12\'\n#DAILY_LIMIT_SOURCE_CONSUMER_ACCOUNT\x10\x03\x12&\n\"DAILY_LIMIT_SOURCE_UNKNOWN_ACCOUNT\x10\x04\x32\x90\x04\n\x0fOutboundService\x12\x61\n\x10UploadAttachment\x12$.mailsync.v1.UploadAttachmentRequest\x1a%.mailsync.v1.UploadAttachmentResponse(\x01\x12J\n\tSendEmail\x12\x1d.mailsync.v1.SendEmailRequest\x1a\x1e.mailsync.v1.SendEmailResponse\x12\x44\n\x07GetSend\x12\x1b.mailsync.v1.GetSendRequest\x1a\x1c.mailsync.v1.GetSendResponse\x12G\n\x08GetQuota\x12\x1c.mailsync.v1.GetQuotaRequest\x1a\x1d.mailsync.v1.GetQuotaResponse\x12S\n\x0cSetSendLimit\x12 .mailsync.v1.SetSendLimitRequest\x1a!.mailsync.v1.SetSendLimitResponse\x12j\n\x13\x46\x65tchSentAttachment\x12\'.mailsync.v1.FetchSentAttachmentRequest\x1a(.mailsync.v1.FetchSentAttachmentResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mailsync.v1.outbound_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SENDSTATE']._serialized_start=1624
-  _globals['_SENDSTATE']._serialized_end=1755
-  _globals['_UPLOADATTACHMENTREQUEST']._serialized_start=103
-  _globals['_UPLOADATTACHMENTREQUEST']._serialized_end=316
-  _globals['_UPLOADATTACHMENTREQUEST_METADATA']._serialized_start=214
-  _globals['_UPLOADATTACHMENTREQUEST_METADATA']._serialized_end=305
-  _globals['_UPLOADATTACHMENTRESPONSE']._serialized_start=318
-  _globals['_UPLOADATTACHMENTRESPONSE']._serialized_end=399
-  _globals['_SENDEMAILREQUEST']._serialized_start=402
-  _globals['_SENDEMAILREQUEST']._serialized_end=853
-  _globals['_SEND']._serialized_start=856
-  _globals['_SEND']._serialized_end=1205
-  _globals['_SENDEMAILRESPONSE']._serialized_start=1207
-  _globals['_SENDEMAILRESPONSE']._serialized_end=1259
-  _globals['_GETSENDREQUEST']._serialized_start=1261
-  _globals['_GETSENDREQUEST']._serialized_end=1315
-  _globals['_GETSENDRESPONSE']._serialized_start=1317
-  _globals['_GETSENDRESPONSE']._serialized_end=1367
-  _globals['_GETQUOTAREQUEST']._serialized_start=1369
-  _globals['_GETQUOTAREQUEST']._serialized_end=1424
-  _globals['_GETQUOTARESPONSE']._serialized_start=1427
-  _globals['_GETQUOTARESPONSE']._serialized_end=1621
-  _globals['_OUTBOUNDSERVICE']._serialized_start=1758
-  _globals['_OUTBOUNDSERVICE']._serialized_end=2093
+  _globals['_SENDSTATE']._serialized_start=2207
+  _globals['_SENDSTATE']._serialized_end=2338
+  _globals['_DAILYLIMITSOURCE']._serialized_start=2341
+  _globals['_DAILYLIMITSOURCE']._serialized_end=2557
+  _globals['_UPLOADATTACHMENTREQUEST']._serialized_start=127
+  _globals['_UPLOADATTACHMENTREQUEST']._serialized_end=340
+  _globals['_UPLOADATTACHMENTREQUEST_METADATA']._serialized_start=238
+  _globals['_UPLOADATTACHMENTREQUEST_METADATA']._serialized_end=329
+  _globals['_UPLOADATTACHMENTRESPONSE']._serialized_start=342
+  _globals['_UPLOADATTACHMENTRESPONSE']._serialized_end=423
+  _globals['_SENDEMAILREQUEST']._serialized_start=426
+  _globals['_SENDEMAILREQUEST']._serialized_end=877
+  _globals['_SEND']._serialized_start=880
+  _globals['_SEND']._serialized_end=1229
+  _globals['_SENDEMAILRESPONSE']._serialized_start=1231
+  _globals['_SENDEMAILRESPONSE']._serialized_end=1283
+  _globals['_GETSENDREQUEST']._serialized_start=1285
+  _globals['_GETSENDREQUEST']._serialized_end=1339
+  _globals['_GETSENDRESPONSE']._serialized_start=1341
+  _globals['_GETSENDRESPONSE']._serialized_end=1391
+  _globals['_GETQUOTAREQUEST']._serialized_start=1393
+  _globals['_GETQUOTAREQUEST']._serialized_end=1448
+  _globals['_GETQUOTARESPONSE']._serialized_start=1451
+  _globals['_GETQUOTARESPONSE']._serialized_end=1746
+  _globals['_SETSENDLIMITREQUEST']._serialized_start=1748
+  _globals['_SETSENDLIMITREQUEST']._serialized_end=1828
+  _globals['_SETSENDLIMITRESPONSE']._serialized_start=1830
+  _globals['_SETSENDLIMITRESPONSE']._serialized_end=1898
+  _globals['_FETCHSENTATTACHMENTREQUEST']._serialized_start=1900
+  _globals['_FETCHSENTATTACHMENTREQUEST']._serialized_end=1968
+  _globals['_FETCHSENTATTACHMENTRESPONSE']._serialized_start=1971
+  _globals['_FETCHSENTATTACHMENTRESPONSE']._serialized_end=2204
+  _globals['_FETCHSENTATTACHMENTRESPONSE_METADATA']._serialized_start=2090
+  _globals['_FETCHSENTATTACHMENTRESPONSE_METADATA']._serialized_end=2193
+  _globals['_OUTBOUNDSERVICE']._serialized_start=2560
+  _globals['_OUTBOUNDSERVICE']._serialized_end=3088
 # @@protoc_insertion_point(module_scope)

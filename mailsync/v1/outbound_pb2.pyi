@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from mailsync.v1 import auth_pb2 as _auth_pb2
 from mailsync.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
@@ -32,7 +33,9 @@ class _SendStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SendState.V
     SEND_STATE_SENT: _SendState.ValueType  # 2
     SEND_STATE_FAILED: _SendState.ValueType  # 3
     SEND_STATE_UNKNOWN: _SendState.ValueType  # 4
-    """The outcome could not be known (Gmail did not answer and the Sent folder could not be checked)."""
+    """The outcome could not be known (Gmail did not answer and the Sent folder could not be checked); the
+    service keeps checking and settles it, never sending again while it is unknown.
+    """
 
 class SendState(_SendState, metaclass=_SendStateEnumTypeWrapper): ...
 
@@ -41,8 +44,40 @@ SEND_STATE_SENDING: SendState.ValueType  # 1
 SEND_STATE_SENT: SendState.ValueType  # 2
 SEND_STATE_FAILED: SendState.ValueType  # 3
 SEND_STATE_UNKNOWN: SendState.ValueType  # 4
-"""The outcome could not be known (Gmail did not answer and the Sent folder could not be checked)."""
+"""The outcome could not be known (Gmail did not answer and the Sent folder could not be checked); the
+service keeps checking and settles it, never sending again while it is unknown.
+"""
 Global___SendState: _TypeAlias = SendState  # noqa: Y015
+
+class _DailyLimitSource:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DailyLimitSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DailyLimitSource.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DAILY_LIMIT_SOURCE_UNSPECIFIED: _DailyLimitSource.ValueType  # 0
+    DAILY_LIMIT_SOURCE_SET_EXPLICITLY: _DailyLimitSource.ValueType  # 1
+    """Set with SetSendLimit."""
+    DAILY_LIMIT_SOURCE_WORKSPACE_ACCOUNT: _DailyLimitSource.ValueType  # 2
+    """Google said the account is a Google Workspace one."""
+    DAILY_LIMIT_SOURCE_CONSUMER_ACCOUNT: _DailyLimitSource.ValueType  # 3
+    """Google said the account is a consumer one."""
+    DAILY_LIMIT_SOURCE_UNKNOWN_ACCOUNT: _DailyLimitSource.ValueType  # 4
+    """Google did not say: the consumer limit, the lower one, until a limit is set."""
+
+class DailyLimitSource(_DailyLimitSource, metaclass=_DailyLimitSourceEnumTypeWrapper):
+    """Where a mailbox's daily limit comes from."""
+
+DAILY_LIMIT_SOURCE_UNSPECIFIED: DailyLimitSource.ValueType  # 0
+DAILY_LIMIT_SOURCE_SET_EXPLICITLY: DailyLimitSource.ValueType  # 1
+"""Set with SetSendLimit."""
+DAILY_LIMIT_SOURCE_WORKSPACE_ACCOUNT: DailyLimitSource.ValueType  # 2
+"""Google said the account is a Google Workspace one."""
+DAILY_LIMIT_SOURCE_CONSUMER_ACCOUNT: DailyLimitSource.ValueType  # 3
+"""Google said the account is a consumer one."""
+DAILY_LIMIT_SOURCE_UNKNOWN_ACCOUNT: DailyLimitSource.ValueType  # 4
+"""Google did not say: the consumer limit, the lower one, until a limit is set."""
+Global___DailyLimitSource: _TypeAlias = DailyLimitSource  # noqa: Y015
 
 @_typing.final
 class UploadAttachmentRequest(_message.Message):
@@ -373,10 +408,14 @@ class GetQuotaResponse(_message.Message):
     REMAINING_FIELD_NUMBER: _builtins.int
     RESET_TIME_FIELD_NUMBER: _builtins.int
     BLOCKED_UNTIL_FIELD_NUMBER: _builtins.int
+    LIMIT_SOURCE_FIELD_NUMBER: _builtins.int
+    ACCOUNT_TYPE_FIELD_NUMBER: _builtins.int
     mailbox_email: _builtins.str
     daily_limit: _builtins.int
     used: _builtins.int
     remaining: _builtins.int
+    limit_source: Global___DailyLimitSource.ValueType
+    account_type: _auth_pb2.AccountType.ValueType
     @_builtins.property
     def reset_time(self) -> _timestamp_pb2.Timestamp:
         """When the oldest send in the window leaves it (or Gmail's own block ends)."""
@@ -394,11 +433,136 @@ class GetQuotaResponse(_message.Message):
         remaining: _builtins.int = ...,
         reset_time: _timestamp_pb2.Timestamp | None = ...,
         blocked_until: _timestamp_pb2.Timestamp | None = ...,
+        limit_source: Global___DailyLimitSource.ValueType = ...,
+        account_type: _auth_pb2.AccountType.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["blocked_until", b"blocked_until", "reset_time", b"reset_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked_until", b"blocked_until", "daily_limit", b"daily_limit", "mailbox_email", b"mailbox_email", "remaining", b"remaining", "reset_time", b"reset_time", "used", b"used"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_type", b"account_type", "blocked_until", b"blocked_until", "daily_limit", b"daily_limit", "limit_source", b"limit_source", "mailbox_email", b"mailbox_email", "remaining", b"remaining", "reset_time", b"reset_time", "used", b"used"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetQuotaResponse: _TypeAlias = GetQuotaResponse  # noqa: Y015
+
+@_typing.final
+class SetSendLimitRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOCATION_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    DAILY_LIMIT_FIELD_NUMBER: _builtins.int
+    location_id: _builtins.str
+    user_id: _builtins.str
+    daily_limit: _builtins.int
+    """Sends per rolling 24 hours (1-10000); 0 clears the set limit."""
+    def __init__(
+        self,
+        *,
+        location_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        daily_limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["daily_limit", b"daily_limit", "location_id", b"location_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetSendLimitRequest: _TypeAlias = SetSendLimitRequest  # noqa: Y015
+
+@_typing.final
+class SetSendLimitResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUOTA_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def quota(self) -> Global___GetQuotaResponse: ...
+    def __init__(
+        self,
+        *,
+        quota: Global___GetQuotaResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["quota", b"quota"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["quota", b"quota"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetSendLimitResponse: _TypeAlias = SetSendLimitResponse  # noqa: Y015
+
+@_typing.final
+class FetchSentAttachmentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOCATION_ID_FIELD_NUMBER: _builtins.int
+    UPLOAD_ID_FIELD_NUMBER: _builtins.int
+    location_id: _builtins.str
+    upload_id: _builtins.str
+    """The upload id (without the "upload:" prefix of the attachment id)."""
+    def __init__(
+        self,
+        *,
+        location_id: _builtins.str = ...,
+        upload_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["location_id", b"location_id", "upload_id", b"upload_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FetchSentAttachmentRequest: _TypeAlias = FetchSentAttachmentRequest  # noqa: Y015
+
+@_typing.final
+class FetchSentAttachmentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class Metadata(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        SEND_ID_FIELD_NUMBER: _builtins.int
+        FILENAME_FIELD_NUMBER: _builtins.int
+        CONTENT_TYPE_FIELD_NUMBER: _builtins.int
+        SIZE_BYTES_FIELD_NUMBER: _builtins.int
+        SHA256_FIELD_NUMBER: _builtins.int
+        send_id: _builtins.str
+        filename: _builtins.str
+        content_type: _builtins.str
+        size_bytes: _builtins.int
+        sha256: _builtins.str
+        def __init__(
+            self,
+            *,
+            send_id: _builtins.str = ...,
+            filename: _builtins.str = ...,
+            content_type: _builtins.str = ...,
+            size_bytes: _builtins.int = ...,
+            sha256: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["content_type", b"content_type", "filename", b"filename", "send_id", b"send_id", "sha256", b"sha256", "size_bytes", b"size_bytes"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    METADATA_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    @_builtins.property
+    def metadata(self) -> Global___FetchSentAttachmentResponse.Metadata: ...
+    def __init__(
+        self,
+        *,
+        metadata: Global___FetchSentAttachmentResponse.Metadata | None = ...,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "metadata", b"metadata", "payload", b"payload"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "metadata", b"metadata", "payload", b"payload"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["metadata", "chunk"]  # noqa: Y015
+    _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
+
+Global___FetchSentAttachmentResponse: _TypeAlias = FetchSentAttachmentResponse  # noqa: Y015

@@ -54,6 +54,16 @@ class OutboundServiceStub:
                 request_serializer=mailsync_dot_v1_dot_outbound__pb2.GetQuotaRequest.SerializeToString,
                 response_deserializer=mailsync_dot_v1_dot_outbound__pb2.GetQuotaResponse.FromString,
                 _registered_method=True)
+        self.SetSendLimit = channel.unary_unary(
+                '/mailsync.v1.OutboundService/SetSendLimit',
+                request_serializer=mailsync_dot_v1_dot_outbound__pb2.SetSendLimitRequest.SerializeToString,
+                response_deserializer=mailsync_dot_v1_dot_outbound__pb2.SetSendLimitResponse.FromString,
+                _registered_method=True)
+        self.FetchSentAttachment = channel.unary_stream(
+                '/mailsync.v1.OutboundService/FetchSentAttachment',
+                request_serializer=mailsync_dot_v1_dot_outbound__pb2.FetchSentAttachmentRequest.SerializeToString,
+                response_deserializer=mailsync_dot_v1_dot_outbound__pb2.FetchSentAttachmentResponse.FromString,
+                _registered_method=True)
 
 
 class OutboundServiceServicer:
@@ -86,6 +96,21 @@ class OutboundServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetSendLimit(self, request, context):
+        """Sets the daily send limit of the user's mailbox in a location (0: back to its account type's limit).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchSentAttachment(self, request, context):
+        """Internal callers only (threading): the content of an attachment a send carries, from the moment the send
+        is recorded (the attachment id in the pending event is "upload:<upload_id>").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OutboundServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -108,6 +133,16 @@ def add_OutboundServiceServicer_to_server(servicer, server):
                     servicer.GetQuota,
                     request_deserializer=mailsync_dot_v1_dot_outbound__pb2.GetQuotaRequest.FromString,
                     response_serializer=mailsync_dot_v1_dot_outbound__pb2.GetQuotaResponse.SerializeToString,
+            ),
+            'SetSendLimit': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetSendLimit,
+                    request_deserializer=mailsync_dot_v1_dot_outbound__pb2.SetSendLimitRequest.FromString,
+                    response_serializer=mailsync_dot_v1_dot_outbound__pb2.SetSendLimitResponse.SerializeToString,
+            ),
+            'FetchSentAttachment': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchSentAttachment,
+                    request_deserializer=mailsync_dot_v1_dot_outbound__pb2.FetchSentAttachmentRequest.FromString,
+                    response_serializer=mailsync_dot_v1_dot_outbound__pb2.FetchSentAttachmentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -218,6 +253,60 @@ class OutboundService:
             '/mailsync.v1.OutboundService/GetQuota',
             mailsync_dot_v1_dot_outbound__pb2.GetQuotaRequest.SerializeToString,
             mailsync_dot_v1_dot_outbound__pb2.GetQuotaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetSendLimit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mailsync.v1.OutboundService/SetSendLimit',
+            mailsync_dot_v1_dot_outbound__pb2.SetSendLimitRequest.SerializeToString,
+            mailsync_dot_v1_dot_outbound__pb2.SetSendLimitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchSentAttachment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mailsync.v1.OutboundService/FetchSentAttachment',
+            mailsync_dot_v1_dot_outbound__pb2.FetchSentAttachmentRequest.SerializeToString,
+            mailsync_dot_v1_dot_outbound__pb2.FetchSentAttachmentResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,6 +38,12 @@ class OutboundServiceStub:
     GetSend: _grpc.UnaryUnaryMultiCallable[_outbound_pb2.GetSendRequest, _outbound_pb2.GetSendResponse]
     GetQuota: _grpc.UnaryUnaryMultiCallable[_outbound_pb2.GetQuotaRequest, _outbound_pb2.GetQuotaResponse]
     """The rolling 24-hour quota of the user's mailbox in a location (R14)."""
+    SetSendLimit: _grpc.UnaryUnaryMultiCallable[_outbound_pb2.SetSendLimitRequest, _outbound_pb2.SetSendLimitResponse]
+    """Sets the daily send limit of the user's mailbox in a location (0: back to its account type's limit)."""
+    FetchSentAttachment: _grpc.UnaryStreamMultiCallable[_outbound_pb2.FetchSentAttachmentRequest, _outbound_pb2.FetchSentAttachmentResponse]
+    """Internal callers only (threading): the content of an attachment a send carries, from the moment the send
+    is recorded (the attachment id in the pending event is "upload:<upload_id>").
+    """
 
 @_typing.type_check_only
 class OutboundServiceAsyncStub(OutboundServiceStub):
@@ -49,6 +55,12 @@ class OutboundServiceAsyncStub(OutboundServiceStub):
     GetSend: _aio.UnaryUnaryMultiCallable[_outbound_pb2.GetSendRequest, _outbound_pb2.GetSendResponse]  # type: ignore[assignment]
     GetQuota: _aio.UnaryUnaryMultiCallable[_outbound_pb2.GetQuotaRequest, _outbound_pb2.GetQuotaResponse]  # type: ignore[assignment]
     """The rolling 24-hour quota of the user's mailbox in a location (R14)."""
+    SetSendLimit: _aio.UnaryUnaryMultiCallable[_outbound_pb2.SetSendLimitRequest, _outbound_pb2.SetSendLimitResponse]  # type: ignore[assignment]
+    """Sets the daily send limit of the user's mailbox in a location (0: back to its account type's limit)."""
+    FetchSentAttachment: _aio.UnaryStreamMultiCallable[_outbound_pb2.FetchSentAttachmentRequest, _outbound_pb2.FetchSentAttachmentResponse]  # type: ignore[assignment]
+    """Internal callers only (threading): the content of an attachment a send carries, from the moment the send
+    is recorded (the attachment id in the pending event is "upload:<upload_id>").
+    """
 
 class OutboundServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -81,5 +93,23 @@ class OutboundServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_outbound_pb2.GetQuotaResponse, _abc.Awaitable[_outbound_pb2.GetQuotaResponse]]:
         """The rolling 24-hour quota of the user's mailbox in a location (R14)."""
+
+    @_abc_1.abstractmethod
+    def SetSendLimit(
+        self,
+        request: _outbound_pb2.SetSendLimitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_outbound_pb2.SetSendLimitResponse, _abc.Awaitable[_outbound_pb2.SetSendLimitResponse]]:
+        """Sets the daily send limit of the user's mailbox in a location (0: back to its account type's limit)."""
+
+    @_abc_1.abstractmethod
+    def FetchSentAttachment(
+        self,
+        request: _outbound_pb2.FetchSentAttachmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_outbound_pb2.FetchSentAttachmentResponse], _abc.AsyncIterator[_outbound_pb2.FetchSentAttachmentResponse]]:
+        """Internal callers only (threading): the content of an attachment a send carries, from the moment the send
+        is recorded (the attachment id in the pending event is "upload:<upload_id>").
+        """
 
 def add_OutboundServiceServicer_to_server(servicer: OutboundServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

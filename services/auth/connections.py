@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.auth.access_tokens import AccessTokens
+from services.auth.account_type import account_type_of
 from services.auth.crypto import SecretToken, TokenCipher
 from services.auth.domain import (
     GOOGLE_AUTHORIZATION_ENDPOINT,
@@ -193,6 +194,7 @@ class ConnectionFlows:
                 access_token=SecretToken(tokens.access_token),
                 access_token_expires_at=tokens.expiry,
                 granted_scopes=scopes,
+                account_type=account_type_of(tokens.id_token, profile.email_address),
             )
 
         watch_expires_at = await self._watch(gmail, mailbox_id)

@@ -4,7 +4,8 @@ for the servicer and the connection events."""
 from __future__ import annotations
 
 from mailsync.v1 import auth_pb2, common_pb2, events_pb2
-from services.auth.domain import Connection, ConnectionEventKind, ConnectionState, is_workspace_address
+from services.auth.account_type import AccountType
+from services.auth.domain import Connection, ConnectionEventKind, ConnectionState
 from services.auth.store import MailboxRecord, UserRecord
 from services.runtime.protobuf_time import optional_timestamp
 
@@ -13,6 +14,10 @@ STATE_TO_PROTO: dict[ConnectionState, int] = {
     ConnectionState.REAUTH_REQUIRED: common_pb2.CONNECTION_STATE_REAUTH_REQUIRED,
     ConnectionState.REPLACED: common_pb2.CONNECTION_STATE_REPLACED,
     ConnectionState.DISCONNECTED: common_pb2.CONNECTION_STATE_DISCONNECTED,
+}
+ACCOUNT_TYPE_TO_PROTO: dict[str, int] = {
+    AccountType.CONSUMER: auth_pb2.ACCOUNT_TYPE_CONSUMER,
+    AccountType.WORKSPACE: auth_pb2.ACCOUNT_TYPE_WORKSPACE,
 }
 STATE_FROM_PROTO: dict[int, ConnectionState] = {number: state for state, number in STATE_TO_PROTO.items()}
 
@@ -88,5 +93,6 @@ def mailbox_proto(mailbox: MailboxRecord, connections: list[Connection]) -> auth
         email=mailbox.email,
         connections=[snapshot(c) for c in connections],
         watch_expire_time=optional_timestamp(mailbox.watch_expires_at),
-        workspace=is_workspace_address(mailbox.email),
+        workspace=mailbox.account_type == AccountType.WORKSPACE,
+        account_type=ACCOUNT_TYPE_TO_PROTO.get(mailbox.account_type, auth_pb2.ACCOUNT_TYPE_UNSPECIFIED),
     )

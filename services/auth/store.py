@@ -97,6 +97,8 @@ class MailboxRow(Base):
     refresh_lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
     refresh_lease_expires_at: Mapped[dt.datetime | None] = mapped_column(_WHEN, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(_WHEN)
+    # CONSUMER, WORKSPACE or UNKNOWN, as Google's ID token said at the last connect (services.auth.account_type).
+    account_type: Mapped[str] = mapped_column(String(16), default="UNKNOWN", server_default="UNKNOWN")
 
 
 _ACTIVE_SQL = text("state IN (" + ", ".join(f"'{s.value}'" for s in sorted(ACTIVE_STATES)) + ")")
@@ -276,6 +278,7 @@ class MailboxRecord:
     watch_history_id: int | None
     watch_error: str
     has_refresh_token: bool
+    account_type: str = "UNKNOWN"
 
 
 def _mailbox_record(row: MailboxRow) -> MailboxRecord:
@@ -290,6 +293,7 @@ def _mailbox_record(row: MailboxRow) -> MailboxRecord:
         watch_history_id=row.watch_history_id,
         watch_error=row.watch_error,
         has_refresh_token=row.refresh_token_sealed is not None,
+        account_type=row.account_type or "UNKNOWN",
     )
 
 
@@ -337,10 +341,12 @@ async def store_grant(
     access_token: SecretToken,
     access_token_expires_at: dt.datetime | None,
     granted_scopes: Iterable[str],
+    account_type: str | None = None,
 ) -> None:
     """Stores a fresh grant from the connect flow and clears any earlier grant failure (a reconnect, R12).
 
-    Google omits the refresh token when it did not issue a new one; the stored one is then kept.
+    Google omits the refresh token when it did not issue a new one; the stored one is then kept. The account
+    type is what this grant's ID token said (None: leave what is known).
     """
     key = mailbox_row_key(mailbox_id)
     values: dict[str, object] = {
@@ -348,6 +354,8 @@ async def store_grant(
         "grant_failed_at": None,
         "grant_failure": "",
     }
+    if account_type is not None:
+        values["account_type"] = account_type
     if refresh_token is not None:
         sealed_refresh = cipher.seal(refresh_token, row=key, column=REFRESH_TOKEN)
         values |= {

@@ -13,19 +13,20 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from mailsync.v1 import common_pb2, outbound_pb2, outbound_pb2_grpc
+from mailsync.v1 import auth_pb2, common_pb2, outbound_pb2, outbound_pb2_grpc
 from services.outbound import store
 from services.outbound.connections import AuthConnections
 from services.outbound.conversations import ThreadingConversations
 from services.outbound.domain.email import EmailAddress
 from services.outbound.domain.errors import AttachmentsTooLarge
+from services.outbound.domain.quota import AccountType, LimitSource, QuotaStatus
 from services.outbound.domain.routing import SendKind
 from services.outbound.ledger import SendLedger
 from services.outbound.sending import OutboundSender, SendRequest
 from services.outbound.store import SendRecord
 from services.runtime.clock import Clock, SystemClock
 from services.runtime.db import Database
-from services.runtime.errors import InvalidArgument
+from services.runtime.errors import InvalidArgument, NotFound
 from services.runtime.grpc_auth import current_caller
 from services.runtime.grpc_server import ServicerRegistration
 from services.runtime.protobuf_time import to_timestamp
@@ -43,6 +44,25 @@ _STATES = {
     "FAILED": outbound_pb2.SEND_STATE_FAILED,
     "UNKNOWN": outbound_pb2.SEND_STATE_UNKNOWN,
 }
+
+
+_LIMIT_SOURCES = {
+    LimitSource.SET_EXPLICITLY: outbound_pb2.DAILY_LIMIT_SOURCE_SET_EXPLICITLY,
+    LimitSource.WORKSPACE_ACCOUNT: outbound_pb2.DAILY_LIMIT_SOURCE_WORKSPACE_ACCOUNT,
+    LimitSource.CONSUMER_ACCOUNT: outbound_pb2.DAILY_LIMIT_SOURCE_CONSUMER_ACCOUNT,
+    LimitSource.UNKNOWN_ACCOUNT: outbound_pb2.DAILY_LIMIT_SOURCE_UNKNOWN_ACCOUNT,
+}
+_ACCOUNT_TYPES = {
+    AccountType.CONSUMER: auth_pb2.ACCOUNT_TYPE_CONSUMER,
+    AccountType.WORKSPACE: auth_pb2.ACCOUNT_TYPE_WORKSPACE,
+    AccountType.UNKNOWN: auth_pb2.ACCOUNT_TYPE_UNSPECIFIED,
+}
+# Only services (threading) call these.
+INTERNAL_METHODS = frozenset({"FetchSentAttachment"})
+# Above any Gmail account's real limit (Workspace: 2,000 a day), below what would make the ledger meaningless.
+MAX_DAILY_LIMIT = 10_000
+_CHUNK_BYTES = 1024 * 1024
+_UPLOAD_PREFIX = "upload:"
 
 
 def _require(value: str, field: str) -> str:
@@ -192,19 +212,77 @@ class OutboundApi(outbound_pb2_grpc.OutboundServiceServicer):
         mailbox = await self._connections.mailbox_of(
             _require(request.location_id, "location_id"), _require(request.user_id, "user_id")
         )
-        async with self._db.read() as session:
+        async with self._db.write() as session:
+            # The account type as the connection says now, so the quota shown is the one the next send gets.
+            await self._ledger.set_account_type(
+                session, mailbox_id=mailbox.mailbox_id, account_type=mailbox.account_type
+            )
             quota = await self._ledger.read_quota(session, mailbox_id=mailbox.mailbox_id)
-        answer = outbound_pb2.GetQuotaResponse(
-            mailbox_email=mailbox.mailbox_email,
-            daily_limit=quota.daily_limit,
-            used=quota.used,
-            remaining=quota.remaining,
+        return quota_proto(mailbox.mailbox_email, quota)
+
+    async def SetSendLimit(
+        self, request: outbound_pb2.SetSendLimitRequest, context: grpc.aio.ServicerContext
+    ) -> outbound_pb2.SetSendLimitResponse:
+        if not 0 <= request.daily_limit <= MAX_DAILY_LIMIT:
+            raise InvalidArgument(
+                f"daily_limit must be between 1 and {MAX_DAILY_LIMIT} sends per 24 hours, or 0 to clear it",
+                field="daily_limit",
+            )
+        mailbox = await self._connections.mailbox_of(
+            _require(request.location_id, "location_id"), _require(request.user_id, "user_id")
         )
-        if quota.reset_time is not None:
-            answer.reset_time.CopyFrom(to_timestamp(quota.reset_time))
-        if quota.blocked_until is not None:
-            answer.blocked_until.CopyFrom(to_timestamp(quota.blocked_until))
-        return answer
+        async with self._db.write() as session:
+            await self._ledger.set_account_type(
+                session, mailbox_id=mailbox.mailbox_id, account_type=mailbox.account_type
+            )
+            await self._ledger.set_daily_limit(
+                session, mailbox_id=mailbox.mailbox_id, daily_limit=request.daily_limit or None
+            )
+            quota = await self._ledger.read_quota(session, mailbox_id=mailbox.mailbox_id)
+        return outbound_pb2.SetSendLimitResponse(quota=quota_proto(mailbox.mailbox_email, quota))
+
+    async def FetchSentAttachment(
+        self, request: outbound_pb2.FetchSentAttachmentRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[outbound_pb2.FetchSentAttachmentResponse]:
+        location_id = _require(request.location_id, "location_id")
+        upload_id = _require(request.upload_id, "upload_id").removeprefix(_UPLOAD_PREFIX)
+        async with self._db.read() as session:
+            attachment = await store.sent_attachment(session, location_id, upload_id)
+        if attachment is None:
+            raise NotFound(
+                f"no attachment {upload_id} of a send in location {location_id} (unknown, never sent, or kept "
+                "no longer)",
+                upload_id=upload_id,
+            )
+        yield outbound_pb2.FetchSentAttachmentResponse(
+            metadata=outbound_pb2.FetchSentAttachmentResponse.Metadata(
+                send_id=attachment.send_id,
+                filename=attachment.filename,
+                content_type=attachment.content_type,
+                size_bytes=attachment.size_bytes,
+                sha256=attachment.sha256,
+            )
+        )
+        for start in range(0, len(attachment.content), _CHUNK_BYTES):
+            yield outbound_pb2.FetchSentAttachmentResponse(
+                chunk=attachment.content[start : start + _CHUNK_BYTES]
+            )
+
+
+def quota_proto(mailbox_email: str, quota: QuotaStatus) -> outbound_pb2.GetQuotaResponse:
+    answer = outbound_pb2.GetQuotaResponse(
+        mailbox_email=mailbox_email,
+        daily_limit=quota.daily_limit,
+        used=quota.used,
+        remaining=quota.remaining,
+        limit_source=_LIMIT_SOURCES[quota.limit_source],
+        account_type=_ACCOUNT_TYPES[quota.account_type],
+    )
+    if quota.reset_time is not None:
+        answer.reset_time.CopyFrom(to_timestamp(quota.reset_time))
+    if quota.blocked_until is not None:
+        answer.blocked_until.CopyFrom(to_timestamp(quota.blocked_until))
+    return answer
 
 
 def outbound_registration(api: OutboundApi) -> ServicerRegistration:
@@ -212,4 +290,5 @@ def outbound_registration(api: OutboundApi) -> ServicerRegistration:
         service=outbound_pb2.DESCRIPTOR.services_by_name["OutboundService"],
         servicer=api,
         add_to_server=outbound_pb2_grpc.add_OutboundServiceServicer_to_server,
+        internal_methods=INTERNAL_METHODS,
     )

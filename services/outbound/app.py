@@ -7,8 +7,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
-import socket
 from pathlib import Path
 
 from services.outbound.api import OutboundApi, outbound_registration
@@ -17,6 +15,7 @@ from services.outbound.conversations import ThreadingConversations
 from services.outbound.domain.email import EmailAddress, MessageLimits
 from services.outbound.gmail_sends import GmailMailboxes
 from services.outbound.ledger import SendLedger
+from services.outbound.liveness import new_owner_id, open_liveness
 from services.outbound.recovery import RecoveryLoop
 from services.outbound.sending import BulkSender, OutboundSender, SendingConfig
 from services.outbound.settings import OutboundSettings
@@ -46,17 +45,22 @@ def sending_config(settings: OutboundSettings) -> SendingConfig:
     return SendingConfig(
         message_id_domain=settings.message_id_domain,
         limits=MessageLimits(max_attachment_bytes=settings.max_attachment_bytes),
-        workspace_daily_limit=settings.workspace_daily_limit,
         lease=dt.timedelta(seconds=settings.send_lease_seconds),
-        sent_search_grace=dt.timedelta(seconds=settings.sent_search_grace_seconds),
+        index_lag=dt.timedelta(seconds=settings.sent_search_index_lag_seconds),
+        clock_margin=dt.timedelta(seconds=settings.sent_search_clock_margin_seconds),
+        inline_wait=dt.timedelta(seconds=settings.sent_search_inline_wait_seconds),
+        unknown_retry=dt.timedelta(seconds=settings.unknown_outcome_retry_seconds),
         max_concurrent_sends=settings.max_concurrent_sends,
-        owner=f"{socket.gethostname()}:{os.getpid()}",
+        sent_attachment_retention=dt.timedelta(seconds=settings.sent_attachment_retention_seconds),
     )
 
 
 async def build(settings: OutboundSettings) -> ServiceComponents:
     """Opens and migrates the database, connects NATS, and registers the service's servicers and tasks."""
     components = await open_foundation(settings, MIGRATIONS_DIR)
+    # Held for the process's life: other processes see at once when this one is gone (services.outbound.liveness).
+    liveness = await open_liveness(components.database, new_owner_id())
+    components.add_cleanup(liveness.close)
     auth_channel = open_channel(
         settings.auth_target, settings, token=ServiceToken(components.token_keys, "outbound")
     )
@@ -71,7 +75,9 @@ async def build(settings: OutboundSettings) -> ServiceComponents:
     )
     components.add_cleanup(gmail_api.aclose)
     ledger = SendLedger(
-        default_daily_limit=settings.default_daily_limit, lock_mailbox=not settings.unsafe_ledger_without_lock
+        default_daily_limit=settings.default_daily_limit,
+        workspace_daily_limit=settings.workspace_daily_limit,
+        lock_mailbox=not settings.unsafe_ledger_without_lock,
     )
     sender = OutboundSender(
         components.database,
@@ -85,6 +91,7 @@ async def build(settings: OutboundSettings) -> ServiceComponents:
             ),
         ),
         sending_config(settings),
+        liveness=liveness,
         bulk=bulk_sender(settings),
     )
     threading_channel = open_channel(
@@ -101,6 +108,8 @@ async def build(settings: OutboundSettings) -> ServiceComponents:
         conversations=ThreadingConversations(threading_channel),
     )
     components.add_servicer(outbound_registration(api))
-    recovery = RecoveryLoop(components.database, sender, interval_seconds=settings.recovery_interval_seconds)
+    recovery = RecoveryLoop(
+        components.database, sender, liveness, interval_seconds=settings.recovery_interval_seconds
+    )
     components.add_background("send-recovery", recovery.run, recovery.stop)
     return components

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import grpc
 
 from mailsync.v1 import auth_pb2, auth_pb2_grpc, common_pb2
+from services.outbound.domain.quota import AccountType
 from services.outbound.domain.routing import require_connection_can_send
 from services.runtime.clock import Clock, SystemClock
 from services.runtime.errors import DependencyUnavailable, FailedPrecondition, NotFound
@@ -38,9 +39,15 @@ class SenderMailbox:
     display_name: str
     # By name, e.g. "CONNECTED" (services.outbound.domain.routing decides what may send).
     state: str
-    # The mailbox's own limit (0: none set) and whether it is a Workspace mailbox (R14).
+    # The mailbox's own limit (0: none set) and its account type as Google told auth (R14).
     daily_send_limit: int
-    workspace: bool
+    account_type: AccountType
+
+
+_ACCOUNT_TYPES = {
+    auth_pb2.ACCOUNT_TYPE_CONSUMER: AccountType.CONSUMER,
+    auth_pb2.ACCOUNT_TYPE_WORKSPACE: AccountType.WORKSPACE,
+}
 
 
 def _state_name(state: int) -> str:
@@ -67,7 +74,9 @@ class AuthConnections:
     async def sender_for(self, location_id: str, user_id: str) -> SenderMailbox:
         """The user's connection in the location, refused (ConnectionNotActive, NoConnection) unless it may send."""
         sender = await self.mailbox_of(location_id, user_id)
-        require_connection_can_send(connection_id=sender.connection_id, state=sender.state)
+        require_connection_can_send(
+            connection_id=sender.connection_id, state=sender.state, mailbox_email=sender.mailbox_email
+        )
         return sender
 
     async def mailbox_of(self, location_id: str, user_id: str) -> SenderMailbox:
@@ -104,7 +113,11 @@ class AuthConnections:
             display_name=connection.user_display_name,
             state=_state_name(connection.state),
             daily_send_limit=mailbox.daily_send_limit if mailbox is not None else 0,
-            workspace=mailbox.workspace if mailbox is not None else False,
+            account_type=(
+                _ACCOUNT_TYPES.get(mailbox.account_type, AccountType.UNKNOWN)
+                if mailbox is not None
+                else AccountType.UNKNOWN
+            ),
         )
 
     async def _latest_inactive(self, location_id: str, user_id: str) -> auth_pb2.Connection:

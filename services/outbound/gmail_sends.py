@@ -1,23 +1,30 @@
 """Gmail as outbound uses it: a client per mailbox authorised by the auth service, the Message-ID Gmail really
-kept on a sent message, and the Sent-folder search that decides whether a send of unknown outcome went out."""
+kept on a sent message, and the Sent-folder search that decides whether a send of unknown outcome went out.
+
+The search lists every Sent message of the send's window (services.outbound.domain.send_state.SearchWindow), all
+pages, and reads the product's send id header of each one it does not already know: whatever Gmail did to the
+Message-ID, and however many look-alikes (the same recipient and subject) were sent around it.
+"""
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from email.header import decode_header, make_header
-from email.utils import getaddresses, parsedate_to_datetime
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
-from services.outbound.domain.send_state import GmailIds, SentCopy, find_sent_copy, sent_folder_queries
-from services.runtime.gmail import GmailApi, GmailClient, GmailError, RetryPolicy
+from services.outbound.domain.send_state import (
+    SEND_ID_HEADER,
+    GmailIds,
+    SearchWindow,
+    SentCopy,
+    find_sent_copy,
+)
+from services.runtime.gmail import GmailApi, GmailClient, GmailError, GmailNotFound, RetryPolicy
 
 log = logging.getLogger(__name__)
 
-_SEARCH_HEADERS = ("Message-ID", "To", "Cc", "Bcc", "Subject", "Date")
-# Copies looked at per query: a mailbox sends at most a few hundred messages a day to one recipient.
-_SEARCH_LIMIT = 50
+_SEARCH_HEADERS = (SEND_ID_HEADER, "Message-ID")
 
 
 class SentFolderUnreadable(Exception):
@@ -52,69 +59,72 @@ def _header(message: dict[str, Any], name: str) -> str:
     return ""
 
 
-def _decoded(value: str) -> str:
-    try:
-        return " ".join(str(make_header(decode_header(value))).split())
-    except (ValueError, LookupError):
-        return " ".join(value.split())
+@dataclass(frozen=True)
+class KeptMessageId:
+    value: str
+    # False when the Sent copy could not be read yet (ours is used until the recovery loop reads Gmail's).
+    confirmed: bool
 
 
-async def kept_message_id(client: GmailClient, gmail_message_id: str, ours: str) -> str:
-    """The Message-ID Gmail stored on the sent copy (Gmail may replace ours); ours when it cannot be read."""
+async def kept_message_id(client: GmailClient, gmail_message_id: str, ours: str) -> KeptMessageId:
+    """The Message-ID Gmail stored on the sent copy (Gmail may replace ours); ours, unconfirmed, when the copy
+    cannot be read yet (Gmail may show the Sent copy only after messages.send answered)."""
     try:
         message = await client.get_message(
             gmail_message_id, format="metadata", metadata_headers=["Message-ID"]
         )
     except GmailError as error:
-        log.warning("cannot read the sent message's Message-ID", extra={"reason": str(error)})
-        return ours
-    return _header(message, "Message-ID").strip() or ours
+        level = logging.INFO if isinstance(error, GmailNotFound) else logging.WARNING
+        log.log(
+            level,
+            "the sent message's Message-ID is not readable yet; it is read again later",
+            extra={"gmail_message_id": gmail_message_id, "reason": str(error)},
+        )
+        return KeptMessageId(ours, confirmed=False)
+    return KeptMessageId(_header(message, "Message-ID").strip() or ours, confirmed=True)
 
 
 def _copy(message: dict[str, Any]) -> SentCopy:
-    recipients = frozenset(
-        address.lower()
-        for _, address in getaddresses([_header(message, name) for name in ("To", "Cc", "Bcc")])
-        if address
-    )
-    try:
-        date: dt.datetime | None = parsedate_to_datetime(_header(message, "Date"))
-    except (TypeError, ValueError):
-        date = None
     return SentCopy(
         gmail=GmailIds(message_id=message["id"], thread_id=message.get("threadId", "")),
         rfc_message_id=_header(message, "Message-ID"),
-        recipients=recipients,
-        subject=_decoded(_header(message, "Subject")),
-        date=date,
+        send_id=_header(message, SEND_ID_HEADER),
     )
 
 
 async def find_in_sent_folder(
     client: GmailClient,
     *,
+    send_id: str,
     rfc_message_id: str,
-    recipients: Sequence[str],
-    subject: str,
-    date: dt.datetime,
+    window: SearchWindow,
+    already_claimed: Callable[[list[str]], Awaitable[set[str]]],
 ) -> SentCopy | None:
-    """Our message in the mailbox's Sent folder, or None when it is certainly not there.
+    """Our message in the mailbox's Sent folder, or None when the window holds no copy of it.
 
-    Raises SentFolderUnreadable when Gmail cannot be asked (the answer is then unknown, not "absent").
+    `already_claimed` names the listed messages other sends already own (they are not read again). Raises
+    SentFolderUnreadable when Gmail cannot be asked (the answer is then unknown, not "absent").
     """
     try:
-        found: dict[str, None] = {}
-        for query in sent_folder_queries(rfc_message_id, recipients, date):
-            for stub in await client.list_messages(query, limit=_SEARCH_LIMIT):
-                found[stub["id"]] = None
-        if not found:
+        listed: dict[str, None] = {}
+        for query in window.queries(rfc_message_id):
+            for stub in await client.list_messages(query):
+                listed[stub["id"]] = None
+        claimed = await already_claimed(list(listed))
+        unread = [gmail_id for gmail_id in listed if gmail_id not in claimed]
+        if not unread:
             return None
-        batch = await client.get_messages(list(found), format="metadata", metadata_headers=_SEARCH_HEADERS)
+        batch = await client.get_messages(unread, format="metadata", metadata_headers=_SEARCH_HEADERS)
     except GmailError as error:
         raise SentFolderUnreadable(str(error)) from error
     if batch.failed:
         raise SentFolderUnreadable(f"{len(batch.failed)} Sent-folder messages could not be read")
     copies = [_copy(message) for message in batch.messages.values()]
-    return find_sent_copy(
-        copies, rfc_message_id=rfc_message_id, recipients=recipients, subject=subject, date=date
-    )
+    found = find_sent_copy(copies, send_id=send_id, rfc_message_id=rfc_message_id)
+    duplicates = [c.gmail.message_id for c in copies if c.send_id == send_id and found and c != found]
+    if duplicates:
+        log.error(
+            "the send is in the Sent folder more than once",
+            extra={"send_id": send_id, "kept": found.gmail.message_id if found else "", "others": duplicates},
+        )
+    return found

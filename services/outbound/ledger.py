@@ -35,8 +35,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.outbound.domain.quota import (
     WINDOW,
+    AccountType,
+    DailyLimit,
+    DailyLimits,
     QuotaStatus,
     check_admission,
+    daily_limit_of,
     quota_status,
     sends_that_must_leave,
 )
@@ -69,8 +73,10 @@ send_mailboxes = Table(
     "send_mailboxes",
     send_ledger_metadata,
     Column("mailbox_id", String(64), primary_key=True),
-    # NULL: the service's default limit (500 consumer, 2,000 Workspace: the caller knows which).
+    # Set explicitly through the API (SetSendLimit); NULL: the limit of the account type.
     Column("daily_limit", Integer, nullable=True),
+    # CONSUMER or WORKSPACE as Google told auth at connect time; NULL or UNKNOWN: it did not say.
+    Column("account_type", String(16), nullable=True),
     # Set from Gmail's own sending-limit answer; sending is closed until then (R14).
     Column("blocked_until", UtcDateTime, nullable=True),
 )
@@ -112,15 +118,25 @@ class Admission:
 class SendLedger:
     """Admission, release, Gmail blocks and the quota view of every mailbox's rolling window."""
 
-    def __init__(self, *, default_daily_limit: int = 500, lock_mailbox: bool = True) -> None:
-        if default_daily_limit < 1:
-            raise ValueError("default_daily_limit must be at least 1")
+    def __init__(
+        self, *, default_daily_limit: int = 500, workspace_daily_limit: int = 2000, lock_mailbox: bool = True
+    ) -> None:
+        if default_daily_limit < 1 or workspace_daily_limit < 1:
+            raise ValueError("daily limits must be at least 1")
+        # A consumer account's limit, also held by an account whose type is unknown.
         self.default_daily_limit = default_daily_limit
+        self.limits = DailyLimits(consumer=default_daily_limit, workspace=workspace_daily_limit)
         # Off only in the negative-control test that shows the limit is over-admitted without the lock.
         self._lock_mailbox = lock_mailbox
 
     async def admit(
-        self, session: AsyncSession, *, mailbox_id: str, idempotency_key: str, recipients: int
+        self,
+        session: AsyncSession,
+        *,
+        mailbox_id: str,
+        idempotency_key: str,
+        recipients: int,
+        mailbox_email: str = "",
     ) -> Admission:
         """Records one send in the window or raises QuotaExceeded; the same key is admitted once."""
         if self._lock_mailbox:
@@ -137,10 +153,15 @@ class SendLedger:
             if mailbox is None:
                 mailbox = (
                     await session.execute(
-                        select(null().label("daily_limit"), null().label("blocked_until"), _now(session))
+                        select(
+                            null().label("daily_limit"),
+                            null().label("account_type"),
+                            null().label("blocked_until"),
+                            _now(session),
+                        )
                     )
                 ).one()
-        daily_limit = self._limit_of(mailbox)
+        daily_limit = self._limit_of(mailbox).value
         now: dt.datetime = mailbox.now
         # One round trip while the lock is held: every statement here is paid once per send of the mailbox.
         window = (
@@ -173,6 +194,7 @@ class SendLedger:
         must_leave = sends_that_must_leave(daily_limit=daily_limit, used=used)
         check_admission(
             mailbox_id=mailbox_id,
+            mailbox_email=mailbox_email,
             daily_limit=daily_limit,
             used=used,
             blocking_send_time=(
@@ -222,7 +244,7 @@ class SendLedger:
     async def set_daily_limit(
         self, session: AsyncSession, *, mailbox_id: str, daily_limit: int | None
     ) -> None:
-        """A mailbox's own limit (None: the default)."""
+        """A mailbox's explicitly set limit (None: the limit of its account type again)."""
         if daily_limit is not None and daily_limit < 1:
             raise ValueError("daily_limit must be at least 1")
         await self._lock_mailbox_row(session, mailbox_id)
@@ -230,6 +252,17 @@ class SendLedger:
             update(send_mailboxes)
             .where(send_mailboxes.c.mailbox_id == mailbox_id)
             .values(daily_limit=daily_limit)
+        )
+
+    async def set_account_type(
+        self, session: AsyncSession, *, mailbox_id: str, account_type: AccountType
+    ) -> None:
+        """What the mailbox's connection says the account is (it decides the limit unless one was set)."""
+        await self._lock_mailbox_row(session, mailbox_id)
+        await session.execute(
+            update(send_mailboxes)
+            .where(send_mailboxes.c.mailbox_id == mailbox_id)
+            .values(account_type=account_type.value)
         )
 
     async def read_quota(self, session: AsyncSession, *, mailbox_id: str) -> QuotaStatus:
@@ -245,18 +278,20 @@ class SendLedger:
                 )
             )
         ).one()
+        limit = self._limit_of(mailbox)
         return quota_status(
-            daily_limit=self._limit_of(mailbox),
+            daily_limit=limit.value,
             used=window[0],
             oldest_send_time=window[1],
             blocked_until=mailbox.blocked_until if mailbox is not None else None,
             now=now,
+            limit_source=limit.source,
+            account_type=_account_type(mailbox),
         )
 
-    def _limit_of(self, mailbox: Any) -> int:
-        if mailbox is None or mailbox.daily_limit is None:
-            return self.default_daily_limit
-        return int(mailbox.daily_limit)
+    def _limit_of(self, mailbox: Any) -> DailyLimit:
+        explicit = None if mailbox is None or mailbox.daily_limit is None else int(mailbox.daily_limit)
+        return daily_limit_of(explicit, _account_type(mailbox), self.limits)
 
     async def _ensure_mailbox_row(self, session: AsyncSession, mailbox_id: str) -> None:
         await session.execute(
@@ -300,7 +335,19 @@ class SendLedger:
         )
 
 
-_MAILBOX_COLUMNS = (send_mailboxes.c.daily_limit, send_mailboxes.c.blocked_until)
+_MAILBOX_COLUMNS = (
+    send_mailboxes.c.daily_limit,
+    send_mailboxes.c.account_type,
+    send_mailboxes.c.blocked_until,
+)
+
+
+def _account_type(mailbox: Any) -> AccountType:
+    value = None if mailbox is None else mailbox.account_type
+    try:
+        return AccountType(value) if value else AccountType.UNKNOWN
+    except ValueError:
+        return AccountType.UNKNOWN
 
 
 def _upsert(session: AsyncSession) -> Any:

@@ -29,6 +29,7 @@ from services.outbound.domain.email import (
     validate_email,
 )
 from services.outbound.domain.errors import HeaderInjection, MessageTooLarge
+from services.outbound.domain.send_state import SEND_ID_HEADER
 
 # Message ids are opaque tokens: folding them as unstructured text would turn a long one into an encoded-word,
 # which readers no longer recognise as the id, so these headers are folded only between ids.
@@ -37,6 +38,7 @@ _ID_HEADERS = frozenset({"message-id", "in-reply-to", "references"})
 _ADDRESS_HEADERS = frozenset({"from", "to", "cc", "bcc"})
 _PLAIN_PHRASE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?: [A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
 _FOLD_WIDTH = 78
+_SEND_ID = re.compile(r"^[0-9a-f]{8,64}$")
 # 36 bytes -> 48 base64 characters -> a 60-character encoded-word (RFC 2047 allows 75).
 _ENCODED_WORD_BYTES = 36
 
@@ -150,16 +152,24 @@ def build_message(
     date: dt.datetime,
     limits: MessageLimits | None = None,
     bcc: BccHandling = BccHandling.HEADER,
+    send_id: str | None = None,
 ) -> BuiltMessage:
-    """The serialized message, or a domain error (InvalidEmail and its kinds) naming what was refused."""
+    """The serialized message, or a domain error (InvalidEmail and its kinds) naming what was refused.
+
+    `send_id` goes into the product's own header (SEND_ID_HEADER), by which the send is found in Gmail's Sent
+    folder after a crash whatever Gmail did to the Message-ID."""
     limits = limits or MessageLimits()
     email = validate_email(email, limits)
     message_id = normalize_message_id("message_id", message_id)
     if date.tzinfo is None:
         raise ValueError("date must be timezone-aware")
+    if send_id is not None and not _SEND_ID.match(send_id):
+        raise ValueError("send_id must be 8 to 64 lower-case hex digits")
 
     message = EmailMessage(policy=STRICT_POLICY)
     message["Message-ID"] = message_id
+    if send_id is not None:
+        message[SEND_ID_HEADER] = send_id
     message["Date"] = format_datetime(date)
     message["From"] = _address(email.sender)
     address_headers = {"To": email.to, "Cc": email.cc}

@@ -1,16 +1,22 @@
 """The send use case: an email from the CRM goes out once, through the user's Gmail (INDIVIDUAL) or the location's
-SMTP provider (BULK, WORKFLOW), and its outcome is recorded with its events (R6, R10, R13, R14, R15).
+SMTP provider (BULK, WORKFLOW, services.outbound.bulk_sending), and its outcome is recorded with its events (R6,
+R10, R13, R14, R15).
 
 An individual send is one transaction before Gmail (the send row SENDING, its ledger entry and the pending event)
-and one after it (SENT with Gmail's ids and the Message-ID Gmail kept, and the sent event). A Gmail call without a
-definite answer, or one interrupted by a crash, is never repeated blindly: the Sent folder is searched first, and
-only a search that proves the message absent allows another call (services.outbound.domain.send_state).
+and one after it (SENT with Gmail's ids and the Message-ID Gmail kept, and the sent event); nothing is read back
+in between. A Gmail call without a definite answer, or one interrupted by a crash, is never repeated blindly: the
+Sent folder is searched for the send's own id header first, and only a search made after Gmail's search index had
+time proves the message absent and allows another call (services.outbound.domain.send_state).
+
+Which process works on a send is its lease; a process that died is known at once (services.outbound.liveness),
+so its sends are taken over as soon as a replayed request or the recovery loop looks at them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 import uuid
 from collections.abc import Callable
@@ -20,16 +26,10 @@ from typing import Protocol
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.outbound import events, store
+from services.outbound.bulk_sending import BulkSender, BulkSending
 from services.outbound.connections import SenderMailbox
-from services.outbound.domain.email import (
-    Attachment,
-    EmailAddress,
-    MessageLimits,
-    OutgoingEmail,
-    ReplyTarget,
-    new_message_id,
-)
-from services.outbound.domain.errors import AttachmentsTooLarge, InvalidEmail, QuotaCause, QuotaExceeded
+from services.outbound.domain.email import EmailAddress, MessageLimits
+from services.outbound.domain.errors import QuotaCause, QuotaExceeded
 from services.outbound.domain.quota import gmail_block_end
 from services.outbound.domain.routing import SendKind, ledger_key
 from services.outbound.domain.send_state import (
@@ -41,34 +41,43 @@ from services.outbound.domain.send_state import (
     GmailRefused,
     NextStep,
     NotInSentFolder,
+    NotInSentFolderYet,
     SendProgress,
     SendState,
     SentFolderUnavailable,
     advance,
     after_restart,
     new_send,
+    search_window,
 )
+from services.outbound.drafts import SendRequest, build_email, new_row, require_ids, staged_attachments
 from services.outbound.gmail_sends import (
     GmailMailboxes,
+    KeptMessageId,
     SentFolderUnreadable,
     find_in_sent_folder,
     kept_message_id,
 )
 from services.outbound.ledger import SendLedger
-from services.outbound.mime import BccHandling, BuiltMessage, build_message
-from services.outbound.smtp import SmtpNotSent, SmtpOutcomeUnknown, SmtpProvider, send_via_smtp
+from services.outbound.liveness import LeaseOnlyLiveness, ProcessLiveness, new_owner_id
+from services.outbound.mime import BccHandling
 from services.outbound.store import SendRecord
 from services.runtime.clock import Clock, SystemClock
 from services.runtime.db import Database
-from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.runtime.errors import NotFound
 from services.runtime.faults import fault_point
 from services.runtime.gmail import GmailError, SendingLimitReached, SendOutcomeUnknown
 
+__all__ = ["BulkSender", "OutboundSender", "SendRequest", "SendingConfig"]
+
 log = logging.getLogger(__name__)
 
-# Crash points for the kill -9 tests (services.runtime.faults).
+# Crash points for the kill -9 tests (services.runtime.faults): after the send is recorded, right before Gmail's
+# messages.send; after Gmail answered, before the answer is recorded.
 BEFORE_GMAIL_SEND = "outbound.before_gmail_send"
 AFTER_GMAIL_ANSWER = "outbound.after_gmail_answer"
+# During a recovery: after the Sent folder was searched, before what was found is recorded.
+AFTER_SENT_SEARCH = "outbound.after_sent_search"
 
 _QUOTA_REASON = QuotaExceeded.reason
 _REPLAY_POLL_SECONDS = 0.05
@@ -83,46 +92,27 @@ class SenderDirectory(Protocol):
 
 
 @dataclass(frozen=True)
-class SendRequest:
-    request_id: str
-    location_id: str
-    user_id: str
-    kind: SendKind
-    to: tuple[EmailAddress, ...]
-    subject: str
-    cc: tuple[EmailAddress, ...] = ()
-    bcc: tuple[EmailAddress, ...] = ()
-    text_body: str = ""
-    html_body: str = ""
-    attachment_upload_ids: tuple[str, ...] = ()
-    conversation_id: str = ""
-    thread_id: str = ""
-    reply_gmail_thread_id: str = ""
-    reply_to_rfc_message_id: str = ""
-    reply_references: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class BulkSender:
-    """The location's SMTP provider and the From address bulk and workflow email carries (R13)."""
-
-    provider: SmtpProvider
-    sender: EmailAddress
-
-
-@dataclass(frozen=True)
 class SendingConfig:
     message_id_domain: str
     limits: MessageLimits = field(default_factory=MessageLimits)
-    workspace_daily_limit: int = 2000
-    lease: dt.timedelta = dt.timedelta(minutes=2)
-    sent_search_grace: dt.timedelta = dt.timedelta(seconds=5)
+    # How long one process owns a send in progress without renewing; a dead owner is known before (liveness).
+    lease: dt.timedelta = dt.timedelta(minutes=5)
+    # Gmail's search index lags behind what it accepted: a search proves a send absent only this long after
+    # the call could last have been accepted.
+    index_lag: dt.timedelta = dt.timedelta(seconds=60)
+    # Our clock against Google's: the Sent-folder window is widened by this on both sides.
+    clock_margin: dt.timedelta = dt.timedelta(seconds=120)
+    # A request waits this long for the index inline; a longer wait is left to the recovery loop.
+    inline_wait: dt.timedelta = dt.timedelta(seconds=30)
+    # How soon a send whose Sent folder could not be read is searched again.
+    unknown_retry: dt.timedelta = dt.timedelta(seconds=15)
     max_gmail_calls: int = 3
     # Longest time a replayed request waits for the process that owns the send to settle it.
     replay_wait: dt.timedelta = dt.timedelta(seconds=30)
     # Sends one process works on at once; more wait their turn instead of timing out on the connection pool.
     max_concurrent_sends: int = 32
-    owner: str = field(default_factory=lambda: f"outbound-{uuid.uuid4().hex[:12]}")
+    # How long the uploads a send used stay readable for threading (FetchSentAttachment).
+    sent_attachment_retention: dt.timedelta = dt.timedelta(days=7)
 
 
 def _progress(record: SendRecord) -> SendProgress:
@@ -147,6 +137,7 @@ class OutboundSender:
         gmail: GmailMailboxes,
         config: SendingConfig,
         *,
+        liveness: ProcessLiveness | None = None,
         bulk: BulkSender | None = None,
         clock: Clock | None = None,
         sleep: Callable[[float], object] = asyncio.sleep,
@@ -156,26 +147,40 @@ class OutboundSender:
         self._directory = directory
         self._gmail = gmail
         self._config = config
-        self._bulk = bulk
+        self._liveness = liveness or LeaseOnlyLiveness(new_owner_id())
+        self.owner = self._liveness.owner
         self._clock = clock or SystemClock()
         self._sleep = sleep
-        # The daily limit this process last wrote per mailbox, so the ledger row is only touched on a change.
-        self._limits_written: dict[str, int | None] = {}
+        self._bulk = BulkSending(
+            db,
+            bulk,
+            clock=self._clock,
+            message_id_domain=config.message_id_domain,
+            limits=config.limits,
+            owner=self.owner,
+            lease=config.lease,
+        )
+        # What this process last wrote per mailbox (account type), so the ledger row is only touched on a change.
+        self._account_types_written: dict[str, str] = {}
         self._turns = asyncio.Semaphore(config.max_concurrent_sends)
+        # The sends a coroutine of this process works on: the lease tells processes apart, this tells coroutines.
+        self._working: set[str] = set()
 
     # -- entry points ----------------------------------------------------------------------------------------
 
     async def send(self, request: SendRequest) -> SendRecord:
         """Sends once per (location, request id); a repeated request answers with the first one's outcome."""
-        _require_ids(request)
+        require_ids(request)
         async with self._turns:
             async with self._db.read() as session:
                 existing = await store.send_by_request(session, request.location_id, request.request_id)
             if existing is not None:
                 return await self._replay(existing)
             if request.kind is SendKind.INDIVIDUAL:
-                return await self._send_individual(request)
-            return await self._send_bulk(request)
+                created = await self._send_individual(request)
+            else:
+                created = await self._bulk.send(request)
+            return created if created is not None else await self._replay_by_request(request)
 
     async def get(self, location_id: str, send_id: str) -> SendRecord:
         async with self._db.read() as session:
@@ -184,49 +189,126 @@ class OutboundSender:
             raise NotFound(f"no send {send_id} in location {location_id}", send_id=send_id)
         return record
 
-    async def recover(self, send_id: str) -> SendRecord:
-        """Settles a send its process left unsettled (crash, or UNKNOWN): searches Sent before any new call."""
+    async def recover(self, send_id: str, *, dead_owner: str | None = None) -> SendRecord:
+        """Settles a send its process left unsettled (crash, or UNKNOWN): searches Sent before any new call.
+
+        `dead_owner` is the process known dead that held it (its lease is taken at once, not after expiry)."""
+        if send_id in self._working:
+            # This process already works on it (a replay and the recovery loop at once): one at a time, or both
+            # could prove it absent and call Gmail.
+            return await self._reload(send_id)
+        self._working.add(send_id)
+        try:
+            return await self._recover(send_id, dead_owner)
+        finally:
+            self._working.discard(send_id)
+
+    async def _recover(self, send_id: str, dead_owner: str | None) -> SendRecord:
         now = self._clock.now()
         async with self._db.write() as session:
             record = await store.take_lease(
-                session, send_id, owner=self._config.owner, now=now, until=now + self._config.lease
+                session,
+                send_id,
+                owner=self.owner,
+                now=now,
+                until=now + self._config.lease,
+                dead_owner=dead_owner,
             )
-            if record is None:
-                current = await store.get_send(session, send_id)
+            if record is not None and record.next_step == NextStep.AWAIT_GMAIL_ANSWER.value:
+                # Its process is gone (or its lease, longer than any Gmail call, ran out): whatever it sent was
+                # accepted by now, which closes the window the Sent folder is searched in.
+                previous_owner = dead_owner or "an expired lease"
+                record = await store.update_send_returning(
+                    session,
+                    send_id,
+                    next_step=NextStep.SEARCH_SENT_FOLDER.value,
+                    call_ended_by=now,
+                    reason=f"the process making the Gmail call ({previous_owner}) stopped before its answer",
+                )
+            current = None if record is not None else await store.get_send(session, send_id)
         if record is None:
             assert current is not None
             return current
+        log.info(
+            "recovering a send left unsettled",
+            extra={
+                "send_id": send_id,
+                "mailbox_email": record.mailbox_email,
+                "state": record.state,
+                "next_step": record.next_step,
+                "previous_owner": dead_owner or "",
+            },
+        )
         if record.kind != SendKind.INDIVIDUAL.value:
-            # SMTP has no Sent folder to look in: a handover of unknown outcome stays UNKNOWN for a person.
-            return await self._settle(
+            return await self._bulk.settle(
                 record, state=SendState.UNKNOWN, reason=record.reason or "SMTP outcome unknown"
             )
-        progress = after_restart(_progress(record))
-        return await self._resolve(record, progress)
+        return await self._resolve(record, after_restart(_progress(record)))
 
     async def recover_due(self, *, limit: int = 50) -> int:
-        """One recovery pass over the sends whose owner's lease ran out; returns how many it looked at."""
+        """One recovery pass: sends of processes known dead, then sends nobody holds whose time has come (a lease
+        that ran out, a parked search). Returns how many it looked at."""
+        now = self._clock.now()
         async with self._db.read() as session:
-            due = await store.sends_to_recover(session, now=self._clock.now(), limit=limit)
-        for send_id in due:
+            owners = await store.lease_owners(session, now=now, other_than=self.owner)
+        dead = await self._liveness.dead_among(owners) if owners else set()
+        work: list[tuple[str, str | None]] = []
+        if dead:
+            async with self._db.read() as session:
+                work += await store.sends_held_by(session, dead, limit=limit)
+        async with self._db.read() as session:
+            due = await store.sends_to_recover(session, now=now, limit=max(limit - len(work), 0))
+        work += [(send_id, None) for send_id in due]
+        for send_id, dead_owner in work:
             try:
-                await self.recover(send_id)
+                await self.recover(send_id, dead_owner=dead_owner)
             except Exception:
                 log.exception("recovering a send failed", extra={"send_id": send_id})
-        return len(due)
+        return len(work)
+
+    async def confirm_message_ids(self, *, limit: int = 50) -> int:
+        """Reads the Message-ID Gmail kept on sends whose Sent copy was not readable right after the send."""
+        async with self._db.read() as session:
+            pending = await store.sends_with_unconfirmed_message_id(
+                session, sent_before=self._clock.now() - dt.timedelta(seconds=1), limit=limit
+            )
+        for record in pending:
+            kept = await kept_message_id(
+                self._gmail.client_for(record.mailbox_id), record.gmail_message_id, record.rfc_message_id
+            )
+            if not kept.confirmed:
+                continue
+            async with self._db.write() as session:
+                await store.update_send(
+                    session, record.send_id, final_rfc_message_id=kept.value, message_id_confirmed=True
+                )
+            log.info(
+                "read the Message-ID Gmail kept on a send",
+                extra={"send_id": record.send_id, "final_rfc_message_id": kept.value},
+            )
+        return len(pending)
 
     # -- individual: Gmail -----------------------------------------------------------------------------------
 
-    async def _send_individual(self, request: SendRequest) -> SendRecord:
-        staged = await self._attachments(request)
+    async def _send_individual(self, request: SendRequest) -> SendRecord | None:
+        now = self._clock.now()
+        staged = await staged_attachments(self._db, request, self._config.limits, now)
         sender = await self._directory.sender_for(request.location_id, request.user_id)
         # Fetched before anything is recorded: a mailbox auth cannot serve is refused with nothing sent.
         await self._directory.access_token(sender.mailbox_id)
+        await self._note_account_type(sender)
         now = self._clock.now()
-        built = self._build(
-            request, EmailAddress(sender.mailbox_email, sender.display_name), staged, now, BccHandling.HEADER
-        )
         send_id = uuid.uuid4().hex
+        built = build_email(
+            request,
+            EmailAddress(sender.mailbox_email, sender.display_name),
+            staged,
+            now,
+            bcc=BccHandling.HEADER,
+            message_id_domain=self._config.message_id_domain,
+            limits=self._config.limits,
+            send_id=send_id,
+        )
         key = ledger_key(request.location_id, request.request_id)
         pending = events.pending_send(
             events.SendContext(
@@ -249,7 +331,9 @@ class OutboundSender:
             ],
         )
         progress = advance(new_send(), GmailCallStarted())
-        values = self._new_row(request, built, send_id, now) | {
+        values = new_row(
+            request, built, send_id, now, owner=self.owner, lease_until=now + self._config.lease
+        ) | {
             "connection_id": sender.connection_id,
             "mailbox_id": sender.mailbox_id,
             "mailbox_email": sender.mailbox_email,
@@ -260,25 +344,50 @@ class OutboundSender:
             "pending_event": pending.SerializeToString(),
             "call_started_at": now,
         }
-        async with self._db.write() as session:
-            created = await store.insert_send(session, values)
-            if created:
+        self._working.add(send_id)
+        try:
+            async with self._db.write() as session:
+                if not await store.insert_send(session, values):
+                    return None
                 await self._admit(session, sender, key, len(built.envelope_recipients))
                 await events.stage_pending(session, pending)
-        if not created:
-            return await self._replay_by_request(request)
-        async with self._db.read() as session:
-            record = await store.get_send(session, send_id)
-        assert record is not None
-        return await self._call_gmail(record, progress)
+                if staged:
+                    await store.keep_uploads_for_send(
+                        session,
+                        request.location_id,
+                        [a.upload_id for a in staged],
+                        send_id=send_id,
+                        until=now + self._config.sent_attachment_retention,
+                    )
+            return await self._call_gmail(store.record_from_values(values), progress)
+        finally:
+            self._working.discard(send_id)
+
+    async def _note_account_type(self, sender: SenderMailbox) -> None:
+        """Tells the ledger the mailbox's account type when it changed, in a transaction of its own: writing the
+        mailbox row inside the send's transaction would lock it there too (the admission locks it anyway, but
+        the test of the ledger without that lock must see the race it shows)."""
+        account_type = sender.account_type.value
+        if self._account_types_written.get(sender.mailbox_id) == account_type:
+            return
+        async with self._db.write() as session:
+            await self._ledger.set_account_type(
+                session, mailbox_id=sender.mailbox_id, account_type=sender.account_type
+            )
+            # Auth's own per-mailbox limit, when it has one, counts as set explicitly.
+            if sender.daily_send_limit:
+                await self._ledger.set_daily_limit(
+                    session, mailbox_id=sender.mailbox_id, daily_limit=sender.daily_send_limit
+                )
+        self._account_types_written[sender.mailbox_id] = account_type
 
     async def _admit(self, session: AsyncSession, sender: SenderMailbox, key: str, recipients: int) -> None:
-        wanted = sender.daily_send_limit or (self._config.workspace_daily_limit if sender.workspace else None)
-        if self._limits_written.get(sender.mailbox_id) != wanted:
-            await self._ledger.set_daily_limit(session, mailbox_id=sender.mailbox_id, daily_limit=wanted)
-            self._limits_written[sender.mailbox_id] = wanted
         await self._ledger.admit(
-            session, mailbox_id=sender.mailbox_id, idempotency_key=key, recipients=recipients
+            session,
+            mailbox_id=sender.mailbox_id,
+            idempotency_key=key,
+            recipients=recipients,
+            mailbox_email=sender.mailbox_email,
         )
 
     async def _call_gmail(self, record: SendRecord, progress: SendProgress) -> SendRecord:
@@ -293,40 +402,38 @@ class OutboundSender:
         except SendingLimitReached as error:
             raise await self._gmail_blocked(record, error) from error
         except SendOutcomeUnknown as error:
-            return await self._resolve(record, advance(progress, GmailNoAnswer(error.message)))
+            return await self._after_no_answer(record, advance(progress, GmailNoAnswer(error.message)))
         except GmailError as error:
             return await self._settle_refused(record, advance(progress, GmailRefused(error.message)))
         except Exception as error:
             # Anything else after the request may have left (a bug, a cancelled call) is an unknown outcome.
             log.exception("unexpected failure of messages.send")
-            return await self._resolve(record, advance(progress, GmailNoAnswer(repr(error))))
+            return await self._after_no_answer(record, advance(progress, GmailNoAnswer(repr(error))))
         gmail = GmailIds(message_id=answer["id"], thread_id=answer.get("threadId", ""))
-        return await self._record_sent(record, advance(progress, GmailAccepted(gmail)))
+        kept = await kept_message_id(client, gmail.message_id, record.rfc_message_id)
+        fault_point(AFTER_GMAIL_ANSWER)
+        return await self._record_sent(record, advance(progress, GmailAccepted(gmail)), kept)
 
     async def _still_owned(self, record: SendRecord) -> bool:
         """Renews this process's lease right before a Gmail call; False when another process holds the send."""
         now = self._clock.now()
         held_until = record.lease_expires_at
-        if (
-            record.lease_owner == self._config.owner
-            and held_until
-            and held_until - now > self._config.lease / 2
-        ):
-            # Nobody takes a send over before its lease ends, so a lease this fresh needs no round trip.
+        if record.lease_owner == self.owner and held_until and held_until - now > self._config.lease / 2:
+            # Nobody takes a live process's send over before its lease ends, so a lease this fresh needs no
+            # round trip.
             return True
         async with self._db.write() as session:
             return await store.renew_lease(
-                session, record.send_id, owner=self._config.owner, until=now + self._config.lease
+                session, record.send_id, owner=self.owner, until=now + self._config.lease
             )
 
-    async def _record_sent(self, record: SendRecord, progress: SendProgress) -> SendRecord:
+    async def _record_sent(
+        self, record: SendRecord, progress: SendProgress, kept: KeptMessageId
+    ) -> SendRecord:
         assert progress.gmail is not None
-        client = self._gmail.client_for(record.mailbox_id)
-        final_id = await kept_message_id(client, progress.gmail.message_id, record.rfc_message_id)
-        fault_point(AFTER_GMAIL_ANSWER)
         now = self._clock.now()
         async with self._db.write() as session:
-            changed = await store.update_send(
+            settled = await store.update_send_returning(
                 session,
                 record.send_id,
                 only_if_state=store.UNSETTLED_STATES,
@@ -336,105 +443,179 @@ class OutboundSender:
                 reason="",
                 gmail_message_id=progress.gmail.message_id,
                 gmail_thread_id=progress.gmail.thread_id,
-                final_rfc_message_id=final_id,
+                final_rfc_message_id=kept.value,
+                message_id_confirmed=kept.confirmed,
                 sent_at=now,
                 raw=None,
                 lease_owner=None,
                 lease_expires_at=None,
             )
-            if changed:
+            if settled is not None:
                 assert record.pending_event is not None
                 await events.stage_sent(
                     session,
                     record.pending_event,
                     gmail_message_id=progress.gmail.message_id,
                     gmail_thread_id=progress.gmail.thread_id,
-                    final_rfc_message_id=final_id,
+                    final_rfc_message_id=kept.value,
                     sent_time=now,
                 )
-        return await self._reload(record.send_id)
+        if settled is None:
+            current = await self._reload(record.send_id)
+            if current.gmail_message_id != progress.gmail.message_id:
+                # Another process settled the send with another copy: Gmail has this one twice.
+                log.error(
+                    "a send was settled with another Gmail message than the one this process saw",
+                    extra={
+                        "send_id": record.send_id,
+                        "recorded": current.gmail_message_id,
+                        "seen": progress.gmail.message_id,
+                    },
+                )
+            return current
+        return settled
+
+    # -- a Gmail call without a definite answer ----------------------------------------------------------------
+
+    async def _after_no_answer(self, record: SendRecord, progress: SendProgress) -> SendRecord:
+        """The call ended without an answer: it can have been accepted up to now, not later."""
+        now = self._clock.now()
+        async with self._db.write() as session:
+            updated = await store.update_send_returning(
+                session,
+                record.send_id,
+                only_if_state=store.UNSETTLED_STATES,
+                only_if_owner=self.owner,
+                next_step=progress.next_step.value,
+                reason=progress.reason,
+                call_ended_by=now,
+                lease_expires_at=now + self._config.lease,
+            )
+        if updated is None:
+            return await self._reload(record.send_id)
+        return await self._resolve(updated, progress)
 
     async def _resolve(self, record: SendRecord, progress: SendProgress) -> SendRecord:
-        """From SEARCH_SENT_FOLDER: found -> SENT; proven absent -> one more call; unreadable -> UNKNOWN."""
-        if progress.next_step is NextStep.CALL_GMAIL:
-            progress = advance(progress, GmailCallStarted())
-            owned = await self._record_call_started(record, progress)
-            if owned is None:
-                return await self._reload(record.send_id)
-            return await self._call_gmail(owned, progress)
-        while progress.next_step is NextStep.SEARCH_SENT_FOLDER:
-            await self._wait_for_search_grace(record)
+        """From SEARCH_SENT_FOLDER: found -> SENT; proven absent -> one more call; not yet provable -> searched
+        again once the index had time; unreadable -> UNKNOWN, searched again later."""
+        while True:
+            if progress.next_step is NextStep.CALL_GMAIL:
+                progress = advance(progress, GmailCallStarted())
+                owned = await self._record_call_started(record, progress)
+                if owned is None:
+                    return await self._reload(record.send_id)
+                return await self._call_gmail(owned, progress)
+            if progress.next_step is not NextStep.SEARCH_SENT_FOLDER:
+                raise AssertionError(f"cannot resolve a send at {progress.next_step}")
+            now = self._clock.now()
+            window = search_window(
+                call_started_at=record.call_started_at or record.created_at,
+                call_ended_by=record.call_ended_by or now,
+                clock_margin=self._config.clock_margin,
+                index_lag=self._config.index_lag,
+            )
             try:
                 copy = await find_in_sent_folder(
                     self._gmail.client_for(record.mailbox_id),
+                    send_id=record.send_id,
                     rfc_message_id=record.rfc_message_id,
-                    recipients=record.recipients,
-                    subject=record.subject,
-                    date=record.message_date,
+                    window=window,
+                    already_claimed=functools.partial(self._claimed, record.mailbox_id),
                 )
             except SentFolderUnreadable as error:
                 progress = advance(progress, SentFolderUnavailable(str(error)))
-                return await self._park_unknown(record, progress)
+                return await self._park(record, progress, until=now + self._config.unknown_retry)
+            fault_point(AFTER_SENT_SEARCH)
             if copy is not None:
-                return await self._record_sent(record, advance(progress, FoundInSentFolder(copy.gmail)))
-            progress = advance(progress, NotInSentFolder(), max_gmail_calls=self._config.max_gmail_calls)
-            if progress.state is SendState.FAILED:
-                return await self._settle_refused(record, progress)
-            progress = advance(progress, GmailCallStarted())
-            owned = await self._record_call_started(record, progress)
-            if owned is None:
+                log.info(
+                    "found a send of unknown outcome in the Sent folder",
+                    extra={"send_id": record.send_id, "gmail_message_id": copy.gmail.message_id},
+                )
+                kept = KeptMessageId(copy.rfc_message_id or record.rfc_message_id, confirmed=True)
+                return await self._record_sent(record, advance(progress, FoundInSentFolder(copy.gmail)), kept)
+            if window.proves_absence(now):
+                log.info(
+                    "a send of unknown outcome is not in the Sent folder: it is sent again",
+                    extra={"send_id": record.send_id, "gmail_calls": progress.gmail_calls},
+                )
+                progress = advance(progress, NotInSentFolder(), max_gmail_calls=self._config.max_gmail_calls)
+                if progress.state is SendState.FAILED:
+                    return await self._settle_refused(record, progress)
+                continue
+            reason = f"not in the Sent folder yet; Gmail's search index is asked again at {window.proof_time:%H:%M:%S}Z"
+            progress = advance(progress, NotInSentFolderYet(reason))
+            wait = window.proof_time - now
+            if wait > self._config.inline_wait:
+                return await self._park(record, progress, until=window.proof_time)
+            renewed = await self._hold_while_waiting(record, progress, until=window.proof_time)
+            if renewed is None:
                 return await self._reload(record.send_id)
-            return await self._call_gmail(owned, progress)
-        raise AssertionError(f"cannot resolve a send at {progress.next_step}")
+            record = renewed
+            await self._sleep(wait.total_seconds())  # type: ignore[misc]
 
-    async def _wait_for_search_grace(self, record: SendRecord) -> None:
-        started = record.call_started_at or record.created_at
-        remaining = (started + self._config.sent_search_grace - self._clock.now()).total_seconds()
-        if remaining > 0:
-            await self._sleep(remaining)  # type: ignore[misc]
+    async def _claimed(self, mailbox_id: str, gmail_message_ids: list[str]) -> set[str]:
+        async with self._db.read() as session:
+            return await store.claimed_gmail_messages(session, mailbox_id, gmail_message_ids)
+
+    async def _hold_while_waiting(
+        self, record: SendRecord, progress: SendProgress, *, until: dt.datetime
+    ) -> SendRecord | None:
+        """Keeps the send through an inline wait (None when another process holds it now)."""
+        async with self._db.write() as session:
+            return await store.update_send_returning(
+                session,
+                record.send_id,
+                only_if_state=store.UNSETTLED_STATES,
+                only_if_owner=self.owner,
+                state=progress.state.value,
+                reason=progress.reason,
+                lease_expires_at=until + self._config.lease,
+            )
 
     async def _record_call_started(self, record: SendRecord, progress: SendProgress) -> SendRecord | None:
         """Records the next call while this process still holds the send (None when another took it over: a slow
         search outlived the lease, so its "not there" may already be stale)."""
         now = self._clock.now()
         async with self._db.write() as session:
-            owned = await store.update_send(
+            return await store.update_send_returning(
                 session,
                 record.send_id,
                 only_if_state=store.UNSETTLED_STATES,
-                only_if_owner=self._config.owner,
+                only_if_owner=self.owner,
                 state=progress.state.value,
                 next_step=progress.next_step.value,
                 gmail_calls=progress.gmail_calls,
                 reason="",
                 call_started_at=now,
+                call_ended_by=None,
                 lease_expires_at=now + self._config.lease,
             )
-        return await self._reload(record.send_id) if owned else None
 
-    async def _park_unknown(self, record: SendRecord, progress: SendProgress) -> SendRecord:
-        # The lease ends after the grace, so the recovery loop searches again soon, in whichever process.
-        now = self._clock.now()
+    async def _park(self, record: SendRecord, progress: SendProgress, *, until: dt.datetime) -> SendRecord:
+        """Lets go of the send until `until`; then the recovery loop of whichever process searches again."""
         async with self._db.write() as session:
-            await store.update_send(
+            parked = await store.update_send_returning(
                 session,
                 record.send_id,
                 only_if_state=store.UNSETTLED_STATES,
-                only_if_owner=self._config.owner,
+                only_if_owner=self.owner,
                 state=progress.state.value,
                 next_step=progress.next_step.value,
                 reason=progress.reason,
                 lease_owner=None,
-                lease_expires_at=now + self._config.sent_search_grace,
+                lease_expires_at=until,
             )
-        return await self._reload(record.send_id)
+        log.info(
+            "a send of unknown outcome waits",
+            extra={"send_id": record.send_id, "state": progress.state.value, "until": until.isoformat()},
+        )
+        return parked if parked is not None else await self._reload(record.send_id)
 
     async def _settle_refused(self, record: SendRecord, progress: SendProgress) -> SendRecord:
         """Gmail certainly did not send it: the slot goes back to the window and `failed` is published."""
         now = self._clock.now()
         async with self._db.write() as session:
-            await self._ledger.release(session, idempotency_key=record.ledger_key)
-            changed = await store.update_send(
+            settled = await store.update_send_returning(
                 session,
                 record.send_id,
                 only_if_state=store.UNSETTLED_STATES,
@@ -446,7 +627,8 @@ class OutboundSender:
                 lease_owner=None,
                 lease_expires_at=None,
             )
-            if changed:
+            if settled is not None:
+                await self._ledger.release(session, idempotency_key=record.ledger_key)
                 await events.stage_failed(
                     session,
                     send_id=record.send_id,
@@ -455,7 +637,7 @@ class OutboundSender:
                     reason=progress.reason,
                     fail_time=now,
                 )
-        return await self._reload(record.send_id)
+        return settled if settled is not None else await self._reload(record.send_id)
 
     async def _gmail_blocked(self, record: SendRecord, error: SendingLimitReached) -> QuotaExceeded:
         """Gmail's own sending limit (R14): closes the mailbox until Gmail's time; returns the refusal to raise."""
@@ -465,8 +647,7 @@ class OutboundSender:
             until = await self._ledger.record_gmail_block(
                 session, mailbox_id=record.mailbox_id, blocked_until=until
             )
-            await self._ledger.release(session, idempotency_key=record.ledger_key)
-            changed = await store.update_send(
+            settled = await store.update_send_returning(
                 session,
                 record.send_id,
                 only_if_state=store.UNSETTLED_STATES,
@@ -479,7 +660,8 @@ class OutboundSender:
                 lease_owner=None,
                 lease_expires_at=None,
             )
-            if changed:
+            if settled is not None:
+                await self._ledger.release(session, idempotency_key=record.ledger_key)
                 await events.stage_failed(
                     session,
                     send_id=record.send_id,
@@ -488,151 +670,18 @@ class OutboundSender:
                     reason=f"Gmail's sending limit until {until.isoformat()}",
                     fail_time=now,
                 )
-        return self._gmail_block_error(record.mailbox_id, until)
+        return self._gmail_block_error(record, until)
 
-    def _gmail_block_error(self, mailbox_id: str, until: dt.datetime) -> QuotaExceeded:
+    def _gmail_block_error(self, record: SendRecord, until: dt.datetime) -> QuotaExceeded:
         return QuotaExceeded(
-            mailbox_id=mailbox_id,
+            mailbox_id=record.mailbox_id,
+            mailbox_email=record.mailbox_email,
             retry_time=until,
             cause=QuotaCause.GMAIL_BLOCK,
             daily_limit=self._ledger.default_daily_limit,
         )
 
-    # -- bulk and workflow: the location's SMTP provider ----------------------------------------------------
-
-    async def _send_bulk(self, request: SendRequest) -> SendRecord:
-        if self._bulk is None:
-            raise FailedPrecondition(
-                "no SMTP provider is configured for bulk and workflow email", kind=request.kind.value
-            )
-        staged = await self._attachments(request)
-        now = self._clock.now()
-        built = self._build(request, self._bulk.sender, staged, now, BccHandling.ENVELOPE_ONLY)
-        send_id = uuid.uuid4().hex
-        values = self._new_row(request, built, send_id, now) | {
-            "state": SendState.SENDING.value,
-            "next_step": NextStep.AWAIT_GMAIL_ANSWER.value,
-            "mailbox_email": self._bulk.sender.email,
-            "call_started_at": now,
-        }
-        async with self._db.write() as session:
-            created = await store.insert_send(session, values)
-        if not created:
-            return await self._replay_by_request(request)
-        record = await self._reload(send_id)
-        try:
-            await send_via_smtp(self._bulk.provider, built)
-        except SmtpOutcomeUnknown as error:
-            return await self._settle(record, state=SendState.UNKNOWN, reason=str(error))
-        except SmtpNotSent as error:
-            return await self._settle(record, state=SendState.FAILED, reason=error.reason)
-        return await self._settle(record, state=SendState.SENT, reason="")
-
-    async def _settle(self, record: SendRecord, *, state: SendState, reason: str) -> SendRecord:
-        now = self._clock.now()
-        async with self._db.write() as session:
-            await store.update_send(
-                session,
-                record.send_id,
-                state=state.value,
-                next_step=NextStep.NOTHING.value,
-                reason=reason,
-                sent_at=now if state is SendState.SENT else None,
-                final_rfc_message_id=record.rfc_message_id if state is SendState.SENT else "",
-                raw=None,
-                lease_owner=None,
-                lease_expires_at=None,
-            )
-        return await self._reload(record.send_id)
-
-    # -- shared ----------------------------------------------------------------------------------------------
-
-    async def _attachments(self, request: SendRequest) -> list[store.StagedAttachment]:
-        """The request's staged uploads; their total is checked before anything else happens (R14)."""
-        ids = list(request.attachment_upload_ids)
-        if not ids:
-            return []
-        if len(set(ids)) != len(ids):
-            raise InvalidArgument(
-                "an upload is named twice in attachment_upload_ids", field="attachment_upload_ids"
-            )
-        async with self._db.read() as session:
-            sizes = await store.staged_sizes(session, request.location_id, ids, now=self._clock.now())
-            missing = [upload_id for upload_id in ids if upload_id not in sizes]
-            if missing:
-                raise InvalidEmail(
-                    "attachment_upload_ids", f"unknown or expired uploads {missing}: upload them again"
-                )
-            total = sum(sizes.values())
-            limit = self._config.limits.max_attachment_bytes
-            if total > limit:
-                raise AttachmentsTooLarge("attachments", f"{total} bytes in total, the limit is {limit}")
-            return await store.load_staged(session, request.location_id, ids)
-
-    def _build(
-        self,
-        request: SendRequest,
-        sender: EmailAddress,
-        staged: list[store.StagedAttachment],
-        now: dt.datetime,
-        bcc: BccHandling,
-    ) -> BuiltMessage:
-        reply = None
-        if request.reply_to_rfc_message_id:
-            reply = ReplyTarget(
-                message_id=request.reply_to_rfc_message_id, references=request.reply_references
-            )
-        email = OutgoingEmail(
-            sender=sender,
-            to=request.to,
-            cc=request.cc,
-            bcc=request.bcc,
-            subject=request.subject,
-            text_body=request.text_body,
-            html_body=request.html_body,
-            attachments=tuple(Attachment(a.filename, a.content_type, a.content) for a in staged),
-            reply_to_message=reply,
-            automatic=request.kind is SendKind.WORKFLOW,
-        )
-        return build_message(
-            email,
-            message_id=new_message_id(self._config.message_id_domain),
-            date=now.replace(microsecond=0),
-            limits=self._config.limits,
-            bcc=bcc,
-        )
-
-    def _new_row(
-        self, request: SendRequest, built: BuiltMessage, send_id: str, now: dt.datetime
-    ) -> dict[str, object]:
-        email = built.email
-        recipients = dict.fromkeys(a.email for a in (*email.to, *email.cc, *email.bcc))
-        return {
-            "send_id": send_id,
-            "location_id": request.location_id,
-            "request_id": request.request_id,
-            "kind": request.kind.value,
-            "user_id": request.user_id,
-            "connection_id": "",
-            "mailbox_id": "",
-            "mailbox_email": "",
-            "ledger_key": "",
-            "gmail_calls": 0,
-            "reason": "",
-            "error_reason": "",
-            "rfc_message_id": built.message_id,
-            "final_rfc_message_id": "",
-            "gmail_message_id": "",
-            "gmail_thread_id": "",
-            "reply_gmail_thread_id": request.reply_gmail_thread_id,
-            "subject": built.subject,
-            "recipients": tuple(recipients),
-            "message_date": now.replace(microsecond=0),
-            "raw": built.raw,
-            "created_at": now,
-            "lease_owner": self._config.owner,
-            "lease_expires_at": now + self._config.lease,
-        }
+    # -- replays ---------------------------------------------------------------------------------------------
 
     async def _reload(self, send_id: str) -> SendRecord:
         async with self._db.read() as session:
@@ -647,14 +696,26 @@ class OutboundSender:
         return await self._replay(existing)
 
     async def _replay(self, record: SendRecord) -> SendRecord:
-        """The first request's outcome: waits while its live owner works, recovers it when the owner is gone."""
+        """The first request's outcome: waits while its live owner works, recovers it at once when its owner is
+        dead or nobody holds it any more."""
         deadline = self._clock.now() + self._config.replay_wait
+        next_liveness_check = self._clock.now()
         while record.state in store.UNSETTLED_STATES and record.next_step != NextStep.NOTHING.value:
             now = self._clock.now()
-            owner_alive = record.lease_expires_at is not None and record.lease_expires_at > now
-            if not owner_alive:
-                record = await self.recover(record.send_id)
+            lease_live = record.lease_expires_at is not None and record.lease_expires_at > now
+            owner_dead = False
+            if record.lease_owner not in (None, self.owner) and now >= next_liveness_check:
+                # Once a second at most: the owner's lock is a file or a database query away.
+                next_liveness_check = now + dt.timedelta(seconds=1)
+                owner_dead = record.lease_owner in await self._liveness.dead_among({record.lease_owner})
+            if owner_dead or not lease_live:
+                record = await self.recover(
+                    record.send_id, dead_owner=record.lease_owner if owner_dead else None
+                )
                 if record.state == SendState.UNKNOWN.value or now >= deadline:
+                    break
+                if record.lease_owner is None and record.next_step != NextStep.NOTHING.value:
+                    # Parked until Gmail's index had time: the recovery loop finishes it, not this request.
                     break
                 continue
             if now >= deadline:
@@ -663,11 +724,5 @@ class OutboundSender:
             record = await self._reload(record.send_id)
         if record.state == SendState.FAILED.value and record.error_reason == _QUOTA_REASON:
             assert record.retry_time is not None
-            raise self._gmail_block_error(record.mailbox_id, record.retry_time)
+            raise self._gmail_block_error(record, record.retry_time)
         return record
-
-
-def _require_ids(request: SendRequest) -> None:
-    for name in ("request_id", "location_id", "user_id"):
-        if not getattr(request, name):
-            raise InvalidArgument(f"{name} is required", field=name)

@@ -38,10 +38,14 @@ class OutboundSettings(ServiceSettings):
     default_daily_limit: int = Field(
         default=500,
         gt=0,
-        description="Sends per rolling 24 hours of a consumer mailbox without its own limit.",
+        description="Sends per rolling 24 hours of a consumer Gmail account, and of an account whose type Google "
+        "did not say, unless a limit was set for the mailbox (SetSendLimit).",
     )
     workspace_daily_limit: int = Field(
-        default=2000, gt=0, description="Sends per rolling 24 hours of a Google Workspace mailbox (R14)."
+        default=2000,
+        gt=0,
+        description="Sends per rolling 24 hours of a Google Workspace account (R14), unless a limit was set for "
+        "the mailbox.",
     )
     max_attachment_bytes: int = Field(
         default=25 * 1024 * 1024, gt=0, description="Total attachment bytes of one message (R14)."
@@ -52,18 +56,47 @@ class OutboundSettings(ServiceSettings):
         description="How long an uploaded attachment waits for the SendEmail that uses it.",
     )
     send_lease_seconds: float = Field(
-        default=120.0,
+        default=300.0,
         gt=0,
-        description="How long one process owns a send in progress; after it, recovery takes the send over. "
-        "Longer than the Gmail timeout, so a live call is never taken over.",
+        description="How long one process owns a send in progress without renewing it; after it, recovery takes "
+        "the send over. A crashed process's sends are taken over at once (its liveness lock is gone), so this "
+        "only bounds what no lock tells (a cut-off database session). Longer than the Gmail timeout.",
     )
-    sent_search_grace_seconds: float = Field(
-        default=5.0,
+    sent_search_index_lag_seconds: float = Field(
+        default=60.0,
         ge=0,
-        description="A Sent-folder search proves a send absent only this long after the call was started.",
+        description="Gmail's search index lags behind what it accepted: a Sent-folder search proves a send of "
+        "unknown outcome absent (and lets it be sent again) only this long after its call could last have "
+        "been accepted.",
+    )
+    sent_search_clock_margin_seconds: float = Field(
+        default=120.0,
+        ge=0,
+        description="Our clock against Google's: the Sent-folder window of a send of unknown outcome is widened "
+        "by this on both sides.",
+    )
+    sent_search_inline_wait_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="A SendEmail whose Gmail call got no answer waits this long for Gmail's index inline; "
+        "longer, it answers SENDING and the recovery loop settles the send.",
+    )
+    unknown_outcome_retry_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="How soon a send whose Sent folder could not be read (UNKNOWN) is searched again.",
     )
     recovery_interval_seconds: float = Field(
-        default=30.0, gt=0, description="How often sends left in progress or UNKNOWN are looked for."
+        default=5.0,
+        gt=0,
+        description="How often sends left unsettled (by a crashed process, an expired lease or an unknown "
+        "outcome) are looked for; a restarted process looks at once.",
+    )
+    sent_attachment_retention_seconds: float = Field(
+        default=7 * 24 * 3600.0,
+        gt=0,
+        description="How long the uploads a send used stay readable for threading (GetAttachment of the CRM "
+        "message) after the send.",
     )
     max_concurrent_sends: int = Field(
         default=32, gt=0, description="Sends one process works on at once (more wait their turn)."

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Index,
     Integer,
@@ -26,6 +27,7 @@ from sqlalchemy import (
     delete,
     or_,
     select,
+    true,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -72,11 +74,17 @@ sends = Table(
     Column("pending_event", LargeBinary, nullable=True),
     Column("created_at", UtcDateTime, nullable=False),
     Column("call_started_at", UtcDateTime, nullable=True),
+    # When the outcome became unknown: the latest instant Gmail can have accepted the call (its error, or the
+    # moment its process was known dead). With call_started_at it bounds the Sent-folder search.
+    Column("call_ended_by", UtcDateTime, nullable=True),
     Column("sent_at", UtcDateTime, nullable=True),
+    # False while the Message-ID Gmail kept could not be read yet (the recovery loop reads it later).
+    Column("message_id_confirmed", Boolean, nullable=False, default=True, server_default=true()),
     Column("lease_owner", String(128), nullable=True),
     Column("lease_expires_at", UtcDateTime, nullable=True),
     UniqueConstraint("location_id", "request_id", name="uq_sends_location_request"),
     Index("ix_sends_state_lease", "state", "lease_expires_at"),
+    Index("ix_sends_mailbox_gmail_message", "mailbox_id", "gmail_message_id"),
 )
 
 staged_attachments = Table(
@@ -92,6 +100,8 @@ staged_attachments = Table(
     Column("content", LargeBinary, nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
     Column("expires_at", UtcDateTime, nullable=False),
+    # The send that used the upload; threading reads it from then on (GetAttachment), until expires_at.
+    Column("send_id", String(64), nullable=True),
     UniqueConstraint("location_id", "request_id", name="uq_staged_attachments_location_request"),
     Index("ix_staged_attachments_expires_at", "expires_at"),
 )
@@ -129,7 +139,9 @@ class SendRecord:
     pending_event: bytes | None
     created_at: dt.datetime
     call_started_at: dt.datetime | None
+    call_ended_by: dt.datetime | None
     sent_at: dt.datetime | None
+    message_id_confirmed: bool
     lease_owner: str | None
     lease_expires_at: dt.datetime | None
 
@@ -137,7 +149,19 @@ class SendRecord:
 def _record(row: Any) -> SendRecord:
     values = dict(row._mapping)
     values["recipients"] = tuple(json.loads(values["recipients"]))
+    values["message_id_confirmed"] = bool(values["message_id_confirmed"])
     return SendRecord(**values)
+
+
+def record_from_values(values: dict[str, Any]) -> SendRecord:
+    """The record a freshly inserted row reads back as (saves reading it again)."""
+    defaults = {column.name: None for column in sends.columns}
+    defaults.update(
+        {"call_ended_by": None, "sent_at": None, "message_id_confirmed": True, "retry_time": None}
+    )
+    merged = {**defaults, **values}
+    merged["recipients"] = tuple(merged["recipients"])
+    return SendRecord(**merged)
 
 
 def _insert(session: AsyncSession) -> Any:
@@ -180,36 +204,59 @@ async def update_send(
 ) -> bool:
     """Changes the send; with `only_if_state`, only while it is in one of those states, with `only_if_owner`,
     only while that process holds its lease. True when it changed."""
+    return (
+        await update_send_returning(
+            session, send_id, only_if_state=only_if_state, only_if_owner=only_if_owner, **values
+        )
+        is not None
+    )
+
+
+async def update_send_returning(
+    session: AsyncSession,
+    send_id: str,
+    *,
+    only_if_state: tuple[str, ...] | None = None,
+    only_if_owner: str | None = None,
+    **values: Any,
+) -> SendRecord | None:
+    """`update_send` answering with the changed send (None when nothing changed): no second read."""
     statement = update(sends).where(sends.c.send_id == send_id)
     if only_if_state is not None:
         statement = statement.where(sends.c.state.in_(only_if_state))
     if only_if_owner is not None:
         statement = statement.where(sends.c.lease_owner == only_if_owner)
-    result = await session.execute(statement.values(**values).returning(sends.c.send_id))
-    return result.first() is not None
+    row = (await session.execute(statement.values(**values).returning(*sends.columns))).first()
+    return None if row is None else _record(row)
 
 
 async def take_lease(
-    session: AsyncSession, send_id: str, *, owner: str, now: dt.datetime, until: dt.datetime
+    session: AsyncSession,
+    send_id: str,
+    *,
+    owner: str,
+    now: dt.datetime,
+    until: dt.datetime,
+    dead_owner: str | None = None,
 ) -> SendRecord | None:
-    """The unsettled send, now owned by `owner` until `until`, or None when another live process owns it."""
+    """The unsettled send, now owned by `owner` until `until`, or None when another live process owns it.
+
+    `dead_owner` is a process known to be dead (services.outbound.liveness): its lease is taken at once."""
+    holders = [
+        sends.c.lease_expires_at.is_(None),
+        sends.c.lease_expires_at <= now,
+        sends.c.lease_owner == owner,
+    ]
+    if dead_owner is not None:
+        holders.append(sends.c.lease_owner == dead_owner)
     result = await session.execute(
         update(sends)
-        .where(
-            sends.c.send_id == send_id,
-            sends.c.state.in_(UNSETTLED_STATES),
-            or_(
-                sends.c.lease_expires_at.is_(None),
-                sends.c.lease_expires_at <= now,
-                sends.c.lease_owner == owner,
-            ),
-        )
+        .where(sends.c.send_id == send_id, sends.c.state.in_(UNSETTLED_STATES), or_(*holders))
         .values(lease_owner=owner, lease_expires_at=until)
-        .returning(sends.c.send_id)
+        .returning(*sends.columns)
     )
-    if result.first() is None:
-        return None
-    return await get_send(session, send_id)
+    row = result.first()
+    return None if row is None else _record(row)
 
 
 async def renew_lease(session: AsyncSession, send_id: str, *, owner: str, until: dt.datetime) -> bool:
@@ -228,7 +275,7 @@ async def renew_lease(session: AsyncSession, send_id: str, *, owner: str, until:
 
 
 async def sends_to_recover(session: AsyncSession, *, now: dt.datetime, limit: int = 50) -> list[str]:
-    """Unsettled sends whose owner's lease has run out (it crashed, or answered UNKNOWN)."""
+    """Unsettled sends nobody holds: their lease ran out, or they wait (parked) for a time that has come."""
     rows = await session.execute(
         select(sends.c.send_id)
         .where(
@@ -239,6 +286,63 @@ async def sends_to_recover(session: AsyncSession, *, now: dt.datetime, limit: in
         .limit(limit)
     )
     return [row.send_id for row in rows]
+
+
+async def lease_owners(session: AsyncSession, *, now: dt.datetime, other_than: str) -> set[str]:
+    """The processes holding live leases on unsettled sends, other than `other_than` (whose liveness to check)."""
+    rows = await session.execute(
+        select(sends.c.lease_owner)
+        .where(
+            sends.c.state.in_(UNSETTLED_STATES),
+            sends.c.lease_owner.is_not(None),
+            sends.c.lease_owner != other_than,
+            sends.c.lease_expires_at > now,
+        )
+        .distinct()
+    )
+    return {row.lease_owner for row in rows}
+
+
+async def sends_held_by(session: AsyncSession, owners: set[str], *, limit: int = 50) -> list[tuple[str, str]]:
+    """(send id, owner) of the unsettled sends these processes hold, oldest first."""
+    rows = await session.execute(
+        select(sends.c.send_id, sends.c.lease_owner)
+        .where(sends.c.state.in_(UNSETTLED_STATES), sends.c.lease_owner.in_(owners))
+        .order_by(sends.c.created_at)
+        .limit(limit)
+    )
+    return [(row.send_id, row.lease_owner) for row in rows]
+
+
+async def claimed_gmail_messages(
+    session: AsyncSession, mailbox_id: str, gmail_message_ids: list[str]
+) -> set[str]:
+    """Which of these Gmail messages of the mailbox are already some send's (no need to read them again)."""
+    if not gmail_message_ids:
+        return set()
+    rows = await session.execute(
+        select(sends.c.gmail_message_id).where(
+            sends.c.mailbox_id == mailbox_id, sends.c.gmail_message_id.in_(gmail_message_ids)
+        )
+    )
+    return {row.gmail_message_id for row in rows}
+
+
+async def sends_with_unconfirmed_message_id(
+    session: AsyncSession, *, sent_before: dt.datetime, limit: int = 50
+) -> list[SendRecord]:
+    """SENT sends whose Message-ID Gmail kept was not readable right after the send."""
+    rows = await session.execute(
+        select(sends)
+        .where(
+            sends.c.state == "SENT",
+            sends.c.message_id_confirmed.is_(False),
+            sends.c.sent_at <= sent_before,
+        )
+        .order_by(sends.c.sent_at)
+        .limit(limit)
+    )
+    return [_record(row) for row in rows]
 
 
 @dataclass(frozen=True)
@@ -330,6 +434,57 @@ async def load_staged(
         for row in rows
     }
     return [found[upload_id] for upload_id in upload_ids if upload_id in found]
+
+
+async def keep_uploads_for_send(
+    session: AsyncSession, location_id: str, upload_ids: list[str], *, send_id: str, until: dt.datetime
+) -> None:
+    """The send uses these uploads: they stay readable (threading's GetAttachment) until `until`."""
+    await session.execute(
+        update(staged_attachments)
+        .where(
+            staged_attachments.c.upload_id.in_(upload_ids),
+            staged_attachments.c.location_id == location_id,
+        )
+        .values(send_id=send_id, expires_at=until)
+    )
+
+
+@dataclass(frozen=True)
+class SentAttachment:
+    """An upload a send used, as threading fetches it."""
+
+    upload_id: str
+    send_id: str
+    filename: str
+    content_type: str
+    size_bytes: int
+    sha256: str
+    content: bytes
+
+
+async def sent_attachment(session: AsyncSession, location_id: str, upload_id: str) -> SentAttachment | None:
+    """The upload of a send in the location (None when unknown, foreign, unused by any send, or forgotten)."""
+    row = (
+        await session.execute(
+            select(staged_attachments).where(
+                staged_attachments.c.upload_id == upload_id,
+                staged_attachments.c.location_id == location_id,
+                staged_attachments.c.send_id.is_not(None),
+            )
+        )
+    ).first()
+    if row is None:
+        return None
+    return SentAttachment(
+        upload_id=row.upload_id,
+        send_id=row.send_id,
+        filename=row.filename,
+        content_type=row.content_type,
+        size_bytes=int(row.size_bytes),
+        sha256=row.sha256,
+        content=row.content,
+    )
 
 
 async def delete_expired_attachments(session: AsyncSession, *, now: dt.datetime) -> int:

@@ -23,6 +23,7 @@ from services.threading.consumers import (
     send_consumer_spec,
 )
 from services.threading.ingest_attachments import IngestAttachmentFetcher
+from services.threading.sent_attachments import OutboundAttachmentFetcher, RoutedAttachmentFetcher
 from services.threading.settings import ThreadingSettings
 from services.threading.sync import MessageSync
 
@@ -34,8 +35,9 @@ async def build(
 ) -> ServiceComponents:
     """Opens and migrates the database, connects NATS, and registers the service's servicers and tasks.
 
-    Attachment content comes from ingest's FetchAttachment at `settings.ingest_target`, on a channel with an
-    internal service token, unless another fetcher is given."""
+    Attachment content comes from ingest's FetchAttachment at `settings.ingest_target`, and for attachments of
+    CRM sends from outbound's FetchSentAttachment at `settings.outbound_target`, on channels with an internal
+    service token, unless another fetcher is given."""
     components = await open_foundation(settings, MIGRATIONS_DIR)
     db = components.database
     blobs = open_blob_store(settings)
@@ -45,7 +47,13 @@ async def build(
             settings.ingest_target, settings, token=ServiceToken(components.token_keys, "threading")
         )
         components.add_cleanup(ingest_channel.close)
-        attachment_fetcher = IngestAttachmentFetcher(ingest_channel)
+        outbound_channel = open_channel(
+            settings.outbound_target, settings, token=ServiceToken(components.token_keys, "threading")
+        )
+        components.add_cleanup(outbound_channel.close)
+        attachment_fetcher = RoutedAttachmentFetcher(
+            sends=OutboundAttachmentFetcher(outbound_channel), mail=IngestAttachmentFetcher(ingest_channel)
+        )
     collector = AttachmentCollector(db, blobs, attachment_fetcher)
 
     def on_placed() -> None:

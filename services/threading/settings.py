@@ -24,6 +24,10 @@ class ThreadingSettings(ServiceSettings):
         description="host:port of the ingest service (FetchAttachment: the content of a placed message's "
         "attachments).",
     )
+    outbound_target: str = Field(
+        default="127.0.0.1:50054",
+        description="host:port of the outbound service (FetchSentAttachment: the attachments of CRM sends).",
+    )
     blob_dir: Path | None = Field(
         default=None,
         description="Folder of the content-addressed attachment store (empty: <data_dir>/threading-blobs).",

@@ -28,6 +28,7 @@ def expected_flows(overlay: str, pods: list[str]) -> set[Flow]:
         ("outbound", "auth", "50051/TCP"),
         ("outbound", "threading", "50053/TCP"),
         ("threading", "ingest", "50052/TCP"),
+        ("threading", "outbound", "50054/TCP"),
     }
     flows |= {("ingress-nginx", "auth", "8081/TCP"), ("ingress-nginx", "ingest", "8082/TCP")}
     # The BCC-drop MX takes mail from anyone outside the namespace.

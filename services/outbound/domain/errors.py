@@ -54,16 +54,30 @@ class QuotaExceeded(ResourceExhausted):
     reason = "SEND_QUOTA_EXCEEDED"
 
     def __init__(
-        self, *, mailbox_id: str, retry_time: dt.datetime, cause: QuotaCause, daily_limit: int
+        self,
+        *,
+        mailbox_id: str,
+        retry_time: dt.datetime,
+        cause: QuotaCause,
+        daily_limit: int,
+        mailbox_email: str = "",
     ) -> None:
+        # The Gmail address is what a person recognises; the internal id stays in the details for support.
+        why = (
+            f"its {daily_limit} sends of the last 24 hours are used"
+            if cause is QuotaCause.ROLLING_LIMIT
+            else "Gmail refused sending with its own sending limit"
+        )
         super().__init__(
-            f"mailbox {mailbox_id} may not send until {retry_time.isoformat()} ({cause.value})",
+            f"{mailbox_email or f'mailbox {mailbox_id}'} may not send until {retry_time.isoformat()}: {why}",
             mailbox_id=mailbox_id,
+            mailbox_email=mailbox_email,
             retry_time=retry_time.isoformat(),
             cause=cause.value,
             daily_limit=daily_limit,
         )
         self.mailbox_id = mailbox_id
+        self.mailbox_email = mailbox_email
         self.retry_time = retry_time
         self.cause = cause
         self.daily_limit = daily_limit

@@ -25,9 +25,13 @@ class ConnectionNotActive(FailedPrecondition):
 
     reason = "CONNECTION_NOT_ACTIVE"
 
-    def __init__(self, *, connection_id: str, state: str, explanation: str) -> None:
+    def __init__(self, *, connection_id: str, state: str, explanation: str, mailbox_email: str = "") -> None:
+        whose = f"the connection of {mailbox_email}" if mailbox_email else f"connection {connection_id}"
         super().__init__(
-            f"connection {connection_id} is {state}: {explanation}", connection_id=connection_id, state=state
+            f"{whose} is {state}: {explanation}",
+            connection_id=connection_id,
+            state=state,
+            mailbox_email=mailbox_email,
         )
         self.connection_id = connection_id
         self.state = state
@@ -50,12 +54,14 @@ def counts_against_gmail_quota(kind: SendKind) -> bool:
     return channel_for(kind) is Channel.USER_GMAIL
 
 
-def require_connection_can_send(*, connection_id: str, state: str) -> None:
+def require_connection_can_send(*, connection_id: str, state: str, mailbox_email: str = "") -> None:
     """Raises ConnectionNotActive unless the connection (state by name, e.g. "CONNECTED") may send."""
     if state == "CONNECTED":
         return
     explanation = _WHY_NOT_ACTIVE.get(state, "the connection is in an unknown state")
-    raise ConnectionNotActive(connection_id=connection_id, state=state, explanation=explanation)
+    raise ConnectionNotActive(
+        connection_id=connection_id, state=state, explanation=explanation, mailbox_email=mailbox_email
+    )
 
 
 def ledger_key(location_id: str, request_id: str) -> str:

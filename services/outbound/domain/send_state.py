@@ -2,9 +2,10 @@
 blindly.
 
 A Gmail call that got no answer (timeout, 5xx, lost connection, or a crash of the process that made it) may
-have sent the message, so the next step is always to look for it in the mailbox's Sent folder by its Message-ID
-and recipients; only a search that proves it absent allows another call. When the search itself cannot be done,
-the caller is told UNKNOWN and the search is repeated later.
+have sent the message, so the next step is always to look for it in the mailbox's Sent folder by the send id the
+product puts in every message it sends (SEND_ID_HEADER); only a search made after Gmail's search index had time
+proves it absent and allows another call (SearchWindow). When the search itself cannot be done, the caller is
+told UNKNOWN and the search is repeated later.
 """
 
 from __future__ import annotations
@@ -76,7 +77,14 @@ class FoundInSentFolder:
 
 @dataclass(frozen=True)
 class NotInSentFolder:
-    pass
+    """A search made after Gmail's search index had time did not find the send: it certainly did not go out."""
+
+
+@dataclass(frozen=True)
+class NotInSentFolderYet:
+    """A search did not find the send, but Gmail's index may not show it yet: it is searched for again later."""
+
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -91,6 +99,7 @@ SendEvent = (
     | GmailNoAnswer
     | FoundInSentFolder
     | NotInSentFolder
+    | NotInSentFolderYet
     | SentFolderUnavailable
 )
 
@@ -134,6 +143,8 @@ def advance(progress: SendProgress, event: SendEvent, *, max_gmail_calls: int = 
                     reason=f"not in the Sent folder after {progress.gmail_calls} Gmail calls without an answer",
                 )
             return replace(progress, state=SendState.SENDING, next_step=NextStep.CALL_GMAIL)
+        if isinstance(event, NotInSentFolderYet):
+            return replace(progress, state=SendState.SENDING, reason=event.reason)
         if isinstance(event, SentFolderUnavailable):
             return replace(progress, state=SendState.UNKNOWN, reason=event.reason)
     if progress.state is SendState.SENT and isinstance(event, GmailAccepted | FoundInSentFolder):
@@ -148,44 +159,68 @@ def _sent(progress: SendProgress, gmail: GmailIds) -> SendProgress:
     return replace(progress, state=SendState.SENT, next_step=NextStep.NOTHING, gmail=gmail, reason="")
 
 
+# The product's own header on every message it sends: Gmail keeps it on the Sent copy whatever it does to the
+# Message-ID, so a send can always be recognised in the Sent folder by it.
+SEND_ID_HEADER = "X-Mailsync-Send-Id"
+
+
 @dataclass(frozen=True)
 class SentCopy:
-    """A message of the mailbox's Sent folder, as far as matching needs it."""
+    """A message of the mailbox's Sent folder, as far as recognising a send needs it."""
 
     gmail: GmailIds
     rfc_message_id: str
-    recipients: frozenset[str]
-    subject: str
-    date: dt.datetime | None
+    # The value of SEND_ID_HEADER ("" when the message has none: sent from Gmail itself, or by another product).
+    send_id: str
 
 
-def sent_folder_queries(rfc_message_id: str, recipients: Iterable[str], sent_after: dt.datetime) -> list[str]:
-    """Gmail search queries that find the send: by Message-ID, then (Gmail may replace it) by a recipient and time."""
-    queries = [f"in:sent rfc822msgid:{rfc_message_id.strip().strip('<>')}"]
-    first_recipient = next(iter(recipients), None)
-    if first_recipient is not None:
-        since = int(sent_after.timestamp()) - 60
-        queries.append(f"in:sent to:{first_recipient} after:{since}")
-    return queries
+@dataclass(frozen=True)
+class SearchWindow:
+    """Where in the Sent folder a send whose Gmail call may have happened can be, and when a search that does
+    not find it proves it absent.
+
+    Gmail accepts a message at some instant between the start of the call and `call_ended_by` (the call's
+    error, or the moment its process was known dead); its internal date is that instant. Both edges are widened
+    by the clock margin (our clock against Google's). Gmail's search index lags behind what it accepted, so a
+    search proves absence only once `index_lag` has passed after `call_ended_by`.
+    """
+
+    after: dt.datetime
+    before: dt.datetime
+    proof_time: dt.datetime
+
+    def queries(self, rfc_message_id: str) -> list[str]:
+        """By the Message-ID (cheap, exact when Gmail kept ours), then every Sent message of the window."""
+        bare = rfc_message_id.strip().removeprefix("<").removesuffix(">")
+        # after: and before: take epoch seconds; `before` is rounded up so the window's last second is inside.
+        first = int(self.after.timestamp())
+        last = -int(-self.before.timestamp() // 1) + 1
+        return [f"in:sent rfc822msgid:{bare}", f"in:sent after:{first} before:{last}"]
+
+    def proves_absence(self, searched_at: dt.datetime) -> bool:
+        return searched_at >= self.proof_time
 
 
-def find_sent_copy(
-    copies: Iterable[SentCopy],
+def search_window(
     *,
-    rfc_message_id: str,
-    recipients: Iterable[str],
-    subject: str,
-    date: dt.datetime,
-) -> SentCopy | None:
-    """Our send among Sent-folder copies: the same Message-ID, or (when Gmail replaced the Message-ID) the same
-    recipients, subject and Date header, which together only our message carries."""
-    wanted_recipients = frozenset(address.lower() for address in recipients)
-    fallback = None
-    for copy in copies:
-        if copy.rfc_message_id.strip() == rfc_message_id.strip():
-            return copy
-        same_recipients = frozenset(address.lower() for address in copy.recipients) == wanted_recipients
-        same_date = copy.date is not None and copy.date.replace(microsecond=0) == date.replace(microsecond=0)
-        if fallback is None and same_recipients and copy.subject == subject and same_date:
-            fallback = copy
-    return fallback
+    call_started_at: dt.datetime,
+    call_ended_by: dt.datetime,
+    clock_margin: dt.timedelta,
+    index_lag: dt.timedelta,
+) -> SearchWindow:
+    return SearchWindow(
+        after=call_started_at - clock_margin,
+        before=max(call_ended_by, call_started_at) + clock_margin,
+        proof_time=max(call_ended_by, call_started_at) + index_lag,
+    )
+
+
+def find_sent_copy(copies: Iterable[SentCopy], *, send_id: str, rfc_message_id: str) -> SentCopy | None:
+    """Our send among Sent-folder copies: the one that carries its send id, or (a copy whose header was lost)
+    exactly its Message-ID. Nothing else identifies it: recipients, subject and Date are shared by look-alikes
+    (a follow-up sequence sends many), so they are never used."""
+    wanted_id = rfc_message_id.strip()
+    matches = [c for c in copies if c.send_id.strip() == send_id or c.rfc_message_id.strip() == wanted_id]
+    # Deterministic when a send went out twice (a search that came too early): the lowest Gmail id, Gmail's
+    # ids growing with time.
+    return min(matches, key=lambda c: (len(c.gmail.message_id), c.gmail.message_id), default=None)

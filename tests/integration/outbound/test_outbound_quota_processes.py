@@ -20,11 +20,17 @@ PROCESSES = 3
 
 
 async def _race(  # type: ignore[no-untyped-def]
-    world: OutboundWorld, outbound_processes, tmp_path: Path, **overrides: object
+    world: OutboundWorld,
+    outbound_processes,
+    tmp_path: Path,
+    *,
+    user_id: str = "u1",
+    address: str = ALICE,
+    **overrides: object,
 ) -> tuple[dict[str, int], list]:
     assert world.service is not None
     await stop_service(world.service)
-    await world.connect("u1", ALICE, daily_send_limit=100_000)
+    await world.connect(user_id, address, daily_send_limit=100_000)
     # No recovery takeovers during the race: on a loaded machine a send may wait longer than the crash tests'
     # short lease before its Gmail call.
     # Eight sends at a time per process keep each one's database connections few (the PostgreSQL is shared).
@@ -32,14 +38,23 @@ async def _race(  # type: ignore[no-untyped-def]
         update={"send_lease_seconds": 300.0, "max_concurrent_sends": 8, **overrides}
     )
     processes = await asyncio.gather(
-        *(outbound_processes(settings, tmp_path / f"outbound-{index}.log") for index in range(PROCESSES))
+        *(
+            outbound_processes(settings, tmp_path / f"outbound-{user_id}-{index}.log")
+            for index in range(PROCESSES)
+        )
     )
     stubs = [world.stub(port=process.port) for process in processes]
 
     async def send(index: int) -> str:
         try:
             answer = await stubs[index % PROCESSES].SendEmail(
-                individual(f"race-{index}", f"r{index}@example.net", subject=f"n{index}", body="x"),
+                individual(
+                    f"race-{user_id}-{index}",
+                    f"r{index}@example.net",
+                    subject=f"n{index}",
+                    body="x",
+                    user_id=user_id,
+                ),
                 timeout=120,
             )
         except grpc.aio.AioRpcError as error:
@@ -80,8 +95,23 @@ async def test_R14_negative_control_without_the_mailbox_lock_the_limit_is_over_a
 
     accepted = outcomes.get("SEND_STATE_SENT", 0)
     if world.database.backend == "postgresql":
-        # READ COMMITTED lets concurrent admissions count the same window: more than 500 go out.
-        assert accepted > 500, outcomes
+        # READ COMMITTED lets concurrent admissions count the same window: more than 500 go out. The race needs
+        # two admissions in flight at the 500th slot; on a machine loaded enough to serialise the processes it
+        # may not happen in one race, so up to two more (other mailboxes) run until one over-admits.
+        tries = [outcomes]
+        for attempt in (2, 3):
+            if tries[-1].get("SEND_STATE_SENT", 0) > 500:
+                break
+            again, _ = await _race(
+                world,
+                outbound_processes,
+                tmp_path,
+                user_id=f"u{attempt}",
+                address=f"alice{attempt}@gmail.com",
+                unsafe_ledger_without_lock=True,
+            )
+            tries.append(again)
+        assert tries[-1].get("SEND_STATE_SENT", 0) > 500, tries
     else:
         # SQLite: services.runtime.db begins every write transaction IMMEDIATE, so the database's single write
         # lock alone still serialises admissions (reference/reliability.md section 3.2).

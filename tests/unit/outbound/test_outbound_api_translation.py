@@ -59,7 +59,9 @@ def _record(**fields: object) -> SendRecord:
         "pending_event": None,
         "created_at": WHEN,
         "call_started_at": WHEN,
+        "call_ended_by": None,
         "sent_at": WHEN + dt.timedelta(seconds=1),
+        "message_id_confirmed": True,
         "lease_owner": None,
         "lease_expires_at": None,
     }

@@ -8,7 +8,12 @@ import pytest
 
 from services.outbound.domain.errors import QuotaCause, QuotaExceeded
 from services.outbound.domain.quota import (
+    AccountType,
+    DailyLimit,
+    DailyLimits,
+    LimitSource,
     check_admission,
+    daily_limit_of,
     gmail_block_end,
     quota_status,
     sends_that_must_leave,
@@ -111,3 +116,36 @@ def test_get_quota_reports_used_remaining_reset_and_block(
 )
 def test_R14_gmails_sending_limit_answer_names_the_block_end(message: str, expected: dt.datetime) -> None:
     assert gmail_block_end(message, NOW) == expected
+
+
+@pytest.mark.parametrize(
+    ("explicit", "account_type", "expected"),
+    [
+        (None, AccountType.WORKSPACE, DailyLimit(2000, LimitSource.WORKSPACE_ACCOUNT)),
+        (None, AccountType.CONSUMER, DailyLimit(500, LimitSource.CONSUMER_ACCOUNT)),
+        # Google did not say: the lower limit, never the Workspace one.
+        (None, AccountType.UNKNOWN, DailyLimit(500, LimitSource.UNKNOWN_ACCOUNT)),
+        (50, AccountType.WORKSPACE, DailyLimit(50, LimitSource.SET_EXPLICITLY)),
+        (3000, AccountType.CONSUMER, DailyLimit(3000, LimitSource.SET_EXPLICITLY)),
+    ],
+)
+def test_R14_the_daily_limit_is_the_set_one_else_the_account_types(
+    explicit: int | None, account_type: AccountType, expected: DailyLimit
+) -> None:
+    assert daily_limit_of(explicit, account_type, DailyLimits(consumer=500, workspace=2000)) == expected
+
+
+def test_R14_a_refusal_names_the_gmail_address_and_why() -> None:
+    with pytest.raises(QuotaExceeded) as refused:
+        check_admission(
+            mailbox_id="mb-1",
+            mailbox_email="alice@gmail.test",
+            daily_limit=500,
+            used=500,
+            blocking_send_time=NOW - HOUR,
+            blocked_until=None,
+            now=NOW,
+        )
+    assert refused.value.message.startswith("alice@gmail.test may not send until ")
+    assert "500 sends of the last 24 hours" in refused.value.message
+    assert refused.value.metadata["mailbox_id"] == "mb-1"

@@ -39,12 +39,19 @@ def test_a_connected_connection_may_send() -> None:
     ("state", "rule"),
     [("REAUTH_REQUIRED", "R12"), ("REPLACED", "R10"), ("DISCONNECTED", "R11"), ("SOMETHING_NEW", "unknown")],
 )
-def test_inactive_connections_refuse_with_failed_precondition_and_a_reason(state: str, rule: str) -> None:
+def test_inactive_connections_refuse_with_failed_precondition_and_a_reason_naming_the_address(
+    state: str, rule: str
+) -> None:
     with pytest.raises(ConnectionNotActive) as refused:
-        require_connection_can_send(connection_id="c1", state=state)
+        require_connection_can_send(connection_id="c1", state=state, mailbox_email="alice@gmail.com")
     assert refused.value.code is grpc.StatusCode.FAILED_PRECONDITION
-    assert refused.value.metadata == {"connection_id": "c1", "state": state}
+    assert refused.value.metadata == {
+        "connection_id": "c1",
+        "state": state,
+        "mailbox_email": "alice@gmail.com",
+    }
     assert rule in refused.value.message
+    assert refused.value.message.startswith(f"the connection of alice@gmail.com is {state}")
 
 
 def test_ledger_keys_of_the_same_request_id_differ_between_locations() -> None:

@@ -1,4 +1,5 @@
-"""The send state machine: SENDING -> SENT / FAILED / UNKNOWN, never retried blindly; Sent-folder matching."""
+"""The send state machine: SENDING -> SENT / FAILED / UNKNOWN, never retried blindly; the Sent-folder window and
+matching by the product's send id."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from services.outbound.domain.send_state import (
     InvalidSendTransition,
     NextStep,
     NotInSentFolder,
+    NotInSentFolderYet,
     SendEvent,
     SendProgress,
     SendState,
@@ -25,7 +27,7 @@ from services.outbound.domain.send_state import (
     after_restart,
     find_sent_copy,
     new_send,
-    sent_folder_queries,
+    search_window,
 )
 
 IDS = GmailIds("18c0ffee", "18c0ff00")
@@ -168,55 +170,67 @@ def test_the_number_of_calls_is_bounded() -> None:
 
 
 SENT_AT = dt.datetime(2026, 11, 26, 21, 0, 5, tzinfo=dt.UTC)
+SEND_ID = "5e4d0c1a" * 4
+OURS = "<abc@mail.crm.example>"
 
 
-def _copy(**overrides: object) -> SentCopy:
-    values: dict[str, object] = {
-        "gmail": IDS,
-        "rfc_message_id": "<abc@mail.crm.example>",
-        "recipients": frozenset({"bob@example.org", "carol@example.net"}),
-        "subject": "Re: Proposal",
-        "date": SENT_AT,
-    }
-    values.update(overrides)
-    return SentCopy(**values)  # type: ignore[arg-type]
-
-
-def _find(*copies: SentCopy) -> SentCopy | None:
-    return find_sent_copy(
-        copies,
-        rfc_message_id="<abc@mail.crm.example>",
-        recipients=["Bob@example.org", "carol@example.net"],
-        subject="Re: Proposal",
-        date=SENT_AT,
-    )
+def _copy(
+    gmail: GmailIds = IDS, rfc_message_id: str = "<gmail-replaced@mail.gmail.com>", send_id: str = SEND_ID
+) -> SentCopy:
+    return SentCopy(gmail=gmail, rfc_message_id=rfc_message_id, send_id=send_id)
 
 
 @pytest.mark.parametrize(
     ("copies", "expected"),
     [
         ((), None),
+        # Gmail replaced the Message-ID: the send id header says it is ours.
         ((_copy(),), IDS),
-        ((_copy(recipients=frozenset({"someone@else.example"}), subject="other"),), IDS),
-        ((_copy(rfc_message_id="<gmail-replaced@mail.gmail.com>"),), IDS),
-        ((_copy(gmail=OTHER_IDS, rfc_message_id="<x@y>", subject="Re: Other"),), None),
-        ((_copy(gmail=OTHER_IDS, rfc_message_id="<x@y>", date=SENT_AT + dt.timedelta(minutes=1)),), None),
-        ((_copy(gmail=OTHER_IDS, rfc_message_id="<x@y>", recipients=frozenset({"bob@example.org"})),), None),
-        ((_copy(gmail=OTHER_IDS, rfc_message_id="<x@y>", date=None),), None),
-        # The exact Message-ID wins over a look-alike that comes first.
-        ((_copy(gmail=OTHER_IDS, rfc_message_id="<x@y>"), _copy()), IDS),
+        # The header was lost but Gmail kept our Message-ID.
+        ((_copy(rfc_message_id=OURS, send_id=""),), IDS),
+        # Look-alikes (same recipient, subject, Date: a follow-up sequence) of other sends are never ours.
+        ((_copy(gmail=OTHER_IDS, send_id="0" * 32),), None),
+        ((_copy(gmail=OTHER_IDS, send_id=""),), None),
+        ((_copy(gmail=OTHER_IDS, send_id="0" * 32), _copy()), IDS),
+        # Sent twice (a search that came too early): the older Gmail message, always the same one.
+        (
+            (_copy(gmail=GmailIds("18c0fff0", "t")), _copy(gmail=GmailIds("18c0ff01", "t"))),
+            GmailIds("18c0ff01", "t"),
+        ),
     ],
 )
-def test_the_send_is_recognised_in_the_sent_folder(
+def test_the_send_is_recognised_in_the_sent_folder_by_its_send_id_only(
     copies: tuple[SentCopy, ...], expected: GmailIds | None
 ) -> None:
-    found = _find(*copies)
+    found = find_sent_copy(copies, send_id=SEND_ID, rfc_message_id=OURS)
     assert (found.gmail if found else None) == expected
 
 
-def test_sent_folder_queries_search_by_message_id_then_recipient_and_time() -> None:
-    queries = sent_folder_queries("<abc@mail.crm.example>", ["bob@example.org"], SENT_AT)
-    assert queries == [
+def test_the_search_window_spans_the_call_widened_by_the_clock_margin_and_proves_after_the_index_lag() -> (
+    None
+):
+    ended = SENT_AT + dt.timedelta(seconds=3)
+    window = search_window(
+        call_started_at=SENT_AT,
+        call_ended_by=ended,
+        clock_margin=dt.timedelta(seconds=120),
+        index_lag=dt.timedelta(seconds=60),
+    )
+    after, before = int(SENT_AT.timestamp()) - 120, int(ended.timestamp()) + 120 + 1
+    assert window.queries(OURS) == [
         "in:sent rfc822msgid:abc@mail.crm.example",
-        f"in:sent to:bob@example.org after:{int(SENT_AT.timestamp()) - 60}",
+        f"in:sent after:{after} before:{before}",
     ]
+    assert not window.proves_absence(ended + dt.timedelta(seconds=59))
+    assert window.proves_absence(ended + dt.timedelta(seconds=60))
+
+
+def test_a_search_that_may_be_too_early_keeps_the_send_searching_never_calls_again() -> None:
+    progress = _run(GmailCallStarted(), GmailNoAnswer("timeout"), NotInSentFolderYet("index lags"))
+    assert (progress.state, progress.next_step, progress.gmail_calls) == (
+        SendState.SENDING,
+        NextStep.SEARCH_SENT_FOLDER,
+        1,
+    )
+    unknown = _run(GmailCallStarted(), GmailNoAnswer("timeout"), SentFolderUnavailable("500"))
+    assert advance(unknown, NotInSentFolderYet("index lags")).state is SendState.SENDING
