@@ -26,7 +26,6 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mailsync.v1 import auth_pb2, auth_pb2_grpc, ingest_pb2, ingest_pb2_grpc
-from services.runtime.grpc_auth import TokenKeys
 from tools.run import Stack
 
 TRUSTED_MX = "mx.bench.test"
@@ -128,7 +127,7 @@ def measure(
         runner.wait_until_healthy(120)
         services = {m.name: m for m in runner.processes}
         ingest = services["ingest"]
-        token = TokenKeys.parse(runner.token_keys).mint("crm-bench", ["*"], ttl_seconds=3600)
+        token = runner.crm_token()
         metadata = (("authorization", f"Bearer {token}"),)
         with grpc.insecure_channel(services["auth"].address) as channel:
             auth_pb2_grpc.AuthServiceStub(channel).UpsertUser(

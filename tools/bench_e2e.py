@@ -60,7 +60,6 @@ from mailsync.v1 import (
 )
 from sandbox import mime
 from sandbox.client import GMAIL_MODIFY, AdminClient, build_gmail_service, credentials_for
-from services.runtime.grpc_auth import TokenKeys
 from tools.run import RunError, Stack
 
 # The defaults `make bench` runs with (within its 300 s budget on the 2-core machine); the full run is in the
@@ -441,7 +440,7 @@ def start_stack(database: str, var_dir: Path, run_id: str, args: argparse.Namesp
         raise BenchError(f"the stack did not start:\n{logs}") from None
     addresses = {m.name: m.address for m in stack.processes if m.name in SERVICES}
     sandbox = next(m for m in stack.processes if m.name == "sandbox")
-    token = TokenKeys.parse(stack.token_keys).mint("crm-bench", ["*"], ttl_seconds=6 * 3600)
+    token = stack.crm_token()
     crm = Crm(addresses, sandbox.address, token)
     meter = ProcessMeter({m.name: m.pid for m in stack.processes})
     return Running(stack, crm, meter, StoredWatch(crm).start(), run_id)

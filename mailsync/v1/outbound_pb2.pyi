@@ -452,9 +452,13 @@ class SetSendLimitRequest(_message.Message):
     USER_ID_FIELD_NUMBER: _builtins.int
     DAILY_LIMIT_FIELD_NUMBER: _builtins.int
     location_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     user_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     daily_limit: _builtins.int
-    """Sends per rolling 24 hours (1-10000); 0 clears the set limit."""
+    """Sends per rolling 24 hours (1-10000); 0 clears the set limit.
+    Limit: a whole number from 0 to 10000
+    """
     def __init__(
         self,
         *,
@@ -497,8 +501,11 @@ class FetchSentAttachmentRequest(_message.Message):
     LOCATION_ID_FIELD_NUMBER: _builtins.int
     UPLOAD_ID_FIELD_NUMBER: _builtins.int
     location_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
     upload_id: _builtins.str
-    """The upload id (without the "upload:" prefix of the attachment id)."""
+    """The upload id (without the "upload:" prefix of the attachment id).
+    Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -
+    """
     def __init__(
         self,
         *,

@@ -41,6 +41,8 @@ PAGE_SIZE = Integer("page_size", 0, 2**31 - 1)
 PAGE_TOKEN = Pattern("page_token", 1024, r"[A-Za-z0-9_-]+", "a next_page_token from an earlier response")
 CURSOR = Cursor()
 VERSION = Integer("version", 0, 2**63 - 1)
+# Sends per rolling 24 hours set for a mailbox; 0 clears it (outbound's SetSendLimit).
+DAILY_LIMIT = Integer("daily_limit", 0, 10_000)
 OAUTH_STATE = Pattern("oauth_state", 256, r"[A-Za-z0-9_.~-]+", "the state Google redirected with")
 OAUTH_VALUE = Text("oauth_value", 2048)
 SHORT_TEXT = Text("short_text", 256)
@@ -63,6 +65,7 @@ KINDS = (
     PAGE_TOKEN,
     CURSOR,
     VERSION,
+    DAILY_LIMIT,
     OAUTH_STATE,
     OAUTH_VALUE,
     SHORT_TEXT,
@@ -175,6 +178,11 @@ _TABLE: dict[str, FieldRule] = {
     "GetSendRequest.send_id": _one(ID),
     "GetQuotaRequest.location_id": _one(ID),
     "GetQuotaRequest.user_id": _one(ID),
+    "SetSendLimitRequest.location_id": _one(ID),
+    "SetSendLimitRequest.user_id": _one(ID),
+    "SetSendLimitRequest.daily_limit": _one(DAILY_LIMIT),
+    "FetchSentAttachmentRequest.location_id": _one(ID),
+    "FetchSentAttachmentRequest.upload_id": _one(ID),
     # threading.proto -------------------------------------------------------------------------------------------
     "UpsertContactRequest.request_id": _one(REQUEST_ID),
     "Contact.contact_id": _one(ID),

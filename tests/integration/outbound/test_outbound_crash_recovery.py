@@ -188,7 +188,7 @@ def _sender(
     world: OutboundWorld, db: Database, owner: str, sleep: Any = asyncio.sleep
 ) -> tuple[OutboundSender, list[Any]]:
     """An outbound sender in the test process, on the shared database, as a process with owner id `owner`."""
-    channel = open_channel(world.settings.auth_target, token=ServiceToken(world.keys, "outbound"))
+    channel = open_channel(world.settings.auth_target, token=ServiceToken(world.keys.internal, "outbound"))
     connections = AuthConnections(channel)
     api = GmailApi(GmailEndpoint(root_url=world.sandbox.url))
     config = SendingConfig(

@@ -82,6 +82,7 @@ class Tenant:
     send_id: str = ""
     send_request_id: str = ""
     upload_id: str = ""
+    sent_upload_id: str = ""
     oauth_state: str = ""
     subject: str = ""
     body: str = ""
@@ -136,6 +137,7 @@ def populate(stack: E2EStack, name: str) -> Tenant:
     tenant.attachment_id = message.attachments[0].attachment_id
     tenant.bcc_address = stack.bcc_address(tenant.location)
     tenant.send_request_id = stack.new_id("req")
+    tenant.sent_upload_id = stack.outbound.UploadAttachment(iter(upload_requests(tenant.location))).upload_id
     sent = stack.outbound.SendEmail(
         outbound_pb2.SendEmailRequest(
             request_id=tenant.send_request_id,
@@ -145,6 +147,7 @@ def populate(stack: E2EStack, name: str) -> Tenant:
             to=[common_pb2.EmailAddress(email=tenant.contact_email)],
             subject=f"Re: {tenant.subject}",
             text_body=f"reply {uuid.uuid4().hex}",
+            attachment_upload_ids=[tenant.sent_upload_id],
         )
     )
     tenant.send_id = sent.send.send_id
@@ -290,6 +293,12 @@ BUILDERS: dict[str, Build] = {
     ),
     "GetSend": lambda at, of: outbound_pb2.GetSendRequest(location_id=at, send_id=of.send_id),
     "GetQuota": lambda at, of: outbound_pb2.GetQuotaRequest(location_id=at, user_id=of.user_id),
+    "SetSendLimit": lambda at, of: outbound_pb2.SetSendLimitRequest(
+        location_id=at, user_id=of.user_id, daily_limit=400
+    ),
+    "FetchSentAttachment": lambda at, of: outbound_pb2.FetchSentAttachmentRequest(
+        location_id=at, upload_id=of.sent_upload_id
+    ),
 }
 # Requests that name nothing of a location but the location itself: `foreign-ids` does not apply.
 LOCATION_ONLY = frozenset({"GetBccAddress", "RotateBccAddress", "WatchMessages", "UploadAttachment"})
@@ -480,7 +489,14 @@ def test_the_victim_is_untouched_and_its_own_token_is_not_refused(
     contacts = e2e_stack.contacts(victim.location)
     assert [(c.contact_id, c.display_name) for c in contacts] == [(victim.contact_id, victim.contact_name)]
 
-    internal_methods = {"GetAccessToken", "GetMailbox", "HandlePush", "SubmitBccDrop", "FetchAttachment"}
+    internal_methods = {
+        "GetAccessToken",
+        "GetMailbox",
+        "HandlePush",
+        "SubmitBccDrop",
+        "FetchAttachment",
+        "FetchSentAttachment",
+    }
     ordered = sorted(all_methods(), key=lambda sm: sm[1].name in DESTRUCTIVE)
     refused: list[str] = []
     for service, method in ordered:

@@ -15,7 +15,6 @@ import pytest
 from sqlalchemy import select
 
 from mailsync.v1 import threading_pb2, threading_pb2_grpc
-from services.runtime.grpc_auth import TokenKeys
 from services.runtime.grpc_client import StaticToken, open_channel
 from services.runtime.service import RunningService, stop_service
 from services.threading.app import build
@@ -136,6 +135,7 @@ async def test_two_threading_instances_serve_the_attachments_each_other_collecte
     nats_server: Any,
     database_target: Any,
     token_keys_value: str,
+    token_keys: Any,
     run_service_in_process: Any,
     tmp_path: Path,
 ) -> None:
@@ -184,7 +184,7 @@ async def test_two_threading_instances_serve_the_attachments_each_other_collecte
     instance_a = await start("a", ContentFetcher({}))
     assert (fetcher_a.fetched, fetcher_b.fetched) == ([message_a], [message_b])
 
-    token = TokenKeys.parse(token_keys_value).mint("crm", ["loc-a"])
+    token = token_keys.mint("crm", ["loc-a"])
     if backend == "s3":
         assert await download(instance_b, token, message_a, "att-a") == CONTENTS["att-a"]
         assert await download(instance_a, token, message_b, "att-b") == CONTENTS["att-b"]
