@@ -25,7 +25,7 @@ def test_a_benchmark_within_its_budget_reports_its_figures() -> None:
     outcome = run_one(benchmark, budget=120, extra=[])
 
     assert outcome.status == "ok" and outcome.exit_code == 0
-    assert set(outcome.result) == {"realistic_mix", "hostile_bombs"}
+    assert set(outcome.result) == {"realistic_mix", "hostile_bombs", "worst_cases"}
     assert outcome.result["realistic_mix"]["messages"] > 0
 
 
