@@ -99,7 +99,12 @@ async def open_database_migrated(settings: ServiceSettings, migrations_dir: Path
     """Opens the service's database and applies its migrations; StartupError when it cannot."""
     variable = settings.variable_for("database_url")
     try:
-        database = open_database(settings.database_url, schema=settings.database_schema)
+        database = open_database(
+            settings.database_url,
+            schema=settings.database_schema,
+            pool_size=settings.database_pool_size,
+            max_overflow=settings.database_max_overflow,
+        )
     except DatabaseConfigError as exc:
         raise StartupError(f"{variable}: {exc}") from None
     try:

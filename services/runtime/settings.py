@@ -50,6 +50,16 @@ class ServiceSettings(BaseSettings):
         default="",
         description="PostgreSQL schema holding the service's tables (empty: the service name). Ignored on SQLite.",
     )
+    database_pool_size: int = Field(
+        default=10,
+        ge=1,
+        description="Database connections the service keeps open (PostgreSQL; on SQLite, connections to its file).",
+    )
+    database_max_overflow: int = Field(
+        default=20,
+        ge=0,
+        description="Extra database connections opened beyond database_pool_size under load, closed when idle.",
+    )
     nats_url: str = Field(default="nats://127.0.0.1:4222", description="NATS server URL (JetStream enabled).")
     nats_connect_timeout_seconds: float = Field(
         default=5.0, gt=0, description="How long startup waits for NATS before failing."
