@@ -163,11 +163,14 @@ class ChangeSet:
     async def flush(self, conn: AsyncConnection) -> Applied:
         """Writes everything in the lock order; raises ConcurrentChange when a claim was taken meanwhile."""
         insert = _upsert_insert(conn)
+        # Row locks matter where writers run concurrently (PostgreSQL); SQLite's one writer needs no order.
+        locking = conn.dialect.name == "postgresql"
         for table in _TABLES:
             rows = self._rows.get(table.name)
             if not rows:
                 continue
-            rows.sort(key=lambda row, t=table: _key(t, row))  # type: ignore[misc]
+            if locking:
+                rows.sort(key=lambda row, t=table: _key(t, row))  # type: ignore[misc]
             claims = self._claims.get(table.name)
             if not claims:
                 await conn.execute(_plain_insert(insert, table), rows)

@@ -126,6 +126,8 @@ class StoreView:
     copies_by_gmail: dict[tuple[str, str], list[tuple[str, str]]] = field(default_factory=dict)
     # Grows whenever an operation changes the view (a waiting message is worth deciding again only then).
     version: int = 0
+    # The rules' Contact values already built, by (location, contact, addresses it was found under).
+    _contact_values: dict[tuple[str, str, frozenset[str]], Contact] = field(default_factory=dict)
 
     # Filling (the loader and the engine).
 
@@ -194,11 +196,16 @@ class StoreView:
                 for hit in self.contacts_by_email.get((location, email), {}).values():
                     found.setdefault((location, hit.contact_id), (hit, set()))[1].add(email)
         return tuple(
-            Contact(
-                hit.contact_id, hit.location_id, frozenset(addresses), hit.create_time, hit.assigned_user_id
-            )
-            for _, (hit, addresses) in sorted(found.items())
+            self._contact_value(hit, frozenset(addresses)) for _, (hit, addresses) in sorted(found.items())
         )
+
+    def _contact_value(self, hit: ContactHit, addresses: frozenset[str]) -> Contact:
+        key = (hit.location_id, hit.contact_id, addresses)
+        value = self._contact_values.get(key)
+        if value is None:
+            value = Contact(hit.contact_id, hit.location_id, addresses, hit.create_time, hit.assigned_user_id)
+            self._contact_values[key] = value
+        return value
 
     def knowledge_for(self, message: IncomingMessage, key: str) -> Knowledge:
         """Everything the rules need about this message, limited to the locations it may reach."""
