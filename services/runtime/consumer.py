@@ -67,6 +67,8 @@ M = TypeVar("M", bound=Message)
 
 # How many per-message failure counts a consumer remembers (messages that moved to another replica leave theirs).
 _FAILURE_MEMORY = 10_000
+# Links a batch span carries (the OpenTelemetry SDK's default limit: more would be dropped anyway).
+_MAX_LINKS = 128
 
 
 class RetryLater(Exception):
@@ -403,10 +405,11 @@ class BatchConsumer(_PullLoop):
     async def process_batch(self, messages: Sequence[Msg]) -> None:
         """Handles a batch: handler (one commit), then the applied messages acked together, the rest settled."""
         deliveries = [self._delivery(message) for message in messages]
-        # One span for the batch, linked to the span that published each message (OpenTelemetry's batch form).
+        # One span for the batch, linked to the span that published each message (OpenTelemetry's batch form), up
+        # to the number of links a span keeps.
         links = [
             Link(get_current_span(extract_context(d.headers)).get_span_context())
-            for d in deliveries
+            for d in deliveries[:_MAX_LINKS]
             if "traceparent" in d.headers
         ]
         with self._tracer.start_as_current_span(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from functools import lru_cache
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -32,6 +33,7 @@ from services.runtime.messaging_tables import add_runtime_tables
 _ID_NAMESPACE = uuid.UUID("6f1c2b4e-8a0d-4f5e-9b7a-2c3d4e5f6a7b")
 
 
+@lru_cache(maxsize=65536)
 def derived_id(kind: str, location_id: str, key: str) -> str:
     """A stable id for the row with this unique key (same inputs, same id, on every replica)."""
     return str(uuid.uuid5(_ID_NAMESPACE, f"{kind}\x1f{location_id}\x1f{key}"))

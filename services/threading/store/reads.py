@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.threading.domain.addresses import normalize_message_id
@@ -174,6 +175,56 @@ async def thread_in_location(session: AsyncSession, location_id: str, thread_id:
     return row is not None and row.location_id == location_id
 
 
+# Plain columns, not ORM entities: a page of 50 messages is read without an identity map or attribute events.
+_MESSAGE_COLUMNS = (
+    MessageRow.message_id,
+    MessageRow.location_id,
+    MessageRow.conversation_id,
+    MessageRow.rfc_message_id,
+    MessageRow.direction,
+    MessageRow.source,
+    MessageRow.subject,
+    MessageRow.text_body,
+    MessageRow.html_body,
+    MessageRow.message_time,
+    MessageRow.rule_id,
+    MessageRow.send_id,
+    MessageRow.send_pending,
+)
+
+
+def _page_query(by_thread: bool, keyset: bool) -> Any:
+    """The statement of one kind of page (built once: only its bound values change from call to call)."""
+    if by_thread:
+        query = (
+            select(*_MESSAGE_COLUMNS)
+            .join(ThreadMessageRow, ThreadMessageRow.message_id == MessageRow.message_id)
+            .where(
+                ThreadMessageRow.thread_id == bindparam("key"),
+                MessageRow.location_id == bindparam("location"),
+            )
+        )
+        time_column, id_column = ThreadMessageRow.message_time, ThreadMessageRow.message_id
+    else:
+        query = select(*_MESSAGE_COLUMNS).where(
+            MessageRow.conversation_id == bindparam("key"), MessageRow.location_id == bindparam("location")
+        )
+        time_column, id_column = MessageRow.message_time, MessageRow.message_id
+    if keyset:
+        when = bindparam("after_time", type_=MessageRow.message_time.type)
+        query = query.where(
+            (time_column > when) | ((time_column == when) & (id_column > bindparam("after_id")))
+        )
+    return query.order_by(time_column, id_column).limit(bindparam("limit"))
+
+
+_PAGES = {
+    (by_thread, keyset): _page_query(by_thread, keyset)
+    for by_thread in (False, True)
+    for keyset in (False, True)
+}
+
+
 async def list_messages(
     session: AsyncSession,
     location_id: str,
@@ -184,55 +235,71 @@ async def list_messages(
     after: tuple[dt.datetime, str] | None = None,
 ) -> list[MessageView]:
     """Oldest first (reading order) within a conversation or a thread, keyset-paged by (message_time, id)."""
-    if thread_id:
-        query = (
-            select(MessageRow)
-            .join(ThreadMessageRow, ThreadMessageRow.message_id == MessageRow.message_id)
-            .where(ThreadMessageRow.thread_id == thread_id, MessageRow.location_id == location_id)
-        )
-        time_column, id_column = ThreadMessageRow.message_time, ThreadMessageRow.message_id
-    else:
-        query = select(MessageRow).where(
-            MessageRow.conversation_id == conversation_id, MessageRow.location_id == location_id
-        )
-        time_column, id_column = MessageRow.message_time, MessageRow.message_id
+    values: dict[str, Any] = {"key": thread_id or conversation_id, "location": location_id, "limit": limit}
     if after is not None:
-        when, last_id = after
-        query = query.where((time_column > when) | ((time_column == when) & (id_column > last_id)))
-    rows = (await session.execute(query.order_by(time_column, id_column).limit(limit))).scalars().all()
+        values["after_time"], values["after_id"] = after
+    rows = (await session.execute(_PAGES[(bool(thread_id), after is not None)], values)).all()
     return await _views(session, list(rows))
 
 
 async def get_message(session: AsyncSession, location_id: str, message_id: str) -> MessageView | None:
-    row = await session.get(MessageRow, message_id)
+    row = (
+        await session.execute(select(*_MESSAGE_COLUMNS).where(MessageRow.message_id == message_id))
+    ).first()
     if row is None or row.location_id != location_id:
         return None
     return (await _views(session, [row]))[0]
 
 
-async def _views(session: AsyncSession, rows: list[MessageRow]) -> list[MessageView]:
+def _of_messages(*columns: Any) -> Any:
+    return select(*columns).where(columns[0].in_(bindparam("ids", expanding=True)))
+
+
+_PARTICIPANTS = _of_messages(
+    ParticipantRow.message_id,
+    ParticipantRow.email,
+    ParticipantRow.display_name,
+    ParticipantRow.role,
+    ParticipantRow.position,
+).order_by(ParticipantRow.message_id, ParticipantRow.role, ParticipantRow.position)
+_ATTACHMENTS = _of_messages(
+    AttachmentRow.message_id,
+    AttachmentRow.attachment_id,
+    AttachmentRow.filename,
+    AttachmentRow.content_type,
+    AttachmentRow.size_bytes,
+    AttachmentRow.content_id,
+    AttachmentRow.inline,
+    AttachmentRow.sha256,
+    AttachmentRow.blob_sha256,
+).order_by(AttachmentRow.attachment_id)
+_COPIES = _of_messages(
+    MailboxCopyRow.message_id,
+    MailboxCopyRow.mailbox_id,
+    MailboxCopyRow.gmail_message_id,
+    MailboxCopyRow.gmail_thread_id,
+    MailboxCopyRow.labels,
+    MailboxCopyRow.unread,
+    MailboxCopyRow.trashed,
+    MailboxCopyRow.deleted,
+    MailboxCopyRow.update_time,
+).order_by(MailboxCopyRow.mailbox_id)
+_THREAD_LINKS = _of_messages(ThreadMessageRow.message_id, ThreadMessageRow.thread_id).order_by(
+    ThreadMessageRow.thread_id
+)
+
+
+async def _views(session: AsyncSession, rows: list[Any]) -> list[MessageView]:
     if not rows:
         return []
     ids = [r.message_id for r in rows]
     participants: dict[str, list[ParticipantView]] = {}
-    for p in (
-        await session.execute(
-            select(ParticipantRow)
-            .where(ParticipantRow.message_id.in_(ids))
-            .order_by(ParticipantRow.message_id, ParticipantRow.role, ParticipantRow.position)
-        )
-    ).scalars():
+    for p in await session.execute(_PARTICIPANTS, {"ids": ids}):
         participants.setdefault(p.message_id, []).append(
             ParticipantView(p.email, p.display_name, p.role, p.position)
         )
     attachments: dict[str, list[AttachmentView]] = {}
-    for a in (
-        await session.execute(
-            select(AttachmentRow)
-            .where(AttachmentRow.message_id.in_(ids))
-            .order_by(AttachmentRow.attachment_id)
-        )
-    ).scalars():
+    for a in await session.execute(_ATTACHMENTS, {"ids": ids}):
         attachments.setdefault(a.message_id, []).append(
             AttachmentView(
                 a.attachment_id,
@@ -245,13 +312,7 @@ async def _views(session: AsyncSession, rows: list[MessageRow]) -> list[MessageV
             )
         )
     copies: dict[str, list[MailboxCopyView]] = {}
-    for c in (
-        await session.execute(
-            select(MailboxCopyRow)
-            .where(MailboxCopyRow.message_id.in_(ids))
-            .order_by(MailboxCopyRow.mailbox_id)
-        )
-    ).scalars():
+    for c in await session.execute(_COPIES, {"ids": ids}):
         copies.setdefault(c.message_id, []).append(
             MailboxCopyView(
                 c.mailbox_id,
@@ -265,13 +326,7 @@ async def _views(session: AsyncSession, rows: list[MessageRow]) -> list[MessageV
             )
         )
     threads: dict[str, list[str]] = {}
-    for link in (
-        await session.execute(
-            select(ThreadMessageRow)
-            .where(ThreadMessageRow.message_id.in_(ids))
-            .order_by(ThreadMessageRow.thread_id)
-        )
-    ).scalars():
+    for link in await session.execute(_THREAD_LINKS, {"ids": ids}):
         threads.setdefault(link.message_id, []).append(link.thread_id)
     return [
         MessageView(
