@@ -17,11 +17,14 @@ the shortest time. A location's feed counter row stays locked until commit, so f
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Table, bindparam, case, select, update
+from sqlalchemy import JSON, Table, Text, bindparam, case, cast, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.threading.domain.model import Direction, Source
@@ -162,7 +165,7 @@ class ChangeSet:
 
     async def flush(self, conn: AsyncConnection) -> Applied:
         """Writes everything in the lock order; raises ConcurrentChange when a claim was taken meanwhile."""
-        insert = _upsert_insert(conn)
+        inserts = _Inserts.of(conn)
         # Row locks matter where writers run concurrently (PostgreSQL); SQLite's one writer needs no order.
         locking = conn.dialect.name == "postgresql"
         for table in _TABLES:
@@ -173,13 +176,13 @@ class ChangeSet:
                 rows.sort(key=lambda row, t=table: _key(t, row))  # type: ignore[misc]
             claims = self._claims.get(table.name)
             if not claims:
-                await conn.execute(_plain_insert(insert, table), rows)
+                await inserts.insert(conn, table, rows)
                 continue
-            inserted = {tuple(r) for r in await conn.execute(_claiming_insert(insert, table), rows)}
+            inserted = await inserts.insert_returning_keys(conn, table, rows)
             if not claims <= inserted:
                 raise ConcurrentChange(f"{table.name}: {sorted(claims - inserted)[:3]} written meanwhile")
         await self._write_updates(conn)
-        synced = await self._write_feed(conn, insert)
+        synced = await self._write_feed(conn, inserts)
         return Applied(
             synced=tuple(synced),
             created_contacts=tuple(self.created_contacts),
@@ -231,7 +234,7 @@ class ChangeSet:
                 ],
             )
 
-    async def _write_feed(self, conn: AsyncConnection, insert: Any) -> list[SyncedMessage]:
+    async def _write_feed(self, conn: AsyncConnection, inserts: _Inserts) -> list[SyncedMessage]:
         """Takes the feed positions (the counter rows stay locked to commit) and writes the feed entries."""
         if not self.feed:
             return []
@@ -239,10 +242,7 @@ class ChangeSet:
         for draft in self.feed:
             counts[draft.location_id] += 1
         locations = sorted(counts)
-        await conn.execute(
-            _plain_insert(insert, _sequences),
-            [{"location_id": loc, "last_seq": 0} for loc in locations],
-        )
+        await inserts.insert(conn, _sequences, [{"location_id": loc, "last_seq": 0} for loc in locations])
         await conn.execute(_SEQ_BUMP, [{"b_id": loc, "b_count": counts[loc]} for loc in locations])
         last = dict(list((await conn.execute(_SEQ_READ, {"values": locations})).all()))
         next_seq = {loc: int(last[loc]) - counts[loc] + 1 for loc in locations}
@@ -265,8 +265,9 @@ class ChangeSet:
                     draft.sync_time,
                 )
             )
-        await conn.execute(
-            _plain_insert(insert, table_of(SyncedFeedRow)),
+        await inserts.insert(
+            conn,
+            table_of(SyncedFeedRow),
             [
                 {
                     "location_id": s.location_id,
@@ -287,28 +288,77 @@ class ChangeSet:
         return synced
 
 
-# Statements, built once per dialect and table; SQLAlchemy caches their compiled form.
-_INSERTS: dict[tuple[int, str, bool], Any] = {}
+class _Inserts:
+    """`INSERT ... ON CONFLICT DO NOTHING` of many rows in one statement, built once per table.
+
+    SQLite: an executemany, which SQLAlchemy sends as multi-row VALUES pages. PostgreSQL: the rows go as one array
+    per column into `INSERT ... SELECT * FROM unnest(...)`, so the SQL text is short and the same for any number of
+    rows (psycopg parses and caches it once; a multi-row VALUES of thousands of parameters is parsed every time).
+    """
+
+    _built: dict[tuple[str, str, bool], Any] = {}
+
+    def __init__(self, dialect: str) -> None:
+        self._dialect = dialect
+
+    @classmethod
+    def of(cls, conn: AsyncConnection) -> _Inserts:
+        return cls(conn.dialect.name)
+
+    async def insert(self, conn: AsyncConnection, table: Table, rows: list[dict[str, Any]]) -> None:
+        if self._dialect == "postgresql":
+            await conn.execute(self._statement(table, returning=False), _as_columns(table, rows))
+        else:
+            await conn.execute(self._statement(table, returning=False), rows)
+
+    async def insert_returning_keys(
+        self, conn: AsyncConnection, table: Table, rows: list[dict[str, Any]]
+    ) -> set[tuple[Any, ...]]:
+        """Inserts the rows; returns the keys of those this statement inserted (not those that existed)."""
+        values: Any = _as_columns(table, rows) if self._dialect == "postgresql" else rows
+        return {tuple(r) for r in await conn.execute(self._statement(table, returning=True), values)}
+
+    def _statement(self, table: Table, *, returning: bool) -> Any:
+        key = (self._dialect, table.name, returning)
+        statement = self._built.get(key)
+        if statement is None:
+            statement = self._build(table)
+            if returning:
+                statement = statement.returning(*table.primary_key.columns)
+            self._built[key] = statement
+        return statement
+
+    def _build(self, table: Table) -> Any:
+        if self._dialect != "postgresql":
+            return sqlite.insert(table).on_conflict_do_nothing()
+        arrays = [
+            bindparam(c.name, type_=ARRAY(Text() if isinstance(c.type, JSON) else c.type))
+            for c in table.columns
+        ]
+        rows = func.unnest(*arrays).table_valued(*[c.name for c in table.columns]).render_derived(name="rows")
+        values = select(
+            *[
+                cast(rows.c[c.name], c.type) if isinstance(c.type, JSON) else rows.c[c.name]
+                for c in table.columns
+            ]
+        )
+        return (
+            postgresql.insert(table)
+            .from_select([c.name for c in table.columns], values)
+            .on_conflict_do_nothing()
+        )
 
 
-def _upsert_insert(conn: AsyncConnection) -> Any:
-    from sqlalchemy.dialects import postgresql, sqlite
-
-    return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-
-
-def _plain_insert(insert: Any, table: Table) -> Any:
-    key = (id(insert), table.name, False)
-    if key not in _INSERTS:
-        _INSERTS[key] = insert(table).on_conflict_do_nothing()
-    return _INSERTS[key]
-
-
-def _claiming_insert(insert: Any, table: Table) -> Any:
-    key = (id(insert), table.name, True)
-    if key not in _INSERTS:
-        _INSERTS[key] = insert(table).on_conflict_do_nothing().returning(*table.primary_key.columns)
-    return _INSERTS[key]
+def _as_columns(table: Table, rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Rows as one list per column (JSON values serialized here: they travel as text and are cast in SQL)."""
+    columns: dict[str, list[Any]] = {}
+    for column in table.columns:
+        name = column.name
+        if isinstance(column.type, JSON):
+            columns[name] = [json.dumps(row[name]) for row in rows]
+        else:
+            columns[name] = [row[name] for row in rows]
+    return columns
 
 
 _sends = table_of(CrmSendRow)
