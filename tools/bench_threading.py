@@ -2,11 +2,12 @@
 
 * drain: a backlog of normalized messages (threads of four, inbound and sent, over many mailboxes, each connected to
   its own location) is published, then one or two real threading service processes (`services.threading`, as
-  `make run` starts it, plus a statement counter) drain it. Reported per configuration: messages per second,
-  process CPU milliseconds per message of the threading processes and of nats-server (from /proc, over the drain:
-  first message stored -> every message stored and its `message.synced` published), SQL statements per message,
-  and how many deliveries waited. Configurations: batches of `--batch` messages with one and two processes, and
-  one message per transaction (`consumer_batch_size` 1) with one process, on fewer messages.
+  `make run` starts it, plus a statement counter) drain it. Reported per configuration: messages per second;
+  process CPU milliseconds per message of the threading processes, of nats-server and, with PostgreSQL, of its
+  server processes (from /proc, from the moment the processes start consuming until every message is stored and
+  announced); SQL statements per message; how many deliveries were redelivered (waits) and how many batches were
+  decided again after a concurrent change. Configurations: batches of `--batch` messages with one and two
+  processes, and one message per transaction (`consumer_batch_size` 1) with one process, on fewer messages.
 * stages: the same mix applied in process, batch by batch: milliseconds per message to load the view, decide,
   write and commit, and statements per message.
 * list_messages: ListMessages' store queries and proto translation on a location of `--location-messages`
@@ -26,6 +27,7 @@ import asyncio
 import base64
 import datetime as dt
 import json
+import logging
 import os
 import random
 import secrets
@@ -174,6 +176,18 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def database_server_cpu_seconds() -> float:
+    """CPU of the PostgreSQL server processes on this machine (0 with SQLite, which runs inside threading)."""
+    total = 0.0
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if comm.read_text().strip() in ("postgres", "postmaster"):
+                total += process_cpu_seconds(int(comm.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
 def _nats_cpu(nats: NatsServer) -> float:
     assert nats.process is not None
     return process_cpu_seconds(nats.process.pid)
@@ -213,9 +227,9 @@ class Worker:
             time.sleep(0.01)
         raise RuntimeError(f"the worker did not answer: {self._log.read_text()[-2000:]}")
 
-    def ready(self) -> int:
-        """Waits until the service is up (consumers not started yet); returns its statement count so far."""
-        return self._answer()["statements"]
+    def ready(self) -> dict[str, int]:
+        """Waits until the service is up (consumers not started yet); returns its counters so far."""
+        return self._answer()
 
     def go(self) -> None:
         self.process.send_signal(signal.SIGUSR2)
@@ -223,10 +237,10 @@ class Worker:
     def cpu_seconds(self) -> float:
         return process_cpu_seconds(self.process.pid)
 
-    def statements(self) -> int:
-        """Asks the worker for its statement count (SIGUSR1) and waits for the answer."""
+    def counters(self) -> dict[str, int]:
+        """Asks the worker for its counters (SIGUSR1: statements, batches decided again) and waits for them."""
         self.process.send_signal(signal.SIGUSR1)
-        return self._answer()["statements"]
+        return self._answer()
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -247,7 +261,13 @@ def run_worker(stats_path: str) -> None:
     from services.threading.app import build
     from services.threading.settings import ThreadingSettings
 
-    counted = {"statements": 0, "answers": 0}
+    counted = {"statements": 0, "answers": 0, "batches_decided_again": 0}
+
+    class CountRetries(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            counted["batches_decided_again"] += 1
+
+    retries = logging.getLogger("services.threading.sync")
 
     def count(*_args: Any) -> None:
         counted["statements"] += 1
@@ -267,6 +287,9 @@ def run_worker(stats_path: str) -> None:
         loop.add_signal_handler(signal.SIGUSR1, report)
         loop.add_signal_handler(signal.SIGUSR2, go.set)
         configure_logging("WARNING")
+        # MessageSync logs (INFO) each batch it decides again after a concurrent change.
+        retries.setLevel(logging.INFO)
+        retries.addHandler(CountRetries(logging.INFO))
 
         async def build_then_wait(settings: ThreadingSettings) -> ServiceComponents:
             components = await build(settings)
@@ -317,13 +340,14 @@ async def drain(
             "MAILSYNC_THREADING_CONSUMER_BATCH_SIZE": str(batch),
         }
         workers = [Worker(folder, env) for _ in range(processes)]
-        statements_start = [w.ready() for w in workers]
+        counters_start = [w.ready() for w in workers]
         stored_query = select(func.count()).select_from(MessageRow)
         pending_query = (
             select(func.count()).select_from(outbox_table).where(outbox_table.c.published_at.is_(None))
         )
         cpu_start = [w.cpu_seconds() for w in workers]
         nats_start = _nats_cpu(nats)
+        database_start = database_server_cpu_seconds()
         started = time.perf_counter()
         for worker in workers:
             worker.go()
@@ -336,14 +360,21 @@ async def drain(
         cpu = sum(w.cpu_seconds() - c for w, c in zip(workers, cpu_start, strict=True))
 
         nats_cpu = _nats_cpu(nats) - nats_start
-        statements = sum(w.statements() - s for w, s in zip(workers, statements_start, strict=True))
+        database_cpu = database_server_cpu_seconds() - database_start
+        counters_end = [w.counters() for w in workers]
+        statements, again = (
+            sum(end[name] - start[name] for start, end in zip(counters_start, counters_end, strict=True))
+            for name in ("statements", "batches_decided_again")
+        )
         info = await js.consumer_info(MESSAGES.name, "threading-messages")
         return {
             "messages": count,
             "per_second": round(count / elapsed, 1),
             "threading_cpu_ms_per_message": round(cpu / count * 1000, 3),
             "nats_cpu_ms_per_message": round(nats_cpu / count * 1000, 3),
+            "database_server_cpu_ms_per_message": round(database_cpu / count * 1000, 3),
             "statements_per_message": round(statements / count, 2),
+            "batches_decided_again": again,
             "redeliveries": int(info.num_redelivered),
         }
     finally:
