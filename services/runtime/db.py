@@ -88,7 +88,8 @@ class Database:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
-        """A read-only session (never takes SQLite's write lock)."""
+        """A read-only session: never takes SQLite's write lock; on PostgreSQL it runs without a transaction
+        (each statement sees the latest commits, as in READ COMMITTED)."""
         async with self._reader() as session, session.begin():
             yield session
 
@@ -168,9 +169,13 @@ def open_database(
             kwargs["connect_args"] = {"options": f"-csearch_path={schema}"}
         engine = create_async_engine(url, **kwargs)
     writer = async_sessionmaker(engine, expire_on_commit=False)
-    reader = async_sessionmaker(
-        engine.execution_options(**{_SQLITE_BEGIN: "DEFERRED"}), expire_on_commit=False
-    )
+    if writer_queue is not None:
+        reading = engine.execution_options(**{_SQLITE_BEGIN: "DEFERRED"})
+    else:
+        # READ COMMITTED gives every statement its own snapshot anyway, so a read-only session loses nothing
+        # without BEGIN and COMMIT, and saves their two round trips.
+        reading = engine.execution_options(isolation_level="AUTOCOMMIT")
+    reader = async_sessionmaker(reading, expire_on_commit=False)
     return Database(engine=engine, schema=schema, _writer=writer, _reader=reader, _writer_queue=writer_queue)
 
 
