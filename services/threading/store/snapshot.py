@@ -239,7 +239,11 @@ _CONTACTS_BY_EMAIL = (
     )
     .where(_in(ContactEmailRow.normalized_email), ContactRow.deleted.is_(False))
 )
-_CONTACTS_BY_ID = select(ContactRow.location_id, ContactRow.contact_id).where(_in(ContactRow.contact_id))
+# Only a batch's BCC drops ask (a few pairs): both columns of the key, so the primary key index serves it.
+_CONTACTS_BY_ID = select(ContactRow.location_id, ContactRow.contact_id).where(
+    ContactRow.location_id.in_(bindparam("locations", expanding=True)),
+    ContactRow.contact_id.in_(bindparam("values", expanding=True)),
+)
 _SEND_COLUMNS = (
     CrmSendRow.send_id,
     CrmSendRow.location_id,
@@ -357,8 +361,14 @@ async def _load_contacts(conn: AsyncConnection, view: StoreView, wanted: _Wanted
             if location in wanted.contact_locations:
                 view.add_contact(ContactHit(contact_id, location, create_time, assigned), email)
     if wanted.contact_ids:
-        for location, contact_id in await _rows(conn, _CONTACTS_BY_ID, {c for _, c in wanted.contact_ids}):
-            view.contact_ids.add((location, contact_id))
+        found = await conn.execute(
+            _CONTACTS_BY_ID,
+            {
+                "locations": sorted({loc for loc, _ in wanted.contact_ids}),
+                "values": sorted({c for _, c in wanted.contact_ids}),
+            },
+        )
+        view.contact_ids.update((location, contact_id) for location, contact_id in found)
 
 
 async def _load_sends(conn: AsyncConnection, view: StoreView, wanted: _Wanted) -> list[SendState]:
