@@ -1,9 +1,18 @@
 """The consumer loop: a durable pull consumer that runs a handler and acknowledges only after it returned.
 
-The handler commits its own database transaction (using `inbox.claim` to make its effect idempotent); the loop then
-acks with a double ack. A failing handler's message is redelivered with a growing delay, and after `max_deliver`
-failures it is written to the service's dead_letters table and terminated. A handler that raises `RetryLater` is
-not failing: the message comes back after the delay, and only the separate `max_waits` budget limits how often.
+Two kinds of handler. A per-message `Handler` commits its own database transaction (using `inbox.claim` to make
+its effect idempotent) and `Consumer` acks each message with a double ack once its handler returned. A
+`BatchHandler` gets every message of a fetch at once, commits them in one transaction and says, per message,
+whether it was applied, must wait (`RetryLater`) or failed; `BatchConsumer` then acks the applied ones together
+(pipelined: every ack is written, then one flush round trip for the batch) and settles the others one by one.
+
+Settling, the same for both: a failed message is redelivered with a growing delay, and after `max_deliver`
+failures it is written to the service's dead_letters table and terminated. A message that raised (or was reported
+with) `RetryLater` is not failing: it comes back after the delay, and only the separate `max_waits` budget limits
+how often. In a batch, a waiting or failing message is settled on its own and never holds back the others. A batch
+handler that raises (its commit failed, or something it cannot attribute to one message) committed nothing; the
+batch is then split in two halves, each handled again, recursively, so a poison message ends alone and is counted
+as failed while the rest of the batch is applied.
 
 Why failures and waits are counted apart: JetStream has one counter (`num_delivered`) for every delivery. The
 server's MaxDeliver is therefore set to `max_deliver + max_waits`, a hard bound that always holds, and the loop
@@ -13,6 +22,15 @@ when it waited before. After a restart the in-memory count starts again, bounded
 A process that crashes (or hangs past ack_wait) on the last allowed delivery never reaches the dead-letter code,
 and JetStream then leaves the message in the stream with no further delivery. The loop therefore also listens to
 JetStream's MAX_DELIVERIES advisory for its consumer and records such a message as a dead letter too.
+
+Order, which threading relies on (stated here because the loop is what keeps it):
+* A batch handler sees the deliveries of one fetch in stream-sequence order, and one consumer object handles one
+  batch at a time: batch n+1 is fetched only after every message of batch n is settled, so whatever batch n
+  committed is visible to batch n+1. When a batch is split, its halves are handled first half first.
+* A message is acked only after the transaction that applied it committed (a crash between commit and ack
+  redelivers it, so handlers must make a repeated message a no-op).
+* A message that waits or fails is redelivered later, after the messages behind it; nothing else is promised
+  across redeliveries, replicas or consumers: handlers that need an order wait for what they depend on.
 """
 
 from __future__ import annotations
@@ -21,10 +39,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
+from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import nats.errors
 from google.protobuf.message import Message
@@ -33,7 +53,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy
 from nats.js.errors import NotFoundError
-from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode, TracerProvider, get_current_span
 
 from services.runtime.clock import Clock, SystemClock
 from services.runtime.db import Database
@@ -47,6 +67,8 @@ M = TypeVar("M", bound=Message)
 
 # How many per-message failure counts a consumer remembers (messages that moved to another replica leave theirs).
 _FAILURE_MEMORY = 10_000
+# Links a batch span carries (the OpenTelemetry SDK's default limit: more would be dropped anyway).
+_MAX_LINKS = 128
 
 
 class RetryLater(Exception):
@@ -79,6 +101,9 @@ class Delivery:
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
+# Per delivery, in the order given: None (applied and committed), RetryLater (wait) or the exception it failed with.
+Outcome = Exception | None
+BatchHandler = Callable[[Sequence[Delivery]], Awaitable[Sequence[Outcome]]]
 
 
 @dataclass(frozen=True)
@@ -97,7 +122,8 @@ class ConsumerSpec:
     retry_delay: float = 1.0
     max_retry_delay: float = 60.0
     max_ack_pending: int = 1000
-    # Messages fetched at once; 1 keeps a message from waiting behind a slow one in the same process.
+    # Messages fetched at once. A per-message consumer handles them one after another (1 keeps a message from
+    # waiting behind a slow one); a batch consumer hands them to its handler together.
     batch: int = 1
 
     @property
@@ -125,14 +151,13 @@ async def declare_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:
     await js.add_consumer(spec.stream, spec.config())
 
 
-class Consumer:
-    """Runs `handler` for every message of a durable consumer until `stop()`."""
+class _PullLoop(ABC):
+    """What both consumers share: fetching, settling waits and failures, dead letters and the advisory."""
 
     def __init__(
         self,
         client: Client,
         spec: ConsumerSpec,
-        handler: Handler,
         *,
         db: Database,
         clock: Clock | None = None,
@@ -143,7 +168,6 @@ class Consumer:
         self._client = client
         self._js = client.jetstream()
         self._spec = spec
-        self._handler = handler
         self._db = db
         self._clock = clock or SystemClock()
         self._tracer = tracer(tracer_provider)
@@ -157,7 +181,7 @@ class Consumer:
         return self._spec
 
     def stop(self) -> None:
-        """Stops fetching; `run()` returns once the message in hand is finished."""
+        """Stops fetching; `run()` returns once the message (or batch) in hand is finished."""
         self._stopping.set()
 
     async def run(self) -> None:
@@ -173,68 +197,24 @@ class Consumer:
             while not self._stopping.is_set():
                 try:
                     messages = await subscription.fetch(self._spec.batch, timeout=self._fetch_timeout)
-                except nats.errors.TimeoutError:
+                except TimeoutError:
+                    # nats-py raises its own TimeoutError, and for a batch also asyncio's (the same builtin).
                     continue
                 except nats.errors.Error as exc:
                     log.warning("fetch from %s failed: %s", self._spec.durable, exc)
                     await self._pause(1.0)
                     continue
-                for message in messages:
-                    if self._stopping.is_set():
-                        # Hand the rest of the batch back at once rather than after ack_wait.
-                        await _quietly(message.nak())
-                        continue
-                    await self.process(message)
+                if messages:
+                    await self._handle_fetched(messages)
         finally:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
             with contextlib.suppress(Exception):
                 await advisories.unsubscribe()
 
-    async def process(self, message: Msg) -> None:
-        """Handles one message: handler, then ack; or nak/dead-letter on failure."""
-        delivery = self._delivery(message)
-        with self._tracer.start_as_current_span(
-            f"process {delivery.subject}",
-            context=extract_context(delivery.headers),
-            kind=SpanKind.CONSUMER,
-            attributes={
-                "messaging.system": "nats",
-                "messaging.operation.name": "process",
-                "messaging.operation.type": "process",
-                "messaging.destination.name": delivery.subject,
-                "messaging.consumer.group.name": delivery.consumer,
-                "messaging.message.id": delivery.msg_id or "",
-                "messaging.nats.stream_sequence": delivery.stream_sequence,
-                "messaging.nats.num_delivered": delivery.num_delivered,
-            },
-        ) as span:
-            outcome: Exception | None = None
-            keep_alive = asyncio.create_task(self._keep_alive(message))
-            try:
-                await self._handler(delivery)
-            except Exception as exc:
-                outcome = exc
-            finally:
-                keep_alive.cancel()
-            if isinstance(outcome, RetryLater):
-                span.set_attribute("messaging.nats.retry_later", outcome.delay)
-                await self._on_wait(message, delivery, outcome)
-            elif outcome is not None:
-                span.record_exception(outcome)
-                span.set_status(Status(StatusCode.ERROR, type(outcome).__name__))
-                await self._on_failure(message, delivery, outcome)
-            else:
-                fault_point(CONSUMER_AFTER_HANDLER)
-                await self._ack(message, delivery)
-
-    async def _ack(self, message: Msg, delivery: Delivery) -> None:
-        self._failures.pop(delivery.stream_sequence, None)
-        try:
-            await message.ack_sync(timeout=self._ack_timeout)
-        except Exception as exc:
-            # The effect is committed and idempotent: the redelivery this causes is skipped by the handler.
-            log.warning("ack of %s seq %s failed: %s", delivery.subject, delivery.stream_sequence, exc)
+    @abstractmethod
+    async def _handle_fetched(self, messages: list[Msg]) -> None:
+        """Handles the messages of one fetch (each consumer kind in its own way)."""
 
     def _delivery(self, message: Msg) -> Delivery:
         metadata = message.metadata
@@ -249,6 +229,13 @@ class Consumer:
             msg_id=headers.get(MSG_ID_HEADER),
             num_delivered=metadata.num_delivered,
         )
+
+    async def _settle_unapplied(self, message: Msg, delivery: Delivery, outcome: Exception) -> None:
+        """A message its handler did not apply: it waits (RetryLater) or failed."""
+        if isinstance(outcome, RetryLater):
+            await self._on_wait(message, delivery, outcome)
+        else:
+            await self._on_failure(message, delivery, outcome)
 
     async def _on_wait(self, message: Msg, delivery: Delivery, wait: RetryLater) -> None:
         if delivery.num_delivered >= self._spec.server_max_deliver:
@@ -331,16 +318,162 @@ class Consumer:
             self._failures.popitem(last=False)
         return failures
 
-    async def _keep_alive(self, message: Msg) -> None:
+    async def _keep_alive(self, messages: Sequence[Msg]) -> None:
         """Tells JetStream the handler is still working, so a long handler is not redelivered mid-way."""
         interval = max(self._spec.ack_wait / 3, 0.05)
         while True:
             await asyncio.sleep(interval)
-            await _quietly(message.in_progress())
+            for message in messages:
+                await _quietly(message.in_progress())
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+
+
+class Consumer(_PullLoop):
+    """Runs a per-message `handler` for every message of a durable consumer until `stop()`."""
+
+    def __init__(self, client: Client, spec: ConsumerSpec, handler: Handler, **options: Any) -> None:
+        super().__init__(client, spec, **options)
+        self._handler = handler
+
+    async def _handle_fetched(self, messages: list[Msg]) -> None:
+        for message in messages:
+            if self._stopping.is_set():
+                # Hand the rest of the fetch back at once rather than after ack_wait.
+                await _quietly(message.nak())
+                continue
+            await self.process(message)
+
+    async def process(self, message: Msg) -> None:
+        """Handles one message: handler, then ack; or nak/dead-letter on failure."""
+        delivery = self._delivery(message)
+        with self._tracer.start_as_current_span(
+            f"process {delivery.subject}",
+            context=extract_context(delivery.headers),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.operation.name": "process",
+                "messaging.operation.type": "process",
+                "messaging.destination.name": delivery.subject,
+                "messaging.consumer.group.name": delivery.consumer,
+                "messaging.message.id": delivery.msg_id or "",
+                "messaging.nats.stream_sequence": delivery.stream_sequence,
+                "messaging.nats.num_delivered": delivery.num_delivered,
+            },
+        ) as span:
+            outcome: Exception | None = None
+            keep_alive = asyncio.create_task(self._keep_alive((message,)))
+            try:
+                await self._handler(delivery)
+            except Exception as exc:
+                outcome = exc
+            finally:
+                keep_alive.cancel()
+            if outcome is None:
+                fault_point(CONSUMER_AFTER_HANDLER)
+                await self._ack(message, delivery)
+                return
+            if isinstance(outcome, RetryLater):
+                span.set_attribute("messaging.nats.retry_later", outcome.delay)
+            else:
+                span.record_exception(outcome)
+                span.set_status(Status(StatusCode.ERROR, type(outcome).__name__))
+            await self._settle_unapplied(message, delivery, outcome)
+
+    async def _ack(self, message: Msg, delivery: Delivery) -> None:
+        self._failures.pop(delivery.stream_sequence, None)
+        try:
+            await message.ack_sync(timeout=self._ack_timeout)
+        except Exception as exc:
+            # The effect is committed and idempotent: the redelivery this causes is skipped by the handler.
+            log.warning("ack of %s seq %s failed: %s", delivery.subject, delivery.stream_sequence, exc)
+
+
+class BatchConsumer(_PullLoop):
+    """Hands each fetch (up to `spec.batch` messages, in stream order) to a `BatchHandler` until `stop()`."""
+
+    def __init__(self, client: Client, spec: ConsumerSpec, handler: BatchHandler, **options: Any) -> None:
+        super().__init__(client, spec, **options)
+        self._handler = handler
+
+    async def _handle_fetched(self, messages: list[Msg]) -> None:
+        await self.process_batch(messages)
+
+    async def process_batch(self, messages: Sequence[Msg]) -> None:
+        """Handles a batch: handler (one commit), then the applied messages acked together, the rest settled."""
+        deliveries = [self._delivery(message) for message in messages]
+        # One span for the batch, linked to the span that published each message (OpenTelemetry's batch form), up
+        # to the number of links a span keeps.
+        links = [
+            Link(get_current_span(extract_context(d.headers)).get_span_context())
+            for d in deliveries[:_MAX_LINKS]
+            if "traceparent" in d.headers
+        ]
+        with self._tracer.start_as_current_span(
+            f"process {self._spec.stream}",
+            kind=SpanKind.CONSUMER,
+            links=links,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.operation.name": "process",
+                "messaging.operation.type": "process",
+                "messaging.consumer.group.name": self._spec.durable,
+                "messaging.batch.message_count": len(deliveries),
+            },
+        ):
+            keep_alive = asyncio.create_task(self._keep_alive(messages))
+            try:
+                await self._settle(messages, deliveries)
+            finally:
+                keep_alive.cancel()
+
+    async def _settle(self, messages: Sequence[Msg], deliveries: Sequence[Delivery]) -> None:
+        try:
+            outcomes = list(await self._handler(deliveries))
+            if len(outcomes) != len(deliveries):
+                raise RuntimeError(
+                    f"the handler returned {len(outcomes)} outcomes for {len(deliveries)} messages"
+                )
+        except Exception as exc:
+            if len(deliveries) == 1:
+                outcomes = [exc]
+            else:
+                # Nothing of this batch was committed: split it to find the message that makes it fail.
+                half = len(deliveries) // 2
+                log.warning(
+                    "batch of %s from %s failed (%r); handling it in two halves",
+                    len(deliveries),
+                    self._spec.durable,
+                    exc,
+                )
+                await self._settle(messages[:half], deliveries[:half])
+                await self._settle(messages[half:], deliveries[half:])
+                return
+        fault_point(CONSUMER_AFTER_HANDLER)
+        await self._ack_all(
+            [m for m, d, o in zip(messages, deliveries, outcomes, strict=True) if o is None],
+            [d for d, o in zip(deliveries, outcomes, strict=True) if o is None],
+        )
+        for message, delivery, outcome in zip(messages, deliveries, outcomes, strict=True):
+            if outcome is not None:
+                await self._settle_unapplied(message, delivery, outcome)
+
+    async def _ack_all(self, messages: Sequence[Msg], deliveries: Sequence[Delivery]) -> None:
+        """Acks committed messages: every ack is written, then one flush waits for the server to have them all."""
+        if not messages:
+            return
+        for delivery in deliveries:
+            self._failures.pop(delivery.stream_sequence, None)
+        try:
+            for message in messages:
+                await message.ack()
+            await self._client.flush(timeout=math.ceil(self._ack_timeout))
+        except Exception as exc:
+            # The effects are committed and idempotent: the redeliveries this causes are no-ops for the handler.
+            log.warning("acks of %s messages from %s failed: %s", len(messages), self._spec.durable, exc)
 
 
 async def _quietly(operation: Awaitable[object]) -> None:

@@ -6,7 +6,14 @@ other's tables even when they share a database.
 
 SQLite note: the sqlite3 driver only emits BEGIN before the first write, so a read-then-write transaction is not
 serialised and a count-then-insert limiter over-admits (reference/reliability.md section 3). Write transactions
-here therefore start with BEGIN IMMEDIATE; read-only sessions use a deferred BEGIN.
+here therefore start with BEGIN IMMEDIATE; read-only sessions use a deferred BEGIN. The file runs in WAL mode with
+synchronous=NORMAL (readers never block the writer; a commit is durable against a process crash). SQLite has one
+writer at a time, so a process also queues its own write transactions on an asyncio lock: a waiting writer starts
+the moment the previous one commits, instead of polling in SQLite's busy handler, and holds no connection while
+it waits.
+
+Connection pools (PostgreSQL, and SQLite's per-thread connections) are sized by the `database_pool_size` and
+`database_max_overflow` settings every service shares.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import fcntl
 import hashlib
 import os
 import re
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -29,10 +37,28 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _SQLITE_BEGIN = "mailsync_sqlite_begin"
+DEFAULT_POOL_SIZE = 10
+DEFAULT_MAX_OVERFLOW = 20
 
 
 class DatabaseConfigError(ValueError):
     """The database URL or schema in the configuration is unusable."""
+
+
+class _WriterQueue:
+    """One asyncio lock per event loop (a Database may outlive the loop that first used it, as in tests)."""
+
+    def __init__(self) -> None:
+        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def lock(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        lock = self._locks.get(loop)
+        if lock is None:
+            lock = self._locks[loop] = asyncio.Lock()
+        return lock
 
 
 @dataclass(frozen=True)
@@ -43,6 +69,8 @@ class Database:
     schema: str | None
     _writer: async_sessionmaker[AsyncSession]
     _reader: async_sessionmaker[AsyncSession]
+    # Set on SQLite only: the process's write transactions take turns (see the module docstring).
+    _writer_queue: _WriterQueue | None = None
 
     @property
     def dialect(self) -> str:
@@ -51,12 +79,17 @@ class Database:
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
         """A read-write transaction, committed on success and rolled back on error."""
-        async with self._writer() as session, session.begin():
+        if self._writer_queue is None:
+            async with self._writer() as session, session.begin():
+                yield session
+            return
+        async with self._writer_queue.lock(), self._writer() as session, session.begin():
             yield session
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
-        """A read-only session (never takes SQLite's write lock)."""
+        """A read-only session: never takes SQLite's write lock; on PostgreSQL it runs without a transaction
+        (each statement sees the latest commits, as in READ COMMITTED)."""
         async with self._reader() as session, session.begin():
             yield session
 
@@ -97,10 +130,6 @@ def normalize_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-DEFAULT_POOL_SIZE = 10
-DEFAULT_MAX_OVERFLOW = 20
-
-
 def open_database(
     url: str,
     *,
@@ -111,19 +140,30 @@ def open_database(
 ) -> Database:
     """Creates the engine (no connection is made until first use).
 
-    `pool_size` connections stay open per process and up to `max_overflow` more open under load (PostgreSQL
-    only): a deployment's connection count is replicas x (pool_size + max_overflow) per service.
+    `pool_size` connections stay open per process and up to `max_overflow` more open under load: a deployment's
+    PostgreSQL connection count is replicas x (pool_size + max_overflow) per service.
     """
     url = normalize_url(url)
     parsed = make_url(url)
-    kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": True}
+    kwargs: dict[str, Any] = {
+        "echo": echo,
+        "pool_pre_ping": True,
+        "pool_size": pool_size,
+        "max_overflow": max_overflow,
+    }
+    writer_queue = None
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             _create_private_file(Path(parsed.database))
         kwargs["connect_args"] = {"timeout": 30}
+        if parsed.database in (None, "", ":memory:"):
+            # An in-memory database lives in one connection (a static pool), which takes no pool sizes.
+            kwargs.pop("pool_size")
+            kwargs.pop("max_overflow")
         engine = create_async_engine(url, **kwargs)
         _configure_sqlite(engine)
         schema = None
+        writer_queue = _WriterQueue()
     else:
         if schema is not None and not _SCHEMA_NAME.match(schema):
             raise DatabaseConfigError(
@@ -131,14 +171,16 @@ def open_database(
             )
         if schema:
             kwargs["connect_args"] = {"options": f"-csearch_path={schema}"}
-        kwargs["pool_size"] = pool_size
-        kwargs["max_overflow"] = max_overflow
         engine = create_async_engine(url, **kwargs)
     writer = async_sessionmaker(engine, expire_on_commit=False)
-    reader = async_sessionmaker(
-        engine.execution_options(**{_SQLITE_BEGIN: "DEFERRED"}), expire_on_commit=False
-    )
-    return Database(engine=engine, schema=schema, _writer=writer, _reader=reader)
+    if writer_queue is not None:
+        reading = engine.execution_options(**{_SQLITE_BEGIN: "DEFERRED"})
+    else:
+        # READ COMMITTED gives every statement its own snapshot anyway, so a read-only session loses nothing
+        # without BEGIN and COMMIT, and saves their two round trips.
+        reading = engine.execution_options(isolation_level="AUTOCOMMIT")
+    reader = async_sessionmaker(reading, expire_on_commit=False)
+    return Database(engine=engine, schema=schema, _writer=writer, _reader=reader, _writer_queue=writer_queue)
 
 
 def _create_private_file(path: Path) -> None:

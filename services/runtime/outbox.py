@@ -1,9 +1,12 @@
 """The transactional outbox: events are written in the same transaction as the change they report, then relayed.
 
-`stage()` adds an outbox row in the caller's transaction (with the current trace context). `OutboxRelay` publishes
-unpublished rows in id order with their `Nats-Msg-Id` and then marks them published, so a crash at any point loses
-no event and a repeated publish is dropped by JetStream's de-duplication. The relay wakes right after a commit that
-staged events (an in-process signal) and polls as a fallback (other processes, missed signals).
+`stage()` adds an outbox row in the caller's transaction (with the current trace context); `stage_many()` adds a
+whole batch of events in one multi-row statement. `OutboxRelay` publishes unpublished rows in id order with their
+`Nats-Msg-Id` and then marks them published, so a crash at any point loses no event and a repeated publish is
+dropped by JetStream's de-duplication. The relay wakes right after a commit that staged events (an in-process
+signal, once per transaction however many events it staged) and polls as a fallback (other processes, missed
+signals). A pass publishes its rows pipelined (every publish sent, then the acks awaited together) and marks the
+longest prefix that JetStream acknowledged, so an event never counts as published before one staged earlier.
 
 On PostgreSQL the relay locks the rows it publishes (`FOR UPDATE SKIP LOCKED`), so two replicas share the work
 instead of both publishing everything. On SQLite it reads, publishes and then marks in a short write transaction,
@@ -21,7 +24,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,20 +49,46 @@ _LISTENING = "mailsync_outbox_listening"
 
 # Relays waiting for commits, by the connection pool they share with the sessions that stage events.
 _wakers: dict[int, set[Callable[[], None]]] = {}
+# One statement for any number of events (executemany: the compiled form is cached, the rows go in one round trip).
+_INSERT_EVENT = insert(outbox_table)
+
+
+@dataclass(frozen=True)
+class StagedEvent:
+    """One event to publish after the transaction commits."""
+
+    subject: str
+    message: Message
+    msg_id: str
 
 
 async def stage(
     session: AsyncSession, subject: str, message: Message, msg_id: str, *, clock: Clock | None = None
 ) -> None:
     """Writes the event into the outbox within the caller's transaction; it is published after the commit."""
+    await stage_many(session, [StagedEvent(subject, message, msg_id)], clock=clock)
+
+
+async def stage_many(
+    session: AsyncSession, events: Sequence[StagedEvent], *, clock: Clock | None = None
+) -> None:
+    """Writes the events into the outbox in one statement, in order, within the caller's transaction."""
+    if not events:
+        return
+    headers = trace_carrier()
+    now = (clock or SystemClock()).now()
     await session.execute(
-        insert(outbox_table).values(
-            subject=subject,
-            msg_id=msg_id,
-            payload=message.SerializeToString(),
-            trace_headers=trace_carrier(),
-            created_at=(clock or SystemClock()).now(),
-        )
+        _INSERT_EVENT,
+        [
+            {
+                "subject": event.subject,
+                "msg_id": event.msg_id,
+                "payload": event.message.SerializeToString(),
+                "trace_headers": headers,
+                "created_at": now,
+            }
+            for event in events
+        ],
     )
     sync_session = session.sync_session
     sync_session.info[_STAGED] = True
@@ -115,7 +144,7 @@ class OutboxRelay:
         js: JetStreamContext,
         *,
         clock: Clock | None = None,
-        batch_size: int = 100,
+        batch_size: int = 500,
         poll_interval: float = 1.0,
         retention: dt.timedelta = dt.timedelta(days=1),
         prune_interval: dt.timedelta = dt.timedelta(minutes=10),
@@ -199,10 +228,11 @@ class OutboxRelay:
         )
 
     async def _publish_rows(self, rows: Any) -> list[int]:
-        published: list[int] = []
-        for row in rows:
-            try:
-                await publish_payload(
+        """Publishes the rows pipelined; returns the ids of the longest prefix JetStream acknowledged."""
+        rows = list(rows)
+        results = await asyncio.gather(
+            *(
+                publish_payload(
                     self._js,
                     row.subject,
                     row.payload,
@@ -210,9 +240,16 @@ class OutboxRelay:
                     parent_headers=row.trace_headers or {},
                     tracer_provider=self._tracer_provider,
                 )
-            except Exception as exc:
-                # Stop at the first failure so later events do not overtake it; the next pass retries.
-                log.warning("outbox publish of %s (%s) failed: %r", row.msg_id, row.subject, exc)
+                for row in rows
+            ),
+            return_exceptions=True,
+        )
+        published: list[int] = []
+        for row, result in zip(rows, results, strict=True):
+            if isinstance(result, BaseException):
+                # Stop at the first failure so later events are not marked before it; the next pass publishes it
+                # again, and the later ones too (their repeats are dropped by JetStream's de-duplication).
+                log.warning("outbox publish of %s (%s) failed: %r", row.msg_id, row.subject, result)
                 break
             fault_point(OUTBOX_AFTER_PUBLISH)
             published.append(row.id)

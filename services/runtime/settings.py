@@ -54,12 +54,14 @@ class ServiceSettings(BaseSettings):
     )
     database_pool_size: int = Field(
         default=10,
-        gt=0,
-        description="PostgreSQL connections each process keeps open (ignored on SQLite). A service's peak is "
-        "replicas x (database_pool_size + database_max_overflow).",
+        ge=1,
+        description="Database connections each process keeps open (PostgreSQL; on SQLite, connections to its "
+        "file). A service's PostgreSQL peak is replicas x (database_pool_size + database_max_overflow).",
     )
     database_max_overflow: int = Field(
-        default=20, ge=0, description="Extra PostgreSQL connections a process may open under load."
+        default=20,
+        ge=0,
+        description="Extra database connections opened beyond database_pool_size under load, closed when idle.",
     )
     nats_url: str = Field(default="nats://127.0.0.1:4222", description="NATS server URL (JetStream enabled).")
     stream_replicas: int = Field(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import grpc
@@ -29,19 +29,30 @@ MAX_PAGE_SIZE = 500
 
 
 class SyncedFeedSignal:
-    """Wakes WatchMessages streams of this process when a message was placed (other replicas: the poll)."""
+    """Wakes this process's WatchMessages streams of the locations where a committed batch placed messages (once
+    per batch); a stream of another location is not woken, so it reads nothing. Placements by other replicas are
+    found by the stream's poll."""
 
     def __init__(self) -> None:
-        self._event = asyncio.Event()
+        self._events: dict[str, asyncio.Event] = {}
 
-    def notify(self) -> None:
-        self._event.set()
-        self._event = asyncio.Event()
+    def notify(self, locations: Iterable[str]) -> None:
+        for location in locations:
+            event = self._events.pop(location, None)
+            if event is not None:
+                event.set()
 
-    async def wait(self, at_most_seconds: float) -> None:
-        event = self._event
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout=at_most_seconds)
+    def waiter(self, location: str) -> asyncio.Event:
+        """The event the next notification of `location` sets; take it before reading, so none is missed."""
+        event = self._events.get(location)
+        if event is None:
+            event = self._events[location] = asyncio.Event()
+        return event
+
+
+async def _wait(event: asyncio.Event, at_most_seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout=at_most_seconds)
 
 
 class ContactMissing(NotFound):
@@ -235,13 +246,14 @@ class ThreadingServicer(threading_pb2_grpc.ThreadingServiceServicer):
         # The subscription is live from here: a client sees the headers at once, not with the first message.
         await context.send_initial_metadata(())
         while True:
+            placed = self._feed_signal.waiter(location)
             async with self._db.read() as session:
                 entries = await reads.feed_after(session, location, cursor, limit=200)
             for entry in entries:
                 yield codec.feed_entry_proto(entry)
                 cursor = entry.seq
             if not entries:
-                await self._feed_signal.wait(self._watch_poll_seconds)
+                await _wait(placed, self._watch_poll_seconds)
 
     async def ExplainMessage(self, request: threading_pb2.ExplainMessageRequest, context: Any) -> Any:
         caller = current_caller()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mailsync.v1 import threading_pb2, threading_pb2_grpc
-from services.runtime.consumer import Consumer
+from services.runtime.consumer import BatchConsumer
 from services.runtime.grpc_client import ServiceToken, open_channel
 from services.runtime.grpc_server import ServicerRegistration
 from services.runtime.service import ServiceComponents, open_foundation
@@ -25,6 +25,7 @@ from services.threading.consumers import (
 from services.threading.ingest_attachments import IngestAttachmentFetcher
 from services.threading.sent_attachments import OutboundAttachmentFetcher, RoutedAttachmentFetcher
 from services.threading.settings import ThreadingSettings
+from services.threading.store.values import Applied
 from services.threading.sync import MessageSync
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -56,20 +57,27 @@ async def build(
         )
     collector = AttachmentCollector(db, blobs, attachment_fetcher)
 
-    def on_placed() -> None:
-        feed_signal.notify()
-        collector.wake()
+    def on_applied(applied: Applied) -> None:
+        # Once per committed batch, and only who has something to do.
+        feed_signal.notify(applied.placed_locations)
+        if applied.attachments_to_fetch:
+            collector.wake()
 
     policy = WaitPolicy(
         budget=settings.wait_budget_deliveries,
         delay_seconds=settings.wait_delay_seconds,
         ack_wait_seconds=settings.consumer_ack_wait_seconds,
+        batch_size=settings.consumer_batch_size,
     )
-    handlers = ThreadingHandlers(MessageSync(db, events=outbox_events()), policy=policy, on_placed=on_placed)
-    message_consumer = Consumer(
-        components.nats, message_consumer_spec(policy), handlers.handle_message_event, db=db
+    handlers = ThreadingHandlers(
+        MessageSync(db, events=outbox_events()), policy=policy, on_applied=on_applied
     )
-    send_consumer = Consumer(components.nats, send_consumer_spec(policy), handlers.handle_send_event, db=db)
+    message_consumer = BatchConsumer(
+        components.nats, message_consumer_spec(policy), handlers.handle_message_batch, db=db
+    )
+    send_consumer = BatchConsumer(
+        components.nats, send_consumer_spec(policy), handlers.handle_send_batch, db=db
+    )
     components.add_background("threading-messages", message_consumer.run, message_consumer.stop)
     components.add_background("threading-sends", send_consumer.run, send_consumer.stop)
     components.add_background("threading-attachments", collector.run, collector.stop)

@@ -20,19 +20,19 @@ from services.threading.domain.model import (
     Source,
 )
 from services.threading.store.contacts import ContactEmail, ContactRecord
-from services.threading.store.placements import (
-    AttachmentInfo,
-    CreatedContact,
-    CrmSendInput,
-    MessageContent,
-    SyncedMessage,
-)
 from services.threading.store.reads import (
     ConversationView,
     Explanation,
     FeedEntry,
     MessageView,
     ParticipantView,
+)
+from services.threading.store.values import (
+    AttachmentInfo,
+    CreatedContact,
+    CrmSendInput,
+    MessageContent,
+    SyncedMessage,
 )
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)

@@ -72,6 +72,12 @@ class ThreadingSettings(ServiceSettings):
         description="How long JetStream waits for a consumer's ack before redelivering (a crashed replica's "
         "messages come back after this).",
     )
+    consumer_batch_size: int = Field(
+        default=256,
+        ge=1,
+        le=4096,
+        description="Messages a consumer fetches and applies in one database transaction (1 applies them one by one).",
+    )
     watch_poll_seconds: float = Field(
         default=1.0,
         gt=0,

@@ -9,9 +9,13 @@ server may treat dots and `+` as significant), only lower-cased.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 _GMAIL_DOMAINS = frozenset({"gmail.com", "googlemail.com"})
 
 
+# Both are pure functions of a string that a batch asks about the same strings many times: remembered.
+@lru_cache(maxsize=65536)
 def normalize_email(address: str) -> str:
     """The comparison form of an address; an unparseable one is only trimmed and lower-cased."""
     cleaned = address.strip().strip("<>").strip().lower()
@@ -24,6 +28,7 @@ def normalize_email(address: str) -> str:
     return f"{local}@{domain}"
 
 
+@lru_cache(maxsize=65536)
 def normalize_message_id(message_id: str) -> str:
     """A Message-ID in its header form `<...>` without surrounding space; empty stays empty."""
     cleaned = "".join(message_id.split())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from services.threading.domain.addresses import normalize_email, normalize_message_id
 
@@ -99,11 +100,12 @@ class IncomingMessage:
     bcc_drop: BccDrop | None = None
     mailbox_email: str = ""
 
-    @property
+    # Derived once per message (the rules and the store ask for them many times).
+    @cached_property
     def message_id(self) -> str:
         return normalize_message_id(self.rfc_message_id)
 
-    @property
+    @cached_property
     def referenced_ids(self) -> tuple[str, ...]:
         """In-Reply-To then References, normalized, without repeats or the message's own id."""
         seen: list[str] = []
@@ -113,7 +115,7 @@ class IncomingMessage:
                 seen.append(value)
         return tuple(seen)
 
-    @property
+    @cached_property
     def parent_ids(self) -> tuple[str, ...]:
         return tuple(
             v for v in (normalize_message_id(r) for r in self.in_reply_to) if v and v != self.message_id

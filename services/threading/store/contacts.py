@@ -114,39 +114,6 @@ async def delete_contact(
     return True
 
 
-async def create_sync_contact(
-    session: AsyncSession,
-    *,
-    location_id: str,
-    email: str,
-    display_name: str,
-    assigned_user_id: str,
-    now: dt.datetime,
-) -> tuple[str, bool]:
-    """Creates the contact of a BCC drop's first To recipient (R9); returns its id and whether this call created it.
-
-    Version 0: the CRM's first upsert of the same id (version >= 1) merges into it."""
-    contact_id = sync_contact_id(location_id, email)
-    created = await insert_new(
-        session,
-        ContactRow.__table__,
-        {
-            "location_id": location_id,
-            "contact_id": contact_id,
-            "display_name": display_name,
-            "assigned_user_id": assigned_user_id,
-            "create_time": now,
-            "version": 0,
-            "deleted": False,
-            "created_by_sync": True,
-            "update_time": now,
-        },
-    )
-    if created:
-        await _replace_emails(session, location_id, contact_id, (ContactEmail(email, True),))
-    return contact_id, created
-
-
 async def _replace_emails(
     session: AsyncSession, location_id: str, contact_id: str, emails: Iterable[ContactEmail]
 ) -> None:

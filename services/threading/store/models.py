@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Any
+from functools import lru_cache
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -20,6 +21,7 @@ from sqlalchemy import (
     MetaData,
     PrimaryKeyConstraint,
     String,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
@@ -31,6 +33,7 @@ from services.runtime.messaging_tables import add_runtime_tables
 _ID_NAMESPACE = uuid.UUID("6f1c2b4e-8a0d-4f5e-9b7a-2c3d4e5f6a7b")
 
 
+@lru_cache(maxsize=65536)
 def derived_id(kind: str, location_id: str, key: str) -> str:
     """A stable id for the row with this unique key (same inputs, same id, on every replica)."""
     return str(uuid.uuid5(_ID_NAMESPACE, f"{kind}\x1f{location_id}\x1f{key}"))
@@ -58,6 +61,11 @@ _KEY = String(64)
 
 class Base(DeclarativeBase):
     metadata = MetaData()
+
+
+def table_of(model: type[Base]) -> Table:
+    """The Core table of a model (what the batch writes and loads use)."""
+    return cast(Table, model.__table__)
 
 
 class ContactRow(Base):
@@ -89,6 +97,8 @@ class ContactEmailRow(Base):
     __table_args__ = (
         PrimaryKeyConstraint("location_id", "contact_id", "normalized_email", name="pk_contact_emails"),
         Index("ix_contact_emails_lookup", "location_id", "normalized_email"),
+        # A batch looks up all its addresses at once, whatever the location (snapshot.py).
+        Index("ix_contact_emails_email", "normalized_email"),
     )
 
 
@@ -124,7 +134,10 @@ class ThreadKeyRow(Base):
     location_id: Mapped[str] = mapped_column(_KEY)
     key: Mapped[str] = mapped_column(String(600))
     thread_id: Mapped[str] = mapped_column(_KEY, index=True)
-    __table_args__ = (PrimaryKeyConstraint("location_id", "key", name="pk_thread_keys"),)
+    __table_args__ = (
+        PrimaryKeyConstraint("location_id", "key", name="pk_thread_keys"),
+        Index("ix_thread_keys_key", "key"),
+    )
 
 
 class MessageRow(Base):
@@ -161,7 +174,11 @@ class MessageRfcIdRow(Base):
     location_id: Mapped[str] = mapped_column(_KEY)
     rfc_message_id: Mapped[str] = mapped_column(String(600))
     message_id: Mapped[str] = mapped_column(_KEY)
-    __table_args__ = (PrimaryKeyConstraint("location_id", "rfc_message_id", name="pk_message_rfc_ids"),)
+    __table_args__ = (
+        PrimaryKeyConstraint("location_id", "rfc_message_id", name="pk_message_rfc_ids"),
+        # Whether a Message-ID is known at all (the wait on a parent, R4), and a batch's lookups.
+        Index("ix_message_rfc_ids_rfc", "rfc_message_id"),
+    )
 
 
 class MessageReferenceRow(Base):
@@ -173,6 +190,7 @@ class MessageReferenceRow(Base):
     message_id: Mapped[str] = mapped_column(_KEY)
     __table_args__ = (
         PrimaryKeyConstraint("location_id", "referenced_rfc_id", "message_id", name="pk_message_references"),
+        Index("ix_message_references_rfc", "referenced_rfc_id"),
     )
 
 
@@ -215,7 +233,8 @@ class MailboxCopyRow(Base):
     update_time: Mapped[dt.datetime] = mapped_column(UtcDateTime)
     __table_args__ = (
         PrimaryKeyConstraint("message_id", "mailbox_id", name="pk_mailbox_copies"),
-        Index("ix_mailbox_copies_gmail", "mailbox_id", "gmail_message_id"),
+        # Gmail id first: a batch looks up the copies of all its changes by Gmail id (snapshot.py).
+        Index("ix_mailbox_copies_gmail_id", "gmail_message_id", "mailbox_id"),
     )
 
 
@@ -257,7 +276,7 @@ class SeenMessageRow(Base):
     participants: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     location_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
     first_seen: Mapped[dt.datetime] = mapped_column(UtcDateTime)
-    __table_args__ = (Index("ix_seen_messages_gmail", "mailbox_id", "gmail_message_id"),)
+    __table_args__ = (Index("ix_seen_messages_gmail_id", "gmail_message_id", "mailbox_id"),)
 
 
 class DecisionRow(Base):

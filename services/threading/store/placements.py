@@ -1,125 +1,104 @@
-"""Rules in, rows out: what the store knows about a message (for the rules), and the idempotent writes of what the
-rules decided (placements, echo links, CRM sends, Gmail state changes, and the explanation of every decision).
+"""Rules in, rows out, for a whole batch: each operation is decided on the batch's `StoreView` (the pure rules of
+`domain/`), and what it decides is applied to the view at once, so the next operation sees it, and collected as
+rows in the batch's `ChangeSet`: placements, echo links, CRM sends, Gmail state changes, and the explanation of
+every decision.
 
-Every write is keyed (derived ids, unique keys, INSERT ... ON CONFLICT DO NOTHING), so a redelivered or
-concurrently processed message changes nothing twice. Locations are written in sorted order so two transactions
-that touch the same locations lock their feed counters in the same order (no deadlock on PostgreSQL).
+Operations are applied in the order given (stream order). A message that has to wait (its parent, R4; a CRM send's
+answer, R6) or a Gmail change that overtook its message is tried again, in order, after the operations behind it
+changed the view: the same result as a redelivery right after the batch, without the round trip.
+
+Every row is keyed (derived ids, unique keys), so a redelivered or concurrently processed message changes nothing
+twice: a copy decided before is a no-op, and a concurrent writer is caught by the change set's claims.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from sqlalchemy import Select, case, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from services.threading.domain.addresses import normalize_message_id
+from services.threading.domain.addresses import normalize_email, normalize_message_id
 from services.threading.domain.model import (
-    CrmSend,
     Decision,
-    Direction,
     EchoLink,
     IncomingMessage,
-    Knowledge,
     LocationDecision,
+    Outcome,
     Participant,
     Placement,
     Source,
-    ThreadHome,
     gmail_thread_key,
+    message_key,
 )
-from services.threading.domain.rules import place_crm_send
-from services.threading.store.contacts import contacts_matching, create_sync_contact
+from services.threading.domain.rules import decide, place_crm_send
+from services.threading.store.changes import ChangeSet, FeedDraft
+from services.threading.store.contacts import sync_contact_id
 from services.threading.store.models import (
     AttachmentRow,
+    ContactEmailRow,
+    ContactRow,
     ConversationRow,
     CrmSendRow,
     DecisionRow,
-    LocationSequenceRow,
     MailboxCopyRow,
     MessageReferenceRow,
     MessageRfcIdRow,
     MessageRow,
     ParticipantRow,
     SeenMessageRow,
-    SyncedFeedRow,
     ThreadKeyRow,
     ThreadMessageRow,
     ThreadRow,
     derived_id,
+    table_of,
 )
-from services.threading.store.sql import insert_many_new, insert_new
+from services.threading.store.operations import (
+    ChangeGmailState,
+    GmailChangeResult,
+    Operation,
+    OperationResult,
+    PlaceMessage,
+    RecordPendingSend,
+    RecordSendFailed,
+    RecordSent,
+    SendRecorded,
+)
+from services.threading.store.values import (
+    CreatedContact,
+    CrmSendInput,
+    MessageContent,
+    crm_message_key,
+    seen_key_of,
+    send_seen_key,
+)
+from services.threading.store.view import (
+    ContactHit,
+    CopyState,
+    MessageState,
+    SendState,
+    StoreView,
+    ThreadState,
+)
+
+_contacts = table_of(ContactRow)
+_contact_emails = table_of(ContactEmailRow)
+_conversations = table_of(ConversationRow)
+_threads = table_of(ThreadRow)
+_thread_keys = table_of(ThreadKeyRow)
+_thread_messages = table_of(ThreadMessageRow)
+_messages = table_of(MessageRow)
+_participants = table_of(ParticipantRow)
+_rfc_ids = table_of(MessageRfcIdRow)
+_references = table_of(MessageReferenceRow)
+_attachments = table_of(AttachmentRow)
+_copies = table_of(MailboxCopyRow)
+_seen = table_of(SeenMessageRow)
+_decisions = table_of(DecisionRow)
+_sends = table_of(CrmSendRow)
 
 
-@dataclass(frozen=True)
-class AttachmentInfo:
-    attachment_id: str
-    filename: str = ""
-    content_type: str = ""
-    size_bytes: int = 0
-    content_id: str = ""
-    inline: bool = False
-    sha256: str = ""
-    gmail_attachment_id: str = ""
-
-
-@dataclass(frozen=True)
-class MessageContent:
-    """What is stored only for a message that syncs somewhere (R18)."""
-
-    subject: str = ""
-    text_body: str = ""
-    html_body: str = ""
-    body_truncated: bool = False
-    attachments: tuple[AttachmentInfo, ...] = ()
-    # Header date when it parsed, else Gmail's internal time.
-    message_time: dt.datetime | None = None
-
-
-@dataclass(frozen=True)
-class GmailCopyState:
-    labels: tuple[str, ...] = ()
-    unread: bool = False
-    trashed: bool = False
-    deleted: bool = False
-
-
-@dataclass(frozen=True)
-class SyncedMessage:
-    """A message newly placed in a location: what `message.synced` and WatchMessages report."""
-
-    location_id: str
-    seq: int
-    message_id: str
-    conversation_id: str
-    thread_id: str
-    contact_id: str
-    rfc_message_id: str
-    direction: Direction
-    source: Source
-    rule_id: str
-    sync_time: dt.datetime
-
-
-@dataclass(frozen=True)
-class CreatedContact:
-    contact_id: str
-    location_id: str
-    email: str
-    display_name: str
-    assigned_user_id: str
-    source_rfc_message_id: str
-    create_time: dt.datetime
-
-
-@dataclass(frozen=True)
-class Applied:
-    """What a decision changed, for the events the consumer stages in the same transaction."""
-
-    synced: tuple[SyncedMessage, ...] = ()
-    created_contacts: tuple[CreatedContact, ...] = ()
+class StoreInconsistent(RuntimeError):
+    """A row the store's own writes always create together with another is missing."""
 
 
 @dataclass(frozen=True)
@@ -127,439 +106,673 @@ class _Landing:
     message_id: str
     conversation_id: str
     contact_id: str
-    synced: SyncedMessage | None
-    created_contact: CreatedContact | None
 
 
-def seen_key_of(message: IncomingMessage) -> str:
-    if message.source is Source.BCC_DROP and message.bcc_drop is not None:
-        return f"drop:{message.bcc_drop.drop_id}"
-    return f"gmail:{message.mailbox_id}:{message.gmail_message_id}"
+def is_waiting(result: OperationResult) -> bool:
+    """Whether the operation did nothing yet because it waits for something another one may bring."""
+    if isinstance(result, Decision):
+        return result.outcome is not Outcome.DECIDED
+    if isinstance(result, GmailChangeResult):
+        return result.waits_for_message
+    return False
 
 
-def considered_locations(message: IncomingMessage) -> list[str]:
-    if message.source is Source.BCC_DROP:
-        return [message.bcc_drop.location_id] if message.bcc_drop else []
-    return sorted({c.location_id for c in message.connections})
+class BatchPlacement:
+    """Applies a batch's operations to its view, collecting the rows to write in `changes`."""
 
+    def __init__(self, view: StoreView, changes: ChangeSet, *, now: dt.datetime) -> None:
+        self._view = view
+        self._changes = changes
+        self._now = now
 
-async def load_knowledge(session: AsyncSession, message: IncomingMessage, key: str) -> Knowledge:
-    """Everything the rules need about this message from the store, limited to the locations it may reach."""
-    locations = considered_locations(message)
-    contacts = await contacts_matching(session, locations, [p.email for p in message.participants])
-    homes: list[ThreadHome] = []
-    if locations and message.source is Source.GMAIL_SYNC and message.gmail_thread_id:
-        by_gmail_thread = select(ThreadKeyRow.thread_id).where(
-            ThreadKeyRow.location_id.in_(locations),
-            ThreadKeyRow.key == gmail_thread_key(message.mailbox_id, message.gmail_thread_id),
+    def apply_all(self, operations: Sequence[Operation]) -> list[OperationResult]:
+        """Every operation in order, then the waiting ones again (in order) while the view keeps changing."""
+        results: list[OperationResult] = []
+        tried_at: dict[int, int] = {}
+        for index, operation in enumerate(operations):
+            results.append(self._apply(operation))
+            tried_at[index] = self._view.version
+        waiting = [i for i, result in enumerate(results) if is_waiting(result)]
+        while waiting:
+            retried = [i for i in waiting if tried_at[i] < self._view.version]
+            if not retried:
+                break
+            for index in retried:
+                results[index] = self._apply(operations[index])
+                tried_at[index] = self._view.version
+            waiting = [i for i in waiting if is_waiting(results[i])]
+        return results
+
+    def _apply(self, operation: Operation) -> OperationResult:
+        if isinstance(operation, PlaceMessage):
+            return self.place(operation)
+        if isinstance(operation, ChangeGmailState):
+            return self.change_gmail_state(operation)
+        if isinstance(operation, RecordSent):
+            self.record_sent(operation)
+        elif isinstance(operation, RecordPendingSend):
+            self.record_pending_send(operation.send, operation.content)
+        else:
+            self.record_send_failed(operation)
+        return SendRecorded()
+
+    # Messages.
+
+    def place(self, operation: PlaceMessage) -> Decision:
+        """Decides where the message belongs and records it; a wait outcome records nothing."""
+        message = operation.message
+        key = message_key(message)
+        seen_key = seen_key_of(message)
+        if seen_key in self._view.seen_keys:
+            # A copy is decided once, at first sight: a redelivery must not re-decide with what the store learned
+            # since (that would make the result depend on redeliveries and arrival order).
+            return Decision(Outcome.DECIDED, key)
+        decision = decide(message, self._view.knowledge_for(message, key), may_wait=operation.may_wait)
+        if decision.outcome is not Outcome.DECIDED:
+            return decision
+        landings = {
+            placement.location_id: self._land(message, operation.content, placement, key)
+            for placement in sorted(decision.placements, key=lambda p: p.location_id)
+        }
+        if decision.echo is not None:
+            self._link_echo(message, decision.echo)
+        # R18: a subject is content, kept for explanations only when the copy synced somewhere.
+        kept_subject = operation.content.subject if decision.placements or decision.echo is not None else ""
+        self._record_seen(
+            seen_key,
+            message,
+            kept_subject,
+            [d.location_id for d in decision.decisions],
+            claim=True,
         )
-        homes += await _homes(session, by_gmail_thread, "gmail_thread")
-    if locations and message.referenced_ids:
-        parents = select(MessageRfcIdRow.message_id).where(
-            MessageRfcIdRow.location_id.in_(locations),
-            MessageRfcIdRow.rfc_message_id.in_(message.referenced_ids),
-        )
-        homes += await _homes(session, _threads_of(parents), "message_id")
-    if locations and message.message_id:
-        children = select(MessageReferenceRow.message_id).where(
-            MessageReferenceRow.location_id.in_(locations),
-            MessageReferenceRow.referenced_rfc_id == message.message_id,
-        )
-        homes += await _homes(session, _threads_of(children), "message_id")
-    if locations:
-        same = select(MessageRow.message_id).where(
-            MessageRow.location_id.in_(locations), MessageRow.dedup_key == key
-        )
-        if message.message_id:
-            # Also the email stored under another of its ids (a CRM send whose Message-ID Gmail replaced).
-            same = same.union(
-                select(MessageRfcIdRow.message_id).where(
-                    MessageRfcIdRow.location_id.in_(locations),
-                    MessageRfcIdRow.rfc_message_id == message.message_id,
+        self._record_explanations(seen_key, decision.decisions, landings, decision.echo)
+        self._view.version += 1
+        return decision
+
+    def change_gmail_state(self, operation: ChangeGmailState) -> GmailChangeResult:
+        """R17: records the Gmail state of every stored copy (read, trashed, deleted); never deletes a message.
+
+        A change older than the copy's state (a lower history id) is ignored."""
+        changed = 0
+        for copy in self._view.copies_of(operation.mailbox_id, operation.gmail_message_id):
+            if (
+                operation.history_id
+                and copy.state_history_id
+                and operation.history_id < copy.state_history_id
+            ):
+                continue
+            current = set(operation.labels) if operation.labels is not None else set(copy.labels)
+            current |= set(operation.labels_added)
+            current -= set(operation.labels_removed)
+            copy.labels = sorted(current)
+            copy.unread = "UNREAD" in current
+            copy.trashed = "TRASH" in current
+            copy.deleted = copy.deleted or operation.deleted
+            copy.state_history_id = max(copy.state_history_id, operation.history_id)
+            copy.update_time = self._now
+            state = {
+                "labels": list(copy.labels),
+                "unread": copy.unread,
+                "trashed": copy.trashed,
+                "deleted": copy.deleted,
+                "state_history_id": copy.state_history_id,
+                "update_time": copy.update_time,
+            }
+            if copy.new_row is not None:
+                copy.new_row.update(state)
+            else:
+                self._changes.set_copy_state(copy.message_id, copy.mailbox_id, state)
+            changed += 1
+        if changed:
+            self._view.version += 1
+        seen = (operation.mailbox_id, operation.gmail_message_id) in self._view.seen_copies
+        return GmailChangeResult(changed=changed, seen=seen)
+
+    def _land(
+        self,
+        message: IncomingMessage,
+        content: MessageContent,
+        placement: Placement,
+        key: str,
+        *,
+        send_id: str = "",
+        send_pending: bool = False,
+    ) -> _Landing:
+        view, changes = self._view, self._changes
+        location = placement.location_id
+        contact_id = placement.contact_id
+        if placement.new_contact is not None:
+            contact_id = self._create_sync_contact(message, placement)
+        thread_id, conversation_id, contact_id = self._resolve_thread(placement, contact_id, key)
+        for alias in placement.thread.alias_keys:
+            self._add_thread_key(location, alias, thread_id)
+        stored_as = view.rfc_ids.get((location, message.message_id)) if message.message_id else None
+        message_id = stored_as or derived_id("message", location, key)
+        message_time = content.message_time or message.internal_time
+        existing = view.messages.get(message_id)
+        if existing is None:
+            row = changes.insert(
+                _messages,
+                {
+                    "message_id": message_id,
+                    "location_id": location,
+                    "dedup_key": key,
+                    "conversation_id": conversation_id,
+                    "contact_id": contact_id,
+                    "rfc_message_id": message.message_id,
+                    "direction": placement.direction.value,
+                    "source": message.source.value,
+                    "subject": content.subject,
+                    "text_body": content.text_body,
+                    "html_body": content.html_body,
+                    "body_truncated": content.body_truncated,
+                    "message_time": message_time,
+                    "rule_id": placement.rule_id,
+                    "send_id": send_id,
+                    "send_pending": send_pending,
+                    "create_time": self._now,
+                },
+                claim=True,
+            )
+            view.add_message(
+                MessageState(
+                    message_id,
+                    location,
+                    key,
+                    conversation_id,
+                    contact_id,
+                    message_time,
+                    message.message_id,
+                    send_pending,
+                    new_row=row,
                 )
             )
-        homes += await _homes(session, _threads_of(same), "same_message")
-    return Knowledge(
-        contacts=contacts,
-        homes=tuple(homes),
-        crm_sends=await _crm_sends(session, message),
-        seen_message_ids=await _seen_ids(session, message.parent_ids),
-    )
-
-
-def _threads_of(message_ids: Select[Any]) -> Select[Any]:
-    return select(ThreadMessageRow.thread_id).where(ThreadMessageRow.message_id.in_(message_ids))
-
-
-async def _homes(session: AsyncSession, thread_ids: Select[Any], found_by: str) -> list[ThreadHome]:
-    """The threads (with their conversation's contact) that the subquery names, in one statement."""
-    rows = await session.execute(
-        select(ThreadRow, ConversationRow.contact_id)
-        .join(ConversationRow, ConversationRow.conversation_id == ThreadRow.conversation_id)
-        .where(ThreadRow.thread_id.in_(thread_ids))
-    )
-    return [
-        ThreadHome(
-            thread.location_id,
-            thread.conversation_id,
-            contact_id,
-            thread.thread_id,
-            found_by,
-            crm_started=thread.origin == "crm",
-            create_time=thread.create_time,
-        )
-        for thread, contact_id in rows.all()
-    ]
-
-
-async def _crm_sends(session: AsyncSession, message: IncomingMessage) -> tuple[CrmSend, ...]:
-    if message.source is not Source.GMAIL_SYNC or message.direction is not Direction.OUTBOUND:
-        return ()
-    condition = (CrmSendRow.state == "pending") | (CrmSendRow.gmail_message_id == message.gmail_message_id)
-    if message.message_id:
-        condition = (
-            condition
-            | (CrmSendRow.rfc_message_id == message.message_id)
-            | (CrmSendRow.final_rfc_message_id == message.message_id)
-        )
-    rows = (
-        (
-            await session.execute(
-                select(CrmSendRow).where(CrmSendRow.mailbox_id == message.mailbox_id, condition)
+            self._write_message_parts(message, content, location, message_id)
+            changes.count_message(conversation_id, message_time)
+            self._link_thread(thread_id, message_id, message_time)
+            changes.feed.append(
+                FeedDraft(
+                    location,
+                    message_id,
+                    conversation_id,
+                    thread_id,
+                    contact_id,
+                    message.message_id,
+                    placement.direction,
+                    message.source,
+                    placement.rule_id,
+                    self._now,
+                )
             )
-        )
-        .scalars()
-        .all()
-    )
-    return tuple(
-        CrmSend(
-            r.send_id,
-            r.location_id,
-            r.mailbox_id,
-            r.message_id,
-            r.rfc_message_id,
-            r.final_rfc_message_id,
-            r.gmail_message_id,
-            unresolved=r.state == "pending",
-        )
-        for r in rows
-        if r.state != "failed"
-    )
+        else:
+            # One email is one message of one conversation; a copy in another mailbox also links its thread.
+            if existing.conversation_id == conversation_id:
+                self._link_thread(thread_id, message_id, existing.message_time)
+            conversation_id, contact_id = existing.conversation_id, existing.contact_id
+        if message.source is Source.GMAIL_SYNC:
+            self._add_gmail_copy(message, location, message_id)
+        return _Landing(message_id, conversation_id, contact_id)
 
-
-async def _seen_ids(session: AsyncSession, ids: tuple[str, ...]) -> frozenset[str]:
-    if not ids:
-        return frozenset()
-    seen = await session.execute(
-        select(SeenMessageRow.rfc_message_id).where(SeenMessageRow.rfc_message_id.in_(ids))
-    )
-    stored = await session.execute(
-        select(MessageRfcIdRow.rfc_message_id).where(MessageRfcIdRow.rfc_message_id.in_(ids))
-    )
-    return frozenset(seen.scalars().all()) | frozenset(stored.scalars().all())
-
-
-async def record_decision(
-    session: AsyncSession,
-    message: IncomingMessage,
-    content: MessageContent,
-    decision: Decision,
-    *,
-    now: dt.datetime,
-    copy_state: GmailCopyState | None = None,
-) -> Applied:
-    """Writes what the rules decided (nothing for a wait): placements, an echo link, and every explanation."""
-    landings: dict[str, _Landing] = {}
-    for placement in sorted(decision.placements, key=lambda p: p.location_id):
-        landings[placement.location_id] = await _land(
-            session, message, content, placement, decision.message_key, now=now, copy_state=copy_state
-        )
-    if decision.echo is not None:
-        await _link_echo(session, message, decision.echo, now=now, copy_state=copy_state)
-    seen_key = seen_key_of(message)
-    # R18: a subject is content, kept for explanations only when the copy synced somewhere.
-    kept_subject = content.subject if decision.placements or decision.echo is not None else ""
-    await _record_seen(
-        session, seen_key, message, kept_subject, [d.location_id for d in decision.decisions], now
-    )
-    await _record_explanations(session, seen_key, decision.decisions, landings, decision.echo, now)
-    return Applied(
-        synced=tuple(x.synced for x in landings.values() if x.synced is not None),
-        created_contacts=tuple(x.created_contact for x in landings.values() if x.created_contact is not None),
-    )
-
-
-async def _record_seen(
-    session: AsyncSession,
-    seen_key: str,
-    message: IncomingMessage,
-    subject: str,
-    locations: list[str],
-    now: dt.datetime,
-) -> None:
-    await insert_new(
-        session,
-        SeenMessageRow.__table__,
-        {
-            "seen_key": seen_key,
-            "mailbox_id": message.mailbox_id,
-            "gmail_message_id": message.gmail_message_id,
-            "rfc_message_id": message.message_id,
-            "subject": subject,
-            "participants": [
-                {
-                    "email": p.email,
-                    "display_name": p.display_name,
-                    "role": p.role.value,
-                    "position": p.position,
-                }
-                for p in message.participants
-            ],
-            "location_ids": sorted(set(locations)),
-            "first_seen": now,
-        },
-    )
-
-
-async def _record_explanations(
-    session: AsyncSession,
-    seen_key: str,
-    decisions: tuple[LocationDecision, ...],
-    landings: dict[str, _Landing],
-    echo: EchoLink | None,
-    now: dt.datetime,
-) -> None:
-    rows = []
-    for item in decisions:
-        landing = landings.get(item.location_id)
-        message_id = landing.message_id if landing else ""
-        conversation_id = landing.conversation_id if landing else ""
-        if echo is not None and item.location_id == echo.location_id and item.synced:
-            message_id = echo.message_id
-            conversation_id = await _conversation_of(session, echo.message_id)
-        rows.append(
-            {
-                "seen_key": seen_key,
-                "location_id": item.location_id,
-                "synced": item.synced,
-                "rule_id": item.rule_id,
-                "reason": item.reason,
-                "contact_id": (landing.contact_id if landing else "") or item.contact_id,
-                "conversation_id": conversation_id,
-                "message_id": message_id,
-                "decide_time": now,
-            }
-        )
-    await insert_many_new(session, DecisionRow.__table__, rows)
-
-
-async def _conversation_of(session: AsyncSession, message_id: str) -> str:
-    value = await session.scalar(
-        select(MessageRow.conversation_id).where(MessageRow.message_id == message_id)
-    )
-    return value or ""
-
-
-async def _land(
-    session: AsyncSession,
-    message: IncomingMessage,
-    content: MessageContent,
-    placement: Placement,
-    key: str,
-    *,
-    now: dt.datetime,
-    copy_state: GmailCopyState | None,
-    send_id: str = "",
-    send_pending: bool = False,
-) -> _Landing:
-    location = placement.location_id
-    contact_id = placement.contact_id
-    created_contact = None
-    if placement.new_contact is not None:
+    def _create_sync_contact(self, message: IncomingMessage, placement: Placement) -> str:
+        """R9: the contact of a drop's first To recipient, created once (its id derives from the address)."""
         new = placement.new_contact
-        contact_id, created = await create_sync_contact(
-            session,
-            location_id=location,
-            email=new.email,
-            display_name=new.display_name,
-            assigned_user_id=new.assigned_user_id,
-            now=now,
+        assert new is not None
+        location = placement.location_id
+        contact_id = sync_contact_id(location, new.email)
+        if (location, contact_id) in self._view.contact_ids:
+            return contact_id
+        # Version 0: the CRM's first upsert of the same id (version >= 1) merges into it.
+        self._changes.insert(
+            _contacts,
+            {
+                "location_id": location,
+                "contact_id": contact_id,
+                "display_name": new.display_name,
+                "assigned_user_id": new.assigned_user_id,
+                "create_time": self._now,
+                "version": 0,
+                "deleted": False,
+                "created_by_sync": True,
+                "update_time": self._now,
+            },
+            claim=True,
         )
-        if created:
-            created_contact = CreatedContact(
+        normalized = normalize_email(new.email)
+        self._changes.insert(
+            _contact_emails,
+            {
+                "location_id": location,
+                "contact_id": contact_id,
+                "normalized_email": normalized,
+                "email": new.email.strip(),
+                "is_primary": True,
+                "position": 0,
+            },
+        )
+        self._view.add_contact(ContactHit(contact_id, location, self._now, new.assigned_user_id), normalized)
+        self._changes.created_contacts.append(
+            CreatedContact(
                 contact_id,
                 location,
                 new.email,
                 new.display_name,
                 new.assigned_user_id,
                 message.message_id,
-                now,
-            )
-    thread_id, conversation_id, contact_id = await _resolve_thread(session, placement, contact_id, key, now)
-    for alias in placement.thread.alias_keys:
-        await insert_new(
-            session, ThreadKeyRow.__table__, {"location_id": location, "key": alias, "thread_id": thread_id}
-        )
-    message_id = await _stored_as(session, location, message.message_id) or derived_id(
-        "message", location, key
-    )
-    message_time = content.message_time or message.internal_time
-    inserted = await insert_new(
-        session,
-        MessageRow.__table__,
-        {
-            "message_id": message_id,
-            "location_id": location,
-            "dedup_key": key,
-            "conversation_id": conversation_id,
-            "contact_id": contact_id,
-            "rfc_message_id": message.message_id,
-            "direction": placement.direction.value,
-            "source": message.source.value,
-            "subject": content.subject,
-            "text_body": content.text_body,
-            "html_body": content.html_body,
-            "body_truncated": content.body_truncated,
-            "message_time": message_time,
-            "rule_id": placement.rule_id,
-            "send_id": send_id,
-            "send_pending": send_pending,
-            "create_time": now,
-        },
-    )
-    synced = None
-    if inserted:
-        await _write_message_parts(session, message, content, location, message_id)
-        await session.execute(
-            update(ConversationRow)
-            .where(ConversationRow.conversation_id == conversation_id)
-            .values(
-                message_count=ConversationRow.message_count + 1,
-                last_message_time=case(
-                    (ConversationRow.last_message_time < message_time, message_time),
-                    else_=ConversationRow.last_message_time,
-                ),
+                self._now,
             )
         )
-        await _link_thread(session, thread_id, message_id, message_time)
-        seq = await _next_seq(session, location)
-        synced = SyncedMessage(
-            location,
-            seq,
+        return contact_id
+
+    def _resolve_thread(self, placement: Placement, contact_id: str, key: str) -> tuple[str, str, str]:
+        """(thread, conversation, contact) of a placement; a new thread is created at most once per key."""
+        view = self._view
+        location = placement.location_id
+        target = placement.thread
+        if target.existing_thread_id:
+            found = view.threads.get(target.existing_thread_id)
+            if found is not None and found.location_id == location:
+                return found.thread_id, found.conversation_id, found.contact_id
+        new_key = target.new_key or f"chain:{key}"
+        mapped = view.thread_keys.get((location, new_key))
+        if mapped is None:
+            thread_id = derived_id("thread", location, new_key)
+            self._add_thread_key(location, new_key, thread_id, claim=True)
+            conversation_id = self._ensure_conversation(location, contact_id)
+            origin = new_key.split(":", 1)[0]
+            self._changes.insert(
+                _threads,
+                {
+                    "thread_id": thread_id,
+                    "location_id": location,
+                    "conversation_id": conversation_id,
+                    "origin": origin,
+                    "create_time": self._now,
+                },
+            )
+            view.add_thread(ThreadState(thread_id, location, conversation_id, contact_id, origin, self._now))
+            self._changes.count_thread(conversation_id)
+            return thread_id, conversation_id, contact_id
+        found = view.threads.get(mapped)
+        if found is None:
+            raise StoreInconsistent(
+                f"thread key {new_key!r} of {location} names thread {mapped}, which has no row"
+            )
+        return found.thread_id, found.conversation_id, found.contact_id
+
+    def _ensure_conversation(self, location: str, contact_id: str) -> str:
+        conversation_id = derived_id("conversation", location, contact_id)
+        if conversation_id not in self._view.conversations:
+            self._changes.insert(
+                _conversations,
+                {
+                    "conversation_id": conversation_id,
+                    "location_id": location,
+                    "contact_id": contact_id,
+                    "create_time": self._now,
+                    "last_message_time": self._now.replace(year=1970, month=1, day=1),
+                    "message_count": 0,
+                    "thread_count": 0,
+                },
+            )
+            self._view.conversations[conversation_id] = (location, contact_id)
+        return conversation_id
+
+    def _add_thread_key(self, location: str, key: str, thread_id: str, *, claim: bool = False) -> None:
+        if (location, key) in self._view.thread_keys:
+            return
+        self._view.thread_keys[(location, key)] = thread_id
+        self._changes.insert(
+            _thread_keys, {"location_id": location, "key": key, "thread_id": thread_id}, claim=claim
+        )
+
+    def _link_thread(self, thread_id: str, message_id: str, when: dt.datetime) -> None:
+        if thread_id in self._view.message_threads.get(message_id, ()):
+            return
+        self._view.link(thread_id, message_id)
+        self._changes.insert(
+            _thread_messages, {"thread_id": thread_id, "message_id": message_id, "message_time": when}
+        )
+
+    def _add_rfc_id(self, location: str, rfc_message_id: str, message_id: str) -> None:
+        if self._view.add_rfc_id(location, rfc_message_id, message_id):
+            self._changes.insert(
+                _rfc_ids,
+                {"location_id": location, "rfc_message_id": rfc_message_id, "message_id": message_id},
+            )
+
+    def _write_message_parts(
+        self, message: IncomingMessage, content: MessageContent, location: str, message_id: str
+    ) -> None:
+        changes = self._changes
+        for p in _unique_participants(message.participants):
+            changes.insert(
+                _participants,
+                {
+                    "message_id": message_id,
+                    "role": p.role.value,
+                    "position": p.position,
+                    "email": p.email,
+                    "display_name": p.display_name,
+                },
+            )
+        if message.message_id:
+            self._add_rfc_id(location, message.message_id, message_id)
+        for rfc in message.referenced_ids:
+            self._view.add_reference(location, rfc, message_id)
+            changes.insert(
+                _references, {"location_id": location, "referenced_rfc_id": rfc, "message_id": message_id}
+            )
+        gmail = message.source is Source.GMAIL_SYNC
+        drop_id = message.bcc_drop.drop_id if message.bcc_drop else ""
+        for a in content.attachments:
+            changes.insert(
+                _attachments,
+                {
+                    "message_id": message_id,
+                    "attachment_id": a.attachment_id,
+                    "location_id": location,
+                    "filename": a.filename,
+                    "content_type": a.content_type,
+                    "size_bytes": a.size_bytes,
+                    "content_id": a.content_id,
+                    "inline": a.inline,
+                    "sha256": a.sha256,
+                    "gmail_attachment_id": a.gmail_attachment_id,
+                    "source_mailbox_id": message.mailbox_id if gmail else "",
+                    "source_gmail_message_id": message.gmail_message_id if gmail else "",
+                    "source_drop_id": drop_id,
+                    "blob_sha256": "",
+                    "fetch_attempts": 0,
+                },
+            )
+            changes.attachments_to_fetch = True
+
+    def _add_gmail_copy(self, message: IncomingMessage, location: str, message_id: str) -> None:
+        labels = sorted(message.labels)
+        self._add_copy(
             message_id,
-            conversation_id,
-            thread_id,
-            contact_id,
-            message.message_id,
-            placement.direction,
-            message.source,
-            placement.rule_id,
-            now,
+            message.mailbox_id,
+            location,
+            message.gmail_message_id,
+            message.gmail_thread_id,
+            labels,
+            history_id=message.history_id,
         )
-        await insert_new(session, SyncedFeedRow.__table__, _feed_values(synced))
-    else:
-        stored = await session.get(MessageRow, message_id)
-        assert stored is not None
-        # One email is one message of one conversation; a copy in another mailbox also links its thread.
-        if stored.conversation_id == conversation_id:
-            await _link_thread(session, thread_id, message_id, stored.message_time)
-        conversation_id, contact_id = stored.conversation_id, stored.contact_id
-    if message.source is Source.GMAIL_SYNC:
-        await _add_mailbox_copy(session, message, location, message_id, now, copy_state)
-    return _Landing(message_id, conversation_id, contact_id, synced, created_contact)
 
-
-async def _stored_as(session: AsyncSession, location: str, rfc_message_id: str) -> str | None:
-    """The message already stored in the location under this Message-ID, its own or an alias (R15)."""
-    if not rfc_message_id:
-        return None
-    return await session.scalar(
-        select(MessageRfcIdRow.message_id).where(
-            MessageRfcIdRow.location_id == location, MessageRfcIdRow.rfc_message_id == rfc_message_id
-        )
-    )
-
-
-async def _link_thread(session: AsyncSession, thread_id: str, message_id: str, when: dt.datetime) -> None:
-    await insert_new(
-        session,
-        ThreadMessageRow.__table__,
-        {"thread_id": thread_id, "message_id": message_id, "message_time": when},
-    )
-
-
-def _feed_values(synced: SyncedMessage) -> dict[str, object]:
-    return {
-        "location_id": synced.location_id,
-        "seq": synced.seq,
-        "message_id": synced.message_id,
-        "conversation_id": synced.conversation_id,
-        "thread_id": synced.thread_id,
-        "contact_id": synced.contact_id,
-        "rfc_message_id": synced.rfc_message_id,
-        "direction": synced.direction.value,
-        "source": synced.source.value,
-        "rule_id": synced.rule_id,
-        "sync_time": synced.sync_time,
-    }
-
-
-async def _write_message_parts(
-    session: AsyncSession, message: IncomingMessage, content: MessageContent, location: str, message_id: str
-) -> None:
-    await insert_many_new(
-        session,
-        ParticipantRow.__table__,
-        [
+    def _add_copy(
+        self,
+        message_id: str,
+        mailbox_id: str,
+        location: str,
+        gmail_message_id: str,
+        gmail_thread_id: str,
+        labels: list[str],
+        *,
+        history_id: int,
+    ) -> None:
+        if (message_id, mailbox_id) in self._view.copies:
+            return
+        row = self._changes.insert(
+            _copies,
             {
                 "message_id": message_id,
-                "role": p.role.value,
-                "position": p.position,
-                "email": p.email,
-                "display_name": p.display_name,
-            }
-            for p in _unique_participants(message.participants)
-        ],
-    )
-    if message.message_id:
-        await insert_new(
-            session,
-            MessageRfcIdRow.__table__,
-            {"location_id": location, "rfc_message_id": message.message_id, "message_id": message_id},
-        )
-    await insert_many_new(
-        session,
-        MessageReferenceRow.__table__,
-        [
-            {"location_id": location, "referenced_rfc_id": r, "message_id": message_id}
-            for r in message.referenced_ids
-        ],
-    )
-    drop_id = message.bcc_drop.drop_id if message.bcc_drop else ""
-    await insert_many_new(
-        session,
-        AttachmentRow.__table__,
-        [
-            {
-                "message_id": message_id,
-                "attachment_id": a.attachment_id,
+                "mailbox_id": mailbox_id,
                 "location_id": location,
-                "filename": a.filename,
-                "content_type": a.content_type,
-                "size_bytes": a.size_bytes,
-                "content_id": a.content_id,
-                "inline": a.inline,
-                "sha256": a.sha256,
-                "gmail_attachment_id": a.gmail_attachment_id,
-                "source_mailbox_id": message.mailbox_id if message.source is Source.GMAIL_SYNC else "",
-                "source_gmail_message_id": message.gmail_message_id
-                if message.source is Source.GMAIL_SYNC
-                else "",
-                "source_drop_id": drop_id,
-            }
-            for a in content.attachments
-        ],
-    )
+                "gmail_message_id": gmail_message_id,
+                "gmail_thread_id": gmail_thread_id,
+                "labels": labels,
+                "unread": "UNREAD" in labels,
+                "trashed": "TRASH" in labels,
+                "deleted": False,
+                "state_history_id": history_id,
+                "update_time": self._now,
+            },
+        )
+        self._view.add_copy(
+            CopyState(
+                message_id,
+                mailbox_id,
+                location,
+                gmail_message_id,
+                gmail_thread_id,
+                list(labels),
+                "UNREAD" in labels,
+                "TRASH" in labels,
+                False,
+                history_id,
+                self._now,
+                new_row=row,
+            )
+        )
+
+    def _link_echo(self, message: IncomingMessage, echo: EchoLink) -> None:
+        """The Gmail copy of a CRM send: its mailbox copy, Gmail thread and Message-ID now point at the stored message."""
+        stored = self._view.messages.get(echo.message_id)
+        if stored is None:
+            return
+        self._add_gmail_copy(message, stored.location_id, stored.message_id)
+        if message.message_id:
+            self._add_rfc_id(stored.location_id, message.message_id, stored.message_id)
+        self._alias_gmail_thread(stored, message.mailbox_id, message.gmail_thread_id)
+        send = self._view.sends.get(echo.send_id)
+        if send is not None and send.gmail_message_id == "":
+            send.gmail_message_id = message.gmail_message_id
+            send.gmail_thread_id = message.gmail_thread_id
+            if send.new_row is not None:
+                send.new_row.update(
+                    gmail_message_id=message.gmail_message_id, gmail_thread_id=message.gmail_thread_id
+                )
+            else:
+                self._changes.link_echo(echo.send_id, message.gmail_message_id, message.gmail_thread_id)
+
+    def _alias_gmail_thread(self, stored: MessageState, mailbox_id: str, gmail_thread_id: str) -> None:
+        if not gmail_thread_id:
+            return
+        thread_id = self._view.thread_of(stored.message_id)
+        if thread_id:
+            self._add_thread_key(stored.location_id, gmail_thread_key(mailbox_id, gmail_thread_id), thread_id)
+
+    def _record_seen(
+        self, seen_key: str, message: IncomingMessage, subject: str, locations: list[str], *, claim: bool
+    ) -> None:
+        self._changes.insert(
+            _seen,
+            {
+                "seen_key": seen_key,
+                "mailbox_id": message.mailbox_id,
+                "gmail_message_id": message.gmail_message_id,
+                "rfc_message_id": message.message_id,
+                "subject": subject,
+                "participants": [
+                    {
+                        "email": p.email,
+                        "display_name": p.display_name,
+                        "role": p.role.value,
+                        "position": p.position,
+                    }
+                    for p in message.participants
+                ],
+                "location_ids": sorted(set(locations)),
+                "first_seen": self._now,
+            },
+            claim=claim,
+        )
+        self._view.add_seen(seen_key, message.mailbox_id, message.gmail_message_id, message.message_id)
+
+    def _record_explanations(
+        self,
+        seen_key: str,
+        decisions: tuple[LocationDecision, ...],
+        landings: dict[str, _Landing],
+        echo: EchoLink | None,
+    ) -> None:
+        for item in decisions:
+            landing = landings.get(item.location_id)
+            message_id = landing.message_id if landing else ""
+            conversation_id = landing.conversation_id if landing else ""
+            if echo is not None and item.location_id == echo.location_id and item.synced:
+                message_id = echo.message_id
+                stored = self._view.messages.get(echo.message_id)
+                conversation_id = stored.conversation_id if stored else ""
+            self._changes.insert(
+                _decisions,
+                {
+                    "seen_key": seen_key,
+                    "location_id": item.location_id,
+                    "synced": item.synced,
+                    "rule_id": item.rule_id,
+                    "reason": item.reason,
+                    "contact_id": (landing.contact_id if landing else "") or item.contact_id,
+                    "conversation_id": conversation_id,
+                    "message_id": message_id,
+                    "decide_time": self._now,
+                },
+            )
+
+    # CRM sends (R6).
+
+    def record_pending_send(self, send: CrmSendInput, content: MessageContent) -> None:
+        """Records a CRM send in its location's conversation at once (once, whatever the redeliveries)."""
+        view = self._view
+        if send.send_id in view.sends:
+            return
+        row = self._changes.insert(
+            _sends,
+            {
+                "send_id": send.send_id,
+                "location_id": send.location_id,
+                "mailbox_id": send.mailbox_id,
+                "message_id": "",
+                "rfc_message_id": normalize_message_id(send.rfc_message_id),
+                "final_rfc_message_id": "",
+                "gmail_message_id": "",
+                "gmail_thread_id": send.gmail_thread_id,
+                "state": "pending",
+                "failure_reason": "",
+                "create_time": self._now,
+            },
+            claim=True,
+        )
+        state = SendState(
+            send.send_id,
+            send.location_id,
+            send.mailbox_id,
+            "",
+            normalize_message_id(send.rfc_message_id),
+            "",
+            "",
+            send.gmail_thread_id,
+            "pending",
+            new_row=row,
+        )
+        view.add_send(state)
+        contact_id = conversation_id = ""
+        if send.conversation_id:
+            found = view.conversations.get(send.conversation_id)
+            if found is not None and found[0] == send.location_id:
+                conversation_id, contact_id = send.conversation_id, found[1]
+        thread_id = ""
+        if send.thread_id:
+            thread = view.threads.get(send.thread_id)
+            if thread is not None and thread.location_id == send.location_id:
+                thread_id = send.thread_id
+        decision = place_crm_send(
+            send_id=send.send_id,
+            location_id=send.location_id,
+            recipients=send.participants,
+            contacts=view.contacts_matching([send.location_id], [p.email for p in send.participants]),
+            conversation_id=conversation_id,
+            contact_id=contact_id,
+            thread_id=thread_id,
+            mailbox_id=send.mailbox_id,
+            gmail_thread_id=send.gmail_thread_id,
+        )
+        message = send.as_message()
+        landings: dict[str, _Landing] = {}
+        if decision.placement is not None:
+            landing = self._land(
+                message,
+                content,
+                decision.placement,
+                crm_message_key(send),
+                send_id=send.send_id,
+                send_pending=True,
+            )
+            state.message_id = landing.message_id
+            row["message_id"] = landing.message_id
+            landings[send.location_id] = landing
+        seen_key = send_seen_key(send.send_id)
+        kept_subject = content.subject if landings else ""  # R18, as for a synced copy
+        self._record_seen(seen_key, message, kept_subject, [send.location_id], claim=False)
+        self._record_explanations(seen_key, (decision,), landings, None)
+        view.version += 1
+
+    def record_sent(self, operation: RecordSent) -> None:
+        """Gmail accepted the send: its ids now recognise the echo (R6); works even if `pending` was never seen."""
+        send = operation.send
+        self.record_pending_send(send, operation.content)
+        state = self._view.sends[send.send_id]
+        final = normalize_message_id(operation.final_rfc_message_id)
+        state.state = "sent"
+        state.gmail_message_id = operation.gmail_message_id
+        state.gmail_thread_id = operation.gmail_thread_id
+        state.final_rfc_message_id = final
+        if state.new_row is not None:
+            state.new_row.update(
+                state="sent",
+                gmail_message_id=operation.gmail_message_id,
+                gmail_thread_id=operation.gmail_thread_id,
+                final_rfc_message_id=final,
+            )
+        else:
+            self._changes.mark_sent(
+                send.send_id, operation.gmail_message_id, operation.gmail_thread_id, final
+            )
+        stored = self._view.messages.get(state.message_id) if state.message_id else None
+        if stored is not None:
+            self._clear_send_pending(stored)
+            if final:
+                # Gmail's id is the one every copy carries from now on: it becomes the message's id, ours an alias.
+                stored.rfc_message_id = final
+                if stored.new_row is not None:
+                    stored.new_row["rfc_message_id"] = final
+                else:
+                    self._changes.change_rfc_message_id(stored.message_id, final)
+                self._add_rfc_id(stored.location_id, final, stored.message_id)
+            self._alias_gmail_thread(stored, send.mailbox_id, operation.gmail_thread_id)
+            self._add_copy(
+                stored.message_id,
+                send.mailbox_id,
+                stored.location_id,
+                operation.gmail_message_id,
+                operation.gmail_thread_id,
+                ["SENT"],
+                history_id=0,
+            )
+        self._view.version += 1
+
+    def record_send_failed(self, operation: RecordSendFailed) -> None:
+        """The send certainly did not go out: it stops holding the mailbox's SENT copies (R6) and is marked failed."""
+        state = self._view.sends.get(operation.send_id)
+        if state is None or state.state == "sent":
+            return
+        state.state = "failed"
+        state.failure_reason = operation.reason
+        if state.new_row is not None:
+            state.new_row.update(state="failed", failure_reason=operation.reason)
+        else:
+            self._changes.mark_failed(operation.send_id, operation.reason)
+        stored = self._view.messages.get(state.message_id) if state.message_id else None
+        if stored is not None:
+            self._clear_send_pending(stored)
+        self._view.version += 1
+
+    def _clear_send_pending(self, stored: MessageState) -> None:
+        stored.send_pending = False
+        if stored.new_row is not None:
+            stored.new_row["send_pending"] = False
+        else:
+            self._changes.clear_send_pending(stored.message_id)
 
 
 def _unique_participants(participants: tuple[Participant, ...]) -> list[Participant]:
@@ -567,417 +780,3 @@ def _unique_participants(participants: tuple[Participant, ...]) -> list[Particip
     for p in participants:
         seen.setdefault((p.role.value, p.position), p)
     return list(seen.values())
-
-
-async def _resolve_thread(
-    session: AsyncSession, placement: Placement, contact_id: str, key: str, now: dt.datetime
-) -> tuple[str, str, str]:
-    """(thread, conversation, contact) of a placement; a new thread is created at most once per key."""
-    location = placement.location_id
-    target = placement.thread
-    if target.existing_thread_id:
-        found = await _thread_with_contact(session, location, target.existing_thread_id)
-        if found is not None:
-            return found
-    new_key = target.new_key or f"chain:{key}"
-    mapped = await _mapped_thread(session, location, new_key)
-    if mapped is None:
-        candidate = derived_id("thread", location, new_key)
-        if await insert_new(
-            session, ThreadKeyRow.__table__, {"location_id": location, "key": new_key, "thread_id": candidate}
-        ):
-            conversation_id = await _ensure_conversation(session, location, contact_id, now)
-            origin = new_key.split(":", 1)[0]
-            await insert_new(
-                session,
-                ThreadRow.__table__,
-                {
-                    "thread_id": candidate,
-                    "location_id": location,
-                    "conversation_id": conversation_id,
-                    "origin": origin,
-                    "create_time": now,
-                },
-            )
-            await session.execute(
-                update(ConversationRow)
-                .where(ConversationRow.conversation_id == conversation_id)
-                .values(thread_count=ConversationRow.thread_count + 1)
-            )
-            return candidate, conversation_id, contact_id
-        mapped = await _mapped_thread(session, location, new_key)
-    assert mapped is not None
-    found = await _thread_with_contact(session, location, mapped)
-    assert found is not None
-    return found
-
-
-async def _mapped_thread(session: AsyncSession, location: str, key: str) -> str | None:
-    return await session.scalar(
-        select(ThreadKeyRow.thread_id).where(ThreadKeyRow.location_id == location, ThreadKeyRow.key == key)
-    )
-
-
-async def _thread_with_contact(
-    session: AsyncSession, location: str, thread_id: str
-) -> tuple[str, str, str] | None:
-    row = (
-        await session.execute(
-            select(ThreadRow.thread_id, ThreadRow.conversation_id, ConversationRow.contact_id)
-            .join(ConversationRow, ConversationRow.conversation_id == ThreadRow.conversation_id)
-            .where(ThreadRow.thread_id == thread_id, ThreadRow.location_id == location)
-        )
-    ).first()
-    return (row[0], row[1], row[2]) if row else None
-
-
-async def _ensure_conversation(
-    session: AsyncSession, location: str, contact_id: str, now: dt.datetime
-) -> str:
-    conversation_id = derived_id("conversation", location, contact_id)
-    await insert_new(
-        session,
-        ConversationRow.__table__,
-        {
-            "conversation_id": conversation_id,
-            "location_id": location,
-            "contact_id": contact_id,
-            "create_time": now,
-            "last_message_time": now.replace(year=1970, month=1, day=1),
-            "message_count": 0,
-            "thread_count": 0,
-        },
-    )
-    return conversation_id
-
-
-async def _next_seq(session: AsyncSession, location: str) -> int:
-    """The location's next feed position; the row lock it takes is held to commit, so positions commit in order."""
-    bump = (
-        update(LocationSequenceRow)
-        .where(LocationSequenceRow.location_id == location)
-        .values(last_seq=LocationSequenceRow.last_seq + 1)
-        .returning(LocationSequenceRow.last_seq)
-    )
-    value = (await session.execute(bump)).scalar_one_or_none()
-    if value is None:
-        await insert_new(session, LocationSequenceRow.__table__, {"location_id": location, "last_seq": 0})
-        value = (await session.execute(bump)).scalar_one()
-    return int(value)
-
-
-async def _add_mailbox_copy(
-    session: AsyncSession,
-    message: IncomingMessage,
-    location: str,
-    message_id: str,
-    now: dt.datetime,
-    copy_state: GmailCopyState | None,
-) -> None:
-    state = copy_state or GmailCopyState(
-        labels=tuple(sorted(message.labels)), unread="UNREAD" in message.labels
-    )
-    await insert_new(
-        session,
-        MailboxCopyRow.__table__,
-        {
-            "message_id": message_id,
-            "mailbox_id": message.mailbox_id,
-            "location_id": location,
-            "gmail_message_id": message.gmail_message_id,
-            "gmail_thread_id": message.gmail_thread_id,
-            "labels": list(state.labels),
-            "unread": state.unread,
-            "trashed": state.trashed or "TRASH" in state.labels,
-            "deleted": state.deleted,
-            "state_history_id": message.history_id,
-            "update_time": now,
-        },
-    )
-
-
-async def _link_echo(
-    session: AsyncSession,
-    message: IncomingMessage,
-    echo: EchoLink,
-    *,
-    now: dt.datetime,
-    copy_state: GmailCopyState | None,
-) -> None:
-    """The Gmail copy of a CRM send: its mailbox copy, Gmail thread and Message-ID now point at the stored message."""
-    stored = await session.get(MessageRow, echo.message_id)
-    if stored is None:
-        return
-    await _add_mailbox_copy(session, message, stored.location_id, stored.message_id, now, copy_state)
-    if message.message_id:
-        await insert_new(
-            session,
-            MessageRfcIdRow.__table__,
-            {
-                "location_id": stored.location_id,
-                "rfc_message_id": message.message_id,
-                "message_id": stored.message_id,
-            },
-        )
-    await _alias_gmail_thread(session, stored, message.mailbox_id, message.gmail_thread_id)
-    await session.execute(
-        update(CrmSendRow)
-        .where(CrmSendRow.send_id == echo.send_id, CrmSendRow.gmail_message_id == "")
-        .values(gmail_message_id=message.gmail_message_id, gmail_thread_id=message.gmail_thread_id)
-    )
-
-
-async def _alias_gmail_thread(
-    session: AsyncSession, stored: MessageRow, mailbox_id: str, gmail_thread_id: str
-) -> None:
-    if not gmail_thread_id:
-        return
-    thread_id = await session.scalar(
-        select(ThreadMessageRow.thread_id).where(ThreadMessageRow.message_id == stored.message_id).limit(1)
-    )
-    if thread_id:
-        await insert_new(
-            session,
-            ThreadKeyRow.__table__,
-            {
-                "location_id": stored.location_id,
-                "key": gmail_thread_key(mailbox_id, gmail_thread_id),
-                "thread_id": thread_id,
-            },
-        )
-
-
-@dataclass(frozen=True)
-class CrmSendInput:
-    """A CRM send as outbound announced it (PendingSend)."""
-
-    send_id: str
-    location_id: str
-    mailbox_id: str
-    user_id: str
-    rfc_message_id: str
-    participants: tuple[Participant, ...]
-    create_time: dt.datetime
-    conversation_id: str = ""
-    thread_id: str = ""
-    gmail_thread_id: str = ""
-    in_reply_to: tuple[str, ...] = ()
-    references: tuple[str, ...] = ()
-
-
-def _as_message(send: CrmSendInput) -> IncomingMessage:
-    return IncomingMessage(
-        mailbox_id=send.mailbox_id,
-        gmail_message_id="",
-        gmail_thread_id=send.gmail_thread_id,
-        rfc_message_id=send.rfc_message_id,
-        direction=Direction.OUTBOUND,
-        source=Source.CRM_SEND,
-        internal_time=send.create_time,
-        participants=send.participants,
-        in_reply_to=send.in_reply_to,
-        references=send.references,
-    )
-
-
-def crm_message_key(send: CrmSendInput) -> str:
-    rfc = normalize_message_id(send.rfc_message_id)
-    return f"mid:{rfc}" if rfc else f"send:{send.send_id}"
-
-
-async def record_pending_send(
-    session: AsyncSession, send: CrmSendInput, content: MessageContent, *, now: dt.datetime
-) -> Applied:
-    """R6: records a CRM send in its location's conversation at once (once, whatever the redeliveries)."""
-    if not await insert_new(
-        session,
-        CrmSendRow.__table__,
-        {
-            "send_id": send.send_id,
-            "location_id": send.location_id,
-            "mailbox_id": send.mailbox_id,
-            "rfc_message_id": normalize_message_id(send.rfc_message_id),
-            "gmail_thread_id": send.gmail_thread_id,
-            "state": "pending",
-            "create_time": now,
-        },
-    ):
-        return Applied()
-    contact_id = ""
-    conversation_id = ""
-    if send.conversation_id:
-        row = await session.get(ConversationRow, send.conversation_id)
-        if row is not None and row.location_id == send.location_id:
-            conversation_id, contact_id = row.conversation_id, row.contact_id
-    thread_id = ""
-    if send.thread_id and await _thread_with_contact(session, send.location_id, send.thread_id):
-        thread_id = send.thread_id
-    contacts = await contacts_matching(session, [send.location_id], [p.email for p in send.participants])
-    decision = place_crm_send(
-        send_id=send.send_id,
-        location_id=send.location_id,
-        recipients=send.participants,
-        contacts=contacts,
-        conversation_id=conversation_id,
-        contact_id=contact_id,
-        thread_id=thread_id,
-        mailbox_id=send.mailbox_id,
-        gmail_thread_id=send.gmail_thread_id,
-    )
-    message = _as_message(send)
-    key = crm_message_key(send)
-    landing = None
-    if decision.placement is not None:
-        landing = await _land(
-            session,
-            message,
-            content,
-            decision.placement,
-            key,
-            now=now,
-            copy_state=None,
-            send_id=send.send_id,
-            send_pending=True,
-        )
-        await session.execute(
-            update(CrmSendRow).where(CrmSendRow.send_id == send.send_id).values(message_id=landing.message_id)
-        )
-    seen_key = f"send:{send.send_id}"
-    kept_subject = content.subject if landing is not None else ""  # R18, as in record_decision
-    await _record_seen(session, seen_key, message, kept_subject, [send.location_id], now)
-    await _record_explanations(
-        session, seen_key, (decision,), {send.location_id: landing} if landing else {}, None, now
-    )
-    if landing is None or landing.synced is None:
-        return Applied()
-    return Applied(synced=(landing.synced,))
-
-
-async def record_send_sent(
-    session: AsyncSession,
-    send: CrmSendInput,
-    content: MessageContent,
-    *,
-    gmail_message_id: str,
-    gmail_thread_id: str,
-    final_rfc_message_id: str,
-    now: dt.datetime,
-) -> Applied:
-    """Gmail accepted the send: its ids now recognise the echo (R6); works even if `pending` was never seen."""
-    applied = await record_pending_send(session, send, content, now=now)
-    row = await session.get(CrmSendRow, send.send_id)
-    assert row is not None
-    final = normalize_message_id(final_rfc_message_id)
-    row.state = "sent"
-    row.gmail_message_id = gmail_message_id
-    row.gmail_thread_id = gmail_thread_id
-    row.final_rfc_message_id = final
-    if row.message_id:
-        stored = await session.get(MessageRow, row.message_id)
-        if stored is not None:
-            stored.send_pending = False
-            if final:
-                # Gmail's id is the one every copy carries from now on: it becomes the message's id, ours an alias.
-                stored.rfc_message_id = final
-                await insert_new(
-                    session,
-                    MessageRfcIdRow.__table__,
-                    {
-                        "location_id": stored.location_id,
-                        "rfc_message_id": final,
-                        "message_id": stored.message_id,
-                    },
-                )
-            await _alias_gmail_thread(session, stored, send.mailbox_id, gmail_thread_id)
-            await insert_new(
-                session,
-                MailboxCopyRow.__table__,
-                {
-                    "message_id": stored.message_id,
-                    "mailbox_id": send.mailbox_id,
-                    "location_id": stored.location_id,
-                    "gmail_message_id": gmail_message_id,
-                    "gmail_thread_id": gmail_thread_id,
-                    "labels": ["SENT"],
-                    "unread": False,
-                    "trashed": False,
-                    "deleted": False,
-                    "state_history_id": 0,
-                    "update_time": now,
-                },
-            )
-    await session.flush()
-    return applied
-
-
-async def record_send_failed(session: AsyncSession, send_id: str, reason: str) -> None:
-    """The send certainly did not go out: it stops holding the mailbox's SENT copies (R6) and is marked failed."""
-    row = await session.get(CrmSendRow, send_id)
-    if row is None or row.state == "sent":
-        return
-    row.state = "failed"
-    row.failure_reason = reason
-    if row.message_id:
-        stored = await session.get(MessageRow, row.message_id)
-        if stored is not None:
-            stored.send_pending = False
-    await session.flush()
-
-
-async def apply_gmail_change(
-    session: AsyncSession,
-    *,
-    mailbox_id: str,
-    gmail_message_id: str,
-    history_id: int,
-    now: dt.datetime,
-    labels: tuple[str, ...] | None = None,
-    labels_added: tuple[str, ...] = (),
-    labels_removed: tuple[str, ...] = (),
-    deleted: bool = False,
-) -> int:
-    """R17: records the Gmail state of every stored copy (read, trashed, deleted); never deletes a message.
-
-    A change older than the copy's state (a lower history id) is ignored. Returns how many copies changed."""
-    copies = (
-        (
-            await session.execute(
-                select(MailboxCopyRow).where(
-                    MailboxCopyRow.mailbox_id == mailbox_id,
-                    MailboxCopyRow.gmail_message_id == gmail_message_id,
-                )
-            )
-        )
-        .scalars()
-        .all()
-    )
-    changed = 0
-    for copy in copies:
-        if history_id and copy.state_history_id and history_id < copy.state_history_id:
-            continue
-        current = set(labels) if labels is not None else set(copy.labels or [])
-        current |= set(labels_added)
-        current -= set(labels_removed)
-        copy.labels = sorted(current)
-        copy.unread = "UNREAD" in current
-        copy.trashed = "TRASH" in current
-        copy.deleted = copy.deleted or deleted
-        copy.state_history_id = max(copy.state_history_id, history_id)
-        copy.update_time = now
-        changed += 1
-    await session.flush()
-    return changed
-
-
-async def was_seen(session: AsyncSession, mailbox_id: str, gmail_message_id: str) -> bool:
-    found = await session.scalar(
-        select(SeenMessageRow.seen_key).where(
-            SeenMessageRow.mailbox_id == mailbox_id, SeenMessageRow.gmail_message_id == gmail_message_id
-        )
-    )
-    return found is not None
-
-
-async def copy_decided(session: AsyncSession, seen_key: str) -> bool:
-    """Whether the rules already decided this copy (a mailbox's Gmail message, or one BCC drop)."""
-    return await session.get(SeenMessageRow, seen_key) is not None

@@ -136,4 +136,6 @@ async def test_negative_control_without_deduplication_the_republish_is_a_duplica
 
     published = await _stream_msg_ids(jetstream)
     assert sorted(set(published)) == EXPECTED
-    assert len(published) == EVENTS + 1
+    # The relay publishes a pass pipelined and was killed before marking it: every event of that pass (at least
+    # one) is published again, and without de-duplication each repeat stays in the stream.
+    assert len(published) > EVENTS

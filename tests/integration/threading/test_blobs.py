@@ -14,7 +14,7 @@ from services.threading.blobs import AttachmentCollector, BlobNotFound, FolderBl
 from services.threading.store.attachments import AttachmentToFetch
 from services.threading.store.contacts import ContactEmail, ContactRecord, upsert_contact
 from services.threading.store.models import AttachmentRow
-from services.threading.store.placements import AttachmentInfo, MessageContent
+from services.threading.store.values import AttachmentInfo, MessageContent
 from services.threading.sync import MessageSync
 from tests.fixtures.threading_messages import T0, message
 

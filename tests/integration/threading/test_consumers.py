@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from mailsync.v1 import common_pb2, events_pb2
 from services.runtime import subjects
 from services.runtime.clock import FrozenClock
-from services.runtime.consumer import Consumer
+from services.runtime.consumer import BatchConsumer
 from services.runtime.jetstream import publish
 from services.runtime.outbox import OutboxRelay
 from services.runtime.streams import CONTACTS, SYNCED, declare_streams
@@ -102,17 +102,17 @@ async def threading_consumers(threading_db, nats_client, jetstream) -> AsyncIter
         MessageSync(threading_db, clock=clock, events=outbox_events(clock)), policy=policy, clock=clock
     )
     runners = [
-        Consumer(
+        BatchConsumer(
             nats_client,
             message_consumer_spec(policy),
-            handlers.handle_message_event,
+            handlers.handle_message_batch,
             db=threading_db,
             fetch_timeout=0.2,
         ),
-        Consumer(
+        BatchConsumer(
             nats_client,
             send_consumer_spec(policy),
-            handlers.handle_send_event,
+            handlers.handle_send_batch,
             db=threading_db,
             fetch_timeout=0.2,
         ),

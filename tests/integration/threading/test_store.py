@@ -35,8 +35,8 @@ from services.threading.store.models import (
     ThreadMessageRow,
     ThreadRow,
 )
-from services.threading.store.placements import CrmSendInput, MessageContent
 from services.threading.store.reads import get_message
+from services.threading.store.values import CrmSendInput, MessageContent
 from services.threading.sync import MessageSync
 from tests.fixtures.threading_messages import T0, at, connection, message, people
 

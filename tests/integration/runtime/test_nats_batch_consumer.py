@@ -1,0 +1,251 @@
+"""The batch consumer against a real nats-server and database: in a batch, a poison message is settled alone and
+dead-lettered while the rest is applied and acked; a waiting message (RetryLater) does not hold back the others; a
+batch whose transaction fails is split until the message that makes it fail is alone. Each check also runs
+against an all-or-nothing consumer (the batch settled as one unit), which it must catch: the negative controls."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from sqlalchemy import CheckConstraint, Column, MetaData, String, Table, insert, select
+
+from mailsync.v1 import events_pb2
+from services.runtime import subjects
+from services.runtime.consumer import (
+    BatchConsumer,
+    BatchHandler,
+    ConsumerSpec,
+    Delivery,
+    Outcome,
+    RetryLater,
+)
+from services.runtime.db import Database
+from services.runtime.deadletters import list_dead_letters
+from services.runtime.inbox import claim
+from services.runtime.jetstream import publish
+from services.runtime.streams import MESSAGES, declare_streams
+from tests.fixtures.messaging import eventually
+
+MAILBOX = "mbx-b"
+FINE = [f"fine-{index}" for index in range(7)]
+
+TEST_METADATA = MetaData()
+# A value longer than 20 characters fails the statement, and with it the whole batch's transaction.
+batch_effects = Table(
+    "batch_effects",
+    TEST_METADATA,
+    Column("msg_id", String(255), primary_key=True),
+    Column("value", String(255), nullable=False),
+    CheckConstraint("length(value) <= 20", name="ck_batch_effects_short"),
+)
+
+
+def _spec(**overrides: Any) -> ConsumerSpec:
+    values: dict[str, Any] = {
+        "stream": MESSAGES.name,
+        "durable": "batch-test",
+        "filter_subjects": (subjects.NORMALIZED_ALL,),
+        "ack_wait": 10.0,
+        "max_deliver": 3,
+        "retry_delay": 0.05,
+        "max_retry_delay": 0.2,
+        "batch": 64,
+    }
+    values.update(overrides)
+    return ConsumerSpec(**values)
+
+
+class AllOrNothingConsumer(BatchConsumer):
+    """What the checks must catch: a batch settled as one unit (no split, one outcome for all)."""
+
+    async def _settle(self, messages: Sequence[Msg], deliveries: Sequence[Delivery]) -> None:
+        try:
+            outcomes = list(await self._handler(deliveries))
+            unit: Exception | None = next((o for o in outcomes if o is not None), None)
+        except Exception as exc:
+            unit = exc
+        if unit is None:
+            await self._ack_all(messages, deliveries)
+            return
+        for message, delivery in zip(messages, deliveries, strict=True):
+            await self._settle_unapplied(message, delivery, unit)
+
+
+@pytest.fixture
+async def effects_db(runtime_database: Database) -> Database:
+    async with runtime_database.engine.begin() as connection:
+        await connection.run_sync(TEST_METADATA.create_all)
+    return runtime_database
+
+
+def _handler(db: Database, calls: list[list[str]]) -> BatchHandler:
+    """Applies a batch in one transaction: one effect row per message, claimed so a repeat is a no-op.
+
+    A message whose text is "undecodable" fails alone; "wait" waits; a long text makes the transaction fail."""
+
+    async def handle(deliveries: Sequence[Delivery]) -> list[Outcome]:
+        calls.append([d.msg_id or "" for d in deliveries])
+        outcomes: list[Outcome] = []
+        async with db.write() as session:
+            for delivery in deliveries:
+                text = delivery.parse(events_pb2.NormalizedMessage).subject
+                if text == "undecodable":
+                    outcomes.append(ValueError("cannot decode this event"))
+                    continue
+                if text == "wait":
+                    outcomes.append(RetryLater(60.0, "waits for something that does not come"))
+                    continue
+                assert delivery.msg_id
+                if await claim(session, "batch-test", delivery.msg_id):
+                    await session.execute(insert(batch_effects).values(msg_id=delivery.msg_id, value=text))
+                outcomes.append(None)
+        return outcomes
+
+    return handle
+
+
+async def _publish_all(js: JetStreamContext, texts: list[str]) -> None:
+    await declare_streams(js)
+    for text in texts:
+        event = events_pb2.NormalizedMessage(mailbox_id=MAILBOX, subject=text)
+        await publish(js, subjects.normalized(MAILBOX), event, msg_id=text)
+
+
+@asynccontextmanager
+async def _running(consumer: BatchConsumer) -> AsyncIterator[BatchConsumer]:
+    task = asyncio.create_task(consumer.run())
+    try:
+        yield consumer
+    finally:
+        consumer.stop()
+        await asyncio.wait_for(task, timeout=20)
+
+
+async def _effects(db: Database) -> list[str]:
+    async with db.read() as session:
+        return sorted((await session.execute(select(batch_effects.c.msg_id))).scalars())
+
+
+async def _stream_holds(js: JetStreamContext) -> int:
+    return int((await js.stream_info(MESSAGES.name)).state.messages)
+
+
+async def _poison_is_settled_alone(
+    consumer_cls: type[BatchConsumer],
+    db: Database,
+    js: JetStreamContext,
+    client: Client,
+    poison: str,
+    *,
+    within: float = 60,
+) -> list[list[str]]:
+    """Runs a batch of seven fine messages and a poison one; returns the handler's calls."""
+    texts = [*FINE[:3], poison, *FINE[3:]]
+    await _publish_all(js, texts)
+    calls: list[list[str]] = []
+    consumer = consumer_cls(client, _spec(), _handler(db, calls), db=db, fetch_timeout=0.5)
+    async with _running(consumer):
+
+        async def poison_dead_lettered_and_the_rest_applied() -> bool:
+            letters = await list_dead_letters(db)
+            return (
+                [letter.msg_id for letter in letters] == [poison]
+                and await _effects(db) == sorted(FINE)
+                and await _stream_holds(js) == 0
+            )
+
+        await eventually(poison_dead_lettered_and_the_rest_applied, within=within)
+    [letter] = await list_dead_letters(db)
+    assert letter.num_delivered == 3
+    return calls
+
+
+async def test_a_poison_message_in_a_batch_is_dead_lettered_alone_and_the_rest_applied_at_once(
+    effects_db: Database, jetstream: JetStreamContext, nats_client: Client
+) -> None:
+    calls = await _poison_is_settled_alone(BatchConsumer, effects_db, jetstream, nats_client, "undecodable")
+    # The whole batch was handed over at once; only the poison came back, alone.
+    assert sorted(calls[0]) == sorted([*FINE, "undecodable"])
+    assert all(call == ["undecodable"] for call in calls[1:])
+    [letter] = await list_dead_letters(effects_db)
+    assert "cannot decode this event" in letter.error
+
+
+async def test_negative_control_an_all_or_nothing_consumer_dead_letters_the_innocent_messages_too(
+    effects_db: Database, jetstream: JetStreamContext, nats_client: Client
+) -> None:
+    with pytest.raises(AssertionError, match="did not hold"):
+        await _poison_is_settled_alone(
+            AllOrNothingConsumer, effects_db, jetstream, nats_client, "undecodable", within=8
+        )
+    assert len(await list_dead_letters(effects_db)) == len(FINE) + 1
+
+
+async def test_a_batch_whose_transaction_fails_is_split_until_the_poison_is_alone(
+    effects_db: Database, jetstream: JetStreamContext, nats_client: Client
+) -> None:
+    poison = "far too long to be stored in this table"
+    calls = await _poison_is_settled_alone(BatchConsumer, effects_db, jetstream, nats_client, poison)
+    assert sorted(calls[0]) == sorted([*FINE, poison])
+    # Halves of halves: the poison's sub-batches shrink to one message; the others are applied in few calls.
+    with_poison = [len(call) for call in calls if poison in call]
+    assert with_poison[:4] == [8, 4, 2, 1]
+    assert len(calls) < 20
+    [letter] = await list_dead_letters(effects_db)
+    assert "ck_batch_effects_short" in letter.error or "CHECK constraint" in letter.error
+
+
+async def test_negative_control_without_the_split_a_failing_batch_applies_nothing(
+    effects_db: Database, jetstream: JetStreamContext, nats_client: Client
+) -> None:
+    poison = "far too long to be stored in this table"
+    with pytest.raises(AssertionError, match="did not hold"):
+        await _poison_is_settled_alone(
+            AllOrNothingConsumer, effects_db, jetstream, nats_client, poison, within=8
+        )
+    assert await _effects(effects_db) == []
+
+
+async def _waiting_message_does_not_hold_back(
+    consumer_cls: type[BatchConsumer],
+    db: Database,
+    js: JetStreamContext,
+    client: Client,
+    *,
+    within: float = 60,
+) -> None:
+    await _publish_all(js, [*FINE[:4], "wait", *FINE[4:]])
+    calls: list[list[str]] = []
+    consumer = consumer_cls(client, _spec(), _handler(db, calls), db=db, fetch_timeout=0.5)
+    async with _running(consumer):
+
+        async def the_others_applied_and_acked_while_it_waits() -> bool:
+            return await _effects(db) == sorted(FINE) and await _stream_holds(js) == 1
+
+        # The waiting message comes back only after 60 s; the others must not wait for it.
+        await eventually(the_others_applied_and_acked_while_it_waits, within=within)
+    assert await list_dead_letters(db) == []
+    waiting = await js.get_msg(MESSAGES.name, 5)
+    assert events_pb2.NormalizedMessage.FromString(waiting.data or b"").subject == "wait"
+
+
+async def test_a_waiting_message_in_a_batch_does_not_hold_back_the_others(
+    effects_db: Database, jetstream: JetStreamContext, nats_client: Client
+) -> None:
+    await _waiting_message_does_not_hold_back(BatchConsumer, effects_db, jetstream, nats_client)
+
+
+async def test_negative_control_an_all_or_nothing_consumer_makes_the_batch_wait(
+    effects_db: Database, jetstream: JetStreamContext, nats_client: Client
+) -> None:
+    with pytest.raises(AssertionError, match="did not hold"):
+        await _waiting_message_does_not_hold_back(
+            AllOrNothingConsumer, effects_db, jetstream, nats_client, within=8
+        )
