@@ -24,7 +24,7 @@ from services.threading.settings import ThreadingSettings
 from services.threading.store.attachments import AttachmentToFetch
 from services.threading.store.contacts import ContactEmail, ContactRecord, upsert_contact
 from services.threading.store.models import AttachmentRow
-from services.threading.store.placements import AttachmentInfo, MessageContent
+from services.threading.store.values import AttachmentInfo, MessageContent
 from services.threading.sync import MessageSync
 from tests.fixtures.messaging import eventually
 from tests.fixtures.s3_server import S3Bucket
