@@ -191,6 +191,7 @@ class Message(_message.Message):
     RULE_ID_FIELD_NUMBER: _builtins.int
     SEND_ID_FIELD_NUMBER: _builtins.int
     SEND_PENDING_FIELD_NUMBER: _builtins.int
+    SUPERSEDED_MESSAGE_IDS_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     location_id: _builtins.str
     conversation_id: _builtins.str
@@ -215,6 +216,12 @@ class Message(_message.Message):
     def message_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def mailbox_copies(self) -> _containers.RepeatedCompositeFieldContainer[Global___MailboxCopy]: ...
+    @_builtins.property
+    def superseded_message_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Other records of this email that were merged into it (placed before the CRM send's answer arrived, R6);
+        GetMessage on one of them answers this message.
+        """
+
     def __init__(
         self,
         *,
@@ -235,10 +242,11 @@ class Message(_message.Message):
         rule_id: _builtins.str = ...,
         send_id: _builtins.str = ...,
         send_pending: _builtins.bool = ...,
+        superseded_message_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["message_time", b"message_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachments", b"attachments", "conversation_id", b"conversation_id", "direction", b"direction", "html_body", b"html_body", "location_id", b"location_id", "mailbox_copies", b"mailbox_copies", "message_id", b"message_id", "message_time", b"message_time", "participants", b"participants", "rfc_message_id", b"rfc_message_id", "rule_id", b"rule_id", "send_id", b"send_id", "send_pending", b"send_pending", "source", b"source", "subject", b"subject", "text_body", b"text_body", "thread_ids", b"thread_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachments", b"attachments", "conversation_id", b"conversation_id", "direction", b"direction", "html_body", b"html_body", "location_id", b"location_id", "mailbox_copies", b"mailbox_copies", "message_id", b"message_id", "message_time", b"message_time", "participants", b"participants", "rfc_message_id", b"rfc_message_id", "rule_id", b"rule_id", "send_id", b"send_id", "send_pending", b"send_pending", "source", b"source", "subject", b"subject", "superseded_message_ids", b"superseded_message_ids", "text_body", b"text_body", "thread_ids", b"thread_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

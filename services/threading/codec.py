@@ -217,6 +217,8 @@ def message_synced(synced: SyncedMessage) -> events_pb2.MessageSynced:
         source=source_number(synced.source),
         rule_id=synced.rule_id,
         sync_time=to_timestamp(synced.sync_time),
+        revised=synced.revised,
+        supersedes_message_id=synced.supersedes_message_id,
     )
 
 
@@ -331,6 +333,7 @@ def message_proto(view: MessageView) -> threading_pb2.Message:
         rule_id=view.rule_id,
         send_id=view.send_id,
         send_pending=view.send_pending,
+        superseded_message_ids=list(view.superseded_message_ids),
     )
 
 
@@ -348,6 +351,8 @@ def feed_entry_proto(entry: FeedEntry) -> threading_pb2.WatchMessagesResponse:
             source=_SOURCE_BY_NAME.get(entry.source, 0),
             rule_id=entry.rule_id,
             sync_time=to_timestamp(entry.sync_time),
+            revised=entry.revised,
+            supersedes_message_id=entry.supersedes_message_id,
         ),
     )
 
