@@ -32,7 +32,7 @@ from services.threading.store.operations import (
     RecordSendFailed,
     RecordSent,
 )
-from services.threading.store.placements import is_waiting
+from services.threading.store.placements import BatchPlacement, is_waiting
 from services.threading.store.values import CrmSendInput, MessageContent
 from services.threading.sync import MessageSync
 from tests.fixtures.threading_messages import at, connection, message, people
@@ -313,3 +313,16 @@ async def test_R6_a_failed_send_is_one_message_in_either_order(threading_db, rep
             )
         outcomes.append([(r.rule_id, r.send_pending, r.superseded_by) for r in rows])
     assert outcomes == [[("R6", False, "")], [("R6", False, "")]]
+
+
+async def test_negative_control_without_the_merge_an_early_sent_copy_shows_the_send_twice(
+    threading_db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checks above catch what issue 11 saw: the Sent copy placed by R5 before the answer, then the send's
+    R6 message beside it."""
+    monkeypatch.setattr(BatchPlacement, "_merge_into", lambda self, survivor, candidates, send_id: 0)
+    case = Case(0, False, "replaced")
+    await _prepare(threading_db, case)
+    await _deliver(threading_db, case, ("pending", "copy", "answer", "colleague"), batch=False, waits=False)
+    with pytest.raises(AssertionError, match="the send is shown 2 times"):
+        await _outcome(threading_db, case)
