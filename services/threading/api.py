@@ -217,6 +217,12 @@ class ThreadingServicer(threading_pb2_grpc.ThreadingServiceServicer):
             found = await stored_attachment(session, location, request.message_id, request.attachment_id)
         if found is None:
             raise NotFound("no such attachment in this location", attachment_id=request.attachment_id)
+        if found.unavailable_reason and not found.blob_sha256:
+            raise FailedPrecondition(
+                f"the attachment's content will never be available: {found.unavailable_reason}",
+                attachment_id=request.attachment_id,
+                retry="never",
+            )
         if not found.blob_sha256 or not await self._blobs.exists(found.blob_sha256):
             raise FailedPrecondition("the attachment's content has not been fetched yet; retry later")
         yield threading_pb2.GetAttachmentResponse(

@@ -263,6 +263,8 @@ class AttachmentRow(Base):
     # Set once the content is in the blob store (content-addressed by this digest).
     blob_sha256: Mapped[str] = mapped_column(String(64), default="")
     fetch_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Set when the content will never be served (its source has none, or every attempt failed): why, for readers.
+    unavailable_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
     __table_args__ = (
         PrimaryKeyConstraint("message_id", "attachment_id", name="pk_attachments"),
         Index("ix_attachments_unfetched", "blob_sha256", "fetch_attempts"),

@@ -488,6 +488,7 @@ class BatchPlacement:
                     "source_drop_id": drop_id,
                     "blob_sha256": "",
                     "fetch_attempts": 0,
+                    "unavailable_reason": "",
                 },
             )
             changes.attachments_to_fetch = True

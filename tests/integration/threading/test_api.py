@@ -20,6 +20,7 @@ from services.runtime.grpc_client import StaticToken, open_channel
 from services.runtime.jetstream import publish
 from services.runtime.service import RunningService
 from services.threading.app import build
+from services.threading.blobs import ContentUnavailable
 from services.threading.codec import to_timestamp
 from services.threading.settings import ThreadingSettings
 from services.threading.store.attachments import AttachmentToFetch
@@ -38,6 +39,11 @@ class IngestAttachmentStandIn:
 
     async def fetch(self, attachment: AttachmentToFetch) -> AsyncIterator[bytes]:
         self.requested.append(attachment.gmail_message_id)
+        if attachment.gmail_message_id.startswith("gone"):
+            # What ingest answers for a part it described without content (or a message Gmail no longer has).
+            raise ContentUnavailable(
+                "ingest answered NOT_FOUND: the message has no content for attachment 1.2"
+            )
         for start in range(0, len(ATTACHMENT), 50_000):
             yield ATTACHMENT[start : start + 50_000]
 
@@ -88,8 +94,18 @@ def normalized(
 
 
 @pytest.fixture
+def attachment_source() -> IngestAttachmentStandIn:
+    return IngestAttachmentStandIn()
+
+
+@pytest.fixture
 async def threading_service(
-    nats_server: Any, database_target: Any, token_keys_value: str, tmp_path: Path, run_service_in_process: Any
+    nats_server: Any,
+    database_target: Any,
+    token_keys_value: str,
+    tmp_path: Path,
+    run_service_in_process: Any,
+    attachment_source: IngestAttachmentStandIn,
 ) -> RunningService:
     settings = service_settings(
         ThreadingSettings,
@@ -101,7 +117,7 @@ async def threading_service(
         wait_delay_seconds=0.2,
     )
     return await run_service_in_process(
-        settings, functools.partial(build, attachment_fetcher=IngestAttachmentStandIn())
+        settings, functools.partial(build, attachment_fetcher=attachment_source)
     )
 
 
@@ -268,6 +284,46 @@ async def test_attachment_fetched_after_placement_streams_back_whole(crm_a: Clie
 
     await eventually(downloaded)
     assert b"".join(received) == ATTACHMENT
+
+
+async def test_issue16_an_attachment_whose_source_has_no_content_is_final_and_says_so(
+    crm_a: Client, jetstream: Any, attachment_source: IngestAttachmentStandIn
+) -> None:
+    """Asked once, never again; GetAttachment answers FAILED_PRECONDITION saying it will never be available and
+    why, instead of "not fetched yet; retry later" forever."""
+    await seeded(crm_a, jetstream, 0)
+    event = normalized("gone-1", "carol@example.com", minute=10, attachment=True)
+    await publish(jetstream, subjects.normalized("mbx-1"), event, msg_id="mbx-1:gone-1")
+    conversation = await conversation_of(crm_a, expect_messages=1)
+    page = await crm_a.stub.ListMessages(
+        threading_pb2.ListMessagesRequest(location_id="loc-a", conversation_id=conversation.conversation_id)
+    )
+    request = threading_pb2.GetAttachmentRequest(
+        location_id="loc-a", message_id=page.messages[0].message_id, attachment_id="1.2"
+    )
+    answers: list[str] = []
+
+    async def final() -> bool:
+        try:
+            [r async for r in crm_a.stub.GetAttachment(request)]
+        except grpc.aio.AioRpcError as error:
+            assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+            answers.append(error.details() or "")
+            return "never be available" in answers[-1]
+        raise AssertionError("content was served for an attachment whose source has none")
+
+    await eventually(final)
+    assert "no content for attachment 1.2" in answers[-1]
+    # A later collection pass (the one that fetches the next attachment) leaves it alone: asked once in all.
+    later = normalized("g-later", "carol@example.com", minute=11, attachment=True)
+    await publish(jetstream, subjects.normalized("mbx-1"), later, msg_id="mbx-1:g-later")
+    await conversation_of(crm_a, expect_messages=2)
+
+    async def later_fetched() -> bool:
+        return "g-later" in attachment_source.requested
+
+    await eventually(later_fetched)
+    assert attachment_source.requested.count("gone-1") == 1
 
 
 async def test_watch_messages_resumes_after_a_disconnect_without_gaps(crm_a: Client, jetstream: Any) -> None:

@@ -1,5 +1,6 @@
 """One CRM message per send (R6, R15): a message placed before its send's answer is merged into the send's message
-and marked superseded; the WatchMessages feed can announce a revision of a message it announced before.
+and marked superseded; the WatchMessages feed can announce a revision of a message it announced before. An
+attachment whose content will never be served says why.
 
 Revision ID: 0004
 Revises: 0003
@@ -20,6 +21,9 @@ def upgrade() -> None:
     op.add_column("messages", sa.Column("superseded_by", sa.String(64), nullable=False, server_default=""))
     op.create_index("ix_messages_superseded_by", "messages", ["superseded_by"], unique=False)
     op.add_column(
+        "attachments", sa.Column("unavailable_reason", sa.Text(), nullable=False, server_default="")
+    )
+    op.add_column(
         "synced_feed", sa.Column("revised", sa.Boolean(), nullable=False, server_default=sa.false())
     )
     op.add_column(
@@ -31,6 +35,8 @@ def downgrade() -> None:
     with op.batch_alter_table("synced_feed") as batch:
         batch.drop_column("supersedes_message_id")
         batch.drop_column("revised")
+    with op.batch_alter_table("attachments") as batch:
+        batch.drop_column("unavailable_reason")
     op.drop_index("ix_messages_superseded_by", table_name="messages")
     with op.batch_alter_table("messages") as batch:
         batch.drop_column("superseded_by")
