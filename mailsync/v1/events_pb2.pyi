@@ -136,6 +136,7 @@ class BccDropInfo(_message.Message):
     SENDER_USER_ID_FIELD_NUMBER: _builtins.int
     ENVELOPE_RECIPIENT_FIELD_NUMBER: _builtins.int
     CONTENT_DIGEST_FIELD_NUMBER: _builtins.int
+    REFUSAL_REASON_FIELD_NUMBER: _builtins.int
     drop_id: _builtins.str
     location_id: _builtins.str
     sender_user_id: _builtins.str
@@ -143,6 +144,11 @@ class BccDropInfo(_message.Message):
     envelope_recipient: _builtins.str
     content_digest: _builtins.str
     """Hex SHA-256 of the raw message: the R15 key of a drop without a Message-ID."""
+    refusal_reason: _builtins.str
+    """Set when ingest refused the drop (R9: sender not a user, not authenticated, ...), as "<REASON>: <sentence>".
+    Such a message carries ids and addresses only (no subject, bodies or attachments, R18): threading records the
+    refusal so ExplainMessage answers it (R16).
+    """
     def __init__(
         self,
         *,
@@ -151,10 +157,11 @@ class BccDropInfo(_message.Message):
         sender_user_id: _builtins.str = ...,
         envelope_recipient: _builtins.str = ...,
         content_digest: _builtins.str = ...,
+        refusal_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_digest", b"content_digest", "drop_id", b"drop_id", "envelope_recipient", b"envelope_recipient", "location_id", b"location_id", "sender_user_id", b"sender_user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_digest", b"content_digest", "drop_id", b"drop_id", "envelope_recipient", b"envelope_recipient", "location_id", b"location_id", "refusal_reason", b"refusal_reason", "sender_user_id", b"sender_user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

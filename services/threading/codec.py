@@ -115,6 +115,7 @@ def incoming_message(event: events_pb2.NormalizedMessage) -> IncomingMessage:
             location_id=event.bcc_drop.location_id,
             sender_user_id=event.bcc_drop.sender_user_id,
             content_digest=event.bcc_drop.content_digest,
+            rejection_reason=event.bcc_drop.refusal_reason,
         )
         source = Source.BCC_DROP
     internal_time = to_datetime(event.internal_time) or to_datetime(event.observe_time)

@@ -326,6 +326,52 @@ async def test_issue16_an_attachment_whose_source_has_no_content_is_final_and_sa
     assert attachment_source.requested.count("gone-1") == 1
 
 
+async def test_R16_R9_a_refused_bcc_drop_is_explainable_and_keeps_no_content(
+    crm_a: Client, crm_b: Client, jetstream: Any
+) -> None:
+    """A drop ingest refused reaches threading as ids, addresses and the refusal: ExplainMessage answers it for
+    the drop's location (and no other), without a subject (R18)."""
+    refused = events_pb2.NormalizedMessage(
+        rfc_message_id="<forged@evil.example>",
+        direction=common_pb2.DIRECTION_OUTBOUND,
+        participants=[
+            common_pb2.Participant(email="ceo@company.example", role=common_pb2.PARTICIPANT_ROLE_FROM),
+            common_pb2.Participant(email="victim@example.com", role=common_pb2.PARTICIPANT_ROLE_TO),
+        ],
+        internal_time=to_timestamp(at(12)),
+        source=common_pb2.MESSAGE_SOURCE_BCC_DROP,
+        bcc_drop=events_pb2.BccDropInfo(
+            drop_id="drop-refused-1",
+            location_id="loc-a",
+            content_digest="d" * 64,
+            refusal_reason="NOT_AUTHENTICATED: no DMARC-aligned SPF or DKIM pass for company.example",
+        ),
+    )
+    await publish(jetstream, subjects.normalized("drop-loc-a"), refused, msg_id="drop-refused-1")
+    request = threading_pb2.ExplainMessageRequest(location_id="loc-a", rfc_message_id="<forged@evil.example>")
+
+    async def explained() -> bool:
+        try:
+            await crm_a.stub.ExplainMessage(request)
+        except grpc.aio.AioRpcError as error:
+            assert error.code() == grpc.StatusCode.NOT_FOUND
+            return False
+        return True
+
+    await eventually(explained)
+    answer = await crm_a.stub.ExplainMessage(request)
+    (decision,) = answer.decisions
+    assert (decision.location_id, decision.synced, decision.rule_id) == ("loc-a", False, "R9")
+    assert "BCC drop refused: NOT_AUTHENTICATED" in decision.reason
+    assert answer.subject == "" and decision.message_id == ""
+    assert {p.email for p in answer.participants} == {"ceo@company.example", "victim@example.com"}
+    with pytest.raises(grpc.aio.AioRpcError) as other_location:
+        await crm_b.stub.ExplainMessage(
+            threading_pb2.ExplainMessageRequest(location_id="loc-b", rfc_message_id="<forged@evil.example>")
+        )
+    assert other_location.value.code() == grpc.StatusCode.NOT_FOUND
+
+
 async def test_watch_messages_resumes_after_a_disconnect_without_gaps(crm_a: Client, jetstream: Any) -> None:
     await seeded(crm_a, jetstream, 2)
     await conversation_of(crm_a, expect_messages=2)
