@@ -847,3 +847,88 @@ class ExplainMessageResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExplainMessageResponse: _TypeAlias = ExplainMessageResponse  # noqa: Y015
+
+@_typing.final
+class ListRefusedDropsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOCATION_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    location_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
+    page_size: _builtins.int
+    """Limit: a whole number from 0 to 2147483647"""
+    page_token: _builtins.str
+    """Limit: a next_page_token from an earlier response, at most 1024 characters"""
+    def __init__(
+        self,
+        *,
+        location_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["location_id", b"location_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRefusedDropsRequest: _TypeAlias = ListRefusedDropsRequest  # noqa: Y015
+
+@_typing.final
+class RefusedDrop(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DROP_ID_FIELD_NUMBER: _builtins.int
+    RFC_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    PARTICIPANTS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    DECIDE_TIME_FIELD_NUMBER: _builtins.int
+    drop_id: _builtins.str
+    rfc_message_id: _builtins.str
+    reason: _builtins.str
+    """Why it synced nowhere (R9), as ExplainMessage gives it."""
+    @_builtins.property
+    def participants(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Participant]: ...
+    @_builtins.property
+    def decide_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        drop_id: _builtins.str = ...,
+        rfc_message_id: _builtins.str = ...,
+        participants: _abc.Iterable[_common_pb2.Participant] | None = ...,
+        reason: _builtins.str = ...,
+        decide_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decide_time", b"decide_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decide_time", b"decide_time", "drop_id", b"drop_id", "participants", b"participants", "reason", b"reason", "rfc_message_id", b"rfc_message_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefusedDrop: _TypeAlias = RefusedDrop  # noqa: Y015
+
+@_typing.final
+class ListRefusedDropsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REFUSED_DROPS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def refused_drops(self) -> _containers.RepeatedCompositeFieldContainer[Global___RefusedDrop]: ...
+    def __init__(
+        self,
+        *,
+        refused_drops: _abc.Iterable[Global___RefusedDrop] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "refused_drops", b"refused_drops"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRefusedDropsResponse: _TypeAlias = ListRefusedDropsResponse  # noqa: Y015

@@ -261,6 +261,19 @@ class ThreadingServicer(threading_pb2_grpc.ThreadingServiceServicer):
             if not entries:
                 await _wait(placed, self._watch_poll_seconds)
 
+    async def ListRefusedDrops(self, request: threading_pb2.ListRefusedDropsRequest, context: Any) -> Any:
+        location = _location(request.location_id)
+        size = _page_size(request.page_size)
+        async with self._db.read() as session:
+            found = await reads.refused_drops(
+                session, location, limit=size + 1, before=_decode_token(request.page_token)
+            )
+        page, more = found[:size], len(found) > size
+        token = _encode_token(page[-1].decide_time, f"drop:{page[-1].drop_id}") if more else ""
+        return threading_pb2.ListRefusedDropsResponse(
+            refused_drops=[codec.refused_drop_proto(d) for d in page], next_page_token=token
+        )
+
     async def ExplainMessage(self, request: threading_pb2.ExplainMessageRequest, context: Any) -> Any:
         caller = current_caller()
         if request.location_id:

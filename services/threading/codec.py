@@ -26,6 +26,7 @@ from services.threading.store.reads import (
     FeedEntry,
     MessageView,
     ParticipantView,
+    RefusedDropView,
 )
 from services.threading.store.values import (
     AttachmentInfo,
@@ -376,4 +377,14 @@ def explanation_proto(explanation: Explanation) -> threading_pb2.ExplainMessageR
             )
             for d in explanation.decisions
         ],
+    )
+
+
+def refused_drop_proto(view: RefusedDropView) -> threading_pb2.RefusedDrop:
+    return threading_pb2.RefusedDrop(
+        drop_id=view.drop_id,
+        rfc_message_id=view.rfc_message_id,
+        participants=[_participant_view_proto(p) for p in view.participants],
+        reason=view.reason,
+        decide_time=to_timestamp(view.decide_time),
     )

@@ -300,7 +300,11 @@ class DecisionRow(Base):
     conversation_id: Mapped[str] = mapped_column(_KEY, default="")
     message_id: Mapped[str] = mapped_column(_KEY, default="")
     decide_time: Mapped[dt.datetime] = mapped_column(UtcDateTime)
-    __table_args__ = (PrimaryKeyConstraint("seen_key", "location_id", name="pk_decisions"),)
+    __table_args__ = (
+        PrimaryKeyConstraint("seen_key", "location_id", name="pk_decisions"),
+        # A location's refused BCC drops, newest first (ListRefusedDrops).
+        Index("ix_decisions_location_rule_time", "location_id", "rule_id", "decide_time"),
+    )
 
 
 class CrmSendRow(Base):

@@ -509,3 +509,60 @@ async def explain(
             for d in visible
         ),
     )
+
+
+@dataclass(frozen=True)
+class RefusedDropView:
+    drop_id: str
+    rfc_message_id: str
+    participants: tuple[ParticipantView, ...]
+    reason: str
+    decide_time: dt.datetime
+
+
+_DROP_PREFIX = "drop:"
+
+
+async def refused_drops(
+    session: AsyncSession, location_id: str, *, limit: int, before: tuple[dt.datetime, str] | None = None
+) -> list[RefusedDropView]:
+    """BCC drops of the location that synced nowhere (R9), newest first, keyset-paged by (decide time, key)."""
+    query = (
+        select(DecisionRow.seen_key, DecisionRow.reason, DecisionRow.decide_time, SeenMessageRow)
+        .join(SeenMessageRow, SeenMessageRow.seen_key == DecisionRow.seen_key)
+        .where(
+            DecisionRow.location_id == location_id,
+            DecisionRow.rule_id == "R9",
+            DecisionRow.synced.is_(False),
+            DecisionRow.seen_key.startswith(_DROP_PREFIX),
+        )
+    )
+    if before is not None:
+        when, key = before
+        query = query.where(
+            (DecisionRow.decide_time < when)
+            | ((DecisionRow.decide_time == when) & (DecisionRow.seen_key < key))
+        )
+    rows = (
+        await session.execute(
+            query.order_by(DecisionRow.decide_time.desc(), DecisionRow.seen_key.desc()).limit(limit)
+        )
+    ).all()
+    return [
+        RefusedDropView(
+            drop_id=seen_key.removeprefix(_DROP_PREFIX),
+            rfc_message_id=seen.rfc_message_id,
+            participants=tuple(
+                ParticipantView(
+                    p.get("email", ""),
+                    p.get("display_name", ""),
+                    p.get("role", ""),
+                    int(p.get("position", 0)),
+                )
+                for p in seen.participants or []
+            ),
+            reason=reason,
+            decide_time=decide_time,
+        )
+        for seen_key, reason, decide_time, seen in rows
+    ]

@@ -371,6 +371,43 @@ async def test_R16_R9_a_refused_bcc_drop_is_explainable_and_keeps_no_content(
         )
     assert other_location.value.code() == grpc.StatusCode.NOT_FOUND
 
+    # Listed for its location, newest first, a page at a time; the other location lists nothing.
+    second = events_pb2.NormalizedMessage()
+    second.CopyFrom(refused)
+    second.rfc_message_id = "<forged-2@evil.example>"
+    second.bcc_drop.drop_id = "drop-refused-2"
+    await publish(jetstream, subjects.normalized("drop-loc-a"), second, msg_id="drop-refused-2")
+
+    async def both_listed() -> bool:
+        listed = await crm_a.stub.ListRefusedDrops(threading_pb2.ListRefusedDropsRequest(location_id="loc-a"))
+        return len(listed.refused_drops) == 2
+
+    await eventually(both_listed)
+    pages = []
+    token = ""
+    while True:
+        page = await crm_a.stub.ListRefusedDrops(
+            threading_pb2.ListRefusedDropsRequest(location_id="loc-a", page_size=1, page_token=token)
+        )
+        pages.append([(d.drop_id, d.rfc_message_id) for d in page.refused_drops])
+        token = page.next_page_token
+        if not token:
+            break
+    assert sorted(p for page in pages for p in page) == [
+        ("drop-refused-1", "<forged@evil.example>"),
+        ("drop-refused-2", "<forged-2@evil.example>"),
+    ]
+    assert all(len(page) == 1 for page in pages)
+    listed = (
+        await crm_a.stub.ListRefusedDrops(threading_pb2.ListRefusedDropsRequest(location_id="loc-a"))
+    ).refused_drops[0]
+    assert "NOT_AUTHENTICATED" in listed.reason and {p.email for p in listed.participants} == {
+        "ceo@company.example",
+        "victim@example.com",
+    }
+    elsewhere = await crm_b.stub.ListRefusedDrops(threading_pb2.ListRefusedDropsRequest(location_id="loc-b"))
+    assert list(elsewhere.refused_drops) == []
+
 
 async def test_watch_messages_resumes_after_a_disconnect_without_gaps(crm_a: Client, jetstream: Any) -> None:
     await seeded(crm_a, jetstream, 2)

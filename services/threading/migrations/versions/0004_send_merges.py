@@ -1,6 +1,6 @@
 """One CRM message per send (R6, R15): a message placed before its send's answer is merged into the send's message
 and marked superseded; the WatchMessages feed can announce a revision of a message it announced before. An
-attachment whose content will never be served says why.
+attachment whose content will never be served says why. A location's refused BCC drops are listed by decision.
 
 Revision ID: 0004
 Revises: 0003
@@ -23,6 +23,12 @@ def upgrade() -> None:
     op.add_column(
         "attachments", sa.Column("unavailable_reason", sa.Text(), nullable=False, server_default="")
     )
+    op.create_index(
+        "ix_decisions_location_rule_time",
+        "decisions",
+        ["location_id", "rule_id", "decide_time"],
+        unique=False,
+    )
     op.add_column(
         "synced_feed", sa.Column("revised", sa.Boolean(), nullable=False, server_default=sa.false())
     )
@@ -32,6 +38,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_decisions_location_rule_time", table_name="decisions")
     with op.batch_alter_table("synced_feed") as batch:
         batch.drop_column("supersedes_message_id")
         batch.drop_column("revised")
