@@ -136,6 +136,7 @@ class BccDropInfo(_message.Message):
     SENDER_USER_ID_FIELD_NUMBER: _builtins.int
     ENVELOPE_RECIPIENT_FIELD_NUMBER: _builtins.int
     CONTENT_DIGEST_FIELD_NUMBER: _builtins.int
+    REFUSAL_REASON_FIELD_NUMBER: _builtins.int
     drop_id: _builtins.str
     location_id: _builtins.str
     sender_user_id: _builtins.str
@@ -143,6 +144,11 @@ class BccDropInfo(_message.Message):
     envelope_recipient: _builtins.str
     content_digest: _builtins.str
     """Hex SHA-256 of the raw message: the R15 key of a drop without a Message-ID."""
+    refusal_reason: _builtins.str
+    """Set when ingest refused the drop (R9: sender not a user, not authenticated, ...), as "<REASON>: <sentence>".
+    Such a message carries ids and addresses only (no subject, bodies or attachments, R18): threading records the
+    refusal so ExplainMessage answers it (R16).
+    """
     def __init__(
         self,
         *,
@@ -151,10 +157,11 @@ class BccDropInfo(_message.Message):
         sender_user_id: _builtins.str = ...,
         envelope_recipient: _builtins.str = ...,
         content_digest: _builtins.str = ...,
+        refusal_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_digest", b"content_digest", "drop_id", b"drop_id", "envelope_recipient", b"envelope_recipient", "location_id", b"location_id", "sender_user_id", b"sender_user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_digest", b"content_digest", "drop_id", b"drop_id", "envelope_recipient", b"envelope_recipient", "location_id", b"location_id", "refusal_reason", b"refusal_reason", "sender_user_id", b"sender_user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -597,6 +604,8 @@ class MessageSynced(_message.Message):
     SOURCE_FIELD_NUMBER: _builtins.int
     RULE_ID_FIELD_NUMBER: _builtins.int
     SYNC_TIME_FIELD_NUMBER: _builtins.int
+    REVISED_FIELD_NUMBER: _builtins.int
+    SUPERSEDES_MESSAGE_ID_FIELD_NUMBER: _builtins.int
     location_id: _builtins.str
     message_id: _builtins.str
     conversation_id: _builtins.str
@@ -607,6 +616,14 @@ class MessageSynced(_message.Message):
     source: _common_pb2.MessageSource.ValueType
     rule_id: _builtins.str
     """The rule that placed it (R2, R3, R4, R5, R6, R9)."""
+    revised: _builtins.bool
+    """True when this announces a change to a message announced before (its Message-ID became Gmail's, or another
+    record was merged into it): readers replace what they show for message_id.
+    """
+    supersedes_message_id: _builtins.str
+    """Set when another record of the same email (placed before its CRM send's answer arrived) was merged into this
+    message: readers drop that message id; reading it by id answers this message.
+    """
     @_builtins.property
     def sync_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -622,10 +639,12 @@ class MessageSynced(_message.Message):
         source: _common_pb2.MessageSource.ValueType = ...,
         rule_id: _builtins.str = ...,
         sync_time: _timestamp_pb2.Timestamp | None = ...,
+        revised: _builtins.bool = ...,
+        supersedes_message_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sync_time", b"sync_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_id", b"contact_id", "conversation_id", b"conversation_id", "direction", b"direction", "location_id", b"location_id", "message_id", b"message_id", "rfc_message_id", b"rfc_message_id", "rule_id", b"rule_id", "source", b"source", "sync_time", b"sync_time", "thread_id", b"thread_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_id", b"contact_id", "conversation_id", b"conversation_id", "direction", b"direction", "location_id", b"location_id", "message_id", b"message_id", "revised", b"revised", "rfc_message_id", b"rfc_message_id", "rule_id", b"rule_id", "source", b"source", "supersedes_message_id", b"supersedes_message_id", "sync_time", b"sync_time", "thread_id", b"thread_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

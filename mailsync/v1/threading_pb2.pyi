@@ -191,6 +191,7 @@ class Message(_message.Message):
     RULE_ID_FIELD_NUMBER: _builtins.int
     SEND_ID_FIELD_NUMBER: _builtins.int
     SEND_PENDING_FIELD_NUMBER: _builtins.int
+    SUPERSEDED_MESSAGE_IDS_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     location_id: _builtins.str
     conversation_id: _builtins.str
@@ -215,6 +216,12 @@ class Message(_message.Message):
     def message_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def mailbox_copies(self) -> _containers.RepeatedCompositeFieldContainer[Global___MailboxCopy]: ...
+    @_builtins.property
+    def superseded_message_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Other records of this email that were merged into it (placed before the CRM send's answer arrived, R6);
+        GetMessage on one of them answers this message.
+        """
+
     def __init__(
         self,
         *,
@@ -235,10 +242,11 @@ class Message(_message.Message):
         rule_id: _builtins.str = ...,
         send_id: _builtins.str = ...,
         send_pending: _builtins.bool = ...,
+        superseded_message_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["message_time", b"message_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachments", b"attachments", "conversation_id", b"conversation_id", "direction", b"direction", "html_body", b"html_body", "location_id", b"location_id", "mailbox_copies", b"mailbox_copies", "message_id", b"message_id", "message_time", b"message_time", "participants", b"participants", "rfc_message_id", b"rfc_message_id", "rule_id", b"rule_id", "send_id", b"send_id", "send_pending", b"send_pending", "source", b"source", "subject", b"subject", "text_body", b"text_body", "thread_ids", b"thread_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachments", b"attachments", "conversation_id", b"conversation_id", "direction", b"direction", "html_body", b"html_body", "location_id", b"location_id", "mailbox_copies", b"mailbox_copies", "message_id", b"message_id", "message_time", b"message_time", "participants", b"participants", "rfc_message_id", b"rfc_message_id", "rule_id", b"rule_id", "send_id", b"send_id", "send_pending", b"send_pending", "source", b"source", "subject", b"subject", "superseded_message_ids", b"superseded_message_ids", "text_body", b"text_body", "thread_ids", b"thread_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -839,3 +847,88 @@ class ExplainMessageResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExplainMessageResponse: _TypeAlias = ExplainMessageResponse  # noqa: Y015
+
+@_typing.final
+class ListRefusedDropsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOCATION_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    location_id: _builtins.str
+    """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
+    page_size: _builtins.int
+    """Limit: a whole number from 0 to 2147483647"""
+    page_token: _builtins.str
+    """Limit: a next_page_token from an earlier response, at most 1024 characters"""
+    def __init__(
+        self,
+        *,
+        location_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["location_id", b"location_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRefusedDropsRequest: _TypeAlias = ListRefusedDropsRequest  # noqa: Y015
+
+@_typing.final
+class RefusedDrop(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DROP_ID_FIELD_NUMBER: _builtins.int
+    RFC_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    PARTICIPANTS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    DECIDE_TIME_FIELD_NUMBER: _builtins.int
+    drop_id: _builtins.str
+    rfc_message_id: _builtins.str
+    reason: _builtins.str
+    """Why it synced nowhere (R9), as ExplainMessage gives it."""
+    @_builtins.property
+    def participants(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Participant]: ...
+    @_builtins.property
+    def decide_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        drop_id: _builtins.str = ...,
+        rfc_message_id: _builtins.str = ...,
+        participants: _abc.Iterable[_common_pb2.Participant] | None = ...,
+        reason: _builtins.str = ...,
+        decide_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decide_time", b"decide_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decide_time", b"decide_time", "drop_id", b"drop_id", "participants", b"participants", "reason", b"reason", "rfc_message_id", b"rfc_message_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefusedDrop: _TypeAlias = RefusedDrop  # noqa: Y015
+
+@_typing.final
+class ListRefusedDropsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REFUSED_DROPS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def refused_drops(self) -> _containers.RepeatedCompositeFieldContainer[Global___RefusedDrop]: ...
+    def __init__(
+        self,
+        *,
+        refused_drops: _abc.Iterable[Global___RefusedDrop] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "refused_drops", b"refused_drops"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRefusedDropsResponse: _TypeAlias = ListRefusedDropsResponse  # noqa: Y015

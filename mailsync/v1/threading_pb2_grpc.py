@@ -84,6 +84,11 @@ class ThreadingServiceStub:
                 request_serializer=mailsync_dot_v1_dot_threading__pb2.ExplainMessageRequest.SerializeToString,
                 response_deserializer=mailsync_dot_v1_dot_threading__pb2.ExplainMessageResponse.FromString,
                 _registered_method=True)
+        self.ListRefusedDrops = channel.unary_unary(
+                '/mailsync.v1.ThreadingService/ListRefusedDrops',
+                request_serializer=mailsync_dot_v1_dot_threading__pb2.ListRefusedDropsRequest.SerializeToString,
+                response_deserializer=mailsync_dot_v1_dot_threading__pb2.ListRefusedDropsResponse.FromString,
+                _registered_method=True)
 
 
 class ThreadingServiceServicer:
@@ -154,6 +159,14 @@ class ThreadingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRefusedDrops(self, request, context):
+        """BCC drops of a location that synced nowhere (refused by R9's checks, or without a counterpart), newest first:
+        ids, addresses and the reason, never content (R16, R18).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ThreadingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -206,6 +219,11 @@ def add_ThreadingServiceServicer_to_server(servicer, server):
                     servicer.ExplainMessage,
                     request_deserializer=mailsync_dot_v1_dot_threading__pb2.ExplainMessageRequest.FromString,
                     response_serializer=mailsync_dot_v1_dot_threading__pb2.ExplainMessageResponse.SerializeToString,
+            ),
+            'ListRefusedDrops': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRefusedDrops,
+                    request_deserializer=mailsync_dot_v1_dot_threading__pb2.ListRefusedDropsRequest.FromString,
+                    response_serializer=mailsync_dot_v1_dot_threading__pb2.ListRefusedDropsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -478,6 +496,33 @@ class ThreadingService:
             '/mailsync.v1.ThreadingService/ExplainMessage',
             mailsync_dot_v1_dot_threading__pb2.ExplainMessageRequest.SerializeToString,
             mailsync_dot_v1_dot_threading__pb2.ExplainMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRefusedDrops(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mailsync.v1.ThreadingService/ListRefusedDrops',
+            mailsync_dot_v1_dot_threading__pb2.ListRefusedDropsRequest.SerializeToString,
+            mailsync_dot_v1_dot_threading__pb2.ListRefusedDropsResponse.FromString,
             options,
             channel_credentials,
             insecure,

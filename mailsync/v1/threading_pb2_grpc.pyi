@@ -46,6 +46,10 @@ class ThreadingServiceStub:
     """Newly synced messages of a location, resumable from a cursor."""
     ExplainMessage: _grpc.UnaryUnaryMultiCallable[_threading_pb2.ExplainMessageRequest, _threading_pb2.ExplainMessageResponse]
     """Why a message synced where it did, or did not sync (R16)."""
+    ListRefusedDrops: _grpc.UnaryUnaryMultiCallable[_threading_pb2.ListRefusedDropsRequest, _threading_pb2.ListRefusedDropsResponse]
+    """BCC drops of a location that synced nowhere (refused by R9's checks, or without a counterpart), newest first:
+    ids, addresses and the reason, never content (R16, R18).
+    """
 
 @_typing.type_check_only
 class ThreadingServiceAsyncStub(ThreadingServiceStub):
@@ -65,6 +69,10 @@ class ThreadingServiceAsyncStub(ThreadingServiceStub):
     """Newly synced messages of a location, resumable from a cursor."""
     ExplainMessage: _aio.UnaryUnaryMultiCallable[_threading_pb2.ExplainMessageRequest, _threading_pb2.ExplainMessageResponse]  # type: ignore[assignment]
     """Why a message synced where it did, or did not sync (R16)."""
+    ListRefusedDrops: _aio.UnaryUnaryMultiCallable[_threading_pb2.ListRefusedDropsRequest, _threading_pb2.ListRefusedDropsResponse]  # type: ignore[assignment]
+    """BCC drops of a location that synced nowhere (refused by R9's checks, or without a counterpart), newest first:
+    ids, addresses and the reason, never content (R16, R18).
+    """
 
 class ThreadingServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -141,5 +149,15 @@ class ThreadingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_threading_pb2.ExplainMessageResponse, _abc.Awaitable[_threading_pb2.ExplainMessageResponse]]:
         """Why a message synced where it did, or did not sync (R16)."""
+
+    @_abc_1.abstractmethod
+    def ListRefusedDrops(
+        self,
+        request: _threading_pb2.ListRefusedDropsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_threading_pb2.ListRefusedDropsResponse, _abc.Awaitable[_threading_pb2.ListRefusedDropsResponse]]:
+        """BCC drops of a location that synced nowhere (refused by R9's checks, or without a counterpart), newest first:
+        ids, addresses and the reason, never content (R16, R18).
+        """
 
 def add_ThreadingServiceServicer_to_server(servicer: ThreadingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -222,6 +222,9 @@ _TABLE: dict[str, FieldRule] = {
     "ExplainMessageRequest.rfc_message_id": _one(MESSAGE_ID),
     "ExplainMessageRequest.mailbox_id": _one(ID),
     "ExplainMessageRequest.gmail_message_id": _one(ID),
+    "ListRefusedDropsRequest.location_id": _one(ID),
+    "ListRefusedDropsRequest.page_size": _one(PAGE_SIZE),
+    "ListRefusedDropsRequest.page_token": _one(PAGE_TOKEN),
 }
 
 FIELD_RULES = MappingProxyType({f"{_V1}{name}": rule for name, rule in _TABLE.items()})

@@ -217,6 +217,12 @@ class ThreadingServicer(threading_pb2_grpc.ThreadingServiceServicer):
             found = await stored_attachment(session, location, request.message_id, request.attachment_id)
         if found is None:
             raise NotFound("no such attachment in this location", attachment_id=request.attachment_id)
+        if found.unavailable_reason and not found.blob_sha256:
+            raise FailedPrecondition(
+                f"the attachment's content will never be available: {found.unavailable_reason}",
+                attachment_id=request.attachment_id,
+                retry="never",
+            )
         if not found.blob_sha256 or not await self._blobs.exists(found.blob_sha256):
             raise FailedPrecondition("the attachment's content has not been fetched yet; retry later")
         yield threading_pb2.GetAttachmentResponse(
@@ -254,6 +260,19 @@ class ThreadingServicer(threading_pb2_grpc.ThreadingServiceServicer):
                 cursor = entry.seq
             if not entries:
                 await _wait(placed, self._watch_poll_seconds)
+
+    async def ListRefusedDrops(self, request: threading_pb2.ListRefusedDropsRequest, context: Any) -> Any:
+        location = _location(request.location_id)
+        size = _page_size(request.page_size)
+        async with self._db.read() as session:
+            found = await reads.refused_drops(
+                session, location, limit=size + 1, before=_decode_token(request.page_token)
+            )
+        page, more = found[:size], len(found) > size
+        token = _encode_token(page[-1].decide_time, f"drop:{page[-1].drop_id}") if more else ""
+        return threading_pb2.ListRefusedDropsResponse(
+            refused_drops=[codec.refused_drop_proto(d) for d in page], next_page_token=token
+        )
 
     async def ExplainMessage(self, request: threading_pb2.ExplainMessageRequest, context: Any) -> Any:
         caller = current_caller()

@@ -40,6 +40,10 @@ class BlobNotFound(LookupError):
     """No blob with that digest."""
 
 
+class ContentUnavailable(LookupError):
+    """The source answered that it has no content for this attachment (it never will): no retry helps."""
+
+
 def check_digest(digest: str) -> None:
     """BlobNotFound unless `digest` is a lower-case hex SHA-256 (so no name can reach outside the store)."""
     if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
@@ -182,13 +186,29 @@ class AttachmentCollector:
                         f"content digest {digest} differs from the announced {item.expected_sha256}"
                     )
             except Exception as exc:
+                give_up = _give_up_reason(exc, item, self._max_attempts)
                 log.warning(
-                    "fetching attachment %s of %s failed: %r", item.attachment_id, item.message_id, exc
+                    "fetching attachment %s of %s failed%s: %r",
+                    item.attachment_id,
+                    item.message_id,
+                    "; it will never be available" if give_up else "",
+                    exc,
                 )
                 async with self._db.write() as session:
-                    await mark_fetch_failed(session, item.message_id, item.attachment_id)
+                    await mark_fetch_failed(
+                        session, item.message_id, item.attachment_id, give_up_reason=give_up
+                    )
                 continue
             async with self._db.write() as session:
                 await mark_fetched(session, item.message_id, item.attachment_id, digest, size)
             stored += 1
         return stored
+
+
+def _give_up_reason(exc: Exception, item: AttachmentToFetch, max_attempts: int) -> str:
+    """Why the attachment will never be served after this failure, or "" when another attempt may succeed."""
+    if isinstance(exc, ContentUnavailable):
+        return f"its source has no content for it ({exc})"
+    if item.attempts + 1 >= max_attempts:
+        return f"every one of {max_attempts} attempts to fetch it failed, the last with {type(exc).__name__}"
+    return ""

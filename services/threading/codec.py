@@ -26,6 +26,7 @@ from services.threading.store.reads import (
     FeedEntry,
     MessageView,
     ParticipantView,
+    RefusedDropView,
 )
 from services.threading.store.values import (
     AttachmentInfo,
@@ -115,6 +116,7 @@ def incoming_message(event: events_pb2.NormalizedMessage) -> IncomingMessage:
             location_id=event.bcc_drop.location_id,
             sender_user_id=event.bcc_drop.sender_user_id,
             content_digest=event.bcc_drop.content_digest,
+            rejection_reason=event.bcc_drop.refusal_reason,
         )
         source = Source.BCC_DROP
     internal_time = to_datetime(event.internal_time) or to_datetime(event.observe_time)
@@ -217,6 +219,8 @@ def message_synced(synced: SyncedMessage) -> events_pb2.MessageSynced:
         source=source_number(synced.source),
         rule_id=synced.rule_id,
         sync_time=to_timestamp(synced.sync_time),
+        revised=synced.revised,
+        supersedes_message_id=synced.supersedes_message_id,
     )
 
 
@@ -331,6 +335,7 @@ def message_proto(view: MessageView) -> threading_pb2.Message:
         rule_id=view.rule_id,
         send_id=view.send_id,
         send_pending=view.send_pending,
+        superseded_message_ids=list(view.superseded_message_ids),
     )
 
 
@@ -348,6 +353,8 @@ def feed_entry_proto(entry: FeedEntry) -> threading_pb2.WatchMessagesResponse:
             source=_SOURCE_BY_NAME.get(entry.source, 0),
             rule_id=entry.rule_id,
             sync_time=to_timestamp(entry.sync_time),
+            revised=entry.revised,
+            supersedes_message_id=entry.supersedes_message_id,
         ),
     )
 
@@ -370,4 +377,14 @@ def explanation_proto(explanation: Explanation) -> threading_pb2.ExplainMessageR
             )
             for d in explanation.decisions
         ],
+    )
+
+
+def refused_drop_proto(view: RefusedDropView) -> threading_pb2.RefusedDrop:
+    return threading_pb2.RefusedDrop(
+        drop_id=view.drop_id,
+        rfc_message_id=view.rfc_message_id,
+        participants=[_participant_view_proto(p) for p in view.participants],
+        reason=view.reason,
+        decide_time=to_timestamp(view.decide_time),
     )

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from mailsync.v1 import ingest_pb2, ingest_pb2_grpc
+from services.threading.fetch_stream import content_chunks
 from services.threading.store.attachments import AttachmentToFetch
 
 
@@ -26,11 +27,7 @@ class IngestAttachmentFetcher:
             drop_id=attachment.drop_id,
             attachment_id=attachment.attachment_id,
         )
-        described = False
-        async for response in self._stub.FetchAttachment(request, timeout=self._timeout):
-            if response.HasField("metadata"):
-                described = True
-            elif not described:
-                raise ValueError("ingest sent attachment content before its metadata")
-            else:
-                yield response.chunk
+        async for chunk in content_chunks(
+            self._stub.FetchAttachment(request, timeout=self._timeout), "ingest"
+        ):
+            yield chunk

@@ -10,6 +10,7 @@ import grpc
 
 from mailsync.v1 import outbound_pb2, outbound_pb2_grpc
 from services.threading.blobs import AttachmentFetcher
+from services.threading.fetch_stream import content_chunks
 from services.threading.store.attachments import AttachmentToFetch
 
 UPLOAD_PREFIX = "upload:"
@@ -27,14 +28,9 @@ class OutboundAttachmentFetcher:
             location_id=attachment.location_id,
             upload_id=attachment.attachment_id.removeprefix(UPLOAD_PREFIX),
         )
-        described = False
-        async for response in self._stub.FetchSentAttachment(request, timeout=self._timeout):
-            if response.HasField("metadata"):
-                described = True
-            elif not described:
-                raise ValueError("outbound sent attachment content before its metadata")
-            else:
-                yield response.chunk
+        responses = self._stub.FetchSentAttachment(request, timeout=self._timeout)
+        async for chunk in content_chunks(responses, "outbound"):
+            yield chunk
 
 
 class RoutedAttachmentFetcher:

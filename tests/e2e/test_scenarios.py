@@ -146,6 +146,82 @@ def test_scenario_4_R4_contact_reply_to_a_crm_reply_lands_in_the_same_thread(sta
     assert len(stack.conversations(location)) == 1
 
 
+def test_scenario_3_4_R6_R15_R4_sent_copy_readable_only_after_the_send_answered(stack: E2EStack) -> None:
+    """The sandbox's `after_response` timing: outbound cannot read the Message-ID Gmail gave the send, so the send
+    is recorded under ours; a colleague's connected mailbox (in Cc) receives it under Gmail's. The CRM still shows
+    the send once, under Gmail's Message-ID, with both mailbox copies; and the contact's reply that names only
+    Gmail's Message-ID (the one the contact received) follows it (R4)."""
+    location = stack.new_id("loc")
+    user_id, mailbox = connected_user(stack, location)
+    colleague = stack.create_user([location], name="colleague")
+    colleague_mailbox = stack.new_address("colleague")
+    stack.connect_gmail(colleague.user_id, location, colleague_mailbox)
+    contact_address = stack.new_address("gina", "outside.test")
+    contact = stack.upsert_contact(location, contact_address, assigned_user_id=user_id)
+    delivered = stack.deliver(mailbox, contact_address, "Contract", "Please send the contract")
+    first = stack.wait_for_message(location, contact.contact_id, rfc_message_id=delivered["message_id"])
+    before = stack.sandbox.settings()
+    stack.sandbox.settings(sent_copy_timing="after_response", sent_copy_delay_ms=1500)
+    try:
+        request = outbound_pb2.SendEmailRequest(
+            request_id=stack.new_id("send"),
+            location_id=location,
+            user_id=user_id,
+            kind=common_pb2.SEND_KIND_INDIVIDUAL,
+            to=[common_pb2.EmailAddress(email=contact_address)],
+            cc=[common_pb2.EmailAddress(email=colleague_mailbox)],
+            subject="Re: Contract",
+            text_body="Here it is",
+            conversation_id=first.conversation_id,
+            reply_gmail_thread_id=first.mailbox_copies[0].gmail_thread_id,
+            reply_to_rfc_message_id=first.rfc_message_id,
+            reply_references=[first.rfc_message_id],
+        )
+        send = stack.outbound.SendEmail(request).send
+    finally:
+        stack.sandbox.settings(
+            sent_copy_timing=before["sent_copy_timing"], sent_copy_delay_ms=before["sent_copy_delay_ms"]
+        )
+    assert send.state == SENT
+    gmails = eventually(lambda: stack.gmail_message(mailbox, send.gmail_message_id)["message_id"])
+    colleague_copy = eventually(
+        lambda: only([m for m in stack.sandbox.messages(colleague_mailbox) if m["message_id"] == gmails])
+    )
+
+    def shown_once_under_gmails_id() -> threading_pb2.Message:
+        outbound = [
+            m for m in stack.messages_of_contact(location, contact.contact_id) if m.direction == OUTBOUND
+        ]
+        stored = only(outbound)
+        assert stored.send_id == send.send_id and stored.rule_id == "R6"
+        assert stored.rfc_message_id == gmails
+        assert {(c.mailbox_id, c.gmail_message_id) for c in stored.mailbox_copies} >= {
+            (stack.connection(user_id, location).mailbox_id, send.gmail_message_id),
+            (stack.connection(colleague.user_id, location).mailbox_id, colleague_copy["id"]),
+        }
+        return stored
+
+    sent = eventually(shown_once_under_gmails_id)
+    assert sent.thread_ids == first.thread_ids or set(first.thread_ids) <= set(sent.thread_ids)
+
+    # The contact answers everyone; the colleague's mailbox has it, and only Gmail's id links it to the thread.
+    answer = stack.deliver(
+        colleague_mailbox,
+        contact_address,
+        "Re: Contract",
+        "Signed",
+        to=[colleague_mailbox],
+        in_reply_to=gmails,
+        references=gmails,
+    )
+    reply = stack.wait_for_message(location, contact.contact_id, rfc_message_id=answer["message_id"])
+    assert reply.rule_id == "R4"
+    assert set(reply.thread_ids) & set(sent.thread_ids)
+    assert [m.message_id for m in stack.messages_of_contact(location, contact.contact_id) if m.send_id] == [
+        sent.message_id
+    ]
+
+
 def reply_from_crm(
     stack: E2EStack,
     location: str,

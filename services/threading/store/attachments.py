@@ -21,6 +21,7 @@ class AttachmentToFetch:
     drop_id: str
     expected_sha256: str
     size_bytes: int
+    attempts: int = 0
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,8 @@ class StoredAttachment:
     size_bytes: int
     sha256: str
     blob_sha256: str
+    # Why the content will never be served; empty while it may still come.
+    unavailable_reason: str = ""
 
 
 async def attachments_to_fetch(
@@ -39,7 +42,11 @@ async def attachments_to_fetch(
         (
             await session.execute(
                 select(AttachmentRow)
-                .where(AttachmentRow.blob_sha256 == "", AttachmentRow.fetch_attempts < max_attempts)
+                .where(
+                    AttachmentRow.blob_sha256 == "",
+                    AttachmentRow.fetch_attempts < max_attempts,
+                    AttachmentRow.unavailable_reason == "",
+                )
                 .order_by(AttachmentRow.fetch_attempts, AttachmentRow.message_id, AttachmentRow.attachment_id)
                 .limit(limit)
             )
@@ -58,6 +65,7 @@ async def attachments_to_fetch(
             r.source_drop_id,
             r.sha256,
             r.size_bytes,
+            r.fetch_attempts,
         )
         for r in rows
     ]
@@ -73,11 +81,18 @@ async def mark_fetched(
     )
 
 
-async def mark_fetch_failed(session: AsyncSession, message_id: str, attachment_id: str) -> None:
+async def mark_fetch_failed(
+    session: AsyncSession, message_id: str, attachment_id: str, *, give_up_reason: str = ""
+) -> None:
+    """One more failed attempt; with `give_up_reason` the attachment is final: never fetched again, and readers
+    are told why."""
+    values: dict[str, object] = {"fetch_attempts": AttachmentRow.fetch_attempts + 1}
+    if give_up_reason:
+        values["unavailable_reason"] = give_up_reason
     await session.execute(
         update(AttachmentRow)
         .where(AttachmentRow.message_id == message_id, AttachmentRow.attachment_id == attachment_id)
-        .values(fetch_attempts=AttachmentRow.fetch_attempts + 1)
+        .values(values)
     )
 
 
@@ -87,4 +102,6 @@ async def stored_attachment(
     row = await session.get(AttachmentRow, (message_id, attachment_id))
     if row is None or row.location_id != location_id:
         return None
-    return StoredAttachment(row.filename, row.content_type, row.size_bytes, row.sha256, row.blob_sha256)
+    return StoredAttachment(
+        row.filename, row.content_type, row.size_bytes, row.sha256, row.blob_sha256, row.unavailable_reason
+    )

@@ -50,6 +50,7 @@ from services.threading.store.models import (
     table_of,
 )
 from services.threading.store.values import Applied, CreatedContact, SyncedMessage
+from services.threading.store.view import SendState
 
 # Insert order (the lock order). Claims are checked in the tables that have them.
 _TABLES: tuple[Table, ...] = tuple(
@@ -92,6 +93,8 @@ class FeedDraft:
     source: Source
     rule_id: str
     sync_time: dt.datetime
+    revised: bool = False
+    supersedes_message_id: str = ""
 
 
 @dataclass
@@ -116,6 +119,12 @@ class ChangeSet:
     _failed: dict[str, str] = field(default_factory=dict)
     _not_pending: set[str] = field(default_factory=set)
     _rfc_changes: dict[str, str] = field(default_factory=dict)
+    _final_rfcs: dict[str, str] = field(default_factory=dict)
+    _filled_sends: dict[str, SendState] = field(default_factory=dict)
+    _became_sends: dict[str, str] = field(default_factory=dict)
+    # Merges (R6): superseded message -> (survivor, its conversation, its contact, the explanation).
+    _merges: dict[str, tuple[str, str, str, str]] = field(default_factory=dict)
+    _moved_copies: dict[tuple[str, str], str] = field(default_factory=dict)
     _copy_states: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     _conversations: dict[str, _ConversationBump] = field(
         default_factory=lambda: defaultdict(_ConversationBump)
@@ -148,6 +157,30 @@ class ChangeSet:
 
     def change_rfc_message_id(self, message_id: str, rfc_message_id: str) -> None:
         self._rfc_changes[message_id] = rfc_message_id
+
+    def set_final_rfc(self, send_id: str, final_rfc: str) -> None:
+        """The Message-ID Gmail gave a recorded send, learned from its Sent copy (R6)."""
+        self._final_rfcs[send_id] = final_rfc
+
+    def fill_send(self, send: SendState) -> None:
+        """A send recorded as failed before its `pending` came: its row gets the `pending` fields (as they end up)."""
+        self._filled_sends[send.send_id] = send
+
+    def become_send(self, message_id: str, send_id: str) -> None:
+        """A stored message turned out to be a CRM send's (placed from its Sent copy first, R6)."""
+        self._became_sends[message_id] = send_id
+
+    def supersede(
+        self, message_id: str, survivor: str, conversation_id: str, contact_id: str, reason: str
+    ) -> None:
+        """Merges a stored message into `survivor`: its Message-IDs and explanations point there from now on."""
+        self._merges[message_id] = (survivor, conversation_id, contact_id, reason)
+
+    def move_copy(self, message_id: str, mailbox_id: str, survivor: str) -> None:
+        self._moved_copies[(message_id, mailbox_id)] = survivor
+
+    def uncount_message(self, conversation_id: str) -> None:
+        self._conversations[conversation_id].messages -= 1
 
     def set_copy_state(self, message_id: str, mailbox_id: str, state: dict[str, Any]) -> None:
         self._copy_states[(message_id, mailbox_id)] = state
@@ -211,12 +244,50 @@ class ChangeSet:
             await conn.execute(
                 _RFC_CHANGE, [{"b_id": m, "b_rfc": r} for m, r in sorted(self._rfc_changes.items())]
             )
+        if self._final_rfcs:
+            await conn.execute(
+                _FINAL_RFC, [{"b_id": s, "b_final": f} for s, f in sorted(self._final_rfcs.items())]
+            )
+        if self._filled_sends:
+            await conn.execute(
+                _FILL_SEND,
+                [
+                    {
+                        "b_id": s.send_id,
+                        "b_location": s.location_id,
+                        "b_mailbox": s.mailbox_id,
+                        "b_message": s.message_id,
+                        "b_rfc": s.rfc_message_id,
+                        "b_thread": s.gmail_thread_id,
+                    }
+                    for _, s in sorted(self._filled_sends.items())
+                ],
+            )
+        if self._became_sends:
+            await conn.execute(
+                _BECOME_SEND, [{"b_id": m, "b_send": s} for m, s in sorted(self._became_sends.items())]
+            )
+        if self._merges:
+            merges = [
+                {"b_id": m, "b_survivor": s, "b_conversation": c, "b_contact": k, "b_reason": r}
+                for m, (s, c, k, r) in sorted(self._merges.items())
+            ]
+            for statement in (_SUPERSEDE, _REPOINT_RFC_IDS, _REPOINT_DECISIONS):
+                await conn.execute(statement, merges)
         if self._copy_states:
             await conn.execute(
                 _COPY_STATE,
                 [
                     {"b_message": m, "b_mailbox": b, **{f"b_{k}": v for k, v in state.items()}}
                     for (m, b), state in sorted(self._copy_states.items())
+                ],
+            )
+        if self._moved_copies:
+            await conn.execute(
+                _MOVE_COPY,
+                [
+                    {"b_message": m, "b_mailbox": b, "b_survivor": s}
+                    for (m, b), s in sorted(self._moved_copies.items())
                 ],
             )
         if self._conversations:
@@ -263,6 +334,8 @@ class ChangeSet:
                     draft.source,
                     draft.rule_id,
                     draft.sync_time,
+                    draft.revised,
+                    draft.supersedes_message_id,
                 )
             )
         await inserts.insert(
@@ -281,6 +354,8 @@ class ChangeSet:
                     "source": s.source.value,
                     "rule_id": s.rule_id,
                     "sync_time": s.sync_time,
+                    "revised": s.revised,
+                    "supersedes_message_id": s.supersedes_message_id,
                 }
                 for s in synced
             ],
@@ -392,6 +467,60 @@ _RFC_CHANGE = (
     update(_messages)
     .where(_messages.c.message_id == bindparam("b_id"))
     .values(rfc_message_id=bindparam("b_rfc"))
+)
+_FINAL_RFC = (
+    update(_sends)
+    .where(_sends.c.send_id == bindparam("b_id"))
+    .values(final_rfc_message_id=bindparam("b_final"))
+)
+_FILL_SEND = (
+    update(_sends)
+    .where(_sends.c.send_id == bindparam("b_id"), _sends.c.location_id == "")
+    .values(
+        location_id=bindparam("b_location"),
+        mailbox_id=bindparam("b_mailbox"),
+        message_id=bindparam("b_message"),
+        rfc_message_id=bindparam("b_rfc"),
+        gmail_thread_id=bindparam("b_thread"),
+    )
+)
+_BECOME_SEND = (
+    update(_messages)
+    .where(_messages.c.message_id == bindparam("b_id"))
+    .values(
+        rule_id="R6",
+        source=Source.CRM_SEND.value,
+        direction=Direction.OUTBOUND.value,
+        send_id=bindparam("b_send"),
+    )
+)
+_SUPERSEDE = (
+    update(_messages)
+    .where(_messages.c.message_id == bindparam("b_id"))
+    .values(superseded_by=bindparam("b_survivor"))
+)
+_rfc_ids = table_of(MessageRfcIdRow)
+_REPOINT_RFC_IDS = (
+    update(_rfc_ids)
+    .where(_rfc_ids.c.message_id == bindparam("b_id"))
+    .values(message_id=bindparam("b_survivor"))
+)
+_decisions = table_of(DecisionRow)
+_REPOINT_DECISIONS = (
+    update(_decisions)
+    .where(_decisions.c.message_id == bindparam("b_id"))
+    .values(
+        message_id=bindparam("b_survivor"),
+        conversation_id=bindparam("b_conversation"),
+        contact_id=bindparam("b_contact"),
+        rule_id="R6",
+        reason=bindparam("b_reason"),
+    )
+)
+_MOVE_COPY = (
+    update(_copies)
+    .where(_copies.c.message_id == bindparam("b_message"), _copies.c.mailbox_id == bindparam("b_mailbox"))
+    .values(message_id=bindparam("b_survivor"))
 )
 _COPY_STATE = (
     update(_copies)

@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -160,10 +161,15 @@ class MessageRow(Base):
     send_id: Mapped[str] = mapped_column(_KEY, default="")
     send_pending: Mapped[bool] = mapped_column(Boolean, default=False)
     create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    # Set when this record turned out to be another copy of a CRM send's message and was merged into it (R6, R15):
+    # the row stays (its id still reads as the survivor) but lists show the survivor only.
+    superseded_by: Mapped[str] = mapped_column(_KEY, default="", server_default="")
     __table_args__ = (
         UniqueConstraint("location_id", "dedup_key", name="uq_messages_dedup"),
         # Keyset pagination of a conversation (ListMessages on 10,000 messages).
         Index("ix_messages_conversation_time", "conversation_id", "message_time", "message_id"),
+        # The records merged into a message (read with it).
+        Index("ix_messages_superseded_by", "superseded_by"),
     )
 
 
@@ -257,6 +263,8 @@ class AttachmentRow(Base):
     # Set once the content is in the blob store (content-addressed by this digest).
     blob_sha256: Mapped[str] = mapped_column(String(64), default="")
     fetch_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Set when the content will never be served (its source has none, or every attempt failed): why, for readers.
+    unavailable_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
     __table_args__ = (
         PrimaryKeyConstraint("message_id", "attachment_id", name="pk_attachments"),
         Index("ix_attachments_unfetched", "blob_sha256", "fetch_attempts"),
@@ -292,7 +300,11 @@ class DecisionRow(Base):
     conversation_id: Mapped[str] = mapped_column(_KEY, default="")
     message_id: Mapped[str] = mapped_column(_KEY, default="")
     decide_time: Mapped[dt.datetime] = mapped_column(UtcDateTime)
-    __table_args__ = (PrimaryKeyConstraint("seen_key", "location_id", name="pk_decisions"),)
+    __table_args__ = (
+        PrimaryKeyConstraint("seen_key", "location_id", name="pk_decisions"),
+        # A location's refused BCC drops, newest first (ListRefusedDrops).
+        Index("ix_decisions_location_rule_time", "location_id", "rule_id", "decide_time"),
+    )
 
 
 class CrmSendRow(Base):
@@ -335,6 +347,10 @@ class SyncedFeedRow(Base):
     source: Mapped[str] = mapped_column(String(16))
     rule_id: Mapped[str] = mapped_column(String(8))
     sync_time: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    # A revision of a message announced before (Gmail's Message-ID became known, or a merge, R6).
+    revised: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The message this entry's message replaces (merged into it); readers drop it.
+    supersedes_message_id: Mapped[str] = mapped_column(_KEY, default="", server_default="")
     __table_args__ = (PrimaryKeyConstraint("location_id", "seq", name="pk_synced_feed"),)
 
 

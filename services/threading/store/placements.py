@@ -14,12 +14,13 @@ twice: a copy decided before is a no-op, and a concurrent writer is caught by th
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from services.threading.domain.addresses import normalize_email, normalize_message_id
 from services.threading.domain.model import (
     Decision,
+    Direction,
     EchoLink,
     IncomingMessage,
     LocationDecision,
@@ -106,6 +107,8 @@ class _Landing:
     message_id: str
     conversation_id: str
     contact_id: str
+    # False when the email was already stored (another copy, or a record placed before its CRM send, R6).
+    created: bool = True
 
 
 def is_waiting(result: OperationResult) -> bool:
@@ -271,6 +274,7 @@ class BatchPlacement:
                     "send_id": send_id,
                     "send_pending": send_pending,
                     "create_time": self._now,
+                    "superseded_by": "",
                 },
                 claim=True,
             )
@@ -284,6 +288,7 @@ class BatchPlacement:
                     message_time,
                     message.message_id,
                     send_pending,
+                    send_id,
                     new_row=row,
                 )
             )
@@ -311,7 +316,7 @@ class BatchPlacement:
             conversation_id, contact_id = existing.conversation_id, existing.contact_id
         if message.source is Source.GMAIL_SYNC:
             self._add_gmail_copy(message, location, message_id)
-        return _Landing(message_id, conversation_id, contact_id)
+        return _Landing(message_id, conversation_id, contact_id, created=existing is None)
 
     def _create_sync_contact(self, message: IncomingMessage, placement: Placement) -> str:
         """R9: the contact of a drop's first To recipient, created once (its id derives from the address)."""
@@ -483,6 +488,7 @@ class BatchPlacement:
                     "source_drop_id": drop_id,
                     "blob_sha256": "",
                     "fetch_attempts": 0,
+                    "unavailable_reason": "",
                 },
             )
             changes.attachments_to_fetch = True
@@ -550,11 +556,21 @@ class BatchPlacement:
         stored = self._view.messages.get(echo.message_id)
         if stored is None:
             return
+        send = self._view.sends.get(echo.send_id)
         self._add_gmail_copy(message, stored.location_id, stored.message_id)
         if message.message_id:
+            # Gmail's Message-ID wins whenever it becomes known (outbound may not have been able to read it):
+            # it is the one every copy and every reply carries; ours stays an alias.
+            renamed = message.message_id != stored.rfc_message_id
+            if renamed:
+                self._take_message_id(stored, send, message.message_id)
+            # Another mailbox's copy placed under Gmail's id before it was known here is this email (R15).
+            other = self._view.rfc_ids.get((stored.location_id, message.message_id))
+            merged = self._merge_into(stored, [other], echo.send_id)
             self._add_rfc_id(stored.location_id, message.message_id, stored.message_id)
+            if renamed and not merged:
+                self._announce_revision(stored)
         self._alias_gmail_thread(stored, message.mailbox_id, message.gmail_thread_id)
-        send = self._view.sends.get(echo.send_id)
         if send is not None and send.gmail_message_id == "":
             send.gmail_message_id = message.gmail_message_id
             send.gmail_thread_id = message.gmail_thread_id
@@ -634,38 +650,56 @@ class BatchPlacement:
     def record_pending_send(self, send: CrmSendInput, content: MessageContent) -> None:
         """Records a CRM send in its location's conversation at once (once, whatever the redeliveries)."""
         view = self._view
-        if send.send_id in view.sends:
+        recorded = view.sends.get(send.send_id)
+        # `failed` came first (a redelivered `pending`): the attempt is still recorded, as failed.
+        failed_first = recorded is not None and recorded.location_id == ""
+        if recorded is not None and not failed_first:
             return
-        row = self._changes.insert(
-            _sends,
-            {
-                "send_id": send.send_id,
-                "location_id": send.location_id,
-                "mailbox_id": send.mailbox_id,
-                "message_id": "",
-                "rfc_message_id": normalize_message_id(send.rfc_message_id),
-                "final_rfc_message_id": "",
-                "gmail_message_id": "",
-                "gmail_thread_id": send.gmail_thread_id,
-                "state": "pending",
-                "failure_reason": "",
-                "create_time": self._now,
-            },
-            claim=True,
-        )
-        state = SendState(
-            send.send_id,
-            send.location_id,
-            send.mailbox_id,
-            "",
-            normalize_message_id(send.rfc_message_id),
-            "",
-            "",
-            send.gmail_thread_id,
-            "pending",
-            new_row=row,
-        )
-        view.add_send(state)
+        rfc = normalize_message_id(send.rfc_message_id)
+        if recorded is not None:
+            state = recorded
+            state.location_id, state.mailbox_id = send.location_id, send.mailbox_id
+            state.rfc_message_id, state.gmail_thread_id = rfc, send.gmail_thread_id
+            if state.new_row is None:
+                self._changes.fill_send(state)
+            row = state.new_row if state.new_row is not None else {}
+            row.update(
+                location_id=send.location_id,
+                mailbox_id=send.mailbox_id,
+                rfc_message_id=rfc,
+                gmail_thread_id=send.gmail_thread_id,
+            )
+        else:
+            row = self._changes.insert(
+                _sends,
+                {
+                    "send_id": send.send_id,
+                    "location_id": send.location_id,
+                    "mailbox_id": send.mailbox_id,
+                    "message_id": "",
+                    "rfc_message_id": rfc,
+                    "final_rfc_message_id": "",
+                    "gmail_message_id": "",
+                    "gmail_thread_id": send.gmail_thread_id,
+                    "state": "pending",
+                    "failure_reason": "",
+                    "create_time": self._now,
+                },
+                claim=True,
+            )
+            state = SendState(
+                send.send_id,
+                send.location_id,
+                send.mailbox_id,
+                "",
+                rfc,
+                "",
+                "",
+                send.gmail_thread_id,
+                "pending",
+                new_row=row,
+            )
+            view.add_send(state)
         contact_id = conversation_id = ""
         if send.conversation_id:
             found = view.conversations.get(send.conversation_id)
@@ -696,11 +730,13 @@ class BatchPlacement:
                 decision.placement,
                 crm_message_key(send),
                 send_id=send.send_id,
-                send_pending=True,
+                send_pending=not failed_first,
             )
             state.message_id = landing.message_id
             row["message_id"] = landing.message_id
             landings[send.location_id] = landing
+            if not landing.created:
+                self._become_send(self._view.messages[landing.message_id], state)
         seen_key = send_seen_key(send.send_id)
         kept_subject = content.subject if landings else ""  # R18, as for a synced copy
         self._record_seen(seen_key, message, kept_subject, [send.location_id], claim=False)
@@ -731,14 +767,27 @@ class BatchPlacement:
         stored = self._view.messages.get(state.message_id) if state.message_id else None
         if stored is not None:
             self._clear_send_pending(stored)
-            if final:
+            # The Sent copy (or another mailbox's copy) may have been placed before this answer came: one message.
+            view = self._view
+            location = stored.location_id
+            sent_copies = [c.message_id for c in view.copies_of(send.mailbox_id, operation.gmail_message_id)]
+            # The Sent copy carries the Message-ID Gmail really gave the email, which outbound may not have read.
+            gmails = [
+                found.rfc_message_id
+                for found in (view.messages.get(m) for m in sent_copies)
+                if found is not None and found.location_id == location and found.rfc_message_id
+            ]
+            final = next((rfc for rfc in gmails if rfc != stored.rfc_message_id), final)
+            renamed = bool(final) and final != stored.rfc_message_id
+            if renamed:
                 # Gmail's id is the one every copy carries from now on: it becomes the message's id, ours an alias.
-                stored.rfc_message_id = final
-                if stored.new_row is not None:
-                    stored.new_row["rfc_message_id"] = final
-                else:
-                    self._changes.change_rfc_message_id(stored.message_id, final)
+                self._take_message_id(stored, state, final)
+            others = [view.rfc_ids.get((location, rfc)) for rfc in (final, state.rfc_message_id) if rfc]
+            merged = self._merge_into(stored, others + sent_copies, send.send_id)
+            if final:
                 self._add_rfc_id(stored.location_id, final, stored.message_id)
+            if renamed and not merged:
+                self._announce_revision(stored)
             self._alias_gmail_thread(stored, send.mailbox_id, operation.gmail_thread_id)
             self._add_copy(
                 stored.message_id,
@@ -754,7 +803,33 @@ class BatchPlacement:
     def record_send_failed(self, operation: RecordSendFailed) -> None:
         """The send certainly did not go out: it stops holding the mailbox's SENT copies (R6) and is marked failed."""
         state = self._view.sends.get(operation.send_id)
-        if state is None or state.state == "sent":
+        if state is None:
+            # Ahead of its `pending` (a redelivery): remembered, so the late `pending` records a failed attempt.
+            row = self._changes.insert(
+                _sends,
+                {
+                    "send_id": operation.send_id,
+                    "location_id": "",
+                    "mailbox_id": "",
+                    "message_id": "",
+                    "rfc_message_id": "",
+                    "final_rfc_message_id": "",
+                    "gmail_message_id": "",
+                    "gmail_thread_id": "",
+                    "state": "failed",
+                    "failure_reason": operation.reason,
+                    "create_time": self._now,
+                },
+                claim=True,
+            )
+            self._view.add_send(
+                SendState(
+                    operation.send_id, "", "", "", "", "", "", "", "failed", operation.reason, new_row=row
+                )
+            )
+            self._view.version += 1
+            return
+        if state.state == "sent":
             return
         state.state = "failed"
         state.failure_reason = operation.reason
@@ -766,6 +841,109 @@ class BatchPlacement:
         if stored is not None:
             self._clear_send_pending(stored)
         self._view.version += 1
+
+    # One CRM message per send, whatever the order (R6, R15).
+
+    def _take_message_id(self, stored: MessageState, send: SendState | None, rfc_message_id: str) -> None:
+        """The send's message is known by Gmail's Message-ID from now on (the send's too)."""
+        stored.rfc_message_id = rfc_message_id
+        if stored.new_row is not None:
+            stored.new_row["rfc_message_id"] = rfc_message_id
+        else:
+            self._changes.change_rfc_message_id(stored.message_id, rfc_message_id)
+        if send is not None and send.final_rfc_message_id != rfc_message_id:
+            send.final_rfc_message_id = rfc_message_id
+            if send.new_row is not None:
+                send.new_row["final_rfc_message_id"] = rfc_message_id
+            else:
+                self._changes.set_final_rfc(send.send_id, rfc_message_id)
+
+    def _become_send(self, stored: MessageState, send: SendState) -> None:
+        """The send's Sent copy was placed (R5) before the send was recorded, under the Message-ID the send also
+        carries: that record is the send's message, superseded in place (same id, now R6)."""
+        if stored.send_id or stored.superseded_by or stored.location_id != send.location_id:
+            return
+        stored.send_id = send.send_id
+        if stored.new_row is not None:
+            stored.new_row.update(
+                rule_id="R6",
+                source=Source.CRM_SEND.value,
+                direction=Direction.OUTBOUND.value,
+                send_id=send.send_id,
+            )
+        else:
+            self._changes.become_send(stored.message_id, send.send_id)
+        self._announce_revision(stored)
+
+    def _merge_into(self, survivor: MessageState, candidates: Iterable[str | None], send_id: str) -> int:
+        """Records of the send's email placed before its answer came (its Sent copy by R5, a colleague's copy by R4
+        or R2) become the send's message: each is marked superseded (kept, its id reads as the survivor), its
+        mailbox copies, Message-IDs and explanations move over, and readers are told. Returns how many."""
+        merged = 0
+        for other_id in sorted({c for c in candidates if c} - {survivor.message_id}):
+            other = self._view.messages.get(other_id)
+            if other is None or other.location_id != survivor.location_id or other.superseded_by:
+                continue
+            self._supersede(other, survivor, send_id)
+            merged += 1
+        return merged
+
+    def _supersede(self, other: MessageState, survivor: MessageState, send_id: str) -> None:
+        view, changes = self._view, self._changes
+        other.superseded_by = survivor.message_id
+        if other.new_row is not None:
+            other.new_row["superseded_by"] = survivor.message_id
+        reason = (
+            f"a copy of CRM send {send_id}, placed before the send's answer arrived; merged into the send's "
+            f"message {survivor.message_id}"
+        )
+        changes.supersede(
+            other.message_id, survivor.message_id, survivor.conversation_id, survivor.contact_id, reason
+        )
+        changes.uncount_message(other.conversation_id)
+        if other.conversation_id == survivor.conversation_id:
+            # Replies that followed the early record's thread stay with the message (one conversation, R4).
+            for thread_id in sorted(view.message_threads.get(other.message_id, ())):
+                self._link_thread(thread_id, survivor.message_id, survivor.message_time)
+        for copy in view.copies_of_message(other.message_id):
+            if (survivor.message_id, copy.mailbox_id) in view.copies:
+                continue
+            if copy.new_row is not None:
+                copy.new_row["message_id"] = survivor.message_id
+            else:
+                changes.move_copy(other.message_id, copy.mailbox_id, survivor.message_id)
+            view.move_copy(copy, survivor.message_id)
+        for key, owner in list(view.rfc_ids.items()):
+            if owner == other.message_id:
+                view.rfc_ids[key] = survivor.message_id
+        self._announce_revision(survivor, supersedes=other.message_id)
+
+    def _announce_revision(self, stored: MessageState, *, supersedes: str = "") -> None:
+        """WatchMessages and `message.synced` tell readers what changed about a message they were told of."""
+        if stored.new_row is not None and not supersedes:
+            # Announced by this very batch: its entry is written with the message as it ends up.
+            for draft in self._changes.feed:
+                if draft.message_id == stored.message_id and not draft.revised:
+                    draft.rfc_message_id = stored.rfc_message_id
+                    draft.rule_id = str(stored.new_row["rule_id"])
+                    draft.source = Source(stored.new_row["source"])
+            return
+        self._changes.feed.append(
+            FeedDraft(
+                stored.location_id,
+                stored.message_id,
+                stored.conversation_id,
+                self._view.thread_of(stored.message_id) or "",
+                stored.contact_id,
+                stored.rfc_message_id,
+                Direction.OUTBOUND,
+                Source.CRM_SEND,
+                "R6",
+                self._now,
+                revised=True,
+                supersedes_message_id=supersedes,
+            )
+        )
 
     def _clear_send_pending(self, stored: MessageState) -> None:
         stored.send_pending = False

@@ -87,6 +87,8 @@ class MessageView:
     rule_id: str
     send_id: str
     send_pending: bool
+    # Records of the same email merged into this message (R6): their ids read as this message.
+    superseded_message_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,8 @@ class FeedEntry:
     source: str
     rule_id: str
     sync_time: dt.datetime
+    revised: bool = False
+    supersedes_message_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -202,12 +206,15 @@ def _page_query(by_thread: bool, keyset: bool) -> Any:
             .where(
                 ThreadMessageRow.thread_id == bindparam("key"),
                 MessageRow.location_id == bindparam("location"),
+                MessageRow.superseded_by == "",
             )
         )
         time_column, id_column = ThreadMessageRow.message_time, ThreadMessageRow.message_id
     else:
         query = select(*_MESSAGE_COLUMNS).where(
-            MessageRow.conversation_id == bindparam("key"), MessageRow.location_id == bindparam("location")
+            MessageRow.conversation_id == bindparam("key"),
+            MessageRow.location_id == bindparam("location"),
+            MessageRow.superseded_by == "",
         )
         time_column, id_column = MessageRow.message_time, MessageRow.message_id
     if keyset:
@@ -242,13 +249,23 @@ async def list_messages(
     return await _views(session, list(rows))
 
 
+_MESSAGE_BY_ID = select(*_MESSAGE_COLUMNS, MessageRow.superseded_by).where(
+    MessageRow.message_id == bindparam("id")
+)
+# A merge always names a survivor that is not itself superseded; the bound only guards against a broken row.
+_MAX_SUPERSEDED_HOPS = 4
+
+
 async def get_message(session: AsyncSession, location_id: str, message_id: str) -> MessageView | None:
-    row = (
-        await session.execute(select(*_MESSAGE_COLUMNS).where(MessageRow.message_id == message_id))
-    ).first()
-    if row is None or row.location_id != location_id:
-        return None
-    return (await _views(session, [row]))[0]
+    """The message with this id; the id of a record merged into another message reads as that message (R6)."""
+    for _ in range(_MAX_SUPERSEDED_HOPS):
+        row = (await session.execute(_MESSAGE_BY_ID, {"id": message_id})).first()
+        if row is None or row.location_id != location_id:
+            return None
+        if not row.superseded_by:
+            return (await _views(session, [row]))[0]
+        message_id = row.superseded_by
+    return None
 
 
 def _children() -> Any:
@@ -326,6 +343,7 @@ def _children() -> Any:
             ThreadMessageRow.message_id,
             a=ThreadMessageRow.thread_id,
         ),
+        branch("superseded", MessageRow.superseded_by, MessageRow.superseded_by, a=MessageRow.message_id),
     )
 
 
@@ -339,6 +357,7 @@ async def _views(session: AsyncSession, rows: list[Any]) -> list[MessageView]:
     attachments: dict[str, list[AttachmentView]] = {}
     copies: dict[str, list[MailboxCopyView]] = {}
     threads: dict[str, list[str]] = {}
+    superseded: dict[str, list[str]] = {}
     for c in await session.execute(_CHILDREN, {"ids": [r.message_id for r in rows]}):
         if c.kind == "participant":
             participants.setdefault(c.message_id, []).append(ParticipantView(c.a, c.b, c.c, int(c.n)))
@@ -352,8 +371,10 @@ async def _views(session: AsyncSession, rows: list[Any]) -> list[MessageView]:
                     c.a, c.b, c.c, tuple(c.labels or ()), bool(c.flag1), bool(c.flag2), bool(c.flag3), c.when
                 )
             )
-        else:
+        elif c.kind == "thread":
             threads.setdefault(c.message_id, []).append(c.a)
+        else:
+            superseded.setdefault(c.message_id, []).append(c.a)
     for found in participants.values():
         found.sort(key=lambda p: (p.role, p.position))
     for attached in attachments.values():
@@ -381,6 +402,7 @@ async def _views(session: AsyncSession, rows: list[Any]) -> list[MessageView]:
             rule_id=r.rule_id,
             send_id=r.send_id,
             send_pending=r.send_pending,
+            superseded_message_ids=tuple(sorted(superseded.get(r.message_id, ()))),
         )
         for r in rows
     ]
@@ -419,6 +441,8 @@ async def feed_after(session: AsyncSession, location_id: str, seq: int, *, limit
             r.source,
             r.rule_id,
             r.sync_time,
+            r.revised,
+            r.supersedes_message_id,
         )
         for r in rows
     ]
@@ -485,3 +509,60 @@ async def explain(
             for d in visible
         ),
     )
+
+
+@dataclass(frozen=True)
+class RefusedDropView:
+    drop_id: str
+    rfc_message_id: str
+    participants: tuple[ParticipantView, ...]
+    reason: str
+    decide_time: dt.datetime
+
+
+_DROP_PREFIX = "drop:"
+
+
+async def refused_drops(
+    session: AsyncSession, location_id: str, *, limit: int, before: tuple[dt.datetime, str] | None = None
+) -> list[RefusedDropView]:
+    """BCC drops of the location that synced nowhere (R9), newest first, keyset-paged by (decide time, key)."""
+    query = (
+        select(DecisionRow.seen_key, DecisionRow.reason, DecisionRow.decide_time, SeenMessageRow)
+        .join(SeenMessageRow, SeenMessageRow.seen_key == DecisionRow.seen_key)
+        .where(
+            DecisionRow.location_id == location_id,
+            DecisionRow.rule_id == "R9",
+            DecisionRow.synced.is_(False),
+            DecisionRow.seen_key.startswith(_DROP_PREFIX),
+        )
+    )
+    if before is not None:
+        when, key = before
+        query = query.where(
+            (DecisionRow.decide_time < when)
+            | ((DecisionRow.decide_time == when) & (DecisionRow.seen_key < key))
+        )
+    rows = (
+        await session.execute(
+            query.order_by(DecisionRow.decide_time.desc(), DecisionRow.seen_key.desc()).limit(limit)
+        )
+    ).all()
+    return [
+        RefusedDropView(
+            drop_id=seen_key.removeprefix(_DROP_PREFIX),
+            rfc_message_id=seen.rfc_message_id,
+            participants=tuple(
+                ParticipantView(
+                    p.get("email", ""),
+                    p.get("display_name", ""),
+                    p.get("role", ""),
+                    int(p.get("position", 0)),
+                )
+                for p in seen.participants or []
+            ),
+            reason=reason,
+            decide_time=decide_time,
+        )
+        for seen_key, reason, decide_time, seen in rows
+    ]

@@ -174,6 +174,9 @@ async def load_view(conn: AsyncConnection, operations: Sequence[Operation]) -> S
             wanted.add_message(op.message)
         elif isinstance(op, RecordSent):
             wanted.add_send(op.send, final_rfc=op.final_rfc_message_id, gmail_thread_id=op.gmail_thread_id)
+            if op.gmail_message_id:
+                # Its Sent copy may have been placed before this answer (R5): merged into the send's message.
+                wanted.gmail_copies.add((op.send.mailbox_id, op.gmail_message_id))
         elif isinstance(op, RecordPendingSend):
             wanted.add_send(op.send)
         elif isinstance(op, RecordSendFailed):
@@ -188,13 +191,13 @@ async def load_view(conn: AsyncConnection, operations: Sequence[Operation]) -> S
     wanted.add_sends_found(sends)
     await _load_conversations(conn, view, wanted.conversation_ids)
     await _load_threads_by_id(conn, view, wanted.thread_ids)
-    await _load_copies_by_gmail_id(conn, view, wanted.gmail_copies)
+    copied_messages = await _load_copies_by_gmail_id(conn, view, wanted.gmail_copies)
     # Round 2: keys, including those of the CRM sends found.
     await _load_thread_keys(conn, view, wanted.thread_keys)
     found_messages = await _load_rfc_ids(conn, view, wanted.rfc_ids)
     found_messages |= await _load_references(conn, view, wanted.references)
     # Round 3: the messages found, their threads and their mailbox copies.
-    message_ids = wanted.message_ids | found_messages
+    message_ids = wanted.message_ids | found_messages | copied_messages
     await _load_messages(conn, view, message_ids)
     await _load_message_threads(conn, view, set(view.messages))
     await _load_copies_of_messages(conn, view, set(view.messages))
@@ -312,6 +315,8 @@ _MESSAGES = select(
     MessageRow.message_time,
     MessageRow.rfc_message_id,
     MessageRow.send_pending,
+    MessageRow.send_id,
+    MessageRow.superseded_by,
 ).where(_in(MessageRow.message_id))
 _MESSAGE_THREADS = (
     select(
@@ -476,6 +481,8 @@ async def _load_messages(conn: AsyncConnection, view: StoreView, ids: set[str]) 
                     row.message_time,
                     row.rfc_message_id,
                     row.send_pending,
+                    row.send_id,
+                    row.superseded_by,
                 )
             )
 
@@ -507,11 +514,15 @@ def _copy_state(row: Any) -> CopyState:
 
 async def _load_copies_by_gmail_id(
     conn: AsyncConnection, view: StoreView, pairs: set[tuple[str, str]]
-) -> None:
+) -> set[str]:
+    """The copies with these Gmail ids; returns the messages they belong to."""
+    found: set[str] = set()
     if pairs:
         for row in await _rows(conn, _COPIES_BY_GMAIL_ID, {gmail_id for _, gmail_id in pairs}):
             if (row.mailbox_id, row.gmail_message_id) in pairs:
                 view.add_copy(_copy_state(row))
+                found.add(row.message_id)
+    return found
 
 
 async def _load_copies_of_messages(conn: AsyncConnection, view: StoreView, ids: set[str]) -> None:

@@ -58,6 +58,9 @@ class SyncedMessage:
     source: Source
     rule_id: str
     sync_time: dt.datetime
+    # A change to a message announced before (Gmail's Message-ID, a merge), and the record merged into it.
+    revised: bool = False
+    supersedes_message_id: str = ""
 
 
 @dataclass(frozen=True)

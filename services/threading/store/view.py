@@ -50,6 +50,9 @@ class MessageState:
     message_time: dt.datetime
     rfc_message_id: str
     send_pending: bool
+    send_id: str = ""
+    # The message this record was merged into (R6); empty for a message readers see.
+    superseded_by: str = ""
     # The row to insert when this batch creates the message (later changes in the batch go into it).
     new_row: dict[str, Any] | None = None
 
@@ -168,6 +171,19 @@ class StoreView:
         self.copies[key] = copy
         self.copies_by_gmail.setdefault((copy.mailbox_id, copy.gmail_message_id), []).append(key)
         return True
+
+    def move_copy(self, copy: CopyState, message_id: str) -> None:
+        """The mailbox copy now belongs to another message (a record merged into a CRM send's message, R6)."""
+        old = (copy.message_id, copy.mailbox_id)
+        del self.copies[old]
+        listed = self.copies_by_gmail.get((copy.mailbox_id, copy.gmail_message_id), [])
+        if old in listed:
+            listed.remove(old)
+        copy.message_id = message_id
+        self.add_copy(copy)
+
+    def copies_of_message(self, message_id: str) -> list[CopyState]:
+        return [copy for (owner, _), copy in sorted(self.copies.items()) if owner == message_id]
 
     def add_seen(self, seen_key: str, mailbox_id: str, gmail_message_id: str, rfc_message_id: str) -> None:
         self.seen_keys.add(seen_key)

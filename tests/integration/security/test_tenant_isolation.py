@@ -278,6 +278,7 @@ BUILDERS: dict[str, Build] = {
     "ExplainMessage": lambda at, of: threading_pb2.ExplainMessageRequest(
         location_id=at, rfc_message_id=of.rfc_message_id
     ),
+    "ListRefusedDrops": lambda at, of: threading_pb2.ListRefusedDropsRequest(location_id=at),
     # OutboundService
     "UploadAttachment": lambda at, of: upload_requests(at),
     "SendEmail": lambda at, of: outbound_pb2.SendEmailRequest(
@@ -301,7 +302,9 @@ BUILDERS: dict[str, Build] = {
     ),
 }
 # Requests that name nothing of a location but the location itself: `foreign-ids` does not apply.
-LOCATION_ONLY = frozenset({"GetBccAddress", "RotateBccAddress", "WatchMessages", "UploadAttachment"})
+LOCATION_ONLY = frozenset(
+    {"GetBccAddress", "RotateBccAddress", "WatchMessages", "UploadAttachment", "ListRefusedDrops"}
+)
 # Lists filtered by a value (an address, a user): for another location's value they answer OK, empty.
 FILTERS = {"ListUsers": "users", "ListContacts": "contacts", "ListConnections": "connections"}
 # Writes keyed by (location, id): another location's id in one's own location only names one's own object.

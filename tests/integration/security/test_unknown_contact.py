@@ -8,7 +8,13 @@ import pytest
 
 from mailsync.v1 import threading_pb2
 from services.runtime.errors import error_info
-from tests.integration.threading.test_api import Client, contact, crm_a, threading_service  # noqa: F401
+from tests.integration.threading.test_api import (  # noqa: F401
+    Client,
+    attachment_source,
+    contact,
+    crm_a,
+    threading_service,
+)
 
 
 async def test_an_unknown_contact_is_not_found_and_a_known_one_lists_nothing(crm_a: Client) -> None:  # noqa: F811

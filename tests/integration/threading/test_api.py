@@ -20,6 +20,7 @@ from services.runtime.grpc_client import StaticToken, open_channel
 from services.runtime.jetstream import publish
 from services.runtime.service import RunningService
 from services.threading.app import build
+from services.threading.blobs import ContentUnavailable
 from services.threading.codec import to_timestamp
 from services.threading.settings import ThreadingSettings
 from services.threading.store.attachments import AttachmentToFetch
@@ -38,6 +39,11 @@ class IngestAttachmentStandIn:
 
     async def fetch(self, attachment: AttachmentToFetch) -> AsyncIterator[bytes]:
         self.requested.append(attachment.gmail_message_id)
+        if attachment.gmail_message_id.startswith("gone"):
+            # What ingest answers for a part it described without content (or a message Gmail no longer has).
+            raise ContentUnavailable(
+                "ingest answered NOT_FOUND: the message has no content for attachment 1.2"
+            )
         for start in range(0, len(ATTACHMENT), 50_000):
             yield ATTACHMENT[start : start + 50_000]
 
@@ -88,8 +94,18 @@ def normalized(
 
 
 @pytest.fixture
+def attachment_source() -> IngestAttachmentStandIn:
+    return IngestAttachmentStandIn()
+
+
+@pytest.fixture
 async def threading_service(
-    nats_server: Any, database_target: Any, token_keys_value: str, tmp_path: Path, run_service_in_process: Any
+    nats_server: Any,
+    database_target: Any,
+    token_keys_value: str,
+    tmp_path: Path,
+    run_service_in_process: Any,
+    attachment_source: IngestAttachmentStandIn,
 ) -> RunningService:
     settings = service_settings(
         ThreadingSettings,
@@ -101,7 +117,7 @@ async def threading_service(
         wait_delay_seconds=0.2,
     )
     return await run_service_in_process(
-        settings, functools.partial(build, attachment_fetcher=IngestAttachmentStandIn())
+        settings, functools.partial(build, attachment_fetcher=attachment_source)
     )
 
 
@@ -268,6 +284,129 @@ async def test_attachment_fetched_after_placement_streams_back_whole(crm_a: Clie
 
     await eventually(downloaded)
     assert b"".join(received) == ATTACHMENT
+
+
+async def test_issue16_an_attachment_whose_source_has_no_content_is_final_and_says_so(
+    crm_a: Client, jetstream: Any, attachment_source: IngestAttachmentStandIn
+) -> None:
+    """Asked once, never again; GetAttachment answers FAILED_PRECONDITION saying it will never be available and
+    why, instead of "not fetched yet; retry later" forever."""
+    await seeded(crm_a, jetstream, 0)
+    event = normalized("gone-1", "carol@example.com", minute=10, attachment=True)
+    await publish(jetstream, subjects.normalized("mbx-1"), event, msg_id="mbx-1:gone-1")
+    conversation = await conversation_of(crm_a, expect_messages=1)
+    page = await crm_a.stub.ListMessages(
+        threading_pb2.ListMessagesRequest(location_id="loc-a", conversation_id=conversation.conversation_id)
+    )
+    request = threading_pb2.GetAttachmentRequest(
+        location_id="loc-a", message_id=page.messages[0].message_id, attachment_id="1.2"
+    )
+    answers: list[str] = []
+
+    async def final() -> bool:
+        try:
+            [r async for r in crm_a.stub.GetAttachment(request)]
+        except grpc.aio.AioRpcError as error:
+            assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+            answers.append(error.details() or "")
+            return "never be available" in answers[-1]
+        raise AssertionError("content was served for an attachment whose source has none")
+
+    await eventually(final)
+    assert "no content for attachment 1.2" in answers[-1]
+    # A later collection pass (the one that fetches the next attachment) leaves it alone: asked once in all.
+    later = normalized("g-later", "carol@example.com", minute=11, attachment=True)
+    await publish(jetstream, subjects.normalized("mbx-1"), later, msg_id="mbx-1:g-later")
+    await conversation_of(crm_a, expect_messages=2)
+
+    async def later_fetched() -> bool:
+        return "g-later" in attachment_source.requested
+
+    await eventually(later_fetched)
+    assert attachment_source.requested.count("gone-1") == 1
+
+
+async def test_R16_R9_a_refused_bcc_drop_is_explainable_and_keeps_no_content(
+    crm_a: Client, crm_b: Client, jetstream: Any
+) -> None:
+    """A drop ingest refused reaches threading as ids, addresses and the refusal: ExplainMessage answers it for
+    the drop's location (and no other), without a subject (R18)."""
+    refused = events_pb2.NormalizedMessage(
+        rfc_message_id="<forged@evil.example>",
+        direction=common_pb2.DIRECTION_OUTBOUND,
+        participants=[
+            common_pb2.Participant(email="ceo@company.example", role=common_pb2.PARTICIPANT_ROLE_FROM),
+            common_pb2.Participant(email="victim@example.com", role=common_pb2.PARTICIPANT_ROLE_TO),
+        ],
+        internal_time=to_timestamp(at(12)),
+        source=common_pb2.MESSAGE_SOURCE_BCC_DROP,
+        bcc_drop=events_pb2.BccDropInfo(
+            drop_id="drop-refused-1",
+            location_id="loc-a",
+            content_digest="d" * 64,
+            refusal_reason="NOT_AUTHENTICATED: no DMARC-aligned SPF or DKIM pass for company.example",
+        ),
+    )
+    await publish(jetstream, subjects.normalized("drop-loc-a"), refused, msg_id="drop-refused-1")
+    request = threading_pb2.ExplainMessageRequest(location_id="loc-a", rfc_message_id="<forged@evil.example>")
+
+    async def explained() -> bool:
+        try:
+            await crm_a.stub.ExplainMessage(request)
+        except grpc.aio.AioRpcError as error:
+            assert error.code() == grpc.StatusCode.NOT_FOUND
+            return False
+        return True
+
+    await eventually(explained)
+    answer = await crm_a.stub.ExplainMessage(request)
+    (decision,) = answer.decisions
+    assert (decision.location_id, decision.synced, decision.rule_id) == ("loc-a", False, "R9")
+    assert "BCC drop refused: NOT_AUTHENTICATED" in decision.reason
+    assert answer.subject == "" and decision.message_id == ""
+    assert {p.email for p in answer.participants} == {"ceo@company.example", "victim@example.com"}
+    with pytest.raises(grpc.aio.AioRpcError) as other_location:
+        await crm_b.stub.ExplainMessage(
+            threading_pb2.ExplainMessageRequest(location_id="loc-b", rfc_message_id="<forged@evil.example>")
+        )
+    assert other_location.value.code() == grpc.StatusCode.NOT_FOUND
+
+    # Listed for its location, newest first, a page at a time; the other location lists nothing.
+    second = events_pb2.NormalizedMessage()
+    second.CopyFrom(refused)
+    second.rfc_message_id = "<forged-2@evil.example>"
+    second.bcc_drop.drop_id = "drop-refused-2"
+    await publish(jetstream, subjects.normalized("drop-loc-a"), second, msg_id="drop-refused-2")
+
+    async def both_listed() -> bool:
+        listed = await crm_a.stub.ListRefusedDrops(threading_pb2.ListRefusedDropsRequest(location_id="loc-a"))
+        return len(listed.refused_drops) == 2
+
+    await eventually(both_listed)
+    pages = []
+    token = ""
+    while True:
+        page = await crm_a.stub.ListRefusedDrops(
+            threading_pb2.ListRefusedDropsRequest(location_id="loc-a", page_size=1, page_token=token)
+        )
+        pages.append([(d.drop_id, d.rfc_message_id) for d in page.refused_drops])
+        token = page.next_page_token
+        if not token:
+            break
+    assert sorted(p for page in pages for p in page) == [
+        ("drop-refused-1", "<forged@evil.example>"),
+        ("drop-refused-2", "<forged-2@evil.example>"),
+    ]
+    assert all(len(page) == 1 for page in pages)
+    listed = (
+        await crm_a.stub.ListRefusedDrops(threading_pb2.ListRefusedDropsRequest(location_id="loc-a"))
+    ).refused_drops[0]
+    assert "NOT_AUTHENTICATED" in listed.reason and {p.email for p in listed.participants} == {
+        "ceo@company.example",
+        "victim@example.com",
+    }
+    elsewhere = await crm_b.stub.ListRefusedDrops(threading_pb2.ListRefusedDropsRequest(location_id="loc-b"))
+    assert list(elsewhere.refused_drops) == []
 
 
 async def test_watch_messages_resumes_after_a_disconnect_without_gaps(crm_a: Client, jetstream: Any) -> None:

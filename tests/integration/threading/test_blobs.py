@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from services.threading.blobs import AttachmentCollector, BlobNotFound, FolderBlobStore
-from services.threading.store.attachments import AttachmentToFetch
+from services.threading.blobs import AttachmentCollector, BlobNotFound, ContentUnavailable, FolderBlobStore
+from services.threading.store.attachments import AttachmentToFetch, stored_attachment
 from services.threading.store.contacts import ContactEmail, ContactRecord, upsert_contact
 from services.threading.store.models import AttachmentRow
 from services.threading.store.values import AttachmentInfo, MessageContent
@@ -80,3 +80,66 @@ async def test_R18_only_placed_messages_are_fetched_and_a_wrong_digest_is_refuse
         rows = (await session.execute(select(AttachmentRow))).scalars().all()
     assert sorted((r.blob_sha256 == good, r.fetch_attempts) for r in rows) == [(False, 1), (True, 0)]
     assert len(fetcher.calls) == 2
+
+
+class GoneFetcher(Fetcher):
+    """A source that answers it has no content (ingest's NOT_FOUND), or fails for a reason that may pass."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(b"")
+        self.error = error
+
+    def fetch(self, attachment: AttachmentToFetch) -> AsyncIterator[bytes]:
+        self.calls.append(attachment.message_id)
+        raise self.error
+
+
+async def _unavailable_reasons(db) -> list[tuple[int, str]]:
+    async with db.read() as session:
+        rows = (await session.execute(select(AttachmentRow))).scalars().all()
+    return [(r.fetch_attempts, r.unavailable_reason) for r in rows]
+
+
+async def test_issue16_an_attachment_its_source_has_no_content_for_is_final_after_one_answer(
+    threading_db, tmp_path: Path
+) -> None:
+    async with threading_db.write() as session:
+        record = ContactRecord(
+            "c-1", "loc-a", "", (ContactEmail("carol@example.com", True),), "user-1", T0, 1, False
+        )
+        await upsert_contact(session, record, now=T0)
+    await place_with_attachment(threading_db, sender="carol@example.com", rfc="<gone@x>", sha="")
+    fetcher = GoneFetcher(ContentUnavailable("ingest answered NOT_FOUND: no content for attachment 1"))
+    collector = AttachmentCollector(
+        threading_db, FolderBlobStore(tmp_path / "blobs"), fetcher, max_attempts=5
+    )
+    for _ in range(3):
+        assert await collector.collect_once() == 0
+    assert len(fetcher.calls) == 1
+    ((attempts, reason),) = await _unavailable_reasons(threading_db)
+    assert attempts == 1 and "has no content for it" in reason and "NOT_FOUND" in reason
+    async with threading_db.read() as session:
+        stored = await stored_attachment(session, "loc-a", fetcher.calls[0], "1")
+    assert stored is not None and stored.unavailable_reason == reason
+
+
+async def test_an_attachment_that_fails_every_attempt_becomes_final_with_the_reason(
+    threading_db, tmp_path: Path
+) -> None:
+    async with threading_db.write() as session:
+        record = ContactRecord(
+            "c-1", "loc-a", "", (ContactEmail("carol@example.com", True),), "user-1", T0, 1, False
+        )
+        await upsert_contact(session, record, now=T0)
+    await place_with_attachment(threading_db, sender="carol@example.com", rfc="<flaky@x>", sha="")
+    fetcher = GoneFetcher(ConnectionError("ingest unreachable"))
+    collector = AttachmentCollector(
+        threading_db, FolderBlobStore(tmp_path / "blobs"), fetcher, max_attempts=3
+    )
+    assert await collector.collect_once() == 0
+    assert await _unavailable_reasons(threading_db) == [(1, "")]  # may still come
+    for _ in range(4):
+        await collector.collect_once()
+    ((attempts, reason),) = await _unavailable_reasons(threading_db)
+    assert attempts == 3 and "every one of 3 attempts" in reason and "ConnectionError" in reason
+    assert len(fetcher.calls) == 3
