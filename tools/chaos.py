@@ -362,6 +362,7 @@ class Chaos:
         deliveries: list[Delivery] = []
         before = Counter(self.killer.kills)
         drop_share = faults.get("push_drop_share", 0.0)
+        pushes_before = len(stack.sandbox.push_report()["deliveries"])
         gmail_faults = {k: v for k, v in faults.items() if k != "push_drop_share"}
         if gmail_faults:
             stack.sandbox.set_faults("*", **gmail_faults)
@@ -387,7 +388,7 @@ class Chaos:
             )
         finally:
             if faults:
-                self.log(f"{case}: faults injected {self._faults_injected()}")
+                self.log(f"{case}: faults injected {self._faults_injected(pushes_before)}")
             if gmail_faults:
                 stack.sandbox.clear_faults()
             if drop_share:
@@ -407,10 +408,10 @@ class Chaos:
         control.control = True
         return CaseResult(verdict, control)
 
-    def _faults_injected(self) -> dict[str, int]:
-        """What the sandbox's fault injector did so far: Gmail errors by reason and pushes dropped."""
+    def _faults_injected(self, pushes_before: int) -> dict[str, int]:
+        """What the sandbox's fault injector did in this case: Gmail errors by reason and pushes dropped."""
         injected = dict(self.stack.sandbox.request("GET", "/admin/faults")["injected"])
-        deliveries = self.stack.sandbox.push_report()["deliveries"]
+        deliveries = self.stack.sandbox.push_report()["deliveries"][pushes_before:]
         injected["pushes dropped"] = sum(1 for d in deliveries if d.get("dropped"))
         injected["pushes"] = len(deliveries)
         return injected
