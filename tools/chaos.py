@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,6 +35,7 @@ from typing import Any
 import grpc
 
 from mailsync.v1 import common_pb2, outbound_pb2, outbound_pb2_grpc, threading_pb2, threading_pb2_grpc
+from tests.fixtures.databases import _drop_schema
 from tests.fixtures.stack import AuthenticatedStub, E2EStack, running_product
 from tools.chaos_check import (
     Delivery,
@@ -45,7 +47,7 @@ from tools.chaos_check import (
     check_sends,
     table,
 )
-from tools.run import Stack, grpc_health, tcp_health
+from tools.run import SERVICES, Stack, grpc_health, tcp_health
 
 TOKEN = re.compile(r"chaos-token:([A-Za-z0-9_.-]+)")
 SEND_SUBJECT = "Following up on our call"
@@ -552,11 +554,25 @@ def send_until_final(
 
 
 @contextmanager
-def chaos_stack(var_dir: Path) -> Iterator[E2EStack]:
+def chaos_stack(var_dir: Path, postgres_url: str | None = None) -> Iterator[E2EStack]:
     """The product as `make run` starts it (tools.run.Stack through the end-to-end tier's launcher), with the
-    chaos settings and no second outbound replica."""
-    with running_product(var_dir, extra_env=CHAOS_ENV, replica=False) as stack:
-        yield stack
+    chaos settings and no second outbound replica; on PostgreSQL (fresh schemas, dropped after) when
+    `postgres_url` is given, on SQLite files under `var_dir` otherwise."""
+    env = dict(CHAOS_ENV)
+    schemas: list[str] = []
+    if postgres_url:
+        run_id = uuid.uuid4().hex[:8]
+        env["MAILSYNC_DATABASE_URL"] = postgres_url
+        for service in SERVICES:
+            schemas.append(f"chaos_{run_id}_{service}")
+            env[f"MAILSYNC_{service.upper()}_DATABASE_SCHEMA"] = schemas[-1]
+    try:
+        with running_product(var_dir, extra_env=env, replica=False) as stack:
+            yield stack
+    finally:
+        for schema in schemas:
+            assert postgres_url is not None
+            _drop_schema(postgres_url, schema)
 
 
 def run_cases(stack: E2EStack, profile: Profile, seed: int, cases: list[str]) -> list[CaseResult]:
@@ -577,6 +593,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sends", type=int, default=None, help="sends of the `sends` case")
     parser.add_argument("--send-kills", type=int, default=None, help="outbound kills of the `sends` case")
     parser.add_argument("--var-dir", type=Path, default=None, help="where the stack's data and logs go")
+    parser.add_argument(
+        "--postgres-url",
+        default=None,
+        help="run the services on this PostgreSQL server (fresh schemas, dropped after); SQLite files otherwise",
+    )
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
     profile = PROFILES[args.profile]
@@ -591,8 +612,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"chaos: profile {args.profile}, seed {seed} (--seed {seed} replays it)", flush=True)
     var_dir = args.var_dir or Path(tempfile.mkdtemp(prefix="mailsync-chaos-"))
     print(f"chaos: stack data and logs under {var_dir}", flush=True)
+    print(f"chaos: database {'PostgreSQL' if args.postgres_url else 'SQLite'}", flush=True)
     started = time.monotonic()
-    with chaos_stack(var_dir.resolve()) as stack:
+    with chaos_stack(var_dir.resolve(), args.postgres_url) as stack:
         results = run_cases(stack, profile, seed, cases)
     print()
     print(report(results))
