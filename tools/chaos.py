@@ -266,15 +266,23 @@ def stored_messages(threading_stub: Any, location_id: str) -> list[StoredMessage
 
 
 def stored_count(threading_stub: Any, location_id: str) -> int:
+    """The location's message count from its conversations (cheap to poll); -1 while threading restarts."""
+    total, token = 0, ""
     try:
-        page = threading_stub.ListConversations(
-            threading_pb2.ListConversationsRequest(location_id=location_id, page_size=100)
-        )
+        while True:
+            page = threading_stub.ListConversations(
+                threading_pb2.ListConversationsRequest(
+                    location_id=location_id, page_size=100, page_token=token
+                )
+            )
+            total += sum(c.message_count for c in page.conversations)
+            token = page.next_page_token
+            if not token:
+                return total
     except grpc.RpcError as error:
         if error.code() in PROCESS_GONE:
             return -1
         raise
-    return sum(c.message_count for c in page.conversations)
 
 
 def settle(count: Callable[[], int], expected: int, timeout: float, quiet: float = 4.0) -> None:
