@@ -444,7 +444,8 @@ class Chaos:
         stack.connect_gmail(user.user_id, location, sender)
         recipient = stack.new_address("customer")
         stack.ensure_mailbox(recipient)
-        contact = stack.upsert_contact(location, recipient, assigned_user_id=user.user_id)
+        # The recipient is the location's contact, so threading places every send in its conversation (R6).
+        stack.upsert_contact(location, recipient, assigned_user_id=user.user_id)
         completed: list[int] = []
         before = Counter(self.killer.kills)
 
@@ -489,7 +490,6 @@ class Chaos:
             f"{case} (control)", location, user.user_id, sender, recipient, outbound=outcomes, kills=0
         )
         control.control = True
-        del contact
         return CaseResult(verdict, control)
 
     def _check_sends(
