@@ -9,13 +9,14 @@ PYTEST_ARGS ?=
 # (the end-to-end stack is started once per worker that runs it).
 PYTEST_PARALLEL ?= -n 4 --dist loadfile
 
-.PHONY: help venv protos test test-unit test-integration test-e2e test-deploy run cli sandbox lint fmt bench lock image-venv clean
+.PHONY: help venv protos test test-unit test-integration test-e2e test-deploy chaos run cli sandbox lint fmt bench lock image-venv clean
 
 help:
 	@echo "make run        start NATS, the Gmail sandbox and the four services (Ctrl-C stops all)"
 	@echo "make test       set up the virtualenv, generate code, run every test tier"
 	@echo "make test-unit  the fast, pure tier only"
 	@echo "make test-deploy  render and check the Kubernetes overlays, the image and the locks"
+	@echo "make chaos      kill -9 and Gmail faults under load, checked for loss and duplicates (~10 min; CHAOS_ARGS=\"--seed N\")"
 	@echo "make protos     regenerate mailsync/v1 from protos/"
 	@echo "make lint       ruff, and mypy on the shared runtime and domain modules"
 	@echo "make fmt        format with ruff"
@@ -50,6 +51,10 @@ test-e2e: protos
 
 test-deploy: protos
 	$(PY) -m pytest -p no:cacheprovider tests/deploy $(PYTEST_ARGS)
+
+# The full chaos profile (tests/chaos runs the reduced one under `make test`); the seed it prints replays a run.
+chaos: protos
+	$(PY) -m tools.chaos --profile full $(CHAOS_ARGS)
 
 run: protos
 	$(PY) -m tools.run

@@ -33,7 +33,7 @@ class SandboxCore:
         rng = random.Random(seed)
         key = key or SigningKey.generate()
         mail = MailState(clock.now_ms, rng, settings.history_gap_max)
-        push = PushService(settings, clock, key)
+        push = PushService(settings, clock, key, rng)
         mail.listeners.append(push.on_change)
         return cls(
             settings=settings,

@@ -7,6 +7,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import random
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -56,13 +57,22 @@ class DeliveryLog:
     attempts: int = 0
     statuses: list[int | str] = field(default_factory=list)
     acknowledged: bool = False
+    # Pub/Sub lost it (the sandbox's `push_drop_share`): never posted, as a push Google drops.
+    dropped: bool = False
 
 
 class PushService:
     """Turns mailbox changes into Pub/Sub push requests, at most one per `push_min_interval_s` per mailbox."""
 
-    def __init__(self, settings: SandboxSettings, clock: SandboxClock, key: SigningKey) -> None:
+    def __init__(
+        self,
+        settings: SandboxSettings,
+        clock: SandboxClock,
+        key: SigningKey,
+        rng: random.Random | None = None,
+    ) -> None:
         self.settings = settings
+        self.rng = rng or random.Random()
         self.clock = clock
         self.key = key
         self.default_target = PushTarget()
@@ -213,6 +223,12 @@ class PushService:
             endpoint=target.push_endpoint,
         )
         self.deliveries.append(log)
+        if self.settings.push_drop_share > 0 and self.rng.random() < self.settings.push_drop_share:
+            log.dropped = True
+            settled = asyncio.get_running_loop().create_task(self._mark_settled(log))
+            self._tasks.add(settled)
+            settled.add_done_callback(self._tasks.discard)
+            return
         task = asyncio.get_running_loop().create_task(self._deliver(log, target))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

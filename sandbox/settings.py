@@ -44,6 +44,9 @@ class SandboxSettings:
     push_retry_initial_s: float = 0.2
     push_retry_max_s: float = 10.0
     push_max_attempts: int = 8
+    # Share of notifications Pub/Sub never delivers (Google documents pushes as best effort); 0 = none dropped.
+    # Drawn from the sandbox's seeded random source, so a seed replays the same drops.
+    push_drop_share: float = 0.0
     history_gap_max: int = 20
 
     def as_json(self) -> dict[str, Any]:

@@ -110,6 +110,9 @@ class SyncConfig:
     audit_window: dt.timedelta = dt.timedelta(days=7)
     # A resync lists from a little before the last synced message: internal dates are not strictly ordered.
     resync_overlap: dt.timedelta = dt.timedelta(hours=1)
+    # Sends of one normalized message whose acknowledgement did not come in time (a loaded or paused server):
+    # the same Nats-Msg-Id again, in place, before the pass fails and a later pass publishes the window again.
+    publish_ack_attempts: int = 3
     gmail_policy: RetryPolicy = field(default_factory=RetryPolicy)
 
 
@@ -513,10 +516,29 @@ class MailboxSyncer:
         msg_id = f"norm:{mailbox_id}:{gmail_id}{msg_id_suffix}"
         if self._observer is not None:
             await self._observer.attempt(mailbox_id, gmail_id)
-        ack = await publish(self._js, subjects.normalized(mailbox_id), event, msg_id=msg_id)
+        ack = await self._publish_until_acknowledged(subjects.normalized(mailbox_id), event, msg_id)
         if self._observer is not None:
             await self._observer.acknowledged(mailbox_id, gmail_id, is_duplicate(ack))
         return store.PublishedEntry(gmail_id, mail.rfc_message_id, history_id, internal_ms)
+
+    async def _publish_until_acknowledged(
+        self, subject: str, event: events_pb2.NormalizedMessage, msg_id: str
+    ) -> Any:
+        """Publishes and waits for JetStream's acknowledgement, sending the same message again when it times out.
+
+        A timed-out publish has an unknown outcome: the server usually stored it and acknowledged late (a burst on
+        a loaded machine, a paused server). Failing the pass there made a later pass publish the whole window
+        again, every message of it a second attempt the stream de-duplicated (the ingest burst test's rare
+        extra attempt); sending it again in place with the same Nats-Msg-Id lets the stream say which it was."""
+        for attempt in range(1, max(1, self._config.publish_ack_attempts)):
+            try:
+                return await publish(self._js, subject, event, msg_id=msg_id)
+            except nats.errors.TimeoutError:
+                log.warning(
+                    "publish not acknowledged in time; sending it again",
+                    extra={"msg_id": msg_id, "attempt": attempt},
+                )
+        return await publish(self._js, subject, event, msg_id=msg_id)
 
     # Resync and audit -------------------------------------------------------------------------------------------
 

@@ -166,10 +166,9 @@ async def test_burst_of_200_messages_and_200_pushes_costs_at_most_10_history_lis
     history_lists = world.gmail_calls(ALICE, "gmail.users.history.list")
     assert len(delivered) == 200
     assert 1 <= history_lists <= 10, history_lists
-    # Every message was attempted, and JetStream holds each exactly once (the recorder below). Under heavy CI
-    # load one message was once attempted twice (a re-attempt the stream de-duplicated; cause not yet found,
-    # see the closing note), so attempts are bounded here and counted exactly in test_worker_processes.
-    assert set(world.counter.attempts) == set(delivered)
-    assert sum(world.counter.attempts.values()) <= len(delivered) + 2
+    # Each message published in one attempt. The extra attempt once seen under heavy CI load was a publish whose
+    # acknowledgement timed out failing its pass, so a later pass published the window again; a timed-out
+    # publish is now sent again in place (test_publish_stall.py reproduces the stall and its old outcome).
+    assert world.counter.attempts == dict.fromkeys(delivered, 1)
     assert world.recorder.recorded.normalized_ids() == dict.fromkeys(delivered, 1)
     assert subjects.mailbox_changed(mailbox.mailbox_id)

@@ -202,3 +202,23 @@ def test_a_second_push_reuses_the_signed_token_and_another_audience_gets_its_own
         certs_url=gmail_sandbox.url + "/oauth2/v1/certs",
     )
     assert claims["email"] == PUSH_ACCOUNT
+
+
+def test_push_drop_share_loses_that_share_of_notifications_and_reports_them(
+    gmail_sandbox: GmailSandbox, push_receiver, watched
+) -> None:
+    """Pub/Sub push is best effort (the push guide asks for a periodic fallback sync): with push_drop_share 1 a
+    change is never posted and the report marks it dropped; back at 0 the next change is posted again."""
+    push_receiver.wait_for(1)
+    gmail_sandbox.admin.settings(push_drop_share=1.0)
+    gmail_sandbox.admin.deliver(ALICE, sender="x@outside.test", to=[ALICE], subject="lost", body="b")
+    deadline = time.monotonic() + 20
+    while not any(d["dropped"] for d in gmail_sandbox.admin.push_report()["deliveries"]):
+        assert time.monotonic() < deadline, gmail_sandbox.admin.push_report()
+        time.sleep(0.05)
+    gmail_sandbox.admin.settings(push_drop_share=0.0)
+    kept = gmail_sandbox.admin.deliver(ALICE, sender="x@outside.test", to=[ALICE], subject="kept", body="b")
+    pushes = push_receiver.wait_for(2)
+    assert [decoded(p)["historyId"] for p in pushes[1:]] == [int(kept["historyId"])]
+    dropped = [d for d in gmail_sandbox.admin.push_report()["deliveries"] if d["dropped"]]
+    assert len(dropped) == 1 and dropped[0]["attempts"] == 0
