@@ -219,7 +219,12 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
         mode = conn.get_execution_options().get(_SQLITE_BEGIN, "IMMEDIATE")
-        conn.exec_driver_sql(f"BEGIN {mode}")
+        driver_connection = conn.connection.driver_connection
+        if isinstance(driver_connection, sqlite_connection.OneTripConnection):
+            # In the first statement's trip to the driver's thread, before it (services.runtime.sqlite_connection).
+            driver_connection.begin_with_next_statement(f"BEGIN {mode}")
+        else:
+            conn.exec_driver_sql(f"BEGIN {mode}")
 
 
 async def ensure_schema(db: Database) -> None:
