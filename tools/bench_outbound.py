@@ -6,7 +6,9 @@ send in flight each (a closed loop per mailbox) for a fixed time. Reports sends 
 SendEmail as the CRM sees it, CPU milliseconds per send of each process (from /proc), and checks that the quota
 used, the sends answered SENT and the copies in Gmail's Sent folders are the same number (the limit stays exact).
 Run `python -m tools.bench_outbound [--mailboxes 20] [--seconds 10] [--serial 100]
-[--database sqlite|postgresql|both]`; prints a table and, last, one JSON object (docs/outbound.md has figures).
+[--database sqlite|postgresql|both] [--profile DIR]`; prints a table and, last, one JSON object (docs/outbound.md
+has figures). `--profile DIR` samples outbound and auth with py-spy (a dev dependency) during the concurrent phase
+and writes their collapsed stacks (flame graph input) to DIR.
 
 `run_send_benchmark()` is importable (tools/bench_e2e.py can call it with its own stack description).
 """
@@ -17,7 +19,10 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -33,7 +38,6 @@ from mailsync.v1 import auth_pb2, auth_pb2_grpc, common_pb2, outbound_pb2, outbo
 from sandbox.client import AdminClient
 from services.auth.crypto import generate_key_text
 from services.outbound.settings import OutboundSettings
-from services.runtime.grpc_auth import TokenKeys
 from services.runtime.grpc_client import StaticToken, open_channel
 from tests.fixtures.auth_service import AUTH_CLIENT_ID, AUTH_TOPIC, auth_settings, free_port
 from tests.fixtures.databases import POSTGRES_URL_VARIABLE, DatabaseTarget, _drop_schema, postgres_url
@@ -43,6 +47,7 @@ from tests.fixtures.services import (
     ServiceProcess,
     new_token_keys_value,
     service_settings,
+    session_crm_signer,
     start_service_process,
 )
 
@@ -95,17 +100,27 @@ class SendStack:
     pids: dict[str, int] = field(default_factory=dict)
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int, stat: str = "stat") -> float:
     """User plus system CPU time of a process so far (from /proc; 0 when it is gone)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(f"/proc/{pid}/{stat}").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+# The Python services whose event-loop thread is reported apart from their other threads (database driver threads,
+# the Gmail pool, gRPC's own): the loop thread is the one a single process cannot spread over cores.
+_LOOP_THREAD_OF = ("outbound", "auth")
+
+
 def cpu_snapshot(stack: SendStack) -> dict[str, float]:
-    return {name: cpu_seconds(pid) for name, pid in stack.pids.items()}
+    snapshot = {name: cpu_seconds(pid) for name, pid in stack.pids.items()}
+    for name in _LOOP_THREAD_OF:
+        if name in stack.pids:
+            pid = stack.pids[name]
+            snapshot[f"{name}_loop_thread"] = cpu_seconds(pid, f"task/{pid}/stat")
+    return snapshot
 
 
 def _request(user_id: str, index: int) -> outbound_pb2.SendEmailRequest:
@@ -205,19 +220,54 @@ async def connect_mailboxes(stack: SendStack, count: int) -> None:
         stack.users.append(user_id)
 
 
+def cpu_ms_per_send(before: dict[str, float], after: dict[str, float], sends: int) -> dict[str, float]:
+    return {name: round((after[name] - before[name]) * 1000 / max(sends, 1), 2) for name in before}
+
+
+def start_profilers(stack: SendStack, folder: Path, seconds: float) -> list[subprocess.Popen[bytes]]:
+    """py-spy sampling outbound and auth (all their threads) for `seconds`, as collapsed stacks in `folder`."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return [
+        subprocess.Popen(
+            [
+                spy,
+                "record",
+                "--pid",
+                str(stack.pids[name]),
+                "--duration",
+                str(max(int(seconds), 1)),
+                "--rate",
+                "250",
+                "--format",
+                "raw",
+                "--output",
+                str(folder / f"{name}.collapsed"),
+                "--nonblocking",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for name in ("outbound", "auth")
+    ]
+
+
 async def run_send_benchmark(
-    stack: SendStack, *, mailboxes: int, seconds: float, serial: int
+    stack: SendStack, *, mailboxes: int, seconds: float, serial: int, profile: Path | None = None
 ) -> dict[str, Any]:
     """The two phases against a running stack whose users are connected; returns the figures."""
     # Warm-up: every mailbox's token, connection lookup and first Gmail client call are paid before measuring.
     warm = PhaseResult("warm-up", mailboxes, 0.0)
     await asyncio.gather(*(_send(stack, user_id, -1, warm) for user_id in stack.users[:mailboxes]))
+    before = cpu_snapshot(stack)
     serial_result = await serial_phase(stack, serial)
+    serial_cpu = cpu_ms_per_send(before, cpu_snapshot(stack), len(serial_result.latencies_ms))
+    profilers = start_profilers(stack, profile, seconds) if profile is not None else []
     before = cpu_snapshot(stack)
     concurrent_result = await concurrent_phase(stack, mailboxes, seconds)
-    after = cpu_snapshot(stack)
-    sends = max(len(concurrent_result.latencies_ms), 1)
-    cpu_ms_per_send = {name: round((after[name] - before[name]) * 1000 / sends, 2) for name in before}
+    concurrent_cpu = cpu_ms_per_send(before, cpu_snapshot(stack), len(concurrent_result.latencies_ms))
+    for profiler in profilers:
+        await asyncio.to_thread(profiler.wait, 60)
     expected = len(warm.latencies_ms) + len(serial_result.latencies_ms) + len(concurrent_result.latencies_ms)
     used = await quota_used(stack)
     copies = sent_copies(stack, mailboxes)
@@ -229,7 +279,8 @@ async def run_send_benchmark(
         "throughput_ratio_concurrent_to_serial": round(
             concurrent_summary["sends_per_second"] / max(serial_summary["sends_per_second"], 0.001), 2
         ),
-        "cpu_ms_per_send_concurrent": cpu_ms_per_send,
+        "cpu_ms_per_send_serial": serial_cpu,
+        "cpu_ms_per_send_concurrent": concurrent_cpu,
         "quota_used_total": sum(used.values()),
         "sends_answered_sent": expected,
         "gmail_sent_copies": copies,
@@ -272,7 +323,6 @@ async def bench_database(backend: str, args: argparse.Namespace, work: Path) -> 
     try:
         admin = AdminClient(sandbox.url)
         keys_value = new_token_keys_value()
-        keys = TokenKeys.parse(keys_value)
         http_port = free_port()
         auth = auth_settings(
             nats_url=nats_server.url,
@@ -296,7 +346,7 @@ async def bench_database(backend: str, args: argparse.Namespace, work: Path) -> 
             gmail_root_url=sandbox.url,
         ).model_copy(update={"grpc_port": free_port(), **_AS_RUN})
         processes.append(await start_service_process(outbound, run_dir / "outbound.log"))
-        crm = keys.mint("crm", ["*"], internal=False, ttl_seconds=3600)
+        crm = session_crm_signer().mint("crm", ["*"], ttl_seconds=3600)
         auth_channel = open_channel(f"127.0.0.1:{auth.grpc_port}", token=StaticToken(crm))
         outbound_channel = open_channel(f"127.0.0.1:{outbound.grpc_port}", token=StaticToken(crm))
         channels += [auth_channel, outbound_channel]
@@ -315,7 +365,11 @@ async def bench_database(backend: str, args: argparse.Namespace, work: Path) -> 
         )
         await connect_mailboxes(stack, args.mailboxes)
         return await run_send_benchmark(
-            stack, mailboxes=args.mailboxes, seconds=args.seconds, serial=args.serial
+            stack,
+            mailboxes=args.mailboxes,
+            seconds=args.seconds,
+            serial=args.serial,
+            profile=args.profile / backend if args.profile else None,
         )
     finally:
         for channel in channels:
@@ -348,8 +402,10 @@ def _print_table(results: dict[str, Any]) -> None:
             )
         print(
             f"{backend:<11} ratio {figures['throughput_ratio_concurrent_to_serial']}, "
-            f"limit exact: {figures['limit_exact']}, CPU ms per send: {figures['cpu_ms_per_send_concurrent']}"
+            f"limit exact: {figures['limit_exact']}"
         )
+        print(f"{backend:<11} CPU ms per send, serial: {figures['cpu_ms_per_send_serial']}")
+        print(f"{backend:<11} CPU ms per send, concurrent: {figures['cpu_ms_per_send_concurrent']}")
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
@@ -373,6 +429,12 @@ def main() -> None:
         choices=["sqlite", "postgresql", "both"],
         default="both" if postgres_url() else "sqlite",
         help=f"PostgreSQL is at {POSTGRES_URL_VARIABLE} (default {DEFAULT_POSTGRES_URL}); default: both when it is set",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="write py-spy samples of outbound and auth (concurrent phase) here",
     )
     args = parser.parse_args()
     results = asyncio.run(main_async(args))

@@ -25,6 +25,7 @@ from services.auth.proto_codec import (
 )
 from services.auth.store import (
     active_connection,
+    connection_view,
     connections_of_mailbox,
     find_mailbox_by_email,
     get_connection,
@@ -244,8 +245,19 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def GetConnection(
         self, request: auth_pb2.GetConnectionRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.GetConnectionResponse:
-        connection = await self._find_connection(request.location_id, request.connection_id, request.user_id)
-        return auth_pb2.GetConnectionResponse(connection=await self._connection_proto(connection))
+        location_id = _require_connection_name(request.location_id, request.connection_id, request.user_id)
+        async with self.db.read() as session:
+            view = await connection_view(
+                session,
+                connection_id=request.connection_id or None,
+                user_id=request.user_id or None,
+                location_id=location_id,
+            )
+        if view is None or view.connection.location_id != location_id:
+            raise _connection_missing(location_id, request.connection_id, request.user_id)
+        connection = connection_proto(view.connection, view.mailbox)
+        connection.user_display_name = view.user_display_name
+        return auth_pb2.GetConnectionResponse(connection=connection)
 
     async def ListConnections(
         self, request: auth_pb2.ListConnectionsRequest, context: grpc.aio.ServicerContext
@@ -281,24 +293,14 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         )
 
     async def _find_connection(self, location_id: str, connection_id: str, user_id: str) -> Connection:
-        location_id = require(location_id, "location_id", "name the location of the connection")
-        if not connection_id and not user_id:
-            raise InvalidArgument(
-                "connection_id or user_id is required: name the connection, or the user whose active "
-                "connection in the location is meant",
-                field="connection_id",
-            )
+        location_id = _require_connection_name(location_id, connection_id, user_id)
         async with self.db.read() as session:
             if connection_id:
                 connection = await get_connection(session, connection_id)
             else:
                 connection = await active_connection(session, user_id, location_id)
-        # Another location's connection is reported as missing, so ids reveal nothing across locations.
         if connection is None or connection.location_id != location_id:
-            raise ConnectionMissing(
-                f"no connection {connection_id or 'for user ' + user_id} in location {location_id}",
-                location_id=location_id,
-            )
+            raise _connection_missing(location_id, connection_id, user_id)
         return connection
 
     async def _connection_proto(self, connection: Connection) -> auth_pb2.Connection:
@@ -360,6 +362,26 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         async with translated_errors():
             statuses = await self.watch_renewal.renew(list(request.mailbox_ids), force=request.force)
         return auth_pb2.RenewWatchesResponse(statuses=[watch_status_proto(s) for s in statuses])
+
+
+def _require_connection_name(location_id: str, connection_id: str, user_id: str) -> str:
+    """The location of a request that names a connection by id or by its user; InvalidArgument when it does not."""
+    location_id = require(location_id, "location_id", "name the location of the connection")
+    if not connection_id and not user_id:
+        raise InvalidArgument(
+            "connection_id or user_id is required: name the connection, or the user whose active "
+            "connection in the location is meant",
+            field="connection_id",
+        )
+    return location_id
+
+
+def _connection_missing(location_id: str, connection_id: str, user_id: str) -> ConnectionMissing:
+    # Another location's connection is reported as missing too, so ids reveal nothing across locations.
+    return ConnectionMissing(
+        f"no connection {connection_id or 'for user ' + user_id} in location {location_id}",
+        location_id=location_id,
+    )
 
 
 def watch_status_proto(status: WatchStatus) -> auth_pb2.WatchStatus:

@@ -646,6 +646,44 @@ async def active_connection(session: AsyncSession, user_id: str, location_id: st
     return None if row is None else _connection(row)
 
 
+@dataclass(frozen=True)
+class ConnectionView:
+    """A connection with what its API view shows of its mailbox and user."""
+
+    connection: Connection
+    mailbox: MailboxRecord | None
+    user_display_name: str
+
+
+async def connection_view(
+    session: AsyncSession, *, connection_id: str | None = None, user_id: str | None = None, location_id: str
+) -> ConnectionView | None:
+    """The connection named by id, or else the user's active one in the location, with its mailbox and its user's
+    name, in one query (outbound asks for it on every send: R10, a replaced mailbox stops at once)."""
+    query = (
+        select(ConnectionRow, MailboxRow, UserRow.display_name)
+        .outerjoin(MailboxRow, MailboxRow.mailbox_id == ConnectionRow.mailbox_id)
+        .outerjoin(UserRow, UserRow.user_id == ConnectionRow.user_id)
+    )
+    if connection_id:
+        query = query.where(ConnectionRow.connection_id == connection_id)
+    else:
+        query = query.where(
+            ConnectionRow.user_id == user_id,
+            ConnectionRow.location_id == location_id,
+            ConnectionRow.state.in_([s.value for s in ACTIVE_STATES]),
+        )
+    row = (await session.execute(query.limit(1))).first()
+    if row is None:
+        return None
+    connection, mailbox, display_name = row
+    return ConnectionView(
+        _connection(connection),
+        None if mailbox is None else _mailbox_record(mailbox),
+        display_name or "",
+    )
+
+
 async def connections_of_mailbox(session: AsyncSession, mailbox_id: str) -> list[Connection]:
     rows = await session.scalars(
         select(ConnectionRow)

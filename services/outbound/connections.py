@@ -10,13 +10,12 @@ from dataclasses import dataclass
 import grpc
 
 from mailsync.v1 import auth_pb2, auth_pb2_grpc, common_pb2
+from services.outbound.access_tokens import DEFAULT_MARGIN, AccessTokenCache, IssuedToken
 from services.outbound.domain.quota import AccountType
 from services.outbound.domain.routing import require_connection_can_send
 from services.runtime.clock import Clock, SystemClock
 from services.runtime.errors import DependencyUnavailable, FailedPrecondition, NotFound
 
-# A token is used only while it has at least this much life left.
-_TOKEN_MARGIN = dt.timedelta(seconds=60)
 # The mailbox's limit and Workspace flag change rarely; the connection itself is read on every send (R10).
 _MAILBOX_CACHE = dt.timedelta(seconds=60)
 
@@ -67,7 +66,8 @@ class AuthConnections:
         self._stub = auth_pb2_grpc.AuthServiceStub(channel)
         self._clock = clock or SystemClock()
         self._timeout = timeout_seconds
-        self._tokens: dict[str, tuple[str, dt.datetime]] = {}
+        # Gmail access tokens per mailbox; `tokens.forget(mailbox_id)` drops a refused one.
+        self.tokens = AccessTokenCache(self._fetch_access_token, clock=self._clock)
         self._mailboxes: dict[str, tuple[auth_pb2.Mailbox, dt.datetime]] = {}
         self._lookups: dict[tuple[str, str], asyncio.Future[SenderMailbox]] = {}
 
@@ -154,15 +154,17 @@ class AuthConnections:
 
     async def access_token(self, mailbox_id: str) -> str:
         """A live access token for the mailbox; a refused grant is FAILED_PRECONDITION (the user must reconnect)."""
-        cached = self._tokens.get(mailbox_id)
-        if cached and cached[1] - _TOKEN_MARGIN > self._clock.now():
-            return cached[0]
+        return await self.tokens.token(mailbox_id)
+
+    def forget_token(self, mailbox_id: str) -> None:
+        self.tokens.forget(mailbox_id)
+
+    async def _fetch_access_token(self, mailbox_id: str) -> IssuedToken:
         try:
             answer = await self._stub.GetAccessToken(
                 auth_pb2.GetAccessTokenRequest(mailbox_id=mailbox_id), timeout=self._timeout
             )
         except grpc.aio.AioRpcError as error:
-            self._tokens.pop(mailbox_id, None)
             if error.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
                 raise FailedPrecondition(
                     f"the mailbox cannot be used: {error.details()}", mailbox_id=mailbox_id
@@ -171,10 +173,6 @@ class AuthConnections:
         expires = (
             answer.expire_time.ToDatetime(tzinfo=dt.UTC)
             if answer.HasField("expire_time")
-            else self._clock.now() + _TOKEN_MARGIN * 2
+            else self._clock.now() + DEFAULT_MARGIN * 2
         )
-        self._tokens[mailbox_id] = (answer.access_token, expires)
-        return answer.access_token
-
-    def forget_token(self, mailbox_id: str) -> None:
-        self._tokens.pop(mailbox_id, None)
+        return IssuedToken(answer.access_token, expires)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import re
 from dataclasses import dataclass
 from email import policy as email_policy
@@ -49,6 +50,12 @@ class _StrictPolicy(EmailPolicy):
     What we write ourselves is built only from validated values, so it needs none of the stdlib's re-parsing.
     """
 
+    def header_store_parse(self, name: str, value: Any) -> tuple[str, Any]:
+        if isinstance(value, str) and not hasattr(value, "name") and name.lower() in _MIME_STRUCTURE_HEADERS:
+            if "\n" not in value and "\r" not in value:
+                return name, _parsed_structure_header(self.header_factory, name, value)
+        return super().header_store_parse(name, value)  # type: ignore[no-any-return]
+
     def fold(self, name: str, value: Any) -> str:
         return self._fold_our_way(name, value) or super().fold(name, value)
 
@@ -64,6 +71,18 @@ class _StrictPolicy(EmailPolicy):
         if name.lower() in _ADDRESS_HEADERS:
             return _fold_addresses(name, value.addresses, self.linesep)
         return None
+
+
+# Set by the email package itself while it lays out the body (set_content), from a handful of values: parsing
+# "text/plain; charset=utf-8" with its header parser costs more than everything else in building a message.
+_MIME_STRUCTURE_HEADERS = frozenset({"content-type", "content-transfer-encoding", "mime-version"})
+
+
+@functools.lru_cache(maxsize=128)
+def _parsed_structure_header(factory: Any, name: str, value: str) -> Any:
+    # A parsed header is an immutable str, so one parse serves every message. The lines were checked by the caller
+    # (as EmailPolicy.header_store_parse checks them); a multipart boundary misses the cache, which is bounded.
+    return factory(name, value)
 
 
 def _fold_ids(name: str, value: str, linesep: str) -> str:

@@ -35,6 +35,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from services.runtime import sqlite_connection
+
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _SQLITE_BEGIN = "mailsync_sqlite_begin"
 DEFAULT_POOL_SIZE = 10
@@ -156,10 +158,19 @@ def open_database(
         if parsed.database and parsed.database != ":memory:":
             _create_private_file(Path(parsed.database))
         kwargs["connect_args"] = {"timeout": 30}
+        # A file in this process cannot drop a connection as a server can: a ping per checkout (a statement and its
+        # trips to the driver's thread, on every transaction) would find nothing.
+        kwargs["pool_pre_ping"] = False
         if parsed.database in (None, "", ":memory:"):
             # An in-memory database lives in one connection (a static pool), which takes no pool sizes.
             kwargs.pop("pool_size")
             kwargs.pop("max_overflow")
+        else:
+            database = parsed.database
+            # One trip to the driver's thread per statement, not four (services.runtime.sqlite_connection).
+            kwargs["async_creator"] = lambda: sqlite_connection.connect(
+                database, check_same_thread=False, timeout=30
+            )
         engine = create_async_engine(url, **kwargs)
         _configure_sqlite(engine)
         schema = None
@@ -208,7 +219,12 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
         mode = conn.get_execution_options().get(_SQLITE_BEGIN, "IMMEDIATE")
-        conn.exec_driver_sql(f"BEGIN {mode}")
+        driver_connection = conn.connection.driver_connection
+        if isinstance(driver_connection, sqlite_connection.OneTripConnection):
+            # In the first statement's trip to the driver's thread, before it (services.runtime.sqlite_connection).
+            driver_connection.begin_with_next_statement(f"BEGIN {mode}")
+        else:
+            conn.exec_driver_sql(f"BEGIN {mode}")
 
 
 async def ensure_schema(db: Database) -> None:

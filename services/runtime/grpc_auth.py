@@ -205,10 +205,15 @@ class ServiceTokenKeys:
         )
 
     def verify(self, token: str, kid: str) -> Caller:
+        return self.verify_with_expiry(token, kid)[0]
+
+    def verify_with_expiry(self, token: str, kid: str) -> tuple[Caller, float]:
+        """The caller and the token's expiry (epoch seconds)."""
         claims = _decode(token, self._keys[kid], INTERNAL_ALGORITHM, INTERNAL_AUDIENCE)
         if claims.get("internal") is not True:
             raise InvalidToken("invalid token: an internal key signed a token that is not internal")
-        return Caller(name=str(claims["sub"]), locations=_locations(claims), internal=True)
+        caller = Caller(name=str(claims["sub"]), locations=_locations(claims), internal=True)
+        return caller, float(claims["exp"])
 
 
 def _raw_public_key(key: Ed25519PublicKey) -> bytes:
@@ -233,12 +238,17 @@ class CrmTokenKeys:
         return frozenset(self._keys)
 
     def verify(self, token: str, kid: str) -> Caller:
+        return self.verify_with_expiry(token, kid)[0]
+
+    def verify_with_expiry(self, token: str, kid: str) -> tuple[Caller, float]:
+        """The caller and the token's expiry (epoch seconds)."""
         claims = _decode(token, self._keys[kid], CRM_ALGORITHM, AUDIENCE)
         if claims.get("internal", False) is not False:
             raise InvalidToken(
                 "invalid token: a CRM token cannot be internal (internal tokens come from services)"
             )
-        return Caller(name=str(claims["sub"]), locations=_locations(claims), internal=False)
+        caller = Caller(name=str(claims["sub"]), locations=_locations(claims), internal=False)
+        return caller, float(claims["exp"])
 
 
 class CrmTokenSigner:
@@ -284,9 +294,20 @@ class CrmTokenSigner:
 
 
 class TokenVerifier:
-    """What a server checks tokens with: the internal ring and the CRM's public keys, told apart by `kid`."""
+    """What a server checks tokens with: the internal ring and the CRM's public keys, told apart by `kid`.
 
-    def __init__(self, internal: ServiceTokenKeys, crm: CrmTokenKeys) -> None:
+    A caller sends the same token on every call until it renews it, so a verified token is remembered by its exact
+    text until it expires: a later call with it costs a dictionary lookup instead of a signature check and a JSON
+    parse (a fifth of a millisecond or more per call). Only verified tokens are remembered, and a remembered one
+    is refused from the second it expires, as a new check would. The keys are fixed for the verifier's life.
+    """
+
+    # Distinct live tokens remembered; a caller renews its token every few minutes, so a few per caller.
+    CACHE_SIZE = 1024
+
+    def __init__(
+        self, internal: ServiceTokenKeys, crm: CrmTokenKeys, *, clock: Callable[[], float] = time.time
+    ) -> None:
         shared = internal.kids & crm.kids
         if shared:
             raise ConfigurationError(
@@ -295,6 +316,8 @@ class TokenVerifier:
             )
         self.internal = internal
         self.crm = crm
+        self._clock = clock
+        self._verified: dict[str, tuple[Caller, float]] = {}
 
     @classmethod
     def parse(cls, service_token_keys: str, crm_token_public_keys: str) -> TokenVerifier:
@@ -302,14 +325,29 @@ class TokenVerifier:
 
     def verify(self, token: str) -> Caller:
         """The caller a valid token names; raises InvalidToken saying what is wrong."""
+        remembered = self._verified.get(token)
+        if remembered is not None:
+            caller, expires = remembered
+            if self._clock() < expires:
+                return caller
+            del self._verified[token]
+            raise InvalidToken("token expired")
+        caller, expires = self._verify_signed(token)
+        if len(self._verified) >= self.CACHE_SIZE:
+            # The oldest entry goes first (dicts keep insertion order).
+            del self._verified[next(iter(self._verified))]
+        self._verified[token] = (caller, expires)
+        return caller
+
+    def _verify_signed(self, token: str) -> tuple[Caller, float]:
         try:
             kid = str(jwt.get_unverified_header(token).get("kid"))
         except jwt.InvalidTokenError as exc:
             raise InvalidToken(f"malformed token: {exc}") from None
         if kid in self.internal.kids:
-            return self.internal.verify(token, kid)
+            return self.internal.verify_with_expiry(token, kid)
         if kid in self.crm.kids:
-            return self.crm.verify(token, kid)
+            return self.crm.verify_with_expiry(token, kid)
         raise InvalidToken(f"token signed with unknown key {kid[:40]!r}")
 
 

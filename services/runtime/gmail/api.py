@@ -4,6 +4,7 @@ of worker threads for its blocking calls, and one httplib2 connection per worker
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import threading
 from collections.abc import Callable
@@ -91,6 +92,33 @@ class AnswerNotifyingHttp:
         return getattr(self._http, name)
 
 
+class BuiltResources:
+    """A discovery-built resource whose child resources (`users()`, `users().messages()`, ...) are built once.
+
+    The client library builds a child resource anew on every access, and with it every method of that part of
+    the discovery document: about a millisecond of CPU per request, more than the rest of building it. A resource
+    holds no per-request state (each method call returns a new HttpRequest), so one tree serves every thread.
+    """
+
+    def __init__(self, resource: Any) -> None:
+        self._resource = resource
+        # The discovery document's child resources of this one (googleapiclient keeps its part as _resourceDesc).
+        self._child_names = frozenset(getattr(resource, "_resourceDesc", {}).get("resources", {}))
+        self._children: dict[str, BuiltResources] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name not in self._child_names:
+            return getattr(self._resource, name)
+        return functools.partial(self._child, name)
+
+    def _child(self, name: str) -> BuiltResources:
+        child = self._children.get(name)
+        if child is None:
+            # Two threads may both build it the first time; either result is the same resource.
+            child = self._children[name] = BuiltResources(getattr(self._resource, name)())
+        return child
+
+
 class GmailApi:
     """Builds requests with google-api-python-client and runs them on a bounded thread pool."""
 
@@ -106,6 +134,11 @@ class GmailApi:
         self.resource: Any = build_from_document(
             load_discovery_document(self.endpoint.root_url), http=httplib2.Http()
         )
+        self._built = BuiltResources(self.resource)
+
+    def users(self) -> Any:
+        """The `users` resource, its children built once (BuiltResources)."""
+        return self._built.users()
 
     def thread_http(self) -> httplib2.Http:
         """This worker thread's connection (httplib2.Http is not thread-safe, so never shared)."""

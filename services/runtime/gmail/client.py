@@ -367,7 +367,7 @@ class GmailClient:
 
             def execute(current: str = token, grant: Grant | None = grant) -> Any:
                 http = self._api.authorized_http(current, grant.answered if grant is not None else None)
-                return build(self._api.resource.users()).execute(http=http)
+                return build(self._api.users()).execute(http=http)
 
             span.set_attribute("gmail.attempts", attempt + 1)
             _QUOTA_UNITS.add(quota_units(method), {"gmail.method": method})
@@ -436,7 +436,7 @@ class GmailClient:
             def collect(request_id: str, response: Any, exception: Exception | None) -> None:
                 answers[request_id] = exception if exception is not None else response
 
-            users = self._api.resource.users()
+            users = self._api.users()
             batch: BatchHttpRequest = self._api.resource.new_batch_http_request(callback=collect)
             for message_id in message_ids:
                 params = self._get_params(message_id, format, metadata_headers)

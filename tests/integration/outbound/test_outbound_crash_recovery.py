@@ -247,12 +247,15 @@ async def test_R15_negative_control_two_workers_with_one_owner_id_and_no_guard_s
     world = outbound_world
     await _crash(world, outbound_processes, tmp_path, BEFORE_GMAIL_SEND, send_lease_seconds=TEN_MINUTES)
     crashed = await _crashed_send(world)
-    # Both searched and found nothing before either waits out the index lag (so neither can find the other's copy).
+    # Both searched and found nothing before either waits out the index lag, and both search again at the same
+    # moment (so neither can find the other's copy): each computed its wait from its own first search, so without
+    # the second meeting the one that searched first would wake last, possibly after the other had sent.
     both_searched = asyncio.Barrier(2)
 
     async def sleep_after_both_searched(seconds: float) -> None:
         await both_searched.wait()
         await asyncio.sleep(seconds)
+        await both_searched.wait()
 
     async with _database(world) as db:
         # Two senders claiming to be the same process: the lease cannot tell them apart, only the in-process

@@ -47,3 +47,22 @@ def test_given_access_token_is_hidden_from_repr() -> None:
     credentials = GivenAccessToken("ya29.secret-access-token")
     assert "ya29" not in repr(credentials)
     assert credentials.valid
+
+
+def test_child_resources_are_built_once_and_still_make_a_new_request_per_call() -> None:
+    api = GmailApi(GmailEndpoint(root_url="http://127.0.0.1:8765"))
+    try:
+        messages = api.users().messages()
+        assert api.users().messages() is messages
+        assert api.users().history() is not messages
+        first = messages.get(userId="me", id="m1", format="metadata", metadataHeaders=["Message-ID"])
+        second = messages.get(userId="me", id="m2", format="minimal")
+        sent = api.users().messages().send(userId="me", body={"raw": "eA"})
+    finally:
+        api.close()
+    assert first is not second
+    assert first.uri.startswith("http://127.0.0.1:8765/gmail/v1/users/me/messages/m1?")
+    assert "metadataHeaders=Message-ID" in first.uri and "format=metadata" in first.uri
+    assert second.uri.startswith("http://127.0.0.1:8765/gmail/v1/users/me/messages/m2?")
+    assert "format=minimal" in second.uri and "metadataHeaders" not in second.uri
+    assert (sent.method, sent.body) == ("POST", '{"raw": "eA"}')

@@ -177,3 +177,48 @@ def test_keygen_prints_a_pair_that_works_together() -> None:
     signer = CrmTokenSigner.parse(lines["MAILSYNC_CRM_SIGNING_KEYS"])
     keys = TokenVerifier.parse(f"k1={SECRET_A}", lines["MAILSYNC_CRM_TOKEN_PUBLIC_KEYS"])
     assert keys.verify(signer.mint("crm", ["a"])).name == "crm"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_remembered_token_is_refused_from_the_second_it_expires() -> None:
+    clock = Clock()
+    check = TokenVerifier(
+        ServiceTokenKeys.parse(f"k1={SECRET_A}"), CrmTokenKeys.parse(CRM.public_keys_text()), clock=clock
+    )
+    token = CRM.mint("crm", ["loc-a"], ttl_seconds=60, now=clock.now)
+    assert check.verify(token).name == "crm"
+    clock.now += 59
+    assert check.verify(token).name == "crm"
+
+    clock.now += 1
+    with pytest.raises(InvalidToken, match="expired"):
+        check.verify(token)
+
+
+def test_a_refused_token_is_checked_again_each_time_and_never_remembered() -> None:
+    check = verifier()
+    other = CrmTokenSigner.generate("crm1")
+    forged = other.mint("crm", ["*"])
+    for _ in range(2):
+        with pytest.raises(InvalidToken, match="signature"):
+            check.verify(forged)
+    tampered = CRM.mint("crm", ["loc-a"])[:-2] + "AA"
+    with pytest.raises(InvalidToken):
+        check.verify(tampered)
+
+
+def test_remembered_tokens_are_bounded_and_a_forgotten_one_is_verified_again() -> None:
+    check = verifier()
+    check.CACHE_SIZE = 3
+    tokens = [CRM.mint(f"crm-{n}", ["loc-a"]) for n in range(5)]
+    assert [check.verify(token).name for token in tokens] == [f"crm-{n}" for n in range(5)]
+    assert len(check._verified) == 3
+    # The first ones were dropped; they still verify, by their signature.
+    assert check.verify(tokens[0]).name == "crm-0"
