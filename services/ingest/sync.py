@@ -15,6 +15,7 @@ import asyncio
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -26,10 +27,10 @@ from mailsync.v1 import events_pb2
 from services.ingest import store
 from services.ingest.connection_proto import connections_to_proto
 from services.ingest.domain.message import MailboxCopy
-from services.ingest.domain.mime import normalize_message
 from services.ingest.history import NOT_EMAIL_LABELS, UNSYNCED_LABELS, Deletion, LabelDelta, plan_history
 from services.ingest.mailboxes import AccessTokens, MailboxDirectory, MailboxInfo, sync_scope
 from services.ingest.message_proto import normalized_message_to_proto
+from services.ingest.normalizer import MessageNormalizer, NormalizerConfig
 from services.ingest.sync_policy import (
     SyncState,
     SyncTiming,
@@ -52,9 +53,8 @@ from services.runtime.gmail import (
     PermanentGmailError,
     RetryPolicy,
     RetryTiming,
-    decode_base64url,
 )
-from services.runtime.jetstream import is_duplicate, publish
+from services.runtime.jetstream import Outgoing, is_duplicate, publish_all
 from services.runtime.protobuf_time import to_timestamp
 
 log = logging.getLogger(__name__)
@@ -111,12 +111,20 @@ class SyncConfig:
     # A resync lists from a little before the last synced message: internal dates are not strictly ordered.
     resync_overlap: dt.timedelta = dt.timedelta(hours=1)
     gmail_policy: RetryPolicy = field(default_factory=RetryPolicy)
+    # How long the acks of one window's publishes are awaited (together) before the unacked are sent again.
+    publish_ack_timeout: float = 10.0
 
 
 @dataclass(frozen=True)
 class _Candidate:
     gmail_message_id: str
     history_id: int
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    outgoing: Outgoing
+    entry: store.PublishedEntry
 
 
 @dataclass
@@ -149,6 +157,7 @@ class MailboxSyncer:
         clock: Clock | None = None,
         observer: PublishObserver | None = None,
         gmail_timing: RetryTiming | None = None,
+        normalizer: MessageNormalizer | None = None,
     ) -> None:
         self._db = db
         self._js = js
@@ -160,6 +169,8 @@ class MailboxSyncer:
         self._observer = observer
         self._gmail_timing = gmail_timing or RetryTiming(clock=self._clock)
         self._passes = 0
+        # Without a pool of its own (tests), everything is parsed inline.
+        self._normalizer = normalizer or MessageNormalizer(NormalizerConfig(processes=0))
 
     async def handle(self, delivery: Delivery) -> None:
         item = delivery.parse(events_pb2.MailboxChanged)
@@ -271,7 +282,7 @@ class MailboxSyncer:
             return PassOutcome.PAUSED
         except store.LeaseLost:
             raise
-        except (GmailError, nats.errors.Error, TimeoutError, OSError) as error:
+        except (GmailError, nats.errors.Error, TimeoutError, OSError, BrokenProcessPool) as error:
             if isinstance(error, AccessTokenRejected):
                 # Gmail refused a token the directory may still have cached: the next pass asks for a new one.
                 forget = getattr(self._tokens, "forget_token", None)
@@ -390,7 +401,11 @@ class MailboxSyncer:
                 )
             )
         subject = subjects.message_changed(mailbox_id)
-        await asyncio.gather(*(publish(self._js, subject, event, msg_id=key) for key, event in events))
+        await publish_all(
+            self._js,
+            [Outgoing(subject, event, key) for key, event in events],
+            ack_timeout=self._config.publish_ack_timeout,
+        )
 
     # Fetch, normalize, publish ----------------------------------------------------------------------------------
 
@@ -409,12 +424,13 @@ class MailboxSyncer:
         for start in range(0, len(candidates), window):
             chunk = candidates[start : start + window]
             bodies = await self._fetch_raw(work.client, [c.gmail_message_id for c in chunk])
-            outcomes = await asyncio.gather(
+            # Parsed first (large messages in the worker pool), then published together: no ack waits on parsing.
+            prepared = await asyncio.gather(
                 *(
-                    self._publish_message(
+                    self._prepare_message(
                         work,
                         candidate,
-                        bodies[candidate.gmail_message_id],
+                        bodies.pop(candidate.gmail_message_id),
                         check_start_time,
                         msg_id_suffix,
                         received_before_ms,
@@ -423,7 +439,8 @@ class MailboxSyncer:
                     if candidate.gmail_message_id in bodies
                 )
             )
-            entries = [entry for entry in outcomes if entry is not None]
+            del bodies
+            entries = await self._publish_prepared(work, [ready for ready in prepared if ready is not None])
             skipped = len(chunk) - len(entries)
             # Crash tests: every publish of the window acknowledged, none recorded in the ledger yet.
             fault_point(SYNC_AFTER_PUBLISH)
@@ -470,7 +487,7 @@ class MailboxSyncer:
             log.error("message cannot be fetched", extra={"error": f"{type(failure).__name__}: {failure}"})
         return found
 
-    async def _publish_message(
+    async def _prepare_message(
         self,
         work: _Pass,
         candidate: _Candidate,
@@ -478,7 +495,8 @@ class MailboxSyncer:
         check_start_time: bool,
         msg_id_suffix: str,
         received_before_ms: int | None,
-    ) -> store.PublishedEntry | None:
+    ) -> _Prepared | None:
+        """The event to publish for one fetched message, or None when the message is not published at all."""
         labels = tuple(body.get("labelIds", ()))
         internal_ms = int(body.get("internalDate", 0) or 0)
         if set(labels) & NOT_EMAIL_LABELS:
@@ -491,9 +509,9 @@ class MailboxSyncer:
         mailbox_id = work.mailbox.mailbox_id
         gmail_id = candidate.gmail_message_id
         history_id = candidate.history_id or int(body.get("historyId", 0) or 0)
-        mail = normalize_message(
-            decode_base64url(body.get("raw", "")),
-            copy=MailboxCopy(
+        mail = await self._normalizer.normalize(
+            str(body.get("raw", "")),
+            MailboxCopy(
                 mailbox_id=mailbox_id,
                 mailbox_email=work.mailbox.email,
                 gmail_message_id=gmail_id,
@@ -510,13 +528,26 @@ class MailboxSyncer:
         )
         if set(labels) & UNSYNCED_LABELS:
             _withhold_content(event)
-        msg_id = f"norm:{mailbox_id}:{gmail_id}{msg_id_suffix}"
+        return _Prepared(
+            Outgoing(subjects.normalized(mailbox_id), event, f"norm:{mailbox_id}:{gmail_id}{msg_id_suffix}"),
+            store.PublishedEntry(gmail_id, mail.rfc_message_id, history_id, internal_ms),
+        )
+
+    async def _publish_prepared(
+        self, work: _Pass, prepared: Sequence[_Prepared]
+    ) -> list[store.PublishedEntry]:
+        """Publishes a window's events pipelined and returns their ledger entries once every ack is in."""
+        mailbox_id = work.mailbox.mailbox_id
         if self._observer is not None:
-            await self._observer.attempt(mailbox_id, gmail_id)
-        ack = await publish(self._js, subjects.normalized(mailbox_id), event, msg_id=msg_id)
+            for ready in prepared:
+                await self._observer.attempt(mailbox_id, ready.entry.gmail_message_id)
+        acks = await publish_all(
+            self._js, [ready.outgoing for ready in prepared], ack_timeout=self._config.publish_ack_timeout
+        )
         if self._observer is not None:
-            await self._observer.acknowledged(mailbox_id, gmail_id, is_duplicate(ack))
-        return store.PublishedEntry(gmail_id, mail.rfc_message_id, history_id, internal_ms)
+            for ready, ack in zip(prepared, acks, strict=True):
+                await self._observer.acknowledged(mailbox_id, ready.entry.gmail_message_id, is_duplicate(ack))
+        return [ready.entry for ready in prepared]
 
     # Resync and audit -------------------------------------------------------------------------------------------
 
