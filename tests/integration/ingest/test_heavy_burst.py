@@ -28,6 +28,9 @@ from services.ingest.work import queue_sync
 from tests.fixtures.ingest_world import IngestWorld, RunningIngest
 from tests.fixtures.sandbox import GmailSandbox, SandboxProcess
 
+# 350 MB through the sandbox, the Google client and the workers: minutes on a loaded 2-core machine.
+pytestmark = pytest.mark.timeout(900)
+
 ALICE = "alice@example.com"
 MAILS = 25
 ATTACHMENT_BYTES = 10 * 1024 * 1024
@@ -101,9 +104,13 @@ async def test_burst_of_25_mails_of_10_mb_on_one_mailbox_is_all_published_and_no
         "content_type": "application/octet-stream",
         "data_base64": base64.b64encode(os.urandom(ATTACHMENT_BYTES)).decode(),
     }
-    delivered = await asyncio.to_thread(
-        world.deliver, ALICE, MAILS, subject="Scans", attachments=[attachment]
-    )
+    delivered: list[str] = []
+    # In five deliveries of five (the sandbox admin API answers within 30 s, which 25 at once can exceed on a
+    # loaded machine); all are in the mailbox before ingest is asked to look.
+    for _ in range(MAILS // 5):
+        delivered += await asyncio.to_thread(
+            world.deliver, ALICE, 5, subject="Scans", attachments=[attachment]
+        )
     assert len(delivered) == MAILS
     probe = HealthProbe(ingest_service.running.port).start()
     started = time.monotonic()
@@ -121,9 +128,9 @@ async def test_burst_of_25_mails_of_10_mb_on_one_mailbox_is_all_published_and_no
         async def all_published() -> bool:
             return set(world.recorder.recorded.normalized_ids()) >= set(delivered)
 
-        deadline = time.monotonic() + 600
+        deadline = time.monotonic() + 780
         while not await all_published():
-            assert time.monotonic() < deadline, "the burst was not published within 600 s"
+            assert time.monotonic() < deadline, "the burst was not published within 780 s"
             await asyncio.sleep(0.2)
         published_after = time.monotonic() - started
     finally:
