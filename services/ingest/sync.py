@@ -60,6 +60,11 @@ from services.runtime.protobuf_time import to_timestamp
 log = logging.getLogger(__name__)
 
 BATCH_LIMIT = 25
+# A pass's first messages.get batch: what a message weighs is unknown until one comes back, and the Google client
+# holds a whole batch response in memory several times over while parsing it (25 mails of 10 MB: about 2.7 GB).
+FIRST_BATCH = 2
+# Raw (base64url) characters one batch should bring back, judged by the largest message seen so far in the pass.
+BATCH_CHARS = 16 * 1024 * 1024
 SYNC_AFTER_PUBLISH = "ingest.sync.after_publish"
 REASON_NAMES = {
     events_pb2.MAILBOX_CHANGE_REASON_PUSH: "PUSH",
@@ -140,6 +145,8 @@ class _Pass:
     # Gmail's clock reading when history was listed: the audit leaves newer messages to the next pass.
     listed_at_ms: int = 0
     skipped: int = 0
+    # messages.get per batch from here on: small while message sizes are unknown or large (see BATCH_CHARS).
+    batch_size: int = FIRST_BATCH
 
 
 class MailboxSyncer:
@@ -423,7 +430,7 @@ class MailboxSyncer:
         window = max(1, self._config.fetch_window)
         for start in range(0, len(candidates), window):
             chunk = candidates[start : start + window]
-            bodies = await self._fetch_raw(work.client, [c.gmail_message_id for c in chunk])
+            bodies = await self._fetch_raw(work, [c.gmail_message_id for c in chunk])
             # Parsed first (large messages in the worker pool), then published together: no ack waits on parsing.
             prepared = await asyncio.gather(
                 *(
@@ -459,23 +466,35 @@ class MailboxSyncer:
             work.had_work = work.had_work or bool(entries)
         return published_total
 
-    async def _fetch_raw(self, client: GmailClient, ids: list[str]) -> dict[str, dict[str, Any]]:
+    async def _fetch_raw(self, work: _Pass, ids: list[str]) -> dict[str, dict[str, Any]]:
         """messages.get format=raw in batches of at most 25, a bounded number in flight for this mailbox.
+
+        The pass starts with one small batch and sizes the next ones by the largest message seen, so a burst of
+        large mail is fetched a few at a time (bounded memory) and ordinary mail 25 at a time.
 
         Messages Gmail no longer has are left out (deleted before we got to them), and so are messages Gmail
         refuses for good (logged); any other failure after the adapter's retries fails the pass, so the cursor
         stays and the next pass tries again."""
-        limit = asyncio.Semaphore(max(1, self._config.fetch_concurrency))
         found: dict[str, dict[str, Any]] = {}
         failures: list[GmailError] = []
 
-        async def fetch(batch_ids: list[str]) -> None:
-            async with limit:
-                batch = await client.get_messages_raw(batch_ids)
+        async def fetch(batch_ids: list[str]) -> int:
+            batch = await work.client.get_messages_raw(batch_ids)
             found.update(batch.messages)
             failures.extend(batch.failed.values())
+            return max((len(str(body.get("raw", ""))) for body in batch.messages.values()), default=0)
 
-        await asyncio.gather(*(fetch(ids[i : i + BATCH_LIMIT]) for i in range(0, len(ids), BATCH_LIMIT)))
+        pending = list(ids)
+        while pending:
+            size = max(1, min(work.batch_size, BATCH_LIMIT))
+            in_flight = 1 if work.batch_size < BATCH_LIMIT else max(1, self._config.fetch_concurrency)
+            batches = [pending[i * size : (i + 1) * size] for i in range(in_flight)]
+            batches = [batch for batch in batches if batch]
+            pending = pending[sum(len(batch) for batch in batches) :]
+            largest = max(await asyncio.gather(*(fetch(batch) for batch in batches)))
+            work.batch_size = max(1, min(BATCH_LIMIT, BATCH_CHARS // max(largest, 1)))
+            if any(not isinstance(failure, PermanentGmailError) for failure in failures):
+                break  # the pass fails below; the rest is fetched by the next one
         auth = [f for f in failures if isinstance(f, PermanentAuthFailure)]
         if auth:
             raise auth[0]
