@@ -20,7 +20,9 @@ from services.ingest.api import IngestApi, ingest_registration
 from services.ingest.auth_client import AuthServiceClient
 from services.ingest.connection_events import ConnectionEventHandler
 from services.ingest.drops_api import DropRpcs
+from services.ingest.mailbox_cache import CachedMailboxes
 from services.ingest.mailboxes import AccessTokens, MailboxDirectory
+from services.ingest.normalizer import MessageNormalizer, NormalizerConfig
 from services.ingest.push import PushAuthConfig, PushTokenVerifier
 from services.ingest.push_http import PushHttpServer
 from services.ingest.push_intake import PushIntake
@@ -85,6 +87,7 @@ def sync_config(settings: IngestSettings) -> SyncConfig:
         audit_max_messages=settings.audit_max_messages,
         busy_retry_seconds=settings.busy_retry_seconds,
         min_push_interval=dt.timedelta(seconds=settings.min_push_interval_seconds),
+        publish_ack_timeout=settings.publish_ack_timeout_seconds,
         gmail_policy=RetryPolicy(
             max_attempts=settings.gmail_retry_attempts,
             base_delay=settings.gmail_retry_base_seconds,
@@ -114,6 +117,20 @@ class SyncPipeline:
     scheduler: SyncScheduler
 
 
+def _listen_for_connection_events(components: ServiceComponents, cache: CachedMailboxes) -> None:
+    """Keeps the cache's subscription to connection events open while the service runs."""
+    stopped = asyncio.Event()
+
+    async def listen() -> None:
+        await cache.listen(components.nats)
+        try:
+            await stopped.wait()
+        finally:
+            await cache.close()
+
+    components.add_background("mailbox-cache", listen, stopped.set)
+
+
 def add_sync_pipeline(
     components: ServiceComponents,
     settings: IngestSettings,
@@ -134,9 +151,13 @@ def add_sync_pipeline(
             ),
         )
         auth = AuthServiceClient(channel)
+        components.add_cleanup(channel.close)
+        if settings.mailbox_cache_seconds > 0:
+            cache = CachedMailboxes(auth, auth, ttl=dt.timedelta(seconds=settings.mailbox_cache_seconds))
+            _listen_for_connection_events(components, cache)
+            directory, tokens = directory or cache, tokens or cache
         directory = directory or auth
         tokens = tokens or auth
-        components.add_cleanup(channel.close)
     db, js = components.database, components.jetstream
     gmail_api = GmailApi(
         GmailEndpoint(
@@ -161,6 +182,14 @@ def add_sync_pipeline(
         ingest_registration(IngestApi(intake=intake, directory=directory, db=db, js=js, drops=drops))
     )
 
+    normalizer = MessageNormalizer(
+        NormalizerConfig(
+            processes=settings.normalize_processes,
+            inline_max_chars=settings.normalize_inline_max_bytes,
+            max_messages_per_process=settings.normalize_max_messages_per_process,
+        )
+    )
+    components.add_cleanup(normalizer.close)
     syncer = MailboxSyncer(
         db=db,
         js=js,
@@ -169,6 +198,7 @@ def add_sync_pipeline(
         gmail_api=gmail_api,
         config=sync_config(settings),
         observer=observer,
+        normalizer=normalizer,
     )
     for index in range(settings.sync_workers):
         worker = Consumer(components.nats, sync_consumer_spec(), syncer.handle, db=db)

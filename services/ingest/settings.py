@@ -36,11 +36,17 @@ class IngestSettings(ServiceSettings):
         default="127.0.0.1:50051",
         description="host:port of the auth service (GetMailbox, GetAccessToken) for the sync worker.",
     )
+    mailbox_cache_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="How long a mailbox's connection snapshot from auth is reused (dropped at once by the "
+        "mailbox's connection events; 0: ask auth every time).",
+    )
     gmail_root_url: str = Field(
         default="", description="Gmail API root; empty means Google, a URL points at the Gmail sandbox."
     )
     gmail_max_workers: int = Field(
-        default=8, gt=0, description="Threads running blocking Gmail client calls (shared by every mailbox)."
+        default=16, gt=0, description="Threads running blocking Gmail client calls (shared by every mailbox)."
     )
     gmail_quota_pacing: Literal["legacy", "2026", "off"] = Field(
         default="legacy",
@@ -60,7 +66,10 @@ class IngestSettings(ServiceSettings):
         description="Where Google's token-signing certificates are ({kid: PEM}); the sandbox serves its own.",
     )
     sync_workers: int = Field(
-        default=4, gt=0, description="Mailbox passes one process runs at once (each on a different mailbox)."
+        default=16,
+        gt=0,
+        description="Mailbox passes one process runs at once (each on a different mailbox): while one waits "
+        "for Gmail, JetStream or the database, the others proceed.",
     )
     lease_seconds: float = Field(
         default=60.0,
@@ -99,6 +108,25 @@ class IngestSettings(ServiceSettings):
     )
     fetch_concurrency: int = Field(
         default=2, gt=0, description="messages.get batches (of 25) of one mailbox in flight at once."
+    )
+    normalize_processes: int = Field(
+        default=2,
+        ge=0,
+        description="Worker processes that parse large fetched messages off the event loop (0: all inline).",
+    )
+    normalize_inline_max_bytes: int = Field(
+        default=256 * 1024,
+        ge=0,
+        description="A fetched message up to this size (base64url) is parsed inline; larger ones go to the workers.",
+    )
+    normalize_max_messages_per_process: int = Field(
+        default=200, gt=0, description="A normalization worker process is replaced after this many messages."
+    )
+    publish_ack_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="How long the acks of a step's publishes (sent together) are awaited before the unacked "
+        "ones are sent again.",
     )
     gmail_retry_attempts: int = Field(
         default=5,

@@ -15,6 +15,7 @@ import asyncio
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -26,10 +27,10 @@ from mailsync.v1 import events_pb2
 from services.ingest import store
 from services.ingest.connection_proto import connections_to_proto
 from services.ingest.domain.message import MailboxCopy
-from services.ingest.domain.mime import normalize_message
 from services.ingest.history import NOT_EMAIL_LABELS, UNSYNCED_LABELS, Deletion, LabelDelta, plan_history
 from services.ingest.mailboxes import AccessTokens, MailboxDirectory, MailboxInfo, sync_scope
 from services.ingest.message_proto import normalized_message_to_proto
+from services.ingest.normalizer import MessageNormalizer, NormalizerConfig
 from services.ingest.sync_policy import (
     SyncState,
     SyncTiming,
@@ -52,14 +53,18 @@ from services.runtime.gmail import (
     PermanentGmailError,
     RetryPolicy,
     RetryTiming,
-    decode_base64url,
 )
-from services.runtime.jetstream import is_duplicate, publish
+from services.runtime.jetstream import Outgoing, is_duplicate, publish_all
 from services.runtime.protobuf_time import to_timestamp
 
 log = logging.getLogger(__name__)
 
 BATCH_LIMIT = 25
+# A pass's first messages.get batch: what a message weighs is unknown until one comes back, and the Google client
+# holds a whole batch response in memory several times over while parsing it (25 mails of 10 MB: about 2.7 GB).
+FIRST_BATCH = 2
+# Raw (base64url) characters one batch should bring back, judged by the largest message seen so far in the pass.
+BATCH_CHARS = 16 * 1024 * 1024
 SYNC_AFTER_PUBLISH = "ingest.sync.after_publish"
 REASON_NAMES = {
     events_pb2.MAILBOX_CHANGE_REASON_PUSH: "PUSH",
@@ -110,16 +115,24 @@ class SyncConfig:
     audit_window: dt.timedelta = dt.timedelta(days=7)
     # A resync lists from a little before the last synced message: internal dates are not strictly ordered.
     resync_overlap: dt.timedelta = dt.timedelta(hours=1)
-    # Sends of one normalized message whose acknowledgement did not come in time (a loaded or paused server):
-    # the same Nats-Msg-Id again, in place, before the pass fails and a later pass publishes the window again.
+    # Sends of a window's messages whose acknowledgement did not come in time (a loaded or paused server): the
+    # same Nats-Msg-Ids again, in place, before the pass fails and a later pass publishes the window again.
     publish_ack_attempts: int = 3
     gmail_policy: RetryPolicy = field(default_factory=RetryPolicy)
+    # How long the acks of one window's publishes are awaited (together) before the unacked are sent again.
+    publish_ack_timeout: float = 10.0
 
 
 @dataclass(frozen=True)
 class _Candidate:
     gmail_message_id: str
     history_id: int
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    outgoing: Outgoing
+    entry: store.PublishedEntry
 
 
 @dataclass
@@ -135,6 +148,8 @@ class _Pass:
     # Gmail's clock reading when history was listed: the audit leaves newer messages to the next pass.
     listed_at_ms: int = 0
     skipped: int = 0
+    # messages.get per batch from here on: small while message sizes are unknown or large (see BATCH_CHARS).
+    batch_size: int = FIRST_BATCH
 
 
 class MailboxSyncer:
@@ -152,6 +167,7 @@ class MailboxSyncer:
         clock: Clock | None = None,
         observer: PublishObserver | None = None,
         gmail_timing: RetryTiming | None = None,
+        normalizer: MessageNormalizer | None = None,
     ) -> None:
         self._db = db
         self._js = js
@@ -163,6 +179,8 @@ class MailboxSyncer:
         self._observer = observer
         self._gmail_timing = gmail_timing or RetryTiming(clock=self._clock)
         self._passes = 0
+        # Without a pool of its own (tests), everything is parsed inline.
+        self._normalizer = normalizer or MessageNormalizer(NormalizerConfig(processes=0))
 
     async def handle(self, delivery: Delivery) -> None:
         item = delivery.parse(events_pb2.MailboxChanged)
@@ -274,7 +292,7 @@ class MailboxSyncer:
             return PassOutcome.PAUSED
         except store.LeaseLost:
             raise
-        except (GmailError, nats.errors.Error, TimeoutError, OSError) as error:
+        except (GmailError, nats.errors.Error, TimeoutError, OSError, BrokenProcessPool) as error:
             if isinstance(error, AccessTokenRejected):
                 # Gmail refused a token the directory may still have cached: the next pass asks for a new one.
                 forget = getattr(self._tokens, "forget_token", None)
@@ -393,7 +411,12 @@ class MailboxSyncer:
                 )
             )
         subject = subjects.message_changed(mailbox_id)
-        await asyncio.gather(*(publish(self._js, subject, event, msg_id=key) for key, event in events))
+        await publish_all(
+            self._js,
+            [Outgoing(subject, event, key) for key, event in events],
+            ack_timeout=self._config.publish_ack_timeout,
+            attempts=self._config.publish_ack_attempts,
+        )
 
     # Fetch, normalize, publish ----------------------------------------------------------------------------------
 
@@ -411,13 +434,14 @@ class MailboxSyncer:
         window = max(1, self._config.fetch_window)
         for start in range(0, len(candidates), window):
             chunk = candidates[start : start + window]
-            bodies = await self._fetch_raw(work.client, [c.gmail_message_id for c in chunk])
-            outcomes = await asyncio.gather(
+            bodies = await self._fetch_raw(work, [c.gmail_message_id for c in chunk])
+            # Parsed first (large messages in the worker pool), then published together: no ack waits on parsing.
+            prepared = await asyncio.gather(
                 *(
-                    self._publish_message(
+                    self._prepare_message(
                         work,
                         candidate,
-                        bodies[candidate.gmail_message_id],
+                        bodies.pop(candidate.gmail_message_id),
                         check_start_time,
                         msg_id_suffix,
                         received_before_ms,
@@ -426,7 +450,8 @@ class MailboxSyncer:
                     if candidate.gmail_message_id in bodies
                 )
             )
-            entries = [entry for entry in outcomes if entry is not None]
+            del bodies
+            entries = await self._publish_prepared(work, [ready for ready in prepared if ready is not None])
             skipped = len(chunk) - len(entries)
             # Crash tests: every publish of the window acknowledged, none recorded in the ledger yet.
             fault_point(SYNC_AFTER_PUBLISH)
@@ -445,23 +470,35 @@ class MailboxSyncer:
             work.had_work = work.had_work or bool(entries)
         return published_total
 
-    async def _fetch_raw(self, client: GmailClient, ids: list[str]) -> dict[str, dict[str, Any]]:
+    async def _fetch_raw(self, work: _Pass, ids: list[str]) -> dict[str, dict[str, Any]]:
         """messages.get format=raw in batches of at most 25, a bounded number in flight for this mailbox.
+
+        The pass starts with one small batch and sizes the next ones by the largest message seen, so a burst of
+        large mail is fetched a few at a time (bounded memory) and ordinary mail 25 at a time.
 
         Messages Gmail no longer has are left out (deleted before we got to them), and so are messages Gmail
         refuses for good (logged); any other failure after the adapter's retries fails the pass, so the cursor
         stays and the next pass tries again."""
-        limit = asyncio.Semaphore(max(1, self._config.fetch_concurrency))
         found: dict[str, dict[str, Any]] = {}
         failures: list[GmailError] = []
 
-        async def fetch(batch_ids: list[str]) -> None:
-            async with limit:
-                batch = await client.get_messages_raw(batch_ids)
+        async def fetch(batch_ids: list[str]) -> int:
+            batch = await work.client.get_messages_raw(batch_ids)
             found.update(batch.messages)
             failures.extend(batch.failed.values())
+            return max((len(str(body.get("raw", ""))) for body in batch.messages.values()), default=0)
 
-        await asyncio.gather(*(fetch(ids[i : i + BATCH_LIMIT]) for i in range(0, len(ids), BATCH_LIMIT)))
+        pending = list(ids)
+        while pending:
+            size = max(1, min(work.batch_size, BATCH_LIMIT))
+            in_flight = 1 if work.batch_size < BATCH_LIMIT else max(1, self._config.fetch_concurrency)
+            batches = [pending[i * size : (i + 1) * size] for i in range(in_flight)]
+            batches = [batch for batch in batches if batch]
+            pending = pending[sum(len(batch) for batch in batches) :]
+            largest = max(await asyncio.gather(*(fetch(batch) for batch in batches)))
+            work.batch_size = max(1, min(BATCH_LIMIT, BATCH_CHARS // max(largest, 1)))
+            if any(not isinstance(failure, PermanentGmailError) for failure in failures):
+                break  # the pass fails below; the rest is fetched by the next one
         auth = [f for f in failures if isinstance(f, PermanentAuthFailure)]
         if auth:
             raise auth[0]
@@ -473,7 +510,7 @@ class MailboxSyncer:
             log.error("message cannot be fetched", extra={"error": f"{type(failure).__name__}: {failure}"})
         return found
 
-    async def _publish_message(
+    async def _prepare_message(
         self,
         work: _Pass,
         candidate: _Candidate,
@@ -481,7 +518,8 @@ class MailboxSyncer:
         check_start_time: bool,
         msg_id_suffix: str,
         received_before_ms: int | None,
-    ) -> store.PublishedEntry | None:
+    ) -> _Prepared | None:
+        """The event to publish for one fetched message, or None when the message is not published at all."""
         labels = tuple(body.get("labelIds", ()))
         internal_ms = int(body.get("internalDate", 0) or 0)
         if set(labels) & NOT_EMAIL_LABELS:
@@ -494,9 +532,9 @@ class MailboxSyncer:
         mailbox_id = work.mailbox.mailbox_id
         gmail_id = candidate.gmail_message_id
         history_id = candidate.history_id or int(body.get("historyId", 0) or 0)
-        mail = normalize_message(
-            decode_base64url(body.get("raw", "")),
-            copy=MailboxCopy(
+        mail = await self._normalizer.normalize(
+            str(body.get("raw", "")),
+            MailboxCopy(
                 mailbox_id=mailbox_id,
                 mailbox_email=work.mailbox.email,
                 gmail_message_id=gmail_id,
@@ -513,32 +551,29 @@ class MailboxSyncer:
         )
         if set(labels) & UNSYNCED_LABELS:
             _withhold_content(event)
-        msg_id = f"norm:{mailbox_id}:{gmail_id}{msg_id_suffix}"
-        if self._observer is not None:
-            await self._observer.attempt(mailbox_id, gmail_id)
-        ack = await self._publish_until_acknowledged(subjects.normalized(mailbox_id), event, msg_id)
-        if self._observer is not None:
-            await self._observer.acknowledged(mailbox_id, gmail_id, is_duplicate(ack))
-        return store.PublishedEntry(gmail_id, mail.rfc_message_id, history_id, internal_ms)
+        return _Prepared(
+            Outgoing(subjects.normalized(mailbox_id), event, f"norm:{mailbox_id}:{gmail_id}{msg_id_suffix}"),
+            store.PublishedEntry(gmail_id, mail.rfc_message_id, history_id, internal_ms),
+        )
 
-    async def _publish_until_acknowledged(
-        self, subject: str, event: events_pb2.NormalizedMessage, msg_id: str
-    ) -> Any:
-        """Publishes and waits for JetStream's acknowledgement, sending the same message again when it times out.
-
-        A timed-out publish has an unknown outcome: the server usually stored it and acknowledged late (a burst on
-        a loaded machine, a paused server). Failing the pass there made a later pass publish the whole window
-        again, every message of it a second attempt the stream de-duplicated (the ingest burst test's rare
-        extra attempt); sending it again in place with the same Nats-Msg-Id lets the stream say which it was."""
-        for attempt in range(1, max(1, self._config.publish_ack_attempts)):
-            try:
-                return await publish(self._js, subject, event, msg_id=msg_id)
-            except nats.errors.TimeoutError:
-                log.warning(
-                    "publish not acknowledged in time; sending it again",
-                    extra={"msg_id": msg_id, "attempt": attempt},
-                )
-        return await publish(self._js, subject, event, msg_id=msg_id)
+    async def _publish_prepared(
+        self, work: _Pass, prepared: Sequence[_Prepared]
+    ) -> list[store.PublishedEntry]:
+        """Publishes a window's events pipelined and returns their ledger entries once every ack is in."""
+        mailbox_id = work.mailbox.mailbox_id
+        if self._observer is not None:
+            for ready in prepared:
+                await self._observer.attempt(mailbox_id, ready.entry.gmail_message_id)
+        acks = await publish_all(
+            self._js,
+            [ready.outgoing for ready in prepared],
+            ack_timeout=self._config.publish_ack_timeout,
+            attempts=self._config.publish_ack_attempts,
+        )
+        if self._observer is not None:
+            for ready, ack in zip(prepared, acks, strict=True):
+                await self._observer.acknowledged(mailbox_id, ready.entry.gmail_message_id, is_duplicate(ack))
+        return [ready.entry for ready in prepared]
 
     # Resync and audit -------------------------------------------------------------------------------------------
 

@@ -4,15 +4,19 @@ auth's `reauthorized` event with nothing lost and nothing twice."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
 
+from mailsync.v1 import auth_pb2
 from services.ingest import store
 from services.ingest.app import MIGRATIONS_DIR
 from services.ingest.auth_client import AuthServiceClient
+from services.ingest.mailbox_cache import CachedMailboxes
+from services.ingest.mailboxes import MailboxInfo
 from services.ingest.sync import PassOutcome
 from services.runtime.db import migrate, open_database
 from services.runtime.gmail import GmailApi, GmailEndpoint
@@ -93,3 +97,70 @@ async def test_R12_with_real_auth_invalid_grant_pauses_and_reconnecting_resumes_
     assert world.recorder.recorded.normalized_ids() == dict.fromkeys(early + during, 1)
     event = world.recorder.recorded.normalized[-1]
     assert [(c.location_id, c.user_id) for c in event.connections] == [("loc-1", "u1")]
+
+
+class CountingDirectory:
+    """Auth's client with a count of the GetMailbox calls that reached auth."""
+
+    def __init__(self, auth: AuthServiceClient) -> None:
+        self.auth = auth
+        self.calls = 0
+
+    async def get_mailbox(self, *, mailbox_id: str = "", email: str = "") -> MailboxInfo | None:
+        self.calls += 1
+        return await self.auth.get_mailbox(mailbox_id=mailbox_id, email=email)
+
+
+async def test_mailbox_snapshots_are_asked_of_auth_once_and_dropped_by_the_mailboxs_connection_event(
+    auth_world: AuthWorld, ingest_on_auth: IngestWorld, nats_client: Client
+) -> None:
+    auth: AuthServiceClient = ingest_on_auth.directory  # type: ignore[assignment]
+    counting = CountingDirectory(auth)
+    cache = CachedMailboxes(counting, auth, ttl=dt.timedelta(hours=1))
+    # Negative control: the same cache without the event subscription keeps serving what it was told first.
+    deaf = CachedMailboxes(counting, auth, ttl=dt.timedelta(hours=1))
+    await cache.listen(nats_client)
+    try:
+        await auth_world.add_user("u1")
+        await auth_world.connect("u1", "loc-1", ALICE)
+        await auth_world.events.wait_for(1)
+        answers: list[MailboxInfo | None] = []
+
+        async def answered_from_memory() -> bool:
+            # The `connected` event of the connect above may still be on its way to the cache and drop what it
+            # holds: try until one lookup by address reached auth and the two repeats did not.
+            before = counting.calls
+            answers[:] = [
+                await cache.get_mailbox(email=ALICE),
+                await cache.get_mailbox(email=ALICE.upper()),
+                None,
+            ]
+            assert answers[0] is not None
+            answers[2] = await cache.get_mailbox(mailbox_id=answers[0].mailbox_id)
+            return counting.calls - before == 1
+
+        await eventually(answered_from_memory, within=30)
+        first = answers[0]
+        assert first is not None and [c.state for c in first.connections] == ["CONNECTED"]
+        assert answers == [first, first, first]
+        before = counting.calls
+        assert await deaf.get_mailbox(mailbox_id=first.mailbox_id) == first
+        assert await deaf.get_mailbox(mailbox_id=first.mailbox_id) == first
+        assert counting.calls - before == 1
+
+        await auth_world.crm.Disconnect(
+            auth_pb2.DisconnectRequest(request_id="disconnect-1", location_id="loc-1", user_id="u1")
+        )
+
+        async def sees_the_disconnect() -> bool:
+            mailbox = await cache.get_mailbox(mailbox_id=first.mailbox_id)
+            return mailbox is not None and not mailbox.connected
+
+        await eventually(sees_the_disconnect, within=30)
+        stale = await deaf.get_mailbox(mailbox_id=first.mailbox_id)
+        assert stale is not None and [c.state for c in stale.connections] == ["CONNECTED"]
+        mailbox_after = await cache.get_mailbox(mailbox_id=first.mailbox_id)
+        assert mailbox_after is not None
+        assert [c.state for c in mailbox_after.connections] == ["DISCONNECTED"]
+    finally:
+        await cache.close()
