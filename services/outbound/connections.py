@@ -68,6 +68,8 @@ class AuthConnections:
         self._clock = clock or SystemClock()
         self._timeout = timeout_seconds
         self._tokens: dict[str, tuple[str, dt.datetime]] = {}
+        # Per mailbox, the token Gmail last refused: named on the next GetAccessToken so auth refreshes.
+        self._rejected: dict[str, str] = {}
         self._mailboxes: dict[str, tuple[auth_pb2.Mailbox, dt.datetime]] = {}
         self._lookups: dict[tuple[str, str], asyncio.Future[SenderMailbox]] = {}
 
@@ -159,7 +161,10 @@ class AuthConnections:
             return cached[0]
         try:
             answer = await self._stub.GetAccessToken(
-                auth_pb2.GetAccessTokenRequest(mailbox_id=mailbox_id), timeout=self._timeout
+                auth_pb2.GetAccessTokenRequest(
+                    mailbox_id=mailbox_id, rejected_access_token=self._rejected.get(mailbox_id, "")
+                ),
+                timeout=self._timeout,
             )
         except grpc.aio.AioRpcError as error:
             self._tokens.pop(mailbox_id, None)
@@ -173,8 +178,14 @@ class AuthConnections:
             if answer.HasField("expire_time")
             else self._clock.now() + _TOKEN_MARGIN * 2
         )
+        self._rejected.pop(mailbox_id, None)
         self._tokens[mailbox_id] = (answer.access_token, expires)
         return answer.access_token
 
-    def forget_token(self, mailbox_id: str) -> None:
-        self._tokens.pop(mailbox_id, None)
+    def forget_token(self, mailbox_id: str, rejected: str = "") -> None:
+        """Drops a cached token Gmail refused (401); the next GetAccessToken names it, so auth refreshes the
+        grant instead of returning it (a dead grant turns REAUTH_REQUIRED at once)."""
+        cached = self._tokens.pop(mailbox_id, None)
+        refused = rejected or (cached[0] if cached else "")
+        if refused:
+            self._rejected[mailbox_id] = refused
