@@ -418,6 +418,7 @@ class Stack:
             "nats_url": nats.address if nats else "",
             "crm_token": self.crm_token(),
             "runner_pid": os.getpid(),
+            "pids": {m.name: m.pid for m in self.processes},
         }
 
     def _env(self, name: str) -> dict[str, str]:
