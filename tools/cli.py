@@ -69,6 +69,7 @@ class StackInfo:
     endpoints: dict[str, dict[str, str]] = field(default_factory=dict)
     # The receiving host whose Authentication-Results ingest trusts for BCC drops (`make run` plays it).
     bcc_trusted_authserv_id: str = ""
+    nats_url: str = ""
 
     @classmethod
     def load(cls, path: Path) -> StackInfo:
@@ -86,6 +87,7 @@ class StackInfo:
             crm_token=raw["crm_token"],
             endpoints={name: dict(roles) for name, roles in raw.get("endpoints", {}).items()},
             bcc_trusted_authserv_id=raw.get("bcc_trusted_authserv_id", ""),
+            nats_url=raw.get("nats_url", ""),
         )
 
     def endpoint(self, service: str, role: str) -> str:
@@ -583,13 +585,23 @@ def cmd_watch(client: Client, out: Output, args: argparse.Namespace) -> None:
         stream.cancel()
 
 
+# Why a mailbox has the daily limit it has (GetQuotaResponse.limit_source; docs/outbound.md).
+LIMIT_SOURCES = {
+    outbound_pb2.DAILY_LIMIT_SOURCE_SET_EXPLICITLY: "set explicitly (SetSendLimit)",
+    outbound_pb2.DAILY_LIMIT_SOURCE_WORKSPACE_ACCOUNT: "a Google Workspace account, as Google said",
+    outbound_pb2.DAILY_LIMIT_SOURCE_CONSUMER_ACCOUNT: "a consumer account, as Google said",
+    outbound_pb2.DAILY_LIMIT_SOURCE_UNKNOWN_ACCOUNT: "Google did not say the account type: the consumer limit",
+}
+
+
 def cmd_quota(client: Client, out: Output, args: argparse.Namespace) -> None:
     quota = client.call(
         "outbound", "GetQuota", outbound_pb2.GetQuotaRequest(location_id=args.location, user_id=args.user_id)
     )
+    source = LIMIT_SOURCES.get(quota.limit_source, "")
     human = (
         f"{quota.mailbox_email}: {quota.used} of {quota.daily_limit} used, {quota.remaining} left "
-        f"(window resets {when(quota.reset_time)})"
+        f"(window resets {when(quota.reset_time)})" + (f"; the limit: {source}" if source else "")
     )
     if quota.blocked_until.seconds:
         human += f"; Gmail blocks sending until {when(quota.blocked_until)}"
@@ -620,6 +632,22 @@ def cmd_sync_status(client: Client, out: Output, args: argparse.Namespace) -> No
     if status.last_error:
         human += f"\n  last error: {status.last_error}"
     out.show(status, human)
+
+
+def cmd_stack(client: Client, out: Output, args: argparse.Namespace) -> None:
+    stack = client.stack
+    document = {
+        "services": stack.services,
+        "endpoints": stack.endpoints,
+        "sandbox_url": stack.sandbox_url,
+        "nats_url": stack.nats_url,
+    }
+    lines = [f"{name:10} gRPC {address}" for name, address in stack.services.items()]
+    lines += [
+        f"{name:10} {role} {address}" for name, roles in stack.endpoints.items() for role, address in roles.items()
+    ]
+    lines += [f"{'sandbox':10} {stack.sandbox_url}", f"{'nats':10} {stack.nats_url}"]
+    out.show(document, "\n".join(lines))
 
 
 def cmd_expire_tokens(client: Client, out: Output, args: argparse.Namespace) -> None:
@@ -843,6 +871,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--subject", required=True)
     sub.add_argument("--body", default="")
     sub.add_argument("--from", dest="sender", default="", help="From header (default: the user's mailbox)")
+
+    command("stack", cmd_stack, "the running stack's addresses (from the stack file)")
 
     sub = command(
         "expire-tokens",
