@@ -644,7 +644,9 @@ def cmd_stack(client: Client, out: Output, args: argparse.Namespace) -> None:
     }
     lines = [f"{name:10} gRPC {address}" for name, address in stack.services.items()]
     lines += [
-        f"{name:10} {role} {address}" for name, roles in stack.endpoints.items() for role, address in roles.items()
+        f"{name:10} {role} {address}"
+        for name, roles in stack.endpoints.items()
+        for role, address in roles.items()
     ]
     lines += [f"{'sandbox':10} {stack.sandbox_url}", f"{'nats':10} {stack.nats_url}"]
     out.show(document, "\n".join(lines))
