@@ -482,7 +482,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             return 0
         print(f"\nAddresses and token for the `mailsync` CLI: {stack.write_stack_file()}")
-        print("Running; Ctrl-C stops everything.", flush=True)
+        print("In another terminal: `source .venv/bin/activate`, then `mailsync --help` (docs/demo.md).")
+        print("Running; Ctrl-C (or closing this terminal, or SIGTERM) stops everything.", flush=True)
         stack.watch()
     except RunError as exc:
         print(f"tools.run: {exc}", file=sys.stderr)
