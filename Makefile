@@ -4,6 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTOS := $(wildcard protos/mailsync/v1/*.proto)
+# Generated code is rebuilt only when a .proto (or the generator) is newer than this file, so `make run` and
+# `make cli` do not run protoc every time.
+PROTOS_STAMP := $(VENV)/.protos-generated
 PYTEST_ARGS ?=
 # Most tests wait on processes and sockets, so four workers fit two cores; a file's tests stay on one worker
 # (the end-to-end stack is started once per worker that runs it).
@@ -17,12 +20,12 @@ help:
 	@echo "make test-unit  the fast, pure tier only"
 	@echo "make test-deploy  render and check the Kubernetes overlays, the image and the locks"
 	@echo "make chaos      kill -9 and Gmail faults under load, checked for loss and duplicates (~10 min; CHAOS_ARGS=\"--seed N\")"
-	@echo "make protos     regenerate mailsync/v1 from protos/"
+	@echo "make protos     regenerate mailsync/v1 from protos/ (only when a .proto changed)"
 	@echo "make lint       ruff, and mypy on the shared runtime and domain modules"
 	@echo "make fmt        format with ruff"
 	@echo "make bench      benchmarks (numbers go to stdout and var/bench/)"
 	@echo "make sandbox    run the Gmail sandbox alone"
-	@echo "make cli ARGS=\"...\"  the command-line client for a running stack (docs/demo.md)"
+	@echo "make cli ARGS=\"...\"  the command-line client for a running stack (or .venv/bin/mailsync; docs/demo.md)"
 	@echo "make lock       re-pin requirements-runtime.lock and requirements.lock"
 	@echo "make image-venv build the production image's virtualenv locally and print its size"
 
@@ -34,8 +37,11 @@ $(STAMP): requirements.lock requirements-runtime.lock pyproject.toml
 
 venv: $(STAMP)
 
-protos: $(STAMP)
+$(PROTOS_STAMP): $(PROTOS) tools/protogen.py $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m tools.protogen
+	@touch $(PROTOS_STAMP)
+
+protos: $(PROTOS_STAMP)
 
 test: protos
 	$(PY) -m pytest -p no:cacheprovider $(PYTEST_PARALLEL) $(PYTEST_ARGS)
@@ -60,7 +66,7 @@ run: protos
 	$(PY) -m tools.run
 
 cli: protos
-	$(PY) -m tools.cli $(ARGS)
+	@$(VENV)/bin/mailsync $(ARGS)
 
 sandbox: $(STAMP)
 	$(PY) -m sandbox

@@ -108,6 +108,7 @@ class AdminApi:
             web.post("/admin/mailboxes/{address}/messages/{id}/untrash", self.user_untrash),
             web.delete("/admin/mailboxes/{address}/messages/{id}", self.user_delete),
             web.post("/admin/mailboxes/{address}/revoke", self.revoke),
+            web.post("/admin/mailboxes/{address}/tokens/expire", self.expire_tokens),
             web.post("/admin/mailboxes/{address}/history/expire", self.expire_history),
             web.get("/admin/outbox", self.outbox),
             web.post("/admin/clients", self.create_client),
@@ -265,6 +266,10 @@ class AdminApi:
         body = await self._body(request)
         count = self.core.grants.revoke_grants(request.match_info["address"], body.get("client_id"))
         return web.json_response({"revoked": count})
+
+    async def expire_tokens(self, request: web.Request) -> web.Response:
+        count = self.core.grants.expire_access_tokens(request.match_info["address"])
+        return web.json_response({"expired": count})
 
     async def expire_history(self, request: web.Request) -> web.Response:
         body = await self._body(request)

@@ -123,6 +123,10 @@ class AdminClient:
     def revoke(self, address: str, client_id: str | None = None) -> int:
         return self.request("POST", f"/admin/mailboxes/{address}/revoke", {"client_id": client_id})["revoked"]
 
+    def expire_access_tokens(self, address: str) -> int:
+        """Expires the mailbox's access tokens now; returns how many were live."""
+        return int(self.request("POST", f"/admin/mailboxes/{address}/tokens/expire")["expired"])
+
     def expire_history(self, address: str, before: int) -> None:
         self.request("POST", f"/admin/mailboxes/{address}/history/expire", {"before": before})
 

@@ -281,6 +281,17 @@ class GrantRegistry:
         grant.revoked = True
         return True
 
+    def expire_access_tokens(self, address: str) -> int:
+        """Ends the life of every live access token of a mailbox now (as if an hour had passed for it alone):
+        its next Gmail call is refused with 401, and only a refresh gets a new one."""
+        now = self.now_ms()
+        count = 0
+        for access in self.access_tokens.values():
+            if access.grant.address == address.lower() and access.expires_at_ms > now:
+                access.expires_at_ms = now
+                count += 1
+        return count
+
     def revoke_grants(self, address: str, client_id: str | None = None) -> int:
         count = 0
         for grant in self.grants.values():

@@ -1,8 +1,9 @@
 """Command-line client for the local product: connect a mailbox, add contacts, send mail, play the outside world
 and watch conversations, through the services' public gRPC APIs and the Gmail sandbox's admin API only.
 
-It finds the running stack in var/run/stack.json (written by `make run`). Run `python -m tools.cli --help`, or
-`make cli ARGS="..."`; docs/demo.md walks through a session.
+Installed with the project as `mailsync` (`.venv/bin/mailsync`, or `mailsync` after `source .venv/bin/activate`;
+also `make cli ARGS="..."` and `python -m tools.cli`). It finds the running stack in var/run/stack.json (written
+by `make run`). Run `mailsync --help`; docs/demo.md walks through a session.
 """
 
 from __future__ import annotations
@@ -12,13 +13,17 @@ import base64
 import json
 import mimetypes
 import os
+import smtplib
 import sys
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid, parseaddr
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +48,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_STACK_FILE = ROOT / "var" / "run" / "stack.json"
 DEFAULT_LOCATION = "loc-demo"
 LOCATION_VARIABLE = "MAILSYNC_CLI_LOCATION"
+STACK_FILE_VARIABLE = "MAILSYNC_CLI_STACK_FILE"
+POLL_SECONDS = 0.3
 UPLOAD_CHUNK_BYTES = 1024 * 1024
 PAGE_SIZE = 100
 
@@ -58,6 +65,11 @@ class StackInfo:
     services: dict[str, str]
     sandbox_url: str
     crm_token: str
+    # Other listeners by service and role (auth's oauth_callback, ingest's push and bcc_smtp).
+    endpoints: dict[str, dict[str, str]] = field(default_factory=dict)
+    # The receiving host whose Authentication-Results ingest trusts for BCC drops (`make run` plays it).
+    bcc_trusted_authserv_id: str = ""
+    nats_url: str = ""
 
     @classmethod
     def load(cls, path: Path) -> StackInfo:
@@ -69,13 +81,27 @@ class StackInfo:
             ) from None
         except ValueError as error:
             raise CliError(f"{path} is not valid JSON: {error}") from None
-        return cls(services=dict(raw["services"]), sandbox_url=raw["sandbox_url"], crm_token=raw["crm_token"])
+        return cls(
+            services=dict(raw["services"]),
+            sandbox_url=raw["sandbox_url"],
+            crm_token=raw["crm_token"],
+            endpoints={name: dict(roles) for name, roles in raw.get("endpoints", {}).items()},
+            bcc_trusted_authserv_id=raw.get("bcc_trusted_authserv_id", ""),
+            nats_url=raw.get("nats_url", ""),
+        )
+
+    def endpoint(self, service: str, role: str) -> str:
+        address = self.endpoints.get(service, {}).get(role, "")
+        if not address:
+            raise CliError(f"the stack file names no {role} address of {service} (restart `make run`)")
+        return address
 
 
 class Client:
     """Authenticated stubs of the four services and the sandbox's admin client, opened lazily."""
 
     def __init__(self, stack: StackInfo, token: str, timeout: float) -> None:
+        self.stack = stack
         self._stack = stack
         self._metadata = (("authorization", f"Bearer {token}"),)
         self._timeout = timeout
@@ -125,19 +151,37 @@ def as_dict(message: ProtoMessage) -> dict[str, Any]:
 
 
 class Output:
-    """Human lines by default; with --json, one JSON document per result (for scripts and tests)."""
+    """Human lines by default; with --json, one JSON document per result (for scripts and tests); with --field,
+    only that field of the result (of each item of a list), one per line, for shell variables."""
 
-    def __init__(self, as_json: bool) -> None:
+    def __init__(self, as_json: bool, field_name: str = "") -> None:
         self.as_json = as_json
+        self.field_name = field_name
 
     def show(self, value: ProtoMessage | dict[str, Any] | list[Any], human: str) -> None:
-        if self.as_json:
+        if self.field_name:
+            items = value if isinstance(value, list) else [value]
+            for item in items:
+                document = as_dict(item) if isinstance(item, ProtoMessage) else item
+                print(pick(document, self.field_name), flush=True)
+        elif self.as_json:
             document = as_dict(value) if isinstance(value, ProtoMessage) else value
             if isinstance(document, list):
                 document = [as_dict(v) if isinstance(v, ProtoMessage) else v for v in document]
             print(json.dumps(document), flush=True)
         else:
             print(human, flush=True)
+
+
+def pick(document: Any, path: str) -> str:
+    """The value at a dotted path (`send.send_id`) of a result, for `--field`."""
+    value = document
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            keys = ", ".join(sorted(value)) if isinstance(value, dict) else "none"
+            raise CliError(f"the result has no field {path!r} (fields here: {keys})")
+        value = value[part]
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def enum_name(enum: Any, value: int, prefix: str) -> str:
@@ -164,7 +208,7 @@ def describe_contact(contact: threading_pb2.Contact) -> str:
     return f"{contact.contact_id}  {contact.display_name!r}  <{emails}>  assigned to {assigned}{created}"
 
 
-def describe_message(message: threading_pb2.Message, full: bool) -> str:
+def describe_message(message: threading_pb2.Message, full: bool, send_state: str = "") -> str:
     direction = enum_name(common_pb2.Direction, message.direction, "DIRECTION_")
     sender = next((p.email for p in message.participants if p.role == common_pb2.PARTICIPANT_ROLE_FROM), "?")
     lines = [
@@ -172,7 +216,8 @@ def describe_message(message: threading_pb2.Message, full: bool) -> str:
         f"from {sender}  {message.subject!r}"
     ]
     if message.send_id:
-        lines.append(f"    CRM send {message.send_id}{' (pending)' if message.send_pending else ''}")
+        state = send_state or ("pending" if message.send_pending else "")
+        lines.append(f"    CRM send {message.send_id}{f' ({state})' if state else ''}")
     for attachment in message.attachments:
         lines.append(
             f"    attachment {attachment.filename} ({attachment.content_type}, {attachment.size_bytes} B)"
@@ -277,11 +322,19 @@ def cmd_connect(client: Client, out: Output, args: argparse.Namespace) -> None:
 
 
 def cmd_connections(client: Client, out: Output, args: argparse.Namespace) -> None:
-    answer = client.call(
-        "auth",
-        "ListConnections",
-        auth_pb2.ListConnectionsRequest(location_id=args.location, user_id=args.user, page_size=PAGE_SIZE),
+    request = auth_pb2.ListConnectionsRequest(
+        location_id=args.location, user_id=args.user, page_size=PAGE_SIZE
     )
+    answer = client.call("auth", "ListConnections", request)
+    if args.until:
+        wanted = common_pb2.ConnectionState.Value(f"CONNECTION_STATE_{args.until}")
+        deadline = time.monotonic() + args.wait
+        while not any(c.state == wanted for c in answer.connections):
+            if time.monotonic() >= deadline:
+                now = "; ".join(describe_connection(c) for c in answer.connections) or "no connections"
+                raise CliError(f"no connection became {args.until} within {args.wait:g} s: {now}")
+            time.sleep(POLL_SECONDS)
+            answer = client.call("auth", "ListConnections", request)
     lines = [describe_connection(c) for c in answer.connections] or ["no connections"]
     out.show(list(answer.connections), "\n".join(lines))
 
@@ -403,6 +456,11 @@ def cmd_send(client: Client, out: Output, args: argparse.Namespace) -> None:
             )
     request.attachment_upload_ids.extend(upload_attachment(client, args, path) for path in args.attach)
     send = client.call("outbound", "SendEmail", request).send
+    # The stored send carries the Message-ID `watch` and `messages` show for this message (SendEmail's answer
+    # may carry the one Gmail replaced it with).
+    send = client.call(
+        "outbound", "GetSend", outbound_pb2.GetSendRequest(location_id=args.location, send_id=send.send_id)
+    ).send
     state = enum_name(outbound_pb2.SendState, send.state, "SEND_STATE_")
     human = f"send {send.send_id}: {state} from {send.mailbox_email or '(SMTP)'}"
     if send.rfc_message_id:
@@ -454,23 +512,43 @@ def cmd_messages(client: Client, out: Output, args: argparse.Namespace) -> None:
             ),
         )
         messages.extend(answer.messages)
-    lines = [describe_message(m, args.full) for m in messages]
+    lines = [describe_message(m, args.full, send_state(client, args.location, m)) for m in messages]
     out.show(messages, "\n".join(lines) or "no messages")
+
+
+def send_state(client: Client, location: str, message: threading_pb2.Message) -> str:
+    """A CRM send's state and error as outbound knows it (a FAILED send stays in the conversation)."""
+    if not message.send_id:
+        return ""
+    try:
+        send = client.call(
+            "outbound", "GetSend", outbound_pb2.GetSendRequest(location_id=location, send_id=message.send_id)
+        ).send
+    except grpc.RpcError:
+        return "pending" if message.send_pending else ""
+    state = enum_name(outbound_pb2.SendState, send.state, "SEND_STATE_")
+    return f"{state}: {send.error}" if send.error else state
 
 
 def cmd_explain(client: Client, out: Output, args: argparse.Namespace) -> None:
     if not args.rfc_message_id and not (args.mailbox_id and args.gmail_id):
         raise CliError("give --rfc-message-id, or --mailbox-id with --gmail-id")
-    answer = client.call(
-        "threading",
-        "ExplainMessage",
-        threading_pb2.ExplainMessageRequest(
-            location_id=args.location,
-            rfc_message_id=args.rfc_message_id,
-            mailbox_id=args.mailbox_id,
-            gmail_message_id=args.gmail_id,
-        ),
+    request = threading_pb2.ExplainMessageRequest(
+        location_id=args.location,
+        rfc_message_id=args.rfc_message_id,
+        mailbox_id=args.mailbox_id,
+        gmail_message_id=args.gmail_id,
     )
+    # With --wait, NOT_FOUND means "not decided yet": the message may still be on its way through the sync.
+    deadline = time.monotonic() + args.wait
+    while True:
+        try:
+            answer = client.call("threading", "ExplainMessage", request)
+            break
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.NOT_FOUND or time.monotonic() >= deadline:  # type: ignore[attr-defined]
+                raise
+            time.sleep(POLL_SECONDS)
     lines = [f"{answer.rfc_message_id}  {answer.subject!r}"]
     for decision in answer.decisions:
         verdict = "synced" if decision.synced else "not synced"
@@ -507,13 +585,23 @@ def cmd_watch(client: Client, out: Output, args: argparse.Namespace) -> None:
         stream.cancel()
 
 
+# Why a mailbox has the daily limit it has (GetQuotaResponse.limit_source; docs/outbound.md).
+LIMIT_SOURCES = {
+    outbound_pb2.DAILY_LIMIT_SOURCE_SET_EXPLICITLY: "set explicitly (SetSendLimit)",
+    outbound_pb2.DAILY_LIMIT_SOURCE_WORKSPACE_ACCOUNT: "a Google Workspace account, as Google said",
+    outbound_pb2.DAILY_LIMIT_SOURCE_CONSUMER_ACCOUNT: "a consumer account, as Google said",
+    outbound_pb2.DAILY_LIMIT_SOURCE_UNKNOWN_ACCOUNT: "Google did not say the account type: the consumer limit",
+}
+
+
 def cmd_quota(client: Client, out: Output, args: argparse.Namespace) -> None:
     quota = client.call(
         "outbound", "GetQuota", outbound_pb2.GetQuotaRequest(location_id=args.location, user_id=args.user_id)
     )
+    source = LIMIT_SOURCES.get(quota.limit_source, "")
     human = (
         f"{quota.mailbox_email}: {quota.used} of {quota.daily_limit} used, {quota.remaining} left "
-        f"(window resets {when(quota.reset_time)})"
+        f"(window resets {when(quota.reset_time)})" + (f"; the limit: {source}" if source else "")
     )
     if quota.blocked_until.seconds:
         human += f"; Gmail blocks sending until {when(quota.blocked_until)}"
@@ -546,6 +634,75 @@ def cmd_sync_status(client: Client, out: Output, args: argparse.Namespace) -> No
     out.show(status, human)
 
 
+def cmd_stack(client: Client, out: Output, args: argparse.Namespace) -> None:
+    stack = client.stack
+    document = {
+        "services": stack.services,
+        "endpoints": stack.endpoints,
+        "sandbox_url": stack.sandbox_url,
+        "nats_url": stack.nats_url,
+    }
+    lines = [f"{name:10} gRPC {address}" for name, address in stack.services.items()]
+    lines += [
+        f"{name:10} {role} {address}"
+        for name, roles in stack.endpoints.items()
+        for role, address in roles.items()
+    ]
+    lines += [f"{'sandbox':10} {stack.sandbox_url}", f"{'nats':10} {stack.nats_url}"]
+    out.show(document, "\n".join(lines))
+
+
+def cmd_expire_tokens(client: Client, out: Output, args: argparse.Namespace) -> None:
+    expired = client.sandbox.expire_access_tokens(args.address)
+    out.show(
+        {"address": args.address, "expired": expired},
+        f"{expired} access token(s) of {args.address} expired: the next Gmail call with one is refused (401)",
+    )
+
+
+def cmd_drop(client: Client, out: Output, args: argparse.Namespace) -> None:
+    """What Gmail does when the user sends with the location's BCC address in Bcc: the MX hands the message,
+    stamped with its Authentication-Results, to ingest's BCC-drop listener (R9)."""
+    sender = args.sender
+    if not sender:
+        sender = client.call(
+            "auth",
+            "GetConnection",
+            auth_pb2.GetConnectionRequest(location_id=args.location, user_id=args.user_id),
+        ).connection.mailbox_email
+    drop_address = client.call(
+        "ingest", "GetBccAddress", ingest_pb2.GetBccAddressRequest(location_id=args.location)
+    ).address
+    authserv_id = client.stack.bcc_trusted_authserv_id
+    if not authserv_id:
+        raise CliError("the stack trusts no receiving host's Authentication-Results (restart `make run`)")
+    host, _, port = client.stack.endpoint("ingest", "bcc_smtp").rpartition(":")
+    author_domain = parseaddr(sender)[1].rpartition("@")[2]
+    message = EmailMessage()
+    message["Authentication-Results"] = f"{authserv_id}; dmarc=pass header.from={author_domain}"
+    message["From"] = sender
+    message["To"] = ", ".join(args.to)
+    message["Subject"] = args.subject
+    message["Date"] = format_datetime(datetime.now(UTC))
+    message["Message-ID"] = make_msgid(domain=author_domain or None)
+    message.set_content(args.body or "")
+    try:
+        with smtplib.SMTP(host, int(port), timeout=args.timeout) as smtp:
+            refused = smtp.send_message(message, from_addr=parseaddr(sender)[1], to_addrs=[drop_address])
+    except smtplib.SMTPResponseException as error:
+        raise CliError(
+            f"the BCC-drop listener refused the drop: {error.smtp_code} {error.smtp_error.decode(errors='replace')}"
+        ) from None
+    except (smtplib.SMTPException, OSError) as error:
+        raise CliError(f"the BCC-drop listener at {host}:{port} did not take the drop: {error}") from None
+    if refused:
+        raise CliError(f"the BCC-drop listener refused {drop_address}: {refused}")
+    out.show(
+        {"drop_address": drop_address, "message_id": message["Message-ID"], "from": sender},
+        f"dropped to {drop_address}: Message-ID {message['Message-ID']} from {sender} to {', '.join(args.to)}",
+    )
+
+
 def cmd_password_change(client: Client, out: Output, args: argparse.Namespace) -> None:
     client.sandbox.change_password(args.address, args.password)
     out.show(
@@ -559,11 +716,16 @@ def cmd_password_change(client: Client, out: Output, args: argparse.Namespace) -
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m tools.cli",
+        prog="mailsync",
         description=__doc__.split("\n\n")[0],
         epilog="Start the stack first with `make run`; docs/demo.md has a walk-through.",
     )
-    parser.add_argument("--stack-file", type=Path, default=DEFAULT_STACK_FILE, help="written by `make run`")
+    parser.add_argument(
+        "--stack-file",
+        type=Path,
+        default=Path(os.environ.get(STACK_FILE_VARIABLE) or DEFAULT_STACK_FILE),
+        help=f"written by `make run` (default ${STACK_FILE_VARIABLE} or var/run/stack.json of the checkout)",
+    )
     parser.add_argument(
         "--location",
         default=os.environ.get(LOCATION_VARIABLE, DEFAULT_LOCATION),
@@ -572,6 +734,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--token", default="", help="CRM token (default: the one in the stack file)")
     parser.add_argument("--timeout", type=float, default=20.0, help="seconds per call")
     parser.add_argument("--json", action="store_true", help="print results as JSON, one document per line")
+    parser.add_argument(
+        "--field",
+        default="",
+        metavar="NAME",
+        help="print only this field of the result (of each listed item), e.g. `--field message_id`",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, handler: Callable[..., None], help_text: str, under: Any = commands) -> Any:
@@ -616,6 +784,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("connections", cmd_connections, "list the location's connections")
     sub.add_argument("--user", default="")
+    sub.add_argument(
+        "--until",
+        choices=[
+            n.removeprefix("CONNECTION_STATE_")
+            for n in common_pb2.ConnectionState.keys()
+            if not n.endswith("UNSPECIFIED")
+        ],
+        default="",
+        metavar="STATE",
+        help="wait until a connection is in this state (CONNECTED, REAUTH_REQUIRED, ...)",
+    )
+    sub.add_argument("--wait", type=float, default=60.0, help="seconds --until waits")
 
     contact = commands.add_parser("contact", help="CRM contacts").add_subparsers(
         dest="contact_command", required=True
@@ -670,6 +850,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--rfc-message-id", default="")
     sub.add_argument("--mailbox-id", default="")
     sub.add_argument("--gmail-id", default="")
+    sub.add_argument(
+        "--wait", type=float, default=0.0, help="seconds to wait for the sync to decide (default: ask once)"
+    )
 
     sub = command("watch", cmd_watch, "print messages as they sync until Ctrl-C")
     sub.add_argument("--after", default="", metavar="CURSOR", help="resume after this cursor")
@@ -681,6 +864,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("sync-status", cmd_sync_status, "a mailbox's sync state")
     sub.add_argument("mailbox_id", nargs="?", default="")
     sub.add_argument("--user", default="", help="the mailbox of this user's connection")
+
+    sub = command(
+        "drop", cmd_drop, "a user's mail with the location's BCC address in Bcc, through the listener"
+    )
+    sub.add_argument("user_id", help="the sending user (From: their connected mailbox)")
+    sub.add_argument("--to", nargs="+", required=True, help="the first is the counterpart (R9)")
+    sub.add_argument("--subject", required=True)
+    sub.add_argument("--body", default="")
+    sub.add_argument("--from", dest="sender", default="", help="From header (default: the user's mailbox)")
+
+    command("stack", cmd_stack, "the running stack's addresses (from the stack file)")
+
+    sub = command(
+        "expire-tokens",
+        cmd_expire_tokens,
+        "expire a mailbox's Gmail access tokens now (sandbox), as Google does after a revocation",
+    )
+    sub.add_argument("address")
 
     sub = command("password-change", cmd_password_change, "the user changes the Gmail password (sandbox)")
     sub.add_argument("address")
@@ -701,7 +902,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stack = StackInfo.load(args.stack_file)
         client = Client(stack, args.token or stack.crm_token, args.timeout)
-        args.handler(client, Output(args.json), args)
+        args.handler(client, Output(args.json, args.field), args)
     except CliError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -3,8 +3,16 @@
 Starts the real nats-server (JetStream, store under var/run/nats) on a free port, the sandbox when present,
 and each service as its own process (`python -m services.<svc>`) with SQLite files under var/data; waits until
 every one answers its health check, points the sandbox's Gmail pushes at ingest, prints a status table and a
-development CRM token, writes them to var/run/stack.json (what `python -m tools.cli` reads), and on Ctrl-C stops
+development CRM token, writes them to var/run/stack.json (what the `mailsync` CLI reads), and on Ctrl-C stops
 the services gracefully before NATS. `--check` stops everything as soon as all are healthy (exit 0).
+
+Stopping from a script: SIGINT, SIGTERM and SIGHUP (the terminal closing) all stop everything in order and
+remove stack.json (`kill $RUNNER_PID; wait $RUNNER_PID`). The runner catches SIGINT even when started in the
+background of a shell without job control (which starts it with SIGINT ignored). On Linux every child is
+started with a parent-death signal (SIGTERM), so if the runner itself is killed (SIGKILL, a crash) the
+services and NATS stop too instead of keeping their ports.
+The BCC-drop listener trusts the Authentication-Results of a local MX (`LOCAL_MX_AUTHSERV_ID`, what
+`mailsync drop` writes), since DKIM cannot be checked without DNS on a laptop.
 Development keys are generated once into var/: the services' internal ring (var/dev-token-keys, unless
 MAILSYNC_SERVICE_TOKEN_KEYS is set) and the CRM's token signing keys (var/dev-crm-signing-keys, unless
 MAILSYNC_CRM_SIGNING_KEYS is set), whose public half the services get as MAILSYNC_CRM_TOKEN_PUBLIC_KEYS.
@@ -14,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import base64
+import ctypes
+import ctypes.util
 import json
 import os
 import signal
@@ -44,6 +54,24 @@ AUTH_TOKEN_KEYS_VARIABLE = "MAILSYNC_AUTH_TOKEN_KEYS"
 # The account ingest expects Google's push tokens to be issued to (its default setting).
 PUSH_SERVICE_ACCOUNT = "gmail-push@sandbox-project.iam.gserviceaccount.com"
 STACK_FILE = Path("run") / "stack.json"
+# The receiving host `make run` plays for BCC drops: ingest trusts its Authentication-Results header, which
+# `mailsync drop` writes (a real deployment trusts its MX, e.g. mx.google.com, and checks DKIM through DNS).
+LOCAL_MX_AUTHSERV_ID = "mx.mailsync.localhost"
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In the child before exec: receive SIGTERM when the runner dies, however it dies (Linux only).
+
+    Without it a SIGKILLed runner (or a closed terminal on a runner that could not clean up) leaves NATS, the
+    sandbox and the services holding their ports. If the runner is already gone, exit at once.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() == 1:
+        os._exit(1)
 
 
 class RunError(RuntimeError):
@@ -59,13 +87,16 @@ class Managed:
     address: str
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
+    # Its other listeners by role (HTTP OAuth callback, push endpoint, SMTP drop port), for the table and stack.json.
+    endpoints: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     health: str = "starting"
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
-            # A session of its own, so the terminal's Ctrl-C reaches only the runner, which stops us in order.
+            # A session of its own, so the terminal's Ctrl-C reaches only the runner, which stops us in order;
+            # the parent-death signal stops us if the runner cannot.
             self.process = subprocess.Popen(
                 self.argv,
                 cwd=ROOT,
@@ -73,6 +104,7 @@ class Managed:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=die_with_parent,
             )
 
     @property
@@ -267,8 +299,17 @@ class Stack:
                 env[f"{prefix}HTTP_PORT"] = str(self.port(DEFAULT_HTTP_PORTS[svc], f"{svc} HTTP"))
         http = {svc: env[f"MAILSYNC_{svc.upper()}_HTTP_PORT"] for svc in DEFAULT_HTTP_PORTS}
         env["MAILSYNC_INGEST_BCC_SMTP_PORT"] = str(self.port(DEFAULT_BCC_SMTP_PORT, "ingest BCC-drop SMTP"))
+        # No DNS for DKIM here: drops are authenticated by the local MX's Authentication-Results instead.
+        env.setdefault("MAILSYNC_INGEST_BCC_TRUSTED_AUTHSERV_IDS", LOCAL_MX_AUTHSERV_ID)
         env["MAILSYNC_AUTH_OAUTH_REDIRECT_URI"] = f"http://127.0.0.1:{http['auth']}/oauth/callback"
         env["MAILSYNC_INGEST_PUSH_AUDIENCE"] = f"http://127.0.0.1:{http['ingest']}/gmail/push"
+        endpoints = {
+            "auth": {"oauth_callback": env["MAILSYNC_AUTH_OAUTH_REDIRECT_URI"]},
+            "ingest": {
+                "push": env["MAILSYNC_INGEST_PUSH_AUDIENCE"],
+                "bcc_smtp": f"127.0.0.1:{env['MAILSYNC_INGEST_BCC_SMTP_PORT']}",
+            },
+        }
         for svc in SERVICES:
             self.processes.append(
                 Managed(
@@ -277,6 +318,7 @@ class Stack:
                     f"127.0.0.1:{ports[svc]}",
                     logs / f"{svc}.log",
                     env=dict(env),
+                    endpoints=endpoints.get(svc, {}),
                 )
             )
 
@@ -323,6 +365,8 @@ class Stack:
             if managed.log_path.is_relative_to(Path.cwd()):
                 log = str(managed.log_path.relative_to(Path.cwd()))
             rows.append((managed.name, str(managed.pid), managed.address, managed.health, log))
+            for role, address in managed.endpoints.items():
+                rows.append(("", "", f"{role} {address}", "", ""))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         return "\n".join(
             "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows
@@ -366,11 +410,20 @@ class Stack:
         nats = self.managed("nats")
         return {
             "services": services,
+            "endpoints": {m.name: m.endpoints for m in self.processes if m.endpoints},
+            "bcc_trusted_authserv_id": self._env("ingest").get(
+                "MAILSYNC_INGEST_BCC_TRUSTED_AUTHSERV_IDS", ""
+            ),
             "sandbox_url": sandbox.address if sandbox else "",
             "nats_url": nats.address if nats else "",
             "crm_token": self.crm_token(),
             "runner_pid": os.getpid(),
+            "pids": {m.name: m.pid for m in self.processes},
         }
+
+    def _env(self, name: str) -> dict[str, str]:
+        managed = self.managed(name)
+        return managed.env if managed else {}
 
     @property
     def stack_file(self) -> Path:
@@ -414,7 +467,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--var-dir", type=Path, default=ROOT / "var", help="where data, logs and keys go")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for health")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    # SIGHUP: the terminal closed. SIGINT explicitly: a shell without job control starts background jobs with
+    # it ignored, and Python then installs no handler of its own.
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(signum, _raise_interrupt)
     stack = Stack(var_dir=args.var_dir.resolve(), free_ports=args.free_ports or args.check)
     try:
         stack.plan()
@@ -425,8 +481,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nCRM token (all locations, 24 h):\n{stack.crm_token()}")
         if args.check:
             return 0
-        print(f"\nAddresses and token for `python -m tools.cli`: {stack.write_stack_file()}")
-        print("Running; Ctrl-C stops everything.", flush=True)
+        print(f"\nAddresses and token for the `mailsync` CLI: {stack.write_stack_file()}")
+        print("In another terminal: `source .venv/bin/activate`, then `mailsync --help` (docs/demo.md).")
+        print("Running; Ctrl-C (or closing this terminal, or SIGTERM) stops everything.", flush=True)
         stack.watch()
     except RunError as exc:
         print(f"tools.run: {exc}", file=sys.stderr)

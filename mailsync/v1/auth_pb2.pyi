@@ -640,16 +640,24 @@ class GetAccessTokenRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MAILBOX_ID_FIELD_NUMBER: _builtins.int
+    REJECTED_ACCESS_TOKEN_FIELD_NUMBER: _builtins.int
     mailbox_id: _builtins.str
     """Limit: up to 64 characters from A-Z a-z 0-9 and . _ : @ + = ~ -"""
+    rejected_access_token: _builtins.str
+    """An access token Gmail just refused (HTTP 401): if it is the one auth holds, auth refreshes instead of
+    handing it back, so a revoked or expired grant shows at once (REAUTH_REQUIRED) rather than when the token
+    would have expired. Empty: any token valid for a while longer is returned.
+    Limit: at most 8192 characters, one line, no control characters
+    """
     def __init__(
         self,
         *,
         mailbox_id: _builtins.str = ...,
+        rejected_access_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["mailbox_id", b"mailbox_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mailbox_id", b"mailbox_id", "rejected_access_token", b"rejected_access_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hmac
 import os
 import socket
 import uuid
@@ -86,16 +87,21 @@ class AccessTokens:
     refresher: Refresher | None = None
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict, init=False, repr=False)
 
-    async def access_token(self, mailbox_id: str) -> IssuedAccessToken:
-        """A token valid for at least `margin`; raises ReconnectRequired once the grant is dead."""
-        issued = await self._usable_token(mailbox_id)
+    async def access_token(self, mailbox_id: str, rejected: str = "") -> IssuedAccessToken:
+        """A token valid for at least `margin`; raises ReconnectRequired once the grant is dead.
+
+        `rejected` is a token Gmail refused: the stored token is not handed out again if it is that one (it was
+        revoked or expired early, e.g. after a password change), so the grant is refreshed now, and a dead grant
+        turns REAUTH_REQUIRED within the caller's next call instead of when the token would have expired.
+        """
+        issued = await self._usable_token(mailbox_id, rejected)
         if issued is not None:
             return issued
         lock = self._locks.setdefault(mailbox_id, asyncio.Lock())
         async with lock:
             waited = 0.0
             while True:
-                issued = await self._usable_token(mailbox_id)
+                issued = await self._usable_token(mailbox_id, rejected)
                 if issued is not None:
                     return issued
                 async with self.db.write() as session:
@@ -103,13 +109,13 @@ class AccessTokens:
                         session, mailbox_id, self.owner, now=self.clock.now(), ttl=self.lease_ttl
                     )
                 if leased:
-                    return await self._refresh_holding_lease(mailbox_id)
+                    return await self._refresh_holding_lease(mailbox_id, rejected)
                 if waited >= self.wait_limit:
                     raise RefreshBusy(f"mailbox {mailbox_id} is being refreshed by another replica")
                 await self.sleep(self.wait_step)
                 waited += self.wait_step
 
-    async def _usable_token(self, mailbox_id: str) -> IssuedAccessToken | None:
+    async def _usable_token(self, mailbox_id: str, rejected: str = "") -> IssuedAccessToken | None:
         async with self.db.read() as session:
             mailbox = await get_mailbox(session, mailbox_id)
             if mailbox is None:
@@ -121,11 +127,13 @@ class AccessTokens:
             stored.expires_at, now=self.clock.now(), margin=self.margin
         ):
             return None
+        if rejected and hmac.compare_digest(stored.token.reveal().encode(), rejected.encode()):
+            return None
         return IssuedAccessToken(stored.token, stored.expires_at)
 
-    async def _refresh_holding_lease(self, mailbox_id: str) -> IssuedAccessToken:
+    async def _refresh_holding_lease(self, mailbox_id: str, rejected: str = "") -> IssuedAccessToken:
         try:
-            issued = await self._usable_token(mailbox_id)
+            issued = await self._usable_token(mailbox_id, rejected)
             if issued is not None:
                 return issued  # a replica refreshed between our read and our lease
             async with self.db.read() as session:

@@ -318,7 +318,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             request.mailbox_id, "mailbox_id", "name the mailbox (GetMailbox finds it by address)"
         )
         async with translated_errors():
-            issued = await self.access_tokens.access_token(mailbox_id)
+            issued = await self.access_tokens.access_token(mailbox_id, request.rejected_access_token)
         async with self.db.read() as session:
             mailbox = await get_mailbox(session, mailbox_id)
         return auth_pb2.GetAccessTokenResponse(

@@ -106,7 +106,10 @@ class AttachmentSource:
         async def token() -> str:
             return await self._tokens.access_token(mailbox_id)
 
-        client = GmailClient(self._gmail_api, token, policy=self._gmail_policy)
+        # A token Gmail refuses is named to auth on the retry, so a dead grant is seen at once (R12).
+        forget = getattr(self._tokens, "forget_token", None)
+        rejected = (lambda refused: forget(mailbox_id, refused)) if forget is not None else None
+        client = GmailClient(self._gmail_api, token, policy=self._gmail_policy, on_token_rejected=rejected)
         try:
             body = await client.get_message(gmail_message_id, format="raw")
         except GmailNotFound:

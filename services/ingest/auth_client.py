@@ -45,6 +45,8 @@ class AuthServiceClient:
         self._clock = clock or SystemClock()
         self._timeout = timeout_seconds
         self._tokens: dict[str, tuple[str, dt.datetime]] = {}
+        # Per mailbox, the token Gmail last refused: told to auth on the next GetAccessToken so it refreshes.
+        self._rejected: dict[str, str] = {}
 
     async def get_mailbox(self, *, mailbox_id: str = "", email: str = "") -> MailboxInfo | None:
         try:
@@ -68,11 +70,15 @@ class AuthServiceClient:
             return cached[0]
         try:
             answer = await self._stub.GetAccessToken(
-                auth_pb2.GetAccessTokenRequest(mailbox_id=mailbox_id), timeout=self._timeout
+                auth_pb2.GetAccessTokenRequest(
+                    mailbox_id=mailbox_id, rejected_access_token=self._rejected.get(mailbox_id, "")
+                ),
+                timeout=self._timeout,
             )
         except grpc.aio.AioRpcError as error:
             self._tokens.pop(mailbox_id, None)
             raise _auth_error(error, "GetAccessToken") from error
+        self._rejected.pop(mailbox_id, None)
         expires = (
             answer.expire_time.ToDatetime(tzinfo=dt.UTC)
             if answer.HasField("expire_time")
@@ -81,6 +87,14 @@ class AuthServiceClient:
         self._tokens[mailbox_id] = (answer.access_token, expires)
         return answer.access_token
 
-    def forget_token(self, mailbox_id: str) -> None:
-        """Drops a cached token Gmail refused, so the next call asks auth again."""
+    def drop_token(self, mailbox_id: str) -> None:
+        """Drops the cached token without calling it refused (the mailbox's connection changed)."""
         self._tokens.pop(mailbox_id, None)
+
+    def forget_token(self, mailbox_id: str, rejected: str = "") -> None:
+        """Drops a cached token Gmail refused, so the next call asks auth again and names the refused token
+        (`rejected`, else the one cached), which auth then refreshes instead of returning."""
+        cached = self._tokens.pop(mailbox_id, None)
+        refused = rejected or (cached[0] if cached else "")
+        if refused:
+            self._rejected[mailbox_id] = refused

@@ -78,11 +78,11 @@ class CachedMailboxes:
     async def access_token(self, mailbox_id: str) -> str:
         return await self._tokens.access_token(mailbox_id)
 
-    def forget_token(self, mailbox_id: str) -> None:
-        """Drops a token Gmail refused, so the next call asks auth again."""
+    def forget_token(self, mailbox_id: str, rejected: str = "") -> None:
+        """Drops a token Gmail refused, so the next call asks auth again and names the refused one."""
         forget = getattr(self._tokens, "forget_token", None)
         if forget is not None:
-            forget(mailbox_id)
+            forget(mailbox_id, rejected)
 
     def forget(self, mailbox_id: str) -> None:
         """Drops everything known about the mailbox: its next lookup asks auth."""
@@ -91,7 +91,9 @@ class CachedMailboxes:
         snapshot = self._by_id.pop(mailbox_id, None)
         if snapshot is not None:
             self._id_by_email.pop(snapshot.mailbox.email.lower(), None)
-        self.forget_token(mailbox_id)
+        drop = getattr(self._tokens, "drop_token", None)
+        if drop is not None:
+            drop(mailbox_id)
 
     async def listen(self, client: Client) -> None:
         """Subscribes this process to every connection event (idempotent)."""

@@ -270,6 +270,7 @@ class MailboxSyncer:
                 self._token_source(mailbox_id),
                 policy=self._config.gmail_policy,
                 timing=self._gmail_timing,
+                on_token_rejected=self._token_rejected_hook(mailbox_id),
             ),
             cursor=cursor,
             connections=connections_to_proto(mailbox.connections),
@@ -343,6 +344,13 @@ class MailboxSyncer:
                 retry_at=retry_at,
                 now=self._clock.now(),
             )
+
+    def _token_rejected_hook(self, mailbox_id: str) -> Callable[[str], None] | None:
+        """Tells the token directory (when it caches) which token Gmail refused, so the refetch gets a new one."""
+        forget = getattr(self._tokens, "forget_token", None)
+        if forget is None:
+            return None
+        return lambda token: forget(mailbox_id, token)
 
     def _token_source(self, mailbox_id: str) -> Callable[[], Awaitable[str]]:
         async def token() -> str:

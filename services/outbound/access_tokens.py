@@ -57,6 +57,11 @@ class AccessTokenCache:
             fetch.add_done_callback(lambda done: self._fetch_done(mailbox_id, done))
         return (await asyncio.shield(fetch)).value
 
+    def current(self, mailbox_id: str) -> str:
+        """The cached token, whatever its age ("" when none)."""
+        cached = self._tokens.get(mailbox_id)
+        return cached.value if cached is not None else ""
+
     def forget(self, mailbox_id: str) -> None:
         """Drops the mailbox's token (Gmail refused it, or its connection changed): the next send fetches anew."""
         self._tokens.pop(mailbox_id, None)

@@ -86,6 +86,7 @@ async def build(settings: OutboundSettings) -> ServiceComponents:
         GmailMailboxes(
             gmail_api,
             connections.access_token,
+            forget_token=connections.forget_token,
             policy=RetryPolicy(
                 max_attempts=settings.gmail_retry_attempts, base_delay=settings.gmail_retry_base_seconds
             ),

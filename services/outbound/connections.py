@@ -68,6 +68,8 @@ class AuthConnections:
         self._timeout = timeout_seconds
         # Gmail access tokens per mailbox; `tokens.forget(mailbox_id)` drops a refused one.
         self.tokens = AccessTokenCache(self._fetch_access_token, clock=self._clock)
+        # Per mailbox, the token Gmail last refused: named on the next GetAccessToken so auth refreshes.
+        self._rejected: dict[str, str] = {}
         self._mailboxes: dict[str, tuple[auth_pb2.Mailbox, dt.datetime]] = {}
         self._lookups: dict[tuple[str, str], asyncio.Future[SenderMailbox]] = {}
 
@@ -156,13 +158,21 @@ class AuthConnections:
         """A live access token for the mailbox; a refused grant is FAILED_PRECONDITION (the user must reconnect)."""
         return await self.tokens.token(mailbox_id)
 
-    def forget_token(self, mailbox_id: str) -> None:
+    def forget_token(self, mailbox_id: str, rejected: str = "") -> None:
+        """Drops a cached token Gmail refused (401); the next GetAccessToken names it, so auth refreshes the
+        grant instead of returning it (a dead grant turns REAUTH_REQUIRED at once)."""
+        refused = rejected or self.tokens.current(mailbox_id)
+        if refused:
+            self._rejected[mailbox_id] = refused
         self.tokens.forget(mailbox_id)
 
     async def _fetch_access_token(self, mailbox_id: str) -> IssuedToken:
         try:
             answer = await self._stub.GetAccessToken(
-                auth_pb2.GetAccessTokenRequest(mailbox_id=mailbox_id), timeout=self._timeout
+                auth_pb2.GetAccessTokenRequest(
+                    mailbox_id=mailbox_id, rejected_access_token=self._rejected.get(mailbox_id, "")
+                ),
+                timeout=self._timeout,
             )
         except grpc.aio.AioRpcError as error:
             if error.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
@@ -175,4 +185,5 @@ class AuthConnections:
             if answer.HasField("expire_time")
             else self._clock.now() + DEFAULT_MARGIN * 2
         )
+        self._rejected.pop(mailbox_id, None)
         return IssuedToken(answer.access_token, expires)

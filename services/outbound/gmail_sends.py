@@ -40,16 +40,21 @@ class GmailMailboxes:
         access_token: Callable[[str], Awaitable[str]],
         *,
         policy: RetryPolicy | None = None,
+        forget_token: Callable[[str, str], None] | None = None,
     ) -> None:
         self._api = api
         self._access_token = access_token
         self._policy = policy
+        # Told (mailbox id, token) when Gmail refuses a token, so the retry asks auth for a new one.
+        self._forget_token = forget_token
 
     def client_for(self, mailbox_id: str) -> GmailClient:
         async def token() -> str:
             return await self._access_token(mailbox_id)
 
-        return GmailClient(self._api, token, policy=self._policy)
+        forget = self._forget_token
+        rejected = (lambda refused: forget(mailbox_id, refused)) if forget is not None else None
+        return GmailClient(self._api, token, policy=self._policy, on_token_rejected=rejected)
 
 
 def _header(message: dict[str, Any], name: str) -> str:

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from services.runtime.settings import ServiceSettings
+
+SMTP_SECURITY_MODES = ("NONE", "STARTTLS", "IMPLICIT_TLS")
 
 
 class OutboundSettings(ServiceSettings):
@@ -124,3 +126,11 @@ class OutboundSettings(ServiceSettings):
         default="", description="The From address of bulk and workflow email (the location's sender)."
     )
     smtp_sender_name: str = Field(default="", description="The From display name of bulk and workflow email.")
+
+    @field_validator("smtp_security")
+    @classmethod
+    def _known_security(cls, value: str) -> str:
+        security = value.strip().upper()
+        if security not in SMTP_SECURITY_MODES:
+            raise ValueError(f"must be one of {', '.join(SMTP_SECURITY_MODES)}")
+        return security

@@ -125,6 +125,7 @@ _TABLE: dict[str, FieldRule] = {
     "DisconnectRequest.user_id": _one(ID),
     "DisconnectRequest.connection_id": _one(ID),
     "GetAccessTokenRequest.mailbox_id": _one(ID),
+    "GetAccessTokenRequest.rejected_access_token": _one(TOKEN_TEXT),
     "GetMailboxRequest.mailbox_id": _one(ID),
     "GetMailboxRequest.email": _one(EMAIL),
     "RenewWatchesRequest.request_id": _one(REQUEST_ID),

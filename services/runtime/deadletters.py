@@ -2,22 +2,30 @@
 
 A redrive republishes the stored payload to its original subject with a fresh `Nats-Msg-Id` that says it is a
 redrive of that record (stable per record, so a repeated redrive is absorbed by JetStream's de-duplication), and
-marks the record redriven. `run_cli` is the `dead-letters list|redrive <id>` command every service mounts.
+marks the record redriven. `run_cli` is the `dead-letters list|show|redrive|discard` command every service
+mounts; it reads the database as it is (the service's entry point never migrates it for this command).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import datetime as dt
+import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+from google.protobuf.message import Message as ProtoMessage
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
+from mailsync.v1 import events_pb2
+from services.runtime import subjects
 from services.runtime.clock import Clock, SystemClock
 from services.runtime.db import Database, upsert_insert
 from services.runtime.jetstream import MSG_ID_HEADER, publish_payload
@@ -114,6 +122,67 @@ async def get_dead_letter(db: Database, dead_letter_id: int) -> DeadLetter:
     return DeadLetter(**dict(row))
 
 
+async def discard(db: Database, dead_letter_id: int) -> DeadLetter:
+    """Deletes a dead letter the operator decided is not worth redriving; returns what was deleted."""
+    letter = await get_dead_letter(db, dead_letter_id)
+    async with db.write() as session:
+        await session.execute(delete(dead_letters_table).where(dead_letters_table.c.id == letter.id))
+    return letter
+
+
+# The payload type of each kind of subject (events.proto), to show a dead letter's payload readably.
+PAYLOAD_TYPES: dict[str, type[ProtoMessage]] = {
+    subjects.MAILBOX_CHANGED_ALL: events_pb2.MailboxChanged,
+    subjects.NORMALIZED_ALL: events_pb2.NormalizedMessage,
+    subjects.MESSAGE_CHANGED_ALL: events_pb2.MessageChanged,
+    subjects.SEND_PENDING_ALL: events_pb2.PendingSend,
+    subjects.SEND_SENT_ALL: events_pb2.SentMessage,
+    subjects.SEND_FAILED_ALL: events_pb2.SendFailed,
+    subjects.CONNECTION_ALL: events_pb2.ConnectionEvent,
+    subjects.CONTACT_CREATED_ALL: events_pb2.ContactCreated,
+    subjects.MESSAGE_SYNCED_ALL: events_pb2.MessageSynced,
+}
+
+
+def _matches(pattern: str, subject: str) -> bool:
+    wanted, got = pattern.split("."), subject.split(".")
+    return len(wanted) == len(got) and all(w in ("*", g) for w, g in zip(wanted, got, strict=True))
+
+
+def describe_payload(subject: str, payload: bytes) -> dict[str, Any]:
+    """The payload as JSON of its event type when it parses as one, else its bytes in base64."""
+    for pattern, message_type in PAYLOAD_TYPES.items():
+        if _matches(pattern, subject):
+            try:
+                message = message_type.FromString(payload)
+            except DecodeError:
+                break
+            return {
+                "type": message_type.DESCRIPTOR.full_name,
+                "value": json_format.MessageToDict(message, preserving_proto_field_name=True),
+            }
+    return {"type": "bytes", "base64": base64.b64encode(payload).decode()}
+
+
+def show_document(letter: DeadLetter) -> dict[str, Any]:
+    return {
+        "id": letter.id,
+        "state": "redriven" if letter.redriven_at else "dead",
+        "consumer": letter.consumer,
+        "stream": letter.stream,
+        "stream_sequence": letter.stream_sequence,
+        "subject": letter.subject,
+        "msg_id": letter.msg_id,
+        "num_delivered": letter.num_delivered,
+        "failed_at": letter.failed_at.isoformat(),
+        "redriven_at": letter.redriven_at.isoformat() if letter.redriven_at else None,
+        "redrive_msg_id": letter.redrive_msg_id,
+        "error": letter.error,
+        "headers": letter.headers,
+        "payload": describe_payload(letter.subject, letter.payload),
+    }
+
+
 async def redrive(
     db: Database, js: JetStreamContext, dead_letter_id: int, *, clock: Clock | None = None
 ) -> PubAck:
@@ -140,21 +209,48 @@ async def redrive(
 
 
 def build_parser(prog: str = "dead-letters") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description="List and redrive this service's dead letters.")
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="List, show, redrive or discard this service's dead letters (the database is never migrated).",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     listing = commands.add_parser("list", help="dead letters not yet redriven")
     listing.add_argument("--all", action="store_true", help="include redriven ones")
     listing.add_argument("--limit", type=int, default=100)
+    showing = commands.add_parser(
+        "show", help="one dead letter with its headers, error and decoded payload (JSON)"
+    )
+    showing.add_argument("id", type=int)
     redriving = commands.add_parser("redrive", help="republish a dead letter to its subject")
     redriving.add_argument("id", type=int)
+    discarding = commands.add_parser("discard", help="delete a dead letter that is not to be redriven")
+    discarding.add_argument("id", type=int)
     return parser
 
 
 async def run_cli(
-    argv: Sequence[str], *, db: Database, nats_url: str, out: TextIO = sys.stdout, prog: str = "dead-letters"
+    argv: Sequence[str],
+    *,
+    db: Database | None,
+    nats_url: str,
+    out: TextIO = sys.stdout,
+    prog: str = "dead-letters",
 ) -> int:
-    """`dead-letters list [--all]` or `dead-letters redrive <id>`; returns the process exit code."""
+    """`dead-letters list [--all] | show ID | redrive ID | discard ID`; returns the process exit code. `db` may
+    be None only for --help (argparse exits before it is used)."""
     args = build_parser(prog).parse_args(list(argv))
+    assert db is not None, "a database is needed for every dead-letters command"
+    if args.command in ("show", "discard"):
+        try:
+            letter = await (get_dead_letter(db, args.id) if args.command == "show" else discard(db, args.id))
+        except DeadLetterNotFound as exc:
+            out.write(f"{exc}\n")
+            return 1
+        if args.command == "show":
+            out.write(json.dumps(show_document(letter), indent=2) + "\n")
+        else:
+            out.write(f"discarded dead letter {letter.id} ({letter.subject}, seq={letter.stream_sequence})\n")
+        return 0
     if args.command == "list":
         letters = await list_dead_letters(db, include_redriven=args.all, limit=args.limit)
         for letter in letters:
@@ -169,6 +265,9 @@ async def run_cli(
         return 0
     from services.runtime.nats_client import connect
 
+    if not nats_url:
+        out.write("redrive publishes to NATS: set MAILSYNC_NATS_URL (e.g. nats://127.0.0.1:4222)\n")
+        return 2
     client = await connect(nats_url, name="mailsync-dead-letters")
     try:
         ack = await redrive(db, client.jetstream(), args.id)

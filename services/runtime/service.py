@@ -55,7 +55,7 @@ from services.runtime.migrations import revision_status
 from services.runtime.nats_client import NatsUnavailable, connect
 from services.runtime.outbox import OutboxRelay
 from services.runtime.production import check_production_settings
-from services.runtime.settings import ConfigurationError, ServiceSettings
+from services.runtime.settings import ConfigurationError, ServiceSettings, unknown_variables
 from services.runtime.streams import declare_streams
 from services.runtime.telemetry import configure_telemetry
 
@@ -169,6 +169,30 @@ async def open_database_ready(
     return database
 
 
+async def open_database_unchanged(settings: ServiceSettings, migrations_dir: Path) -> Database:
+    """The service's database for an operator's command: never migrated, never waited for. StartupError when it
+    does not answer or is not at a revision this code can read (say which command fixes that)."""
+    variable = settings.variable_for("database_url")
+    try:
+        database = open_database(settings.database_url, schema=settings.database_schema, pool_size=1)
+    except DatabaseConfigError as exc:
+        raise StartupError(f"{variable}: {exc}") from None
+    except OSError as exc:
+        raise StartupError(f"{variable}: cannot use the database: {exc}") from None
+    try:
+        await _ping(database, variable)
+        await _migrated_by_someone_else(database, migrations_dir)
+    except TransientFailure as exc:
+        await database.dispose()
+        raise StartupError(
+            f"{variable}: {exc} (this command never migrates: `python -m services.{settings.service_name} migrate`)"
+        ) from None
+    except BaseException:
+        await database.dispose()
+        raise
+    return database
+
+
 def _first_line(exc: BaseException) -> str:
     return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
 
@@ -209,8 +233,18 @@ _JETSTREAM_NOT_READY = (
 )
 
 
+def nats_url_missing(settings: ServiceSettings) -> str:
+    return (
+        f"{settings.variable_for('nats_url')} is not set: point it at the NATS server with JetStream, e.g. "
+        "MAILSYNC_NATS_URL=nats://127.0.0.1:4222 (`make run` starts one and sets it)"
+    )
+
+
 async def connect_nats_ready(settings: ServiceSettings) -> tuple[NatsClient, JetStreamContext]:
     """Connects to NATS and declares the streams once JetStream answers, waiting (with backoff) until then."""
+
+    if not settings.nats_url:
+        raise StartupError(nats_url_missing(settings))
 
     async def attempt() -> tuple[NatsClient, JetStreamContext]:
         try:
@@ -251,6 +285,9 @@ async def open_foundation(settings: ServiceSettings, migrations_dir: Path) -> Se
         verifier = TokenVerifier.parse(settings.service_token_keys, settings.crm_token_public_keys)
     except ConfigurationError as exc:
         raise StartupError(str(exc)) from None
+    if not settings.nats_url:
+        # Before the database is touched: a service pointed at no NATS does nothing at all.
+        raise StartupError(nats_url_missing(settings))
     database = await open_database_ready(settings, migrations_dir)
     try:
         nats_client, jetstream = await connect_nats_ready(settings)
@@ -429,12 +466,28 @@ def run_service(
     args = list(sys.argv[1:] if argv is None else argv)
     command = args[0] if args else "serve"
     program = f"services.{settings_cls.service_name}"
+    if command in ("-h", "--help", "help"):
+        print(usage(settings_cls))
+        sys.exit(0)
     if command not in ("serve", "migrate", "dead-letters"):
-        _fail(program, f"unknown command {command!r}: use 'serve' (default), 'migrate' or 'dead-letters'")
+        _fail(
+            program,
+            f"unknown command {command!r}: use 'serve' (default), 'migrate' or 'dead-letters' "
+            f"(python -m {program} --help)",
+        )
+    if command in ("serve", "migrate") and any(a in ("-h", "--help") for a in args[1:]):
+        print(usage(settings_cls))
+        sys.exit(0)
     try:
         settings = settings_cls.load()
         # Commands other than serve print their results on stdout, so their logs go to stderr.
         configure_logging(settings.log_level, stream=sys.stdout if command == "serve" else sys.stderr)
+        for variable, closest in unknown_variables(settings_cls):
+            log.warning(
+                f"{variable} is not a setting of {settings_cls.service_name} and is ignored"
+                + (f": did you mean {closest}?" if closest else " (docs/configuration.md lists them)"),
+                extra={"variable": variable, "did_you_mean": closest or ""},
+            )
         if command == "migrate":
             asyncio.run(_migrate_only(settings, migrations_dir))
             sys.exit(0)
@@ -460,8 +513,26 @@ async def _migrate_only(settings: ServiceSettings, migrations_dir: Path) -> None
     await database.dispose()
 
 
+def usage(settings_cls: type[ServiceSettings]) -> str:
+    name = settings_cls.service_name
+    return f"""usage: python -m services.{name} [serve | migrate | dead-letters ...]
+
+  serve          run the {name} service (the default): gRPC, health, its consumers; stops on SIGTERM/SIGINT
+  migrate        apply the service's database migrations, then exit (a deploy's migration Job)
+  dead-letters   list | show ID | redrive ID | discard ID: messages its consumers gave up on
+                 (python -m services.{name} dead-letters --help); never migrates the database
+
+Settings are environment variables (MAILSYNC_<FIELD>, or MAILSYNC_{name.upper()}_<FIELD> for this service only),
+every one listed in docs/configuration.md; MAILSYNC_NATS_URL has no default outside `make run`. A bad setting
+stops the service with one line naming the variable and exit status 2; a dependency that does not answer
+within MAILSYNC_DEPENDENCY_WAIT_SECONDS, exit status 69."""
+
+
 async def _dead_letters(settings: ServiceSettings, migrations_dir: Path, argv: list[str], prog: str) -> int:
-    database = await open_database_ready(settings, migrations_dir)
+    if not argv or argv[0] in ("-h", "--help"):
+        # Help needs no database.
+        return await run_cli(argv or ["--help"], db=None, nats_url=settings.nats_url, prog=prog)
+    database = await open_database_unchanged(settings, migrations_dir)
     try:
         return await run_cli(argv, db=database, nats_url=settings.nats_url, prog=prog)
     finally:

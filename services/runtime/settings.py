@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import difflib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Self
+from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -23,7 +26,16 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from services.runtime.setting_names import ALL_SETTING_VARIABLES
+
 SHARED_PREFIX = "MAILSYNC_"
+HTTP_SCHEMES = ("http", "https")
+NATS_SCHEMES = ("nats", "tls", "ws", "wss")
+# The services that read MAILSYNC_<SERVICE>_* variables; one service leaves the others' variables to them.
+SERVICE_NAMES = ("auth", "ingest", "threading", "outbound")
+# MAILSYNC_* variables that are no service's settings: the CLI's, the tests', the benchmarks', and the CRM's
+# private signing keys (which `make run` keeps from the services).
+NOT_SERVICE_SETTINGS = ("MAILSYNC_CLI_", "MAILSYNC_TEST_", "MAILSYNC_BENCH_", "MAILSYNC_CRM_SIGNING_KEYS")
 TOKEN_KEYS_VARIABLE = "MAILSYNC_SERVICE_TOKEN_KEYS"
 CRM_PUBLIC_KEYS_VARIABLE = "MAILSYNC_CRM_TOKEN_PUBLIC_KEYS"
 
@@ -63,7 +75,12 @@ class ServiceSettings(BaseSettings):
         ge=0,
         description="Extra database connections opened beyond database_pool_size under load, closed when idle.",
     )
-    nats_url: str = Field(default="nats://127.0.0.1:4222", description="NATS server URL (JetStream enabled).")
+    nats_url: str = Field(
+        default="",
+        description="NATS server URL (JetStream enabled), e.g. nats://127.0.0.1:4222. No default: a service "
+        "declares the product's streams on the server it is pointed at, never on whatever listens locally "
+        "(`make run` sets it).",
+    )
     stream_replicas: int = Field(
         default=1,
         ge=1,
@@ -153,6 +170,20 @@ class ServiceSettings(BaseSettings):
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         return level
 
+    @field_validator("*")
+    @classmethod
+    def _urls_are_urls(cls, value: Any, info: ValidationInfo) -> Any:
+        """Every *_uri / *_url setting (this class's or a service's) is an absolute URL when set: a typo fails
+        at startup with one line, not as a traceback at the first request."""
+        name = info.field_name or ""
+        if isinstance(value, str) and value and name.endswith(("_uri", "_url")) and name != "database_url":
+            schemes = NATS_SCHEMES if name == "nats_url" else HTTP_SCHEMES
+            for url in value.split(",") if name == "nats_url" else [value]:
+                parts = urlsplit(url.strip())
+                if parts.scheme not in schemes or not parts.hostname:
+                    raise ValueError(f"must be an absolute {' or '.join(schemes)} URL with a host")
+        return value
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -201,6 +232,34 @@ class ServiceSettings(BaseSettings):
         """The variable that set `field` in this environment (the shared one when neither is set)."""
         specific, shared = cls.variable_names(field)
         return specific if specific in os.environ else shared
+
+
+def unknown_variables(
+    settings_cls: type[ServiceSettings], environ: Mapping[str, str] | None = None
+) -> list[tuple[str, str | None]]:
+    """MAILSYNC_* variables no service reads, each with the closest valid name (or None).
+
+    One environment often configures every service (`make run`, a ConfigMap), so a variable another service
+    reads is not reported, and a misspelt MAILSYNC_<OTHER>_... is left to that service to report."""
+    environ = os.environ if environ is None else environ
+    own_prefix = settings_cls.service_env_prefix()
+    others = tuple(
+        f"{SHARED_PREFIX}{name.upper()}_" for name in SERVICE_NAMES if name != settings_cls.service_name
+    )
+    own = {name for field in settings_cls.model_fields for name in settings_cls.variable_names(field)}
+    known = own | ALL_SETTING_VARIABLES
+    found = []
+    for variable in sorted(environ):
+        if not variable.startswith(SHARED_PREFIX) or variable in known:
+            continue
+        if variable.startswith(NOT_SERVICE_SETTINGS):
+            continue
+        if variable.startswith(others) and not variable.startswith(own_prefix):
+            continue
+        candidates = sorted(own if variable.startswith(own_prefix) else known)
+        close = difflib.get_close_matches(variable, candidates, n=1, cutoff=0.75)
+        found.append((variable, close[0] if close else None))
+    return found
 
 
 def describe_validation_error(settings_cls: type[ServiceSettings], exc: ValidationError) -> str:

@@ -32,6 +32,9 @@ from services.runtime.gmail.quota import quota_units
 from services.runtime.gmail.retry import RetryPolicy, RetryTiming
 
 AccessTokenSource = Callable[[], Awaitable[str]]
+# Told which token Gmail refused (401) before the source is asked again, so a cache in front of the auth service
+# drops it and auth refreshes instead of handing the same token back.
+TokenRejectedHook = Callable[[str], None]
 # Gmail caps a batch at 100 parts but answers bigger ones with per-user concurrency 429s; 25 keeps them rare.
 MAX_BATCH_PARTS = 25
 # messages.send's mediaUpload maxSize in the gmail.v1 discovery document (35 MiB).
@@ -104,6 +107,7 @@ class GmailClient:
         policy: RetryPolicy | None = None,
         timing: RetryTiming | None = None,
         tracer_provider: trace.TracerProvider | None = None,
+        on_token_rejected: TokenRejectedHook | None = None,
     ) -> None:
         """`quota_user` names the Gmail user for pacing (a mailbox id or address); without it the user is known
         by the access token, which names one user too (a new token starts a new budget)."""
@@ -114,6 +118,7 @@ class GmailClient:
         self._quota_user = quota_user
         self._policy = policy or RetryPolicy()
         self._timing = timing or RetryTiming()
+        self._on_token_rejected = on_token_rejected
 
     async def get_profile(self) -> Profile:
         body = await self._call("users.getProfile", lambda users: users.getProfile(userId=self._user_id))
@@ -355,6 +360,11 @@ class GmailClient:
                 span.set_status(Status(StatusCode.ERROR, type(error).__name__))
                 raise
 
+    async def _refetch_token(self, rejected: str) -> str:
+        if self._on_token_rejected is not None:
+            self._on_token_rejected(rejected)
+        return await self._access_token()
+
     async def _call_with_retries(
         self, method: str, build: Callable[[Any], Any], *, retry: bool, span: Span
     ) -> Any:
@@ -381,7 +391,7 @@ class GmailClient:
                     grant.release()
             if isinstance(error, AccessTokenRejected) and not token_refetched:
                 token_refetched = True
-                fresh = await self._access_token()
+                fresh = await self._refetch_token(token)
                 if fresh != token:
                     token = fresh
                     continue
@@ -455,7 +465,7 @@ class GmailClient:
                 error = classify(exc, now=now)
                 if isinstance(error, AccessTokenRejected) and not token_refetched:
                     token_refetched = True
-                    fresh = await self._access_token()
+                    fresh = await self._refetch_token(token)
                     if fresh != token:
                         token = fresh
                         continue

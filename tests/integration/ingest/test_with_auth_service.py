@@ -164,3 +164,28 @@ async def test_mailbox_snapshots_are_asked_of_auth_once_and_dropped_by_the_mailb
         assert [c.state for c in mailbox_after.connections] == ["DISCONNECTED"]
     finally:
         await cache.close()
+
+
+async def test_R12_a_token_gmail_refuses_pauses_the_mailbox_in_one_pass_without_waiting_for_its_expiry(
+    auth_world: AuthWorld, ingest_on_auth: IngestWorld
+) -> None:
+    """The password changes and Google expires the mailbox's access tokens early: the sync's Gmail call is refused
+    (401), ingest names the refused token to auth, auth refreshes, the grant is dead, and the same pass pauses
+    the mailbox (PAUSED_REAUTH) with the connection REAUTH_REQUIRED. Nobody clears a cache by hand."""
+    world = ingest_on_auth
+    auth: AuthServiceClient = world.directory  # type: ignore[assignment]
+    await auth_world.add_user("u1")
+    await auth_world.connect("u1", "loc-1", ALICE)
+    mailbox = await auth.get_mailbox(email=ALICE)
+    assert mailbox is not None
+    world.deliver(ALICE, copies=1)
+    syncer = world.syncer()
+    assert await syncer.sync(mailbox.mailbox_id) is PassOutcome.SYNCED
+
+    auth_world.sandbox.admin.change_password(ALICE, "changed")
+    assert auth_world.sandbox.admin.expire_access_tokens(ALICE) >= 1
+    world.deliver(ALICE, copies=1, subject="after the password change")
+
+    assert await syncer.sync(mailbox.mailbox_id) is PassOutcome.PAUSED
+    paused = await auth.get_mailbox(mailbox_id=mailbox.mailbox_id)
+    assert paused is not None and paused.awaiting_reauth and not paused.connected

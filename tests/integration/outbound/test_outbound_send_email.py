@@ -243,3 +243,30 @@ async def test_R13_bulk_email_goes_through_the_location_smtp_provider_not_gmail(
     assert world.sandbox.admin.messages(ALICE) == []
     quota = await stub.GetQuota(outbound_pb2.GetQuotaRequest(location_id=LOCATION, user_id="u1"))
     assert quota.used == 0
+
+
+async def test_R12_a_send_with_a_token_gmail_refuses_turns_the_connection_reauth_required_at_once(
+    outbound_world: OutboundWorld,
+) -> None:
+    """The password changes and Google ends the mailbox's access tokens early. Outbound still holds one that
+    looks valid for an hour; Gmail refuses it (401), outbound names it to auth, auth's refresh finds the grant
+    dead: the send is refused as needing re-consent and the connection is REAUTH_REQUIRED now."""
+    world = outbound_world
+    await world.connect("u1", ALICE)
+    stub = world.stub()
+    first = await stub.SendEmail(individual("req-before", BOB))
+    assert first.send.state == outbound_pb2.SEND_STATE_SENT
+    world.sandbox.admin.change_password(ALICE, "changed")
+    assert world.sandbox.admin.expire_access_tokens(ALICE) >= 1
+
+    try:
+        answer = await stub.SendEmail(individual("req-after", BOB))
+    except grpc.aio.AioRpcError as error:
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, error.details()
+    else:
+        assert answer.send.state == outbound_pb2.SEND_STATE_FAILED, answer
+
+    connection = await world.auth.connection_of("u1", LOCATION)
+    assert connection.state == common_pb2.CONNECTION_STATE_REAUTH_REQUIRED
+    assert "invalid_grant" in connection.last_error
+    assert len(_sent_copies(world, ALICE)) == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -112,6 +113,14 @@ async def test_poison_message_is_dead_lettered_after_max_deliver_and_redriven_to
         assert await run_cli(["list"], db=db, nats_url=nats_server.url, out=listing) == 0
         assert f"{letter.id}\tdead" in listing.getvalue() and "msg_id=p-1" in listing.getvalue()
 
+        shown = io.StringIO()
+        assert await run_cli(["show", str(letter.id)], db=db, nats_url=nats_server.url, out=shown) == 0
+        document = json.loads(shown.getvalue())
+        assert document["payload"]["type"] == "mailsync.v1.NormalizedMessage"
+        assert document["payload"]["value"]["subject"] == "poison"
+        assert (document["msg_id"], document["state"]) == ("p-1", "dead")
+        assert "cannot place this message" in document["error"]
+
         fixed = True
         redriving = io.StringIO()
         assert await run_cli(["redrive", str(letter.id)], db=db, nats_url=nats_server.url, out=redriving) == 0
@@ -183,6 +192,14 @@ async def test_negative_control_without_a_wait_budget_retry_later_ends_in_a_dead
     [letter] = await list_dead_letters(runtime_database)
     assert seen == [1, 2]
     assert "still waiting after 2 deliveries" in letter.error
+
+    # An operator decides it is not worth redriving: discard deletes it (and only it).
+    out = io.StringIO()
+    assert await run_cli(["discard", str(letter.id)], db=runtime_database, nats_url="", out=out) == 0
+    assert out.getvalue().startswith(f"discarded dead letter {letter.id} ")
+    assert await list_dead_letters(runtime_database, include_redriven=True) == []
+    again = io.StringIO()
+    assert await run_cli(["discard", str(letter.id)], db=runtime_database, nats_url="", out=again) == 1
 
 
 async def test_stop_finishes_the_message_in_hand_and_acks_it(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -52,17 +53,42 @@ async def test_a_started_service_declares_the_streams_and_relays_its_outbox(
         await client.close()
 
 
-def test_the_dead_letters_command_lists_a_fresh_service_as_having_none(
-    tmp_path: Path, nats_server: Any
-) -> None:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("MAILSYNC_")}
-    env.update({"MAILSYNC_DATA_DIR": str(tmp_path), "MAILSYNC_NATS_URL": nats_server.url})
-    result = subprocess.run(
-        [sys.executable, "-m", "services.threading", "dead-letters", "list"],
+def dead_letters(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "services.threading", *argv],
         env=env,
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "no dead letters"
+
+
+def test_the_dead_letters_command_never_migrates_and_lists_a_migrated_service_as_having_none(
+    tmp_path: Path, nats_server: Any
+) -> None:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MAILSYNC_")}
+    env.update(
+        {
+            "MAILSYNC_DATA_DIR": str(tmp_path),
+            "MAILSYNC_NATS_URL": nats_server.url,
+            "MAILSYNC_DEPENDENCY_WAIT_SECONDS": "2",
+        }
+    )
+
+    refused = dead_letters(env, "dead-letters", "list")
+    assert refused.returncode == 2, refused.stderr
+    # Logs go to stderr as JSON lines for this command; the failure is the one plain line.
+    [line] = [line for line in refused.stderr.splitlines() if line.strip() and not line.startswith("{")]
+    assert "never migrates" in line and "python -m services.threading migrate" in line
+    database = tmp_path / "threading.db"
+    if database.exists():
+        with sqlite3.connect(database) as connection:
+            tables = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        assert tables == []
+
+    assert dead_letters(env, "migrate").returncode == 0
+    listed = dead_letters(env, "dead-letters", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.strip() == "no dead letters"
+    missing = dead_letters(env, "dead-letters", "show", "7")
+    assert missing.returncode == 1 and missing.stdout.strip() == "no dead letter 7"
