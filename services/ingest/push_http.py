@@ -11,6 +11,7 @@ from aiohttp import web
 
 from services.ingest.push import PushRejected
 from services.ingest.push_intake import PushIntake
+from services.runtime.http_tracing import server_span_middleware
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def push_application(intake: PushIntake) -> web.Application:
     async def healthz(_request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
-    app = web.Application(client_max_size=64 * 1024)
+    app = web.Application(client_max_size=64 * 1024, middlewares=[server_span_middleware("ingest-push")])
     app.router.add_post(PUSH_PATH, receive)
     app.router.add_get("/healthz", healthz)
     return app

@@ -20,6 +20,7 @@ from sqlalchemy import select, update
 
 from services.runtime.clock import Clock, SystemClock
 from services.runtime.db import Database, upsert_insert
+from services.runtime.instruments import instruments
 from services.runtime.jetstream import MSG_ID_HEADER, publish_payload
 from services.runtime.messaging_tables import dead_letters_table
 
@@ -78,10 +79,15 @@ async def record_dead_letter(
         "failed_at": (clock or SystemClock()).now(),
     }
     async with db.write() as session:
-        await session.execute(
+        result = await session.execute(
             upsert_insert(session)(dead_letters_table)
             .values(**values)
             .on_conflict_do_nothing(index_elements=["consumer", "stream", "stream_sequence"])
+        )
+    if getattr(result, "rowcount", 1):
+        # Counted once per message, however often it is recorded.
+        instruments().dead_letters.add(
+            1, {"messaging.consumer.group.name": delivery.consumer, "messaging.nats.stream": delivery.stream}
         )
 
 
