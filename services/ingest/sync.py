@@ -54,6 +54,7 @@ from services.runtime.gmail import (
     RetryTiming,
     decode_base64url,
 )
+from services.runtime.instruments import instruments
 from services.runtime.jetstream import is_duplicate, publish
 from services.runtime.protobuf_time import to_timestamp
 
@@ -514,6 +515,8 @@ class MailboxSyncer:
         if self._observer is not None:
             await self._observer.attempt(mailbox_id, gmail_id)
         ack = await publish(self._js, subjects.normalized(mailbox_id), event, msg_id=msg_id)
+        if not is_duplicate(ack):
+            instruments().messages_normalized.add(1, {"mailsync.source": "gmail"})
         if self._observer is not None:
             await self._observer.acknowledged(mailbox_id, gmail_id, is_duplicate(ack))
         return store.PublishedEntry(gmail_id, mail.rfc_message_id, history_id, internal_ms)

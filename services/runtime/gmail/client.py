@@ -30,6 +30,7 @@ from services.runtime.gmail.errors import (
 from services.runtime.gmail.pacing import Grant, user_key_of_token
 from services.runtime.gmail.quota import quota_units
 from services.runtime.gmail.retry import RetryPolicy, RetryTiming
+from services.runtime.instruments import instruments
 
 AccessTokenSource = Callable[[], Awaitable[str]]
 # Gmail caps a batch at 100 parts but answers bigger ones with per-user concurrency 429s; 25 keeps them rare.
@@ -233,6 +234,9 @@ class GmailClient:
                     chunk, outcomes = await self._run_get_batch(queue[:size], format, metadata_headers)
                     queue = queue[len(chunk) :]
                     span.set_attribute("gmail.batch_size", len(chunk))
+                    instruments().gmail_requests.add(
+                        len(chunk), {"gmail.method": "users.messages.get", "gmail.outcome": "batched"}
+                    )
                     _QUOTA_UNITS.add(
                         quota_units("users.messages.get") * len(chunk), {"gmail.method": "users.messages.get"}
                     )
@@ -349,11 +353,16 @@ class GmailClient:
         with self._tracer.start_as_current_span(f"Gmail {method}", kind=SpanKind.CLIENT) as span:
             span.set_attribute("gmail.method", method)
             try:
-                return await self._call_with_retries(method, build, retry=retry, span=span)
+                answer = await self._call_with_retries(method, build, retry=retry, span=span)
             except GmailError as error:
                 span.set_attribute("gmail.error", type(error).__name__)
                 span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+                instruments().gmail_requests.add(
+                    1, {"gmail.method": method, "gmail.outcome": type(error).__name__}
+                )
                 raise
+            instruments().gmail_requests.add(1, {"gmail.method": method, "gmail.outcome": "ok"})
+            return answer
 
     async def _call_with_retries(
         self, method: str, build: Callable[[Any], Any], *, retry: bool, span: Span
