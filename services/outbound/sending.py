@@ -186,7 +186,7 @@ class OutboundSender:
                     1,
                     {
                         "mailsync.send.kind": request.kind.value.lower(),
-                        "mailsync.send.state": created.state.value,
+                        "mailsync.send.state": str(created.state),
                     },
                 )
             return created if created is not None else await self._replay_by_request(request)

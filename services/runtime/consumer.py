@@ -374,22 +374,26 @@ class Consumer(_PullLoop):
     async def process(self, message: Msg) -> None:
         """Handles one message: handler, then ack; or nak/dead-letter on failure."""
         delivery = self._delivery(message)
-        with self._tracer.start_as_current_span(
-            f"process {subjects.kind_of(delivery.subject)}",
-            context=extract_context(delivery.headers),
-            kind=SpanKind.CONSUMER,
-            attributes={
-                **subjects.key_attributes(delivery.subject),
-                "messaging.system": "nats",
-                "messaging.operation.name": "process",
-                "messaging.operation.type": "process",
-                "messaging.destination.name": delivery.subject,
-                "messaging.consumer.group.name": delivery.consumer,
-                "messaging.message.id": delivery.msg_id or "",
-                "messaging.nats.stream_sequence": delivery.stream_sequence,
-                "messaging.nats.num_delivered": delivery.num_delivered,
-            },
-        ) as span:
+        # Attached, not only passed as the parent: the producer's baggage (the push time) then rides along into
+        # whatever the handler publishes.
+        with (
+            in_trace_of(delivery),
+            self._tracer.start_as_current_span(
+                f"process {subjects.kind_of(delivery.subject)}",
+                kind=SpanKind.CONSUMER,
+                attributes={
+                    **subjects.key_attributes(delivery.subject),
+                    "messaging.system": "nats",
+                    "messaging.operation.name": "process",
+                    "messaging.operation.type": "process",
+                    "messaging.destination.name": delivery.subject,
+                    "messaging.consumer.group.name": delivery.consumer,
+                    "messaging.message.id": delivery.msg_id or "",
+                    "messaging.nats.stream_sequence": delivery.stream_sequence,
+                    "messaging.nats.num_delivered": delivery.num_delivered,
+                },
+            ) as span,
+        ):
             outcome: Exception | None = None
             keep_alive = asyncio.create_task(self._keep_alive((message,)))
             try:

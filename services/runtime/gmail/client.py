@@ -24,6 +24,7 @@ from services.runtime.gmail.errors import (
     MessageTooLarge,
     PermanentAuthFailure,
     RetryableGmailError,
+    SendingLimitReached,
     SendOutcomeUnknown,
     classify,
 )
@@ -44,6 +45,20 @@ _QUOTA_UNITS = metrics.get_meter("mailsync.gmail").create_counter(
     unit="{unit}",
     description="Gmail quota units spent by requests sent (legacy cost table)",
 )
+
+
+_RATE_LIMIT_REASONS = frozenset(
+    {"rateLimitExceeded", "userRateLimitExceeded", "quotaExceeded", "dailyLimitExceeded"}
+)
+
+
+def _outcome_of(error: GmailError) -> str:
+    """`rate_limited` when Google refused for quota or rate (what the quota alert watches), else `error`."""
+    status = getattr(error, "status", None)
+    reason = getattr(error, "reason", None)
+    if isinstance(error, SendingLimitReached) or status == 429 or reason in _RATE_LIMIT_REASONS:
+        return "rate_limited"
+    return "error"
 
 
 def fixed_access_token(token: str) -> AccessTokenSource:
@@ -358,7 +373,12 @@ class GmailClient:
                 span.set_attribute("gmail.error", type(error).__name__)
                 span.set_status(Status(StatusCode.ERROR, type(error).__name__))
                 instruments().gmail_requests.add(
-                    1, {"gmail.method": method, "gmail.outcome": type(error).__name__}
+                    1,
+                    {
+                        "gmail.method": method,
+                        "gmail.outcome": _outcome_of(error),
+                        "error.type": type(error).__name__,
+                    },
                 )
                 raise
             instruments().gmail_requests.add(1, {"gmail.method": method, "gmail.outcome": "ok"})
