@@ -18,7 +18,8 @@ from mailsync.v1 import events_pb2
 from services.runtime import subjects
 from services.runtime.consumer import BatchConsumer, Consumer, ConsumerSpec, Delivery, Outcome
 from services.runtime.db import Database
-from services.runtime.jetstream import publish
+from services.runtime.deadletters import list_dead_letters, record_dead_letter, redrive
+from services.runtime.jetstream import publish, trace_carrier
 from services.runtime.outbox import OutboxRelay, stage
 from services.runtime.streams import MESSAGES, declare_streams
 
@@ -156,3 +157,28 @@ def _span_by_parent(exporter: InMemorySpanExporter, parent_span_id: int) -> Read
         if s.parent is not None and s.parent.span_id == parent_span_id
     ]
     return span
+
+
+async def test_a_redrive_is_its_own_trace_linked_to_the_original(
+    runtime_database: Database, jetstream: JetStreamContext
+) -> None:
+    await declare_streams(jetstream)
+    provider, exporter = _provider()
+    with provider.get_tracer("test").start_as_current_span("original work") as original:
+        headers = trace_carrier()
+    await record_dead_letter(
+        runtime_database,
+        Delivery("trace-test", MESSAGES.name, 7, SUBJECT, b"payload", headers, "d-1", 5),
+        "ValueError: poison",
+    )
+    [letter] = await list_dead_letters(runtime_database)
+
+    await redrive(runtime_database, jetstream, letter.id, tracer_provider=provider)
+
+    redriving = _span(exporter, f"redrive {KIND}")
+    published = _span(exporter, f"publish {KIND}")
+    assert redriving.parent is None
+    assert redriving.context.trace_id != original.get_span_context().trace_id
+    assert [link.context.span_id for link in redriving.links] == [original.get_span_context().span_id]
+    assert published.context.trace_id == redriving.context.trace_id
+    assert redriving.attributes is not None and redriving.attributes["mailsync.mailbox_id"] == "mbx-t"
