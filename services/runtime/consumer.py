@@ -218,17 +218,25 @@ class _PullLoop(ABC):
         subscription = await self._js.pull_subscribe_bind(
             durable=self._spec.durable, stream=self._spec.stream
         )
+        # Failed fetches in a row: an outage is logged when it starts and when it ends, not once a second.
+        failed_fetches = 0
         try:
             while not self._stopping.is_set():
                 try:
                     messages = await subscription.fetch(self._spec.batch, timeout=self._fetch_timeout)
                 except TimeoutError:
                     # nats-py raises its own TimeoutError, and for a batch also asyncio's (the same builtin).
+                    failed_fetches = self._fetch_recovered(failed_fetches)
                     continue
                 except nats.errors.Error as exc:
-                    log.warning("fetch from %s failed: %s", self._spec.durable, exc)
+                    if not failed_fetches:
+                        log.warning(
+                            "fetch from %s failed: %s; retrying every second", self._spec.durable, exc
+                        )
+                    failed_fetches += 1
                     await self._pause(1.0)
                     continue
+                failed_fetches = self._fetch_recovered(failed_fetches)
                 if messages:
                     await self._handle_fetched(messages)
         finally:
@@ -236,6 +244,13 @@ class _PullLoop(ABC):
                 await subscription.unsubscribe()
             with contextlib.suppress(Exception):
                 await advisories.unsubscribe()
+
+    def _fetch_recovered(self, failed_fetches: int) -> int:
+        if failed_fetches:
+            log.warning(
+                "fetch from %s works again after %s failed attempts", self._spec.durable, failed_fetches
+            )
+        return 0
 
     @abstractmethod
     async def _handle_fetched(self, messages: list[Msg]) -> None:

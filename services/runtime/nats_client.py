@@ -11,9 +11,18 @@ import logging
 import time
 
 import nats
+import nats.errors
 from nats.aio.client import Client
 
 _STARTUP_ATTEMPTS = 3
+# What a lost connection raises into the error callback (as opposed to a protocol or permission error).
+_CONNECTION_ERRORS = (
+    OSError,
+    nats.errors.UnexpectedEOF,
+    nats.errors.StaleConnectionError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.NoServersError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,18 +42,21 @@ class ConnectionEvents:
 
     async def on_error(self, error: Exception) -> None:
         self.last_error = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-        if self._lost_at is None:
-            # An error while connected (a protocol or permission error): not part of a reconnect loop.
+        if self._lost_at is not None:
+            self.failed_attempts += 1
+        elif not isinstance(error, _CONNECTION_ERRORS):
+            # A protocol or permission error on a working connection: not part of a reconnect loop.
             log.warning("NATS client error", extra={"nats_url": self._url, "error": self.last_error})
-            return
-        self.failed_attempts += 1
+        # A connection error on a working connection is the loss itself: `on_disconnected` reports it.
 
     async def on_disconnected(self) -> None:
         if self._lost_at is not None:
             return
         self._lost_at = time.monotonic()
         self.failed_attempts = 0
-        log.warning("NATS connection lost; reconnecting", extra={"nats_url": self._url})
+        log.warning(
+            "NATS connection lost; reconnecting", extra={"nats_url": self._url, "error": self.last_error}
+        )
 
     async def on_reconnected(self) -> None:
         if self._lost_at is None:
