@@ -46,6 +46,7 @@ from services.runtime.gmail import (
     RetryableGmailError,
     refresh_access_token,
 )
+from services.runtime.instruments import instruments
 
 Refresher = Callable[[str], Awaitable[RefreshedToken]]
 # Called inside the transaction that records a dead grant, so the connection events go through the outbox.
@@ -161,11 +162,21 @@ class AccessTokens:
                 await release_refresh_lease(session, mailbox_id, self.owner)
 
     async def _refresh(self, refresh_token: SecretToken) -> RefreshedToken:
-        if self.refresher is not None:
-            return await self.refresher(refresh_token.reveal())
-        return await refresh_access_token(
-            self.api, self.oauth_client, refresh_token.reveal(), now=self.clock.now()
-        )
+        outcome = "error"
+        try:
+            if self.refresher is not None:
+                fresh = await self.refresher(refresh_token.reveal())
+            else:
+                fresh = await refresh_access_token(
+                    self.api, self.oauth_client, refresh_token.reveal(), now=self.clock.now()
+                )
+            outcome = "ok"
+            return fresh
+        except PermanentAuthFailure:
+            outcome = "reauth_required"
+            raise
+        finally:
+            instruments().token_refreshes.add(1, {"mailsync.outcome": outcome})
 
     async def _record_dead_grant(self, mailbox_id: str, reason: str) -> None:
         now = self.clock.now()
@@ -176,5 +187,6 @@ class AccessTokens:
                 await connections_of_mailbox(session, mailbox_id), now=now, reason=reason
             )
             await save_connections(session, order_for_saving(change.connection for change in changes))
+            instruments().reauth_required.add(len(changes))
             if self.on_grant_failed is not None:
                 await self.on_grant_failed(session, mailbox_id, changes, reason)

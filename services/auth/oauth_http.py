@@ -13,6 +13,7 @@ from aiohttp import web
 from services.auth.connections import CompletedConnect, ConnectionFlows
 from services.auth.errors import as_domain_error
 from services.runtime.errors import DomainError
+from services.runtime.http_tracing import server_span_middleware
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ class OAuthCallbackServer:
         self.path = urlsplit(redirect_uri).path or "/"
         self._host = host
         self._port = port
-        self._app = web.Application()
+        self._app = web.Application(middlewares=[server_span_middleware("auth-oauth-callback")])
         self._app.router.add_get(self.path, OAuthCallback(flows).handle)
         self._runner = web.AppRunner(self._app, access_log=None)
         self._stopping = asyncio.Event()

@@ -40,6 +40,7 @@ from services.ingest.drop_retention import DropRetention
 from services.ingest.message_proto import bcc_drop_event, drop_msg_id, drop_subject
 from services.runtime.clock import Clock, SystemClock
 from services.runtime.db import Database
+from services.runtime.instruments import instruments
 from services.runtime.outbox import stage
 
 log = logging.getLogger(__name__)
@@ -145,6 +146,7 @@ class OutboxDropSink:
                 drop_msg_id(drop.location_id, drop.content_digest),
                 clock=self._clock,
             )
+        instruments().messages_normalized.add(1, {"mailsync.source": "bcc_drop"})
 
 
 class DropLog:

@@ -4,6 +4,7 @@ JetStream, 401 for a missing or bad token, 400 for a body that is not a Gmail pu
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 
@@ -11,6 +12,8 @@ from aiohttp import web
 
 from services.ingest.push import PushRejected
 from services.ingest.push_intake import PushIntake
+from services.runtime.http_tracing import server_span_middleware
+from services.runtime.push_time import push_received
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +44,12 @@ def push_application(intake: PushIntake) -> web.Application:
             message = {}
         try:
             # The token is checked before the body, so an unauthenticated caller learns nothing about bodies.
-            outcome = await intake.accept(
-                bearer, message.get("data"), str(message.get("messageId") or message.get("message_id") or "")
-            )
+            with push_received(dt.datetime.now(dt.UTC)):
+                outcome = await intake.accept(
+                    bearer,
+                    message.get("data"),
+                    str(message.get("messageId") or message.get("message_id") or ""),
+                )
         except PushRejected as rejected:
             status = 401 if rejected.reason in _TOKEN_REASONS else 400
             log.warning("push refused", extra={"reason": rejected.reason, "status": status})
@@ -56,7 +62,7 @@ def push_application(intake: PushIntake) -> web.Application:
     async def healthz(_request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
-    app = web.Application(client_max_size=64 * 1024)
+    app = web.Application(client_max_size=64 * 1024, middlewares=[server_span_middleware("ingest-push")])
     app.router.add_post(PUSH_PATH, receive)
     app.router.add_get("/healthz", healthz)
     return app

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from services.ingest.domain.bcc import (
     DropPolicy,
@@ -41,8 +43,24 @@ from services.ingest.drop_spool import (
     SpoolLimits,
     end_of_data,
 )
+from services.runtime.instruments import instruments
 
 log = logging.getLogger(__name__)
+
+
+def _tracer() -> trace.Tracer:
+    return trace.get_tracer("mailsync.ingest.smtp")
+
+
+def _reply_code(reply: str) -> int:
+    return int(reply[:3]) if reply[:3].isdigit() else 0
+
+
+def _drop_outcome(reply: str) -> str:
+    """accepted, temporary (4xx: the sender retries) or refused (5xx)."""
+    code = _reply_code(reply)
+    return "accepted" if code // 100 == 2 else "temporary" if code // 100 == 4 else "refused"
+
 
 _ACCEPTED = "250 2.0.0 Logged into the CRM"
 _TEMPORARY_FAILURE = "451 4.3.0 The drop could not be recorded just now; please try again later"
@@ -289,7 +307,17 @@ class DropSmtp(SMTP):
         # timeout while the drop waits for its turn and is checked.
         self._reset_timeout(self._drop_wait_seconds + 60)
         try:
-            status = await self._drop_handler.handle_received(self.session, self.envelope, received)
+            with _tracer().start_as_current_span(
+                "smtp DATA",
+                kind=SpanKind.SERVER,
+                attributes={
+                    "network.protocol.name": "smtp",
+                    "mailsync.smtp.recipients": len(self.envelope.rcpt_tos),
+                },
+            ) as span:
+                status = await self._drop_handler.handle_received(self.session, self.envelope, received)
+                span.set_attribute("mailsync.smtp.reply_code", _reply_code(status))
+            instruments().smtp_drops.add(1, {"mailsync.outcome": _drop_outcome(status)})
         finally:
             received.close()
             self._reset_timeout()

@@ -54,6 +54,7 @@ from services.runtime.gmail import (
     RetryPolicy,
     RetryTiming,
 )
+from services.runtime.instruments import instruments
 from services.runtime.jetstream import Outgoing, is_duplicate, publish_all
 from services.runtime.protobuf_time import to_timestamp
 
@@ -578,6 +579,9 @@ class MailboxSyncer:
             ack_timeout=self._config.publish_ack_timeout,
             attempts=self._config.publish_ack_attempts,
         )
+        normalized = sum(1 for ack in acks if not is_duplicate(ack))
+        if normalized:
+            instruments().messages_normalized.add(normalized, {"mailsync.source": "gmail"})
         if self._observer is not None:
             for ready, ack in zip(prepared, acks, strict=True):
                 await self._observer.acknowledged(mailbox_id, ready.entry.gmail_message_id, is_duplicate(ack))

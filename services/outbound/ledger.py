@@ -45,6 +45,7 @@ from services.outbound.domain.quota import (
     sends_that_must_leave,
 )
 from services.runtime.db import upsert_insert
+from services.runtime.instruments import instruments
 
 
 class UtcDateTime(TypeDecorator[dt.datetime]):
@@ -209,6 +210,9 @@ class SendLedger:
             send_ledger_entries.insert().values(
                 mailbox_id=mailbox_id, idempotency_key=idempotency_key, sent_at=now, recipients=recipients
             )
+        )
+        instruments().send_limiter_remaining.record(
+            daily_limit - (used + 1), {"mailsync.mailbox_tier": _account_type(mailbox).value.lower()}
         )
         return Admission(mailbox_id, idempotency_key, now, used + 1, daily_limit, replayed=False)
 

@@ -67,6 +67,7 @@ from services.runtime.db import Database
 from services.runtime.errors import NotFound
 from services.runtime.faults import fault_point
 from services.runtime.gmail import GmailError, SendingLimitReached, SendOutcomeUnknown
+from services.runtime.instruments import instruments
 
 __all__ = ["BulkSender", "OutboundSender", "SendRequest", "SendingConfig"]
 
@@ -180,6 +181,14 @@ class OutboundSender:
                 created = await self._send_individual(request)
             else:
                 created = await self._bulk.send(request)
+            if created is not None:
+                instruments().sends.add(
+                    1,
+                    {
+                        "mailsync.send.kind": request.kind.value.lower(),
+                        "mailsync.send.state": str(created.state),
+                    },
+                )
             return created if created is not None else await self._replay_by_request(request)
 
     async def get(self, location_id: str, send_id: str) -> SendRecord:

@@ -42,7 +42,7 @@ import logging
 import math
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -53,8 +53,19 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy
 from nats.js.errors import NotFoundError
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode, TracerProvider, get_current_span
+from opentelemetry import context as otel_context
+from opentelemetry.trace import (
+    Link,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TracerProvider,
+    get_current_span,
+)
 
+from services.runtime import subjects
 from services.runtime.clock import Clock, SystemClock
 from services.runtime.db import Database
 from services.runtime.deadletters import record_dead_letter
@@ -98,6 +109,20 @@ class Delivery:
         message = message_type()
         message.ParseFromString(self.payload)
         return message
+
+    def trace_context(self) -> otel_context.Context:
+        """The trace context its producer sent: the trace of the email or send this message is part of."""
+        return extract_context(self.headers)
+
+
+@contextlib.contextmanager
+def in_trace_of(delivery: Delivery) -> Iterator[None]:
+    """Runs the block (a log line about one message of a batch) in the trace the message's producer sent."""
+    token = otel_context.attach(delivery.trace_context())
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
@@ -193,17 +218,25 @@ class _PullLoop(ABC):
         subscription = await self._js.pull_subscribe_bind(
             durable=self._spec.durable, stream=self._spec.stream
         )
+        # Failed fetches in a row: an outage is logged when it starts and when it ends, not once a second.
+        failed_fetches = 0
         try:
             while not self._stopping.is_set():
                 try:
                     messages = await subscription.fetch(self._spec.batch, timeout=self._fetch_timeout)
                 except TimeoutError:
                     # nats-py raises its own TimeoutError, and for a batch also asyncio's (the same builtin).
+                    failed_fetches = self._fetch_recovered(failed_fetches)
                     continue
                 except nats.errors.Error as exc:
-                    log.warning("fetch from %s failed: %s", self._spec.durable, exc)
+                    if not failed_fetches:
+                        log.warning(
+                            "fetch from %s failed: %s; retrying every second", self._spec.durable, exc
+                        )
+                    failed_fetches += 1
                     await self._pause(1.0)
                     continue
+                failed_fetches = self._fetch_recovered(failed_fetches)
                 if messages:
                     await self._handle_fetched(messages)
         finally:
@@ -211,6 +244,13 @@ class _PullLoop(ABC):
                 await subscription.unsubscribe()
             with contextlib.suppress(Exception):
                 await advisories.unsubscribe()
+
+    def _fetch_recovered(self, failed_fetches: int) -> int:
+        if failed_fetches:
+            log.warning(
+                "fetch from %s works again after %s failed attempts", self._spec.durable, failed_fetches
+            )
+        return 0
 
     @abstractmethod
     async def _handle_fetched(self, messages: list[Msg]) -> None:
@@ -349,21 +389,26 @@ class Consumer(_PullLoop):
     async def process(self, message: Msg) -> None:
         """Handles one message: handler, then ack; or nak/dead-letter on failure."""
         delivery = self._delivery(message)
-        with self._tracer.start_as_current_span(
-            f"process {delivery.subject}",
-            context=extract_context(delivery.headers),
-            kind=SpanKind.CONSUMER,
-            attributes={
-                "messaging.system": "nats",
-                "messaging.operation.name": "process",
-                "messaging.operation.type": "process",
-                "messaging.destination.name": delivery.subject,
-                "messaging.consumer.group.name": delivery.consumer,
-                "messaging.message.id": delivery.msg_id or "",
-                "messaging.nats.stream_sequence": delivery.stream_sequence,
-                "messaging.nats.num_delivered": delivery.num_delivered,
-            },
-        ) as span:
+        # Attached, not only passed as the parent: the producer's baggage (the push time) then rides along into
+        # whatever the handler publishes.
+        with (
+            in_trace_of(delivery),
+            self._tracer.start_as_current_span(
+                f"process {subjects.kind_of(delivery.subject)}",
+                kind=SpanKind.CONSUMER,
+                attributes={
+                    **subjects.key_attributes(delivery.subject),
+                    "messaging.system": "nats",
+                    "messaging.operation.name": "process",
+                    "messaging.operation.type": "process",
+                    "messaging.destination.name": delivery.subject,
+                    "messaging.consumer.group.name": delivery.consumer,
+                    "messaging.message.id": delivery.msg_id or "",
+                    "messaging.nats.stream_sequence": delivery.stream_sequence,
+                    "messaging.nats.num_delivered": delivery.num_delivered,
+                },
+            ) as span,
+        ):
             outcome: Exception | None = None
             keep_alive = asyncio.create_task(self._keep_alive((message,)))
             try:
@@ -423,12 +468,36 @@ class BatchConsumer(_PullLoop):
                 "messaging.consumer.group.name": self._spec.durable,
                 "messaging.batch.message_count": len(deliveries),
             },
-        ):
+        ) as batch_span:
+            # And one span per message in its producer's trace (linked to the batch), so each email's trace
+            # still runs from its push to the stored message when it was handled in a batch.
+            message_spans = [self._message_span(d, batch_span.get_span_context()) for d in deliveries]
             keep_alive = asyncio.create_task(self._keep_alive(messages))
             try:
                 await self._settle(messages, deliveries)
             finally:
                 keep_alive.cancel()
+                for span in message_spans:
+                    span.end()
+
+    def _message_span(self, delivery: Delivery, batch: SpanContext) -> Span:
+        return self._tracer.start_span(
+            f"process {subjects.kind_of(delivery.subject)}",
+            context=delivery.trace_context(),
+            kind=SpanKind.CONSUMER,
+            links=[Link(batch)],
+            attributes={
+                **subjects.key_attributes(delivery.subject),
+                "messaging.system": "nats",
+                "messaging.operation.name": "process",
+                "messaging.operation.type": "process",
+                "messaging.destination.name": delivery.subject,
+                "messaging.consumer.group.name": delivery.consumer,
+                "messaging.message.id": delivery.msg_id or "",
+                "messaging.nats.stream_sequence": delivery.stream_sequence,
+                "messaging.nats.num_delivered": delivery.num_delivered,
+            },
+        )
 
     async def _settle(self, messages: Sequence[Msg], deliveries: Sequence[Delivery]) -> None:
         try:
@@ -482,3 +551,7 @@ async def _quietly(operation: Awaitable[object]) -> None:
         await operation
     except Exception as exc:
         log.warning("JetStream ack operation failed: %s", exc)
+
+
+# What both consumer kinds are, for code that needs to find the durables a process runs (the backlog gauges).
+PullLoop = _PullLoop

@@ -36,6 +36,7 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from services.runtime import sqlite_connection
+from services.runtime.db_tracing import instrument_engine
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _SQLITE_BEGIN = "mailsync_sqlite_begin"
@@ -183,6 +184,11 @@ def open_database(
         if schema:
             kwargs["connect_args"] = {"options": f"-csearch_path={schema}"}
         engine = create_async_engine(url, **kwargs)
+    instrument_engine(
+        engine.sync_engine,
+        system="sqlite" if writer_queue is not None else "postgresql",
+        namespace=schema or Path(parsed.database or "memory").stem,
+    )
     writer = async_sessionmaker(engine, expire_on_commit=False)
     if writer_queue is not None:
         reading = engine.execution_options(**{_SQLITE_BEGIN: "DEFERRED"})

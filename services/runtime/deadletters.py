@@ -22,13 +22,16 @@ from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
+from opentelemetry import context as otel_context
+from opentelemetry.trace import Link, TracerProvider, get_current_span
 from sqlalchemy import delete, select, update
 
 from mailsync.v1 import events_pb2
 from services.runtime import subjects
 from services.runtime.clock import Clock, SystemClock
 from services.runtime.db import Database, upsert_insert
-from services.runtime.jetstream import MSG_ID_HEADER, publish_payload
+from services.runtime.instruments import instruments
+from services.runtime.jetstream import extract_context, publish_payload, tracer
 from services.runtime.messaging_tables import dead_letters_table
 
 if TYPE_CHECKING:
@@ -86,10 +89,15 @@ async def record_dead_letter(
         "failed_at": (clock or SystemClock()).now(),
     }
     async with db.write() as session:
-        await session.execute(
+        result = await session.execute(
             upsert_insert(session)(dead_letters_table)
             .values(**values)
             .on_conflict_do_nothing(index_elements=["consumer", "stream", "stream_sequence"])
+        )
+    if getattr(result, "rowcount", 1):
+        # Counted once per message, however often it is recorded.
+        instruments().dead_letters.add(
+            1, {"messaging.consumer.group.name": delivery.consumer, "messaging.nats.stream": delivery.stream}
         )
 
 
@@ -184,9 +192,17 @@ def show_document(letter: DeadLetter) -> dict[str, Any]:
 
 
 async def redrive(
-    db: Database, js: JetStreamContext, dead_letter_id: int, *, clock: Clock | None = None
+    db: Database,
+    js: JetStreamContext,
+    dead_letter_id: int,
+    *,
+    clock: Clock | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> PubAck:
-    """Republishes a dead letter to its subject and marks it redriven."""
+    """Republishes a dead letter to its subject and marks it redriven.
+
+    The redrive is a trace of its own (`redrive <kind>`) with a span link to the trace the message was part of:
+    it happens long after, on an operator's command, and would otherwise stretch that trace over days."""
     letter = await get_dead_letter(db, dead_letter_id)
     if letter.redriven_at is not None:
         raise DeadLetterAlreadyRedriven(f"dead letter {dead_letter_id} was redriven at {letter.redriven_at}")
@@ -194,11 +210,27 @@ async def redrive(
     extra = {DEAD_LETTER_ID_HEADER: str(letter.id)}
     if letter.msg_id:
         extra[REDRIVE_OF_HEADER] = letter.msg_id
-    trace_headers = {k: v for k, v in letter.headers.items() if k != MSG_ID_HEADER}
-    # Publish first, then mark: a crash in between leaves the record redrivable, and the repeat is a duplicate.
-    ack = await publish_payload(
-        js, letter.subject, letter.payload, msg_id=msg_id, parent_headers=trace_headers, extra_headers=extra
-    )
+    original = get_current_span(extract_context(letter.headers)).get_span_context()
+    with tracer(tracer_provider).start_as_current_span(
+        f"redrive {subjects.kind_of(letter.subject)}",
+        context=otel_context.Context(),
+        links=[Link(original)] if original.is_valid else [],
+        attributes={
+            **subjects.key_attributes(letter.subject),
+            "mailsync.dead_letter_id": letter.id,
+            "messaging.consumer.group.name": letter.consumer,
+            "messaging.destination.name": letter.subject,
+        },
+    ):
+        # Publish first, then mark: a crash in between leaves the record redrivable, and the repeat is a duplicate.
+        ack = await publish_payload(
+            js,
+            letter.subject,
+            letter.payload,
+            msg_id=msg_id,
+            extra_headers=extra,
+            tracer_provider=tracer_provider,
+        )
     async with db.write() as session:
         await session.execute(
             update(dead_letters_table)

@@ -24,6 +24,7 @@ from services.runtime.api_limits import FIELD_RULES
 from services.runtime.errors import ErrorBoundaryInterceptor
 from services.runtime.grpc_auth import AuthenticationInterceptor, TenantScopeInterceptor, TokenVerifier
 from services.runtime.health import HealthMonitor
+from services.runtime.rpc_observability import RpcObservabilityInterceptor
 from services.runtime.settings import ConfigurationError, ServiceSettings
 from services.runtime.telemetry import server_interceptor
 from services.runtime.validation import ValidationInterceptor
@@ -136,6 +137,7 @@ async def start_grpc_server(
     server = grpc.aio.server(
         interceptors=[
             server_interceptor(tracer_provider),
+            RpcObservabilityInterceptor(),
             ErrorBoundaryInterceptor(),
             AuthenticationInterceptor(keys),
             # Before tenant scoping, so the location it compares (and may name in a refusal) is a valid id.

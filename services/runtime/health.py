@@ -1,7 +1,7 @@
 """gRPC health (`grpc.health.v1`) driven by real dependency checks: readiness and liveness apart.
 
 Readiness is the server ("") and every registered service: a monitor runs every named check (database ping,
-NATS connected, ...) on an interval and sets SERVING only while all of them pass; one failure flips all to
+NATS round trip, ...) on an interval and sets SERVING only while all of them pass; one failure flips all to
 NOT_SERVING, and graceful shutdown sets them NOT_SERVING for good. Liveness is the `liveness` service: SERVING
 from the moment the process starts until it exits, whatever its dependencies do, so an outage of NATS or the
 database takes pods out of rotation without restarting them. Both answer only while the event loop runs.
@@ -43,12 +43,19 @@ def database_check(database: Database) -> HealthCheck:
     return database.ping
 
 
-def nats_check(client: NatsClient) -> HealthCheck:
-    """Passes while the NATS client is connected (not reconnecting, not closed)."""
+def nats_check(client: NatsClient, *, timeout_seconds: int = 2) -> HealthCheck:
+    """Passes while the NATS client is connected and the server answers a round trip (PING/PONG) in time: a
+    frozen server keeps the TCP connection open, so `is_connected` alone stays true while nothing gets through."""
 
     async def check() -> None:
         if not client.is_connected:
             raise DependencyDown("NATS is not connected")
+        try:
+            await client.flush(timeout=timeout_seconds)
+        except Exception as exc:
+            raise DependencyDown(
+                f"NATS did not answer a round trip within {timeout_seconds:g} s ({type(exc).__name__})"
+            ) from None
 
     return check
 

@@ -1,6 +1,7 @@
 """Publishing to JetStream with a `Nats-Msg-Id` and the W3C trace context in the NATS headers.
 
-Every publish runs inside a PRODUCER span `publish <subject>`, and the trace context is injected inside that span,
+Every publish runs inside a PRODUCER span `publish <kind>` (`publish mailbox.changed`: the partition key goes
+in an attribute), and the trace context is injected inside that span,
 so the consumer's span is a child of the publish (OpenTelemetry messaging conventions). Only the OpenTelemetry API
 is used here: the SDK (exporters, sampling) is configured once per process by the telemetry setup.
 """
@@ -19,6 +20,8 @@ from nats.js.api import PubAck
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
+
+from services.runtime import subjects
 
 MSG_ID_HEADER = "Nats-Msg-Id"
 INSTRUMENTATION_NAME = "mailsync.runtime.nats"
@@ -74,10 +77,11 @@ async def publish_payload(
         raise ValueError("a JetStream publish needs a Nats-Msg-Id")
     parent = propagate.extract(dict(parent_headers)) if parent_headers is not None else None
     with tracer(tracer_provider).start_as_current_span(
-        f"publish {subject}",
+        f"publish {subjects.kind_of(subject)}",
         context=parent,
         kind=SpanKind.PRODUCER,
         attributes={
+            **subjects.key_attributes(subject),
             "messaging.system": "nats",
             "messaging.operation.name": "publish",
             "messaging.operation.type": "send",
@@ -160,9 +164,10 @@ async def publish_all(
         for index in pending:
             item = messages[index]
             span = tracer(tracer_provider).start_span(
-                f"publish {item.subject}",
+                f"publish {subjects.kind_of(item.subject)}",
                 kind=SpanKind.PRODUCER,
                 attributes={
+                    **subjects.key_attributes(item.subject),
                     "messaging.system": "nats",
                     "messaging.operation.name": "publish",
                     "messaging.operation.type": "send",

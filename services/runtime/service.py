@@ -30,6 +30,8 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from services.runtime.backlog_gauges import BacklogGauges
+from services.runtime.consumer import PullLoop
 from services.runtime.db import Database, DatabaseConfigError, migrate, open_database
 from services.runtime.deadletters import run_cli
 from services.runtime.dependency_wait import (
@@ -347,8 +349,25 @@ async def start_service(
     except ConfigurationError as exc:
         await _release(components)
         raise StartupError(str(exc)) from None
+    gauges = backlog_gauges_of(components)
+    components.add_background("backlog-gauges", gauges.run, gauges.stop)
     tasks = {task.name: asyncio.create_task(task.run(), name=task.name) for task in components.background}
     return RunningService(components=components, grpc=grpc_server, tasks=tasks)
+
+
+def backlog_gauges_of(components: ServiceComponents) -> BacklogGauges:
+    """The backlog poller of a built service: its database, and the durable consumers its background tasks run."""
+    consumers = [
+        loop.spec
+        for task in components.background
+        if isinstance(loop := getattr(task.run, "__self__", None), PullLoop)
+    ]
+    return BacklogGauges(
+        components.database,
+        components.jetstream,
+        consumers,
+        pool_name=components.settings.service_name,
+    )
 
 
 async def stop_service(running: RunningService) -> None:

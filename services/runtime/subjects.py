@@ -77,3 +77,26 @@ SEND_FAILED_ALL = f"{PREFIX}.send.failed.*"
 CONNECTION_ALL = f"{PREFIX}.connection.*.*"
 CONTACT_CREATED_ALL = f"{PREFIX}.contact.created.*"
 MESSAGE_SYNCED_ALL = f"{PREFIX}.message.synced.*"
+
+
+# Event kinds whose partition key is a location (every other kind is partitioned by mailbox).
+_LOCATION_KEYED = ("contact.created", "message.synced")
+
+
+def kind_of(subject: str) -> str:
+    """The subject without its version prefix and partition key (`mailbox.changed`): what span names and metric
+    labels use, since the key would make them unbounded."""
+    body = subject.removeprefix(f"{PREFIX}.")
+    if body == subject:
+        return subject
+    kind, _, _key = body.rpartition(".")
+    return kind or body
+
+
+def key_attributes(subject: str) -> dict[str, str]:
+    """The partition key of a subject as a span attribute (`mailsync.mailbox_id` or `mailsync.location_id`)."""
+    kind = kind_of(subject)
+    if kind == subject:
+        return {}
+    key = subject.rpartition(".")[2]
+    return {"mailsync.location_id" if kind in _LOCATION_KEYED else "mailsync.mailbox_id": key}

@@ -20,6 +20,7 @@ from services.runtime.consumer import ConsumerSpec, Delivery, Outcome, RetryLate
 from services.runtime.outbox import StagedEvent, stage_many
 from services.runtime.streams import MESSAGES, SENDS
 from services.threading import codec
+from services.threading.decision_report import report_decisions
 from services.threading.domain.model import Decision
 from services.threading.domain.model import Outcome as RuleOutcome
 from services.threading.store.operations import (
@@ -154,6 +155,7 @@ class ThreadingHandlers:
         batch = await self._sync.apply_batch(operations)
         for index, result in zip(positions, batch.results, strict=True):
             outcomes[index] = self._outcome(deliveries[index], result)
+        report_decisions([deliveries[i] for i in positions], operations, batch.results, self._clock.now())
         if self._on_applied is not None and (batch.applied.synced or batch.applied.created_contacts):
             self._on_applied(batch.applied)
         return outcomes

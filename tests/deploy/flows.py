@@ -35,6 +35,7 @@ def expected_flows(overlay: str, pods: list[str]) -> set[Flow]:
     flows |= {(source, "ingest", "2525/TCP") for source in OUTSIDERS}
     flows.add(("nats", "nats", "6222/TCP"))
     flows.add(("otel-collector", "otel-gateway", "4317/TCP"))
+    flows.add(("prometheus", "otel-collector", "8889/TCP"))
     # PostgreSQL lives outside the cluster: 5432 anywhere until an overlay narrows it to the database's CIDR.
     flows |= {(client, where, "5432/TCP") for client in (*SERVICES, *MIGRATIONS) for where in ANYWHERE}
     # Google (auth, ingest, outbound), object storage (threading): public addresses only.

@@ -24,12 +24,14 @@ from services.runtime.gmail.errors import (
     MessageTooLarge,
     PermanentAuthFailure,
     RetryableGmailError,
+    SendingLimitReached,
     SendOutcomeUnknown,
     classify,
 )
 from services.runtime.gmail.pacing import Grant, user_key_of_token
 from services.runtime.gmail.quota import quota_units
 from services.runtime.gmail.retry import RetryPolicy, RetryTiming
+from services.runtime.instruments import instruments
 
 AccessTokenSource = Callable[[], Awaitable[str]]
 # Told which token Gmail refused (401) before the source is asked again, so a cache in front of the auth service
@@ -46,6 +48,20 @@ _QUOTA_UNITS = metrics.get_meter("mailsync.gmail").create_counter(
     unit="{unit}",
     description="Gmail quota units spent by requests sent (legacy cost table)",
 )
+
+
+_RATE_LIMIT_REASONS = frozenset(
+    {"rateLimitExceeded", "userRateLimitExceeded", "quotaExceeded", "dailyLimitExceeded"}
+)
+
+
+def _outcome_of(error: GmailError) -> str:
+    """`rate_limited` when Google refused for quota or rate (what the quota alert watches), else `error`."""
+    status = getattr(error, "status", None)
+    reason = getattr(error, "reason", None)
+    if isinstance(error, SendingLimitReached) or status == 429 or reason in _RATE_LIMIT_REASONS:
+        return "rate_limited"
+    return "error"
 
 
 def fixed_access_token(token: str) -> AccessTokenSource:
@@ -238,6 +254,9 @@ class GmailClient:
                     chunk, outcomes = await self._run_get_batch(queue[:size], format, metadata_headers)
                     queue = queue[len(chunk) :]
                     span.set_attribute("gmail.batch_size", len(chunk))
+                    instruments().gmail_requests.add(
+                        len(chunk), {"gmail.method": "users.messages.get", "gmail.outcome": "batched"}
+                    )
                     _QUOTA_UNITS.add(
                         quota_units("users.messages.get") * len(chunk), {"gmail.method": "users.messages.get"}
                     )
@@ -354,11 +373,21 @@ class GmailClient:
         with self._tracer.start_as_current_span(f"Gmail {method}", kind=SpanKind.CLIENT) as span:
             span.set_attribute("gmail.method", method)
             try:
-                return await self._call_with_retries(method, build, retry=retry, span=span)
+                answer = await self._call_with_retries(method, build, retry=retry, span=span)
             except GmailError as error:
                 span.set_attribute("gmail.error", type(error).__name__)
                 span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+                instruments().gmail_requests.add(
+                    1,
+                    {
+                        "gmail.method": method,
+                        "gmail.outcome": _outcome_of(error),
+                        "error.type": type(error).__name__,
+                    },
+                )
                 raise
+            instruments().gmail_requests.add(1, {"gmail.method": method, "gmail.outcome": "ok"})
+            return answer
 
     async def _refetch_token(self, rejected: str) -> str:
         if self._on_token_rejected is not None:

@@ -4,6 +4,7 @@ graceful shutdown (real nats-server, real database, real gRPC on loopback)."""
 from __future__ import annotations
 
 import asyncio
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -109,3 +110,22 @@ async def test_a_stopped_service_refuses_calls(
         assert error.code() == grpc.StatusCode.UNAVAILABLE
     else:
         raise AssertionError("a stopped server answered a health check")
+
+
+async def test_health_is_not_serving_while_nats_is_frozen(
+    nats_server: Any, database_target: Any, token_keys_value: str, tmp_path: Path, run_service_in_process: Any
+) -> None:
+    """A frozen server (SIGSTOP) keeps the TCP connection open, so the client still says it is connected: only the
+    round trip the check makes finds it gone."""
+    running = await start_threading(
+        nats_server, database_target, token_keys_value, tmp_path, run_service_in_process
+    )
+    assert await check(running.port) == SERVING
+    nats_server.process.send_signal(signal.SIGSTOP)
+    try:
+        await wait_for_status(running.port, NOT_SERVING, within=60)
+        assert running.components.nats.is_connected
+        assert "nats" in running.grpc.health.failing
+    finally:
+        nats_server.process.send_signal(signal.SIGCONT)
+    await wait_for_status(running.port, SERVING, within=60)
