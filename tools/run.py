@@ -30,6 +30,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -104,7 +105,10 @@ class Managed:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=die_with_parent,
+                # The kernel sends the parent-death signal when the *thread* that forked the child ends, not the
+                # process: a child started from a worker thread (the chaos driver restarts processes from one)
+                # would be stopped as soon as that thread finished. Only the main thread lives as long as we do.
+                preexec_fn=die_with_parent if threading.current_thread() is threading.main_thread() else None,
             )
 
     @property
