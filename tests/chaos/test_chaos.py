@@ -1,4 +1,4 @@
-"""The chaos tier (`make chaos` runs the full profile; `make test` runs this reduced one): the real processes as
+"""The chaos tier (`make chaos` runs the full profile; `make test-chaos` runs this reduced one): the real processes as
 `make run` starts them, each case under load with kill -9 of services and nats-server at seeded random moments
 or with Gmail faults, checked by Gmail id, Message-ID and token, and each case's negative control (a second copy
 injected through the sandbox) caught by the same checker. The services run on PostgreSQL when
@@ -20,10 +20,6 @@ from tools.chaos_check import table
 
 SEED_VARIABLE = "MAILSYNC_CHAOS_SEED"
 CASE_TIMEOUT_SECONDS = 600
-# sends-threading runs under `make chaos` only: on PostgreSQL it still shows a send twice now and then (R5 beside
-# R6, e.g. MAILSYNC_CHAOS_SEED=659443054 in one of two runs; docs/chaos.md, open in issue 11), and a test that
-# fails by chance would hold back every change. The other cases hold in every run so far.
-CI_CASES = tuple(case for case in CASES if case != "sends-threading")
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +32,7 @@ def chaos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chaos]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(CASE_TIMEOUT_SECONDS)
-@pytest.mark.parametrize("case", CI_CASES)
+@pytest.mark.parametrize("case", CASES)
 def test_chaos_case_loses_and_duplicates_nothing_and_its_control_is_caught(chaos: Chaos, case: str) -> None:
     result: CaseResult = chaos.run(case)
     print(f"seed {chaos.seed}\n{table([result.verdict, result.control])}")

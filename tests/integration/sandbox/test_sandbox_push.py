@@ -113,7 +113,13 @@ def test_non_2xx_answers_are_retried_with_backoff(gmail_sandbox: GmailSandbox, p
     gmail_sandbox.gmail(ALICE).users().watch(userId="me", body={"topicName": TOPIC}).execute()
     pushes = push_receiver.wait_for(3)
     assert len({p.body["message"]["messageId"] for p in pushes}) == 1
-    [delivery] = gmail_sandbox.admin.push_report()["deliveries"]
+    # The receiver has the third push before the sandbox has read its answer: wait for the sandbox to record it.
+    deadline = time.monotonic() + 60
+    while True:
+        [delivery] = gmail_sandbox.admin.push_report()["deliveries"]
+        if len(delivery["statuses"]) >= 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert delivery["statuses"] == [500, 503, 204] and delivery["acknowledged"] is True
 
 
