@@ -396,17 +396,7 @@ class Consumer(_PullLoop):
             self._tracer.start_as_current_span(
                 f"process {subjects.kind_of(delivery.subject)}",
                 kind=SpanKind.CONSUMER,
-                attributes={
-                    **subjects.key_attributes(delivery.subject),
-                    "messaging.system": "nats",
-                    "messaging.operation.name": "process",
-                    "messaging.operation.type": "process",
-                    "messaging.destination.name": delivery.subject,
-                    "messaging.consumer.group.name": delivery.consumer,
-                    "messaging.message.id": delivery.msg_id or "",
-                    "messaging.nats.stream_sequence": delivery.stream_sequence,
-                    "messaging.nats.num_delivered": delivery.num_delivered,
-                },
+                attributes=_process_attributes(delivery),
             ) as span,
         ):
             outcome: Exception | None = None
@@ -486,17 +476,7 @@ class BatchConsumer(_PullLoop):
             context=delivery.trace_context(),
             kind=SpanKind.CONSUMER,
             links=[Link(batch)],
-            attributes={
-                **subjects.key_attributes(delivery.subject),
-                "messaging.system": "nats",
-                "messaging.operation.name": "process",
-                "messaging.operation.type": "process",
-                "messaging.destination.name": delivery.subject,
-                "messaging.consumer.group.name": delivery.consumer,
-                "messaging.message.id": delivery.msg_id or "",
-                "messaging.nats.stream_sequence": delivery.stream_sequence,
-                "messaging.nats.num_delivered": delivery.num_delivered,
-            },
+            attributes=_process_attributes(delivery),
         )
 
     async def _settle(self, messages: Sequence[Msg], deliveries: Sequence[Delivery]) -> None:
@@ -555,3 +535,18 @@ async def _quietly(operation: Awaitable[object]) -> None:
 
 # What both consumer kinds are, for code that needs to find the durables a process runs (the backlog gauges).
 PullLoop = _PullLoop
+
+
+def _process_attributes(delivery: Delivery) -> dict[str, Any]:
+    """The CONSUMER span's attributes of one delivery (messaging semantic conventions, ids of its subject)."""
+    return {
+        **subjects.key_attributes(delivery.subject),
+        "messaging.system": "nats",
+        "messaging.operation.name": "process",
+        "messaging.operation.type": "process",
+        "messaging.destination.name": delivery.subject,
+        "messaging.consumer.group.name": delivery.consumer,
+        "messaging.message.id": delivery.msg_id or "",
+        "messaging.nats.stream_sequence": delivery.stream_sequence,
+        "messaging.nats.num_delivered": delivery.num_delivered,
+    }

@@ -20,6 +20,7 @@ import binascii
 import json
 import re
 import unicodedata
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -41,15 +42,15 @@ _NUL = "\x00"
 _LINE_BREAKING_OR_CONTROL = frozenset({"Cc", "Zl", "Zp"})
 
 
-class FieldKind:
+class FieldKind(ABC):
     """One kind of value: a name, the limit in words, and the check. Subclasses implement `problem`."""
 
     name: str
     summary: str
 
+    @abstractmethod
     def problem(self, value: Any) -> str | None:
         """What is wrong with `value` (without quoting it), or None."""
-        raise NotImplementedError
 
 
 def _control_problem(text: str, *, single_line: bool) -> str | None:
