@@ -440,6 +440,8 @@ class MailboxSyncer:
     ) -> int:
         """Publishes the candidates window by window; the ledger (not the cursor) moves after each window."""
         published_total = 0
+        if candidates:
+            await self._refresh_connections(work)
         window = max(1, self._config.fetch_window)
         for start in range(0, len(candidates), window):
             chunk = candidates[start : start + window]
@@ -478,6 +480,14 @@ class MailboxSyncer:
             published_total += len(entries)
             work.had_work = work.had_work or bool(entries)
         return published_total
+
+    async def _refresh_connections(self, work: _Pass) -> None:
+        """The locations a message goes to are read after Gmail listed it, not when the pass began: a location
+        connected between the two (R3) would otherwise miss mail delivered after its connect."""
+        mailbox = await self._directory.get_mailbox(mailbox_id=work.mailbox.mailbox_id)
+        if mailbox is not None:
+            work.mailbox = mailbox
+            work.connections = connections_to_proto(mailbox.connections)
 
     async def _fetch_raw(self, work: _Pass, ids: list[str]) -> dict[str, dict[str, Any]]:
         """messages.get format=raw in batches of at most 25, a bounded number in flight for this mailbox.

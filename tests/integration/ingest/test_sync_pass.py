@@ -87,3 +87,35 @@ async def test_R1_spam_and_trash_arrive_without_content_and_drafts_are_skipped(
     assert events[spam].subject == "" and events[spam].text_body == "" and "SPAM" in events[spam].label_ids
     assert events[spam].participants, "the explanation still needs the addresses (R16)"
     assert events[normal].subject == "hello" and "visible body" in events[normal].text_body
+
+
+async def test_R3_a_location_connected_while_a_pass_runs_gets_the_mail_listed_after_its_connect(
+    ingest_world: IngestWorld,
+) -> None:
+    """The pass reads the mailbox's locations when it begins; mail Gmail lists after a second location connected
+    (and delivered after that connect) must go to both locations, not only to the one the pass started with."""
+    world = ingest_world
+    world.sandbox.create_mailbox(ALICE)
+    mailbox = world.connect(ALICE, location_id="loc-a")
+    directory = world.directory
+    delivered: list[str] = []
+    answer_at_start = directory.get_mailbox
+
+    async def connect_and_deliver_once_the_pass_began(**by: str) -> object:
+        began_with = await answer_at_start(**by)
+        if not delivered:
+            world.connect(ALICE, location_id="loc-b")
+            delivered.extend(world.deliver(ALICE, subject="after both connects"))
+        return began_with
+
+    directory.get_mailbox = connect_and_deliver_once_the_pass_began  # type: ignore[method-assign]
+
+    assert await world.syncer().sync(mailbox.mailbox_id) is PassOutcome.SYNCED
+
+    async def recorded() -> bool:
+        return bool(world.recorder.recorded.normalized)
+
+    await eventually(recorded, within=10)
+    (event,) = world.recorder.recorded.normalized
+    assert event.gmail_message_id == delivered[0]
+    assert sorted(c.location_id for c in event.connections) == ["loc-a", "loc-b"]
