@@ -39,7 +39,7 @@ from sandbox.client import AdminClient
 from services.auth.crypto import generate_key_text
 from services.outbound.settings import OutboundSettings
 from services.runtime.grpc_client import StaticToken, open_channel
-from tests.fixtures.auth_service import AUTH_CLIENT_ID, AUTH_TOPIC, auth_settings, free_port
+from tests.fixtures.auth_service import AUTH_CLIENT_ID, AUTH_TOPIC, auth_settings
 from tests.fixtures.databases import POSTGRES_URL_VARIABLE, DatabaseTarget, _drop_schema, postgres_url
 from tests.fixtures.nats_server import NatsServer
 from tests.fixtures.sandbox import SandboxProcess
@@ -50,6 +50,7 @@ from tests.fixtures.services import (
     session_crm_signer,
     start_service_process,
 )
+from tools.ports import free_port
 
 LOCATION = "bench-loc"
 # The test fixtures' settings check health five times a second; the services run with their defaults here.

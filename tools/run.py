@@ -43,6 +43,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.auth.crypto import generate_key_text
 from services.runtime.grpc_auth import CRM_SIGNING_KEYS_VARIABLE, CrmTokenSigner
 from services.runtime.settings import CRM_PUBLIC_KEYS_VARIABLE, TOKEN_KEYS_VARIABLE
+from tools.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ("auth", "ingest", "threading", "outbound")
@@ -133,12 +134,6 @@ class Managed:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def require_free(port: int, what: str) -> int:

@@ -145,7 +145,13 @@ async def start_grpc_server(
             TenantScopeInterceptor(internal_methods),
             *extra_interceptors,
         ],
-        options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            # gRPC shares a port with any other SO_REUSEPORT listener by default: a second server started on a
+            # taken port would silently receive part of the first one's calls instead of failing to start.
+            ("grpc.so_reuseport", 0),
+        ],
     )
     for registration in registrations:
         registration.add_to_server(registration.servicer, server)

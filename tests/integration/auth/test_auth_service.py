@@ -19,7 +19,8 @@ from services.auth.crypto import KeyRing, TokenCipher
 from services.auth.domain import GMAIL_READONLY
 from services.auth.store import ConnectionRow, MailboxRow, find_mailbox_by_email, load_refresh_token
 from services.runtime.errors import error_info
-from tests.fixtures.auth_service import AuthWorld, auth_settings, free_port, start_auth_process
+from tests.fixtures.auth_service import AuthWorld, auth_settings, start_auth_process
+from tools.ports import free_port
 
 ALICE = "alice@example.com"
 BOB = "bob@example.com"

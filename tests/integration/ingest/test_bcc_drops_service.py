@@ -34,11 +34,12 @@ from services.runtime.grpc_client import StaticToken, open_channel
 from services.runtime.service import RunningService
 from services.threading.ingest_attachments import IngestAttachmentFetcher
 from services.threading.store.attachments import AttachmentToFetch
-from tests.fixtures.auth_service import AuthWorld, free_port
+from tests.fixtures.auth_service import AuthWorld
 from tests.fixtures.databases import DatabaseTarget, _drop_schema
 from tests.fixtures.ingest_world import MessageRecorder
 from tests.fixtures.messaging import eventually
 from tests.fixtures.services import ServiceStarter, service_settings
+from tools.ports import free_port
 
 DROP_DOMAIN = "drop.crm.example"
 USER_ADDRESS = "u1@crm.example.com"

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.fixtures.nats_server import free_port
 from tests.fixtures.services import crm_public_keys_value, new_token_keys_value
+from tools.ports import free_port
 
 PRODUCTION = {
     "MAILSYNC_INGEST_PUSH_AUDIENCE": "https://mail.crm.acme-corp.com/gmail/push",

@@ -4,7 +4,9 @@ outbox relay publishing an event staged in the service's database, and the dead-
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import pytest
 
 from mailsync.v1 import events_pb2
 from services.runtime import subjects
@@ -92,3 +95,24 @@ def test_the_dead_letters_command_never_migrates_and_lists_a_migrated_service_as
     assert listed.stdout.strip() == "no dead letters"
     missing = dead_letters(env, "dead-letters", "show", "7")
     assert missing.returncode == 1 and missing.stdout.strip() == "no dead letter 7"
+
+
+async def test_no_other_listener_can_share_a_running_service_port(
+    nats_server: Any, database_target: Any, token_keys_value: str, tmp_path: Path, run_service_in_process: Any
+) -> None:
+    """Two servers on one port would split its calls between them (a test once reached another service's server
+    and got "Method not found"): the port is held without SO_REUSEPORT, so a second listener is refused."""
+    settings = service_settings(
+        ThreadingSettings,
+        nats_url=nats_server.url,
+        database=database_target,
+        token_keys_value=token_keys_value,
+        data_dir=tmp_path,
+    )
+    running = await run_service_in_process(settings, build)
+    with socket.socket() as second:
+        second.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        second.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        with pytest.raises(OSError) as refused:
+            second.bind(("127.0.0.1", running.port))
+    assert refused.value.errno == errno.EADDRINUSE

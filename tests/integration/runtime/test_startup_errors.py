@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from services.auth.crypto import generate_key_text
-from tests.fixtures.nats_server import free_port
 from tests.fixtures.services import crm_public_keys_value, new_token_keys_value
+from tools.ports import free_port
 
 
 def clean_environment(tmp_path: Path, **variables: str) -> dict[str, str]:

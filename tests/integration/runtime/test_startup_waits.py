@@ -28,8 +28,9 @@ from services.runtime.service import start_service, stop_service
 from services.threading.app import build
 from services.threading.settings import ThreadingSettings
 from tests.fixtures.databases import DatabaseTarget
-from tests.fixtures.nats_server import NatsServer, free_port
+from tests.fixtures.nats_server import NatsServer
 from tests.fixtures.services import crm_public_keys_value, new_token_keys_value, service_settings
+from tools.ports import free_port
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -24,7 +24,8 @@ from aiosmtpd.controller import Controller
 from tests.fixtures.smtp_server import RecordingHandler
 from tests.fixtures.stack import FAST_SETTINGS, eventually
 from tools import cli
-from tools.run import ROOT, free_port
+from tools.ports import free_port
+from tools.run import ROOT
 
 STARTUP_TIMEOUT_SECONDS = 90.0
 SYNC_TIMEOUT_SECONDS = 30.0
