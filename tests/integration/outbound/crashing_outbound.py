@@ -99,7 +99,7 @@ class CrashingOutbound:
 
 
 async def send_until_final(
-    outbound: CrashingOutbound, request: outbound_pb2.SendEmailRequest, *, within: float = 180.0
+    outbound: CrashingOutbound, request: outbound_pb2.SendEmailRequest, *, within: float = 600.0
 ) -> outbound_pb2.Send:
     """SendEmail with the same request id until the send is SENT (through kills and restarts)."""
     async with asyncio.timeout(within):

@@ -18,6 +18,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from mailsync.v1 import outbound_pb2
 from services.outbound.domain.send_state import SEND_ID_HEADER
 from services.outbound.sending import AFTER_GMAIL_ANSWER, AFTER_SENT_SEARCH, BEFORE_GMAIL_SEND
@@ -31,6 +33,8 @@ SUBJECT = "Following up on our call"
 SENDS = int(os.environ.get("OUTBOUND_CRASH_SENDS", "60"))
 KILLS = int(os.environ.get("OUTBOUND_CRASH_KILLS", "6"))
 WORKERS = 4
+# Bounds against a hang, not speed checks: sends through six kills and restarts on a shared two-core machine.
+pytestmark = pytest.mark.timeout(900)
 
 
 async def _crashing_outbound(
@@ -97,7 +101,7 @@ async def _kill_during(outbound: CrashingOutbound, completed: list[int], count: 
         await outbound.restart_after_crash(point)
 
 
-async def _wait_for_completed(completed: list[int], count: int, within: float = 120.0) -> None:
+async def _wait_for_completed(completed: list[int], count: int, within: float = 600.0) -> None:
     async with asyncio.timeout(within):
         while len(completed) < count:  # noqa: ASYNC110 - another task appends to the list
             await asyncio.sleep(0.05)
@@ -151,7 +155,7 @@ async def test_R15_a_follow_up_sequence_reaches_the_customer_exactly_once_while_
     assert all(headers[send.gmail_message_id] == send.send_id for send in sends)
     quota = await outbound.stub().GetQuota(outbound_pb2.GetQuotaRequest(location_id=LOCATION, user_id="u1"))
     assert quota.used == SENDS
-    sent_events = await world.events.wait_for("sent", SENDS, within=60)
+    sent_events = await world.events.wait_for("sent", SENDS, within=300)
     assert collections.Counter(event.send.send_id for event in sent_events) == collections.Counter(
         send.send_id for send in sends
     )

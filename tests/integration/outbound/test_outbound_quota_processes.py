@@ -9,6 +9,7 @@ import collections
 from pathlib import Path
 
 import grpc
+import pytest
 
 from mailsync.v1 import outbound_pb2
 from services.runtime.service import stop_service
@@ -17,6 +18,9 @@ from tests.fixtures.outbound_world import OutboundWorld, individual
 ALICE = "alice@gmail.com"
 SENDS = 600
 PROCESSES = 3
+FINAL_STATES = {outbound_pb2.SEND_STATE_SENT, outbound_pb2.SEND_STATE_FAILED}
+# A bound against a hang, not a speed check: 600 sends through three processes on a shared two-core machine.
+pytestmark = pytest.mark.timeout(900)
 
 
 async def _race(  # type: ignore[no-untyped-def]
@@ -46,20 +50,21 @@ async def _race(  # type: ignore[no-untyped-def]
     stubs = [world.stub(port=process.port) for process in processes]
 
     async def send(index: int) -> str:
-        try:
-            answer = await stubs[index % PROCESSES].SendEmail(
-                individual(
-                    f"race-{user_id}-{index}",
-                    f"r{index}@example.net",
-                    subject=f"n{index}",
-                    body="x",
-                    user_id=user_id,
-                ),
-                timeout=120,
-            )
-        except grpc.aio.AioRpcError as error:
-            return error.code().name
-        return outbound_pb2.SendState.Name(answer.send.state)
+        request = individual(
+            f"race-{user_id}-{index}", f"r{index}@example.net", subject=f"n{index}", body="x", user_id=user_id
+        )
+        while True:
+            try:
+                answer = await stubs[index % PROCESSES].SendEmail(request, timeout=120)
+            except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    # A loaded machine (two test runs at once): asked again with the same request id, as a
+                    # client would; the send is made once whatever the number of asks.
+                    continue
+                return error.code().name
+            if answer.send.state in FINAL_STATES:
+                return outbound_pb2.SendState.Name(answer.send.state)
+            await asyncio.sleep(0.5)
 
     outcomes = collections.Counter(await asyncio.gather(*(send(index) for index in range(SENDS))))
     return dict(outcomes), stubs

@@ -6,9 +6,7 @@ through Gmail and SMTP, streams newly synced messages, and reports gRPC failures
 from __future__ import annotations
 
 import json
-import os
 import queue
-import signal
 import subprocess
 import sys
 import threading
@@ -21,14 +19,14 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
+from tests.fixtures.make_run import running_make_run
 from tests.fixtures.smtp_server import RecordingHandler
 from tests.fixtures.stack import FAST_SETTINGS, eventually
 from tools import cli
 from tools.ports import free_port
 from tools.run import ROOT
 
-STARTUP_TIMEOUT_SECONDS = 90.0
-SYNC_TIMEOUT_SECONDS = 30.0
+SYNC_TIMEOUT_SECONDS = 90.0
 
 
 @dataclass
@@ -40,45 +38,20 @@ class RunningStack:
 @pytest.fixture(scope="module")
 def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     """`python -m tools.run --free-ports` in its own var dir, with an SMTP sink as the location's provider."""
-    var_dir = tmp_path_factory.mktemp("cli-stack")
     smtp = RecordingHandler()
     smtp_controller = Controller(smtp, hostname="127.0.0.1", port=free_port())
     smtp_controller.start()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("MAILSYNC_")}
-    env.update(FAST_SETTINGS)
-    env.update(
-        {
-            "MAILSYNC_OUTBOUND_SMTP_HOST": "127.0.0.1",
-            "MAILSYNC_OUTBOUND_SMTP_PORT": str(smtp_controller.port),
-            "MAILSYNC_OUTBOUND_SMTP_SECURITY": "NONE",
-            "MAILSYNC_OUTBOUND_SMTP_SENDER_EMAIL": "news@location.test",
-        }
-    )
-    output = var_dir / "runner.log"
-    with output.open("wb") as log:
-        runner = subprocess.Popen(
-            [sys.executable, "-m", "tools.run", "--free-ports", "--var-dir", str(var_dir)],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    stack_file = var_dir / "run" / "stack.json"
+    settings = {
+        **FAST_SETTINGS,
+        "MAILSYNC_OUTBOUND_SMTP_HOST": "127.0.0.1",
+        "MAILSYNC_OUTBOUND_SMTP_PORT": str(smtp_controller.port),
+        "MAILSYNC_OUTBOUND_SMTP_SECURITY": "NONE",
+        "MAILSYNC_OUTBOUND_SMTP_SENDER_EMAIL": "news@location.test",
+    }
     try:
-        eventually(
-            lambda: stack_file.exists() or runner.poll() is not None,
-            timeout=STARTUP_TIMEOUT_SECONDS,
-            what="the stack file was not written",
-        )
-        if not stack_file.exists():
-            pytest.fail(f"`tools.run` exited before the stack was up:\n{output.read_text()}", pytrace=False)
-        yield RunningStack(stack_file, smtp)
+        with running_make_run(tmp_path_factory.mktemp("cli-stack"), settings) as stack_file:
+            yield RunningStack(stack_file, smtp)
     finally:
-        runner.send_signal(signal.SIGTERM)
-        try:
-            runner.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            runner.kill()
         smtp_controller.stop()
 
 
