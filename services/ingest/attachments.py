@@ -107,8 +107,9 @@ class AttachmentSource:
             return await self._tokens.access_token(mailbox_id)
 
         # A token Gmail refuses is named to auth on the retry, so a dead grant is seen at once (R12).
-        forget = getattr(self._tokens, "forget_token", None)
-        rejected = (lambda refused: forget(mailbox_id, refused)) if forget is not None else None
+        def rejected(refused: str) -> None:
+            self._tokens.forget_token(mailbox_id, refused)
+
         client = GmailClient(self._gmail_api, token, policy=self._gmail_policy, on_token_rejected=rejected)
         try:
             body = await client.get_message(gmail_message_id, format="raw")

@@ -1,5 +1,5 @@
 """The auth service as ingest's MailboxDirectory and AccessTokens: GetMailbox and GetAccessToken over gRPC with
-an internal service token. Access tokens are cached until shortly before they expire."""
+an internal service token. Access tokens are cached until shortly before they expire (the cache outbound uses)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ import grpc
 from mailsync.v1 import auth_pb2, auth_pb2_grpc
 from services.ingest.connection_proto import connection_from_proto
 from services.ingest.mailboxes import MailboxInfo
+from services.runtime.access_token_cache import DEFAULT_MARGIN, AccessTokenCache, IssuedToken
 from services.runtime.clock import Clock, SystemClock
 from services.runtime.gmail import PermanentAuthFailure, RetryableGmailError
 
-# A token is used only while it has at least this much life left.
-_TOKEN_MARGIN = dt.timedelta(seconds=60)
 _RETRYABLE_CODES = frozenset(
     {
         grpc.StatusCode.UNAVAILABLE,
@@ -44,9 +43,7 @@ class AuthServiceClient:
         self._stub = auth_pb2_grpc.AuthServiceStub(channel)
         self._clock = clock or SystemClock()
         self._timeout = timeout_seconds
-        self._tokens: dict[str, tuple[str, dt.datetime]] = {}
-        # Per mailbox, the token Gmail last refused: told to auth on the next GetAccessToken so it refreshes.
-        self._rejected: dict[str, str] = {}
+        self._tokens = AccessTokenCache(self._fetch_access_token, clock=self._clock)
 
     async def get_mailbox(self, *, mailbox_id: str = "", email: str = "") -> MailboxInfo | None:
         try:
@@ -65,36 +62,28 @@ class AuthServiceClient:
         )
 
     async def access_token(self, mailbox_id: str) -> str:
-        cached = self._tokens.get(mailbox_id)
-        if cached and cached[1] - _TOKEN_MARGIN > self._clock.now():
-            return cached[0]
+        return await self._tokens.token(mailbox_id)
+
+    async def _fetch_access_token(self, mailbox_id: str, refused_token: str) -> IssuedToken:
         try:
             answer = await self._stub.GetAccessToken(
-                auth_pb2.GetAccessTokenRequest(
-                    mailbox_id=mailbox_id, rejected_access_token=self._rejected.get(mailbox_id, "")
-                ),
+                auth_pb2.GetAccessTokenRequest(mailbox_id=mailbox_id, rejected_access_token=refused_token),
                 timeout=self._timeout,
             )
         except grpc.aio.AioRpcError as error:
-            self._tokens.pop(mailbox_id, None)
             raise _auth_error(error, "GetAccessToken") from error
-        self._rejected.pop(mailbox_id, None)
         expires = (
             answer.expire_time.ToDatetime(tzinfo=dt.UTC)
             if answer.HasField("expire_time")
-            else self._clock.now() + _TOKEN_MARGIN * 2
+            else self._clock.now() + DEFAULT_MARGIN * 2
         )
-        self._tokens[mailbox_id] = (answer.access_token, expires)
-        return answer.access_token
+        return IssuedToken(answer.access_token, expires)
 
     def drop_token(self, mailbox_id: str) -> None:
         """Drops the cached token without calling it refused (the mailbox's connection changed)."""
-        self._tokens.pop(mailbox_id, None)
+        self._tokens.forget(mailbox_id)
 
     def forget_token(self, mailbox_id: str, rejected: str = "") -> None:
         """Drops a cached token Gmail refused, so the next call asks auth again and names the refused token
         (`rejected`, else the one cached), which auth then refreshes instead of returning."""
-        cached = self._tokens.pop(mailbox_id, None)
-        refused = rejected or (cached[0] if cached else "")
-        if refused:
-            self._rejected[mailbox_id] = refused
+        self._tokens.refuse(mailbox_id, rejected)

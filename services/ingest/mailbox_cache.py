@@ -80,9 +80,10 @@ class CachedMailboxes:
 
     def forget_token(self, mailbox_id: str, rejected: str = "") -> None:
         """Drops a token Gmail refused, so the next call asks auth again and names the refused one."""
-        forget = getattr(self._tokens, "forget_token", None)
-        if forget is not None:
-            forget(mailbox_id, rejected)
+        self._tokens.forget_token(mailbox_id, rejected)
+
+    def drop_token(self, mailbox_id: str) -> None:
+        self._tokens.drop_token(mailbox_id)
 
     def forget(self, mailbox_id: str) -> None:
         """Drops everything known about the mailbox: its next lookup asks auth."""
@@ -91,9 +92,7 @@ class CachedMailboxes:
         snapshot = self._by_id.pop(mailbox_id, None)
         if snapshot is not None:
             self._id_by_email.pop(snapshot.mailbox.email.lower(), None)
-        drop = getattr(self._tokens, "drop_token", None)
-        if drop is not None:
-            drop(mailbox_id)
+        self._tokens.drop_token(mailbox_id)
 
     async def listen(self, client: Client) -> None:
         """Subscribes this process to every connection event (idempotent)."""

@@ -62,6 +62,14 @@ class AccessTokens(Protocol):
         """A valid access token; raises PermanentAuthFailure when the user must reconnect (R12)."""
         ...
 
+    def forget_token(self, mailbox_id: str, rejected: str = "") -> None:
+        """Gmail refused `rejected` (else the token held): the next call asks auth again and names it."""
+        ...
+
+    def drop_token(self, mailbox_id: str) -> None:
+        """The mailbox's connection changed: the next call asks auth again (the token was not refused)."""
+        ...
+
 
 def sync_scope(connections: Sequence[ConnectionInfo]) -> tuple[int, dt.datetime] | None:
     """The earliest start point among CONNECTED connections (R1: nothing before it is ever imported)."""

@@ -297,9 +297,7 @@ class MailboxSyncer:
         except (GmailError, nats.errors.Error, TimeoutError, OSError, BrokenProcessPool) as error:
             if isinstance(error, AccessTokenRejected):
                 # Gmail refused a token the directory may still have cached: the next pass asks for a new one.
-                forget = getattr(self._tokens, "forget_token", None)
-                if forget is not None:
-                    forget(mailbox.mailbox_id)
+                self._tokens.forget_token(mailbox.mailbox_id)
             plan = plan_after_failure(failures + 1, self._clock.now(), timing)
             await self._record_failure(lease, plan.state, error, failures + 1, plan.retry_at)
             return PassOutcome.FAILED
@@ -346,12 +344,9 @@ class MailboxSyncer:
                 now=self._clock.now(),
             )
 
-    def _token_rejected_hook(self, mailbox_id: str) -> Callable[[str], None] | None:
-        """Tells the token directory (when it caches) which token Gmail refused, so the refetch gets a new one."""
-        forget = getattr(self._tokens, "forget_token", None)
-        if forget is None:
-            return None
-        return lambda token: forget(mailbox_id, token)
+    def _token_rejected_hook(self, mailbox_id: str) -> Callable[[str], None]:
+        """Tells the token directory which token Gmail refused, so the refetch gets a new one."""
+        return lambda token: self._tokens.forget_token(mailbox_id, token)
 
     def _token_source(self, mailbox_id: str) -> Callable[[], Awaitable[str]]:
         async def token() -> str:

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import grpc
 
 from mailsync.v1 import auth_pb2, auth_pb2_grpc, common_pb2
-from services.outbound.access_tokens import DEFAULT_MARGIN, AccessTokenCache, IssuedToken
 from services.outbound.domain.quota import AccountType
 from services.outbound.domain.routing import require_connection_can_send
+from services.runtime.access_token_cache import DEFAULT_MARGIN, AccessTokenCache, IssuedToken
 from services.runtime.clock import Clock, SystemClock
 from services.runtime.errors import DependencyUnavailable, FailedPrecondition, NotFound
 
@@ -68,8 +68,6 @@ class AuthConnections:
         self._timeout = timeout_seconds
         # Gmail access tokens per mailbox; `tokens.forget(mailbox_id)` drops a refused one.
         self.tokens = AccessTokenCache(self._fetch_access_token, clock=self._clock)
-        # Per mailbox, the token Gmail last refused: named on the next GetAccessToken so auth refreshes.
-        self._rejected: dict[str, str] = {}
         self._mailboxes: dict[str, tuple[auth_pb2.Mailbox, dt.datetime]] = {}
         self._lookups: dict[tuple[str, str], asyncio.Future[SenderMailbox]] = {}
 
@@ -161,17 +159,12 @@ class AuthConnections:
     def forget_token(self, mailbox_id: str, rejected: str = "") -> None:
         """Drops a cached token Gmail refused (401); the next GetAccessToken names it, so auth refreshes the
         grant instead of returning it (a dead grant turns REAUTH_REQUIRED at once)."""
-        refused = rejected or self.tokens.current(mailbox_id)
-        if refused:
-            self._rejected[mailbox_id] = refused
-        self.tokens.forget(mailbox_id)
+        self.tokens.refuse(mailbox_id, rejected)
 
-    async def _fetch_access_token(self, mailbox_id: str) -> IssuedToken:
+    async def _fetch_access_token(self, mailbox_id: str, refused_token: str) -> IssuedToken:
         try:
             answer = await self._stub.GetAccessToken(
-                auth_pb2.GetAccessTokenRequest(
-                    mailbox_id=mailbox_id, rejected_access_token=self._rejected.get(mailbox_id, "")
-                ),
+                auth_pb2.GetAccessTokenRequest(mailbox_id=mailbox_id, rejected_access_token=refused_token),
                 timeout=self._timeout,
             )
         except grpc.aio.AioRpcError as error:
@@ -185,5 +178,4 @@ class AuthConnections:
             if answer.HasField("expire_time")
             else self._clock.now() + DEFAULT_MARGIN * 2
         )
-        self._rejected.pop(mailbox_id, None)
         return IssuedToken(answer.access_token, expires)

@@ -71,7 +71,7 @@ async def test_sync_status_reports_state_cursor_and_counts_to_the_mailboxs_locat
             and answer.status.messages_published == 3
         )
 
-    await eventually(idle, within=10)
+    await eventually(idle, within=60)
     status = (
         await crm_for_loc1.GetSyncStatus(
             ingest_pb2.GetSyncStatusRequest(location_id="loc-1", mailbox_id=mailbox.mailbox_id)

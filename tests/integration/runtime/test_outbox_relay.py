@@ -51,7 +51,7 @@ async def test_relay_wakes_on_commit_and_never_publishes_a_rolled_back_event(
         async def published() -> bool:
             return await _stream_count(jetstream) == 1
 
-        await eventually(published, within=10)
+        await eventually(published, within=60)
     finally:
         relay.stop()
         await asyncio.wait_for(task, timeout=10)

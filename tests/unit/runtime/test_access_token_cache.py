@@ -1,5 +1,6 @@
-"""Outbound's access-token cache: one fetch per mailbox however many sends ask at once, a token near its expiry
-fetched anew, and a forgotten (refused) token never served again, even when a fetch in flight brings it back."""
+"""The access-token cache ingest and outbound share: one fetch per mailbox however many callers ask at once, a token
+near its expiry fetched anew, a forgotten (refused) token never served again, even when a fetch in flight brings it
+back, and a refused token named to the next fetch only."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import datetime as dt
 
 import pytest
 
-from services.outbound.access_tokens import AccessTokenCache, IssuedToken
+from services.runtime.access_token_cache import AccessTokenCache, IssuedToken
 from services.runtime.clock import FrozenClock
 
 START = dt.datetime(2026, 12, 3, 12, 0, tzinfo=dt.UTC)
@@ -21,11 +22,13 @@ class Auth:
         self.clock = clock
         self.lifetime = lifetime
         self.calls: list[str] = []
+        self.named_refused: list[str] = []
         self.gate: asyncio.Event | None = None
         self.failure: Exception | None = None
 
-    async def fetch(self, mailbox_id: str) -> IssuedToken:
+    async def fetch(self, mailbox_id: str, refused_token: str) -> IssuedToken:
         self.calls.append(mailbox_id)
+        self.named_refused.append(refused_token)
         number = len(self.calls)
         if self.gate is not None:
             await self.gate.wait()
@@ -127,3 +130,20 @@ async def test_forgetting_one_mailbox_leaves_the_others_token(mailbox_id: str) -
     other = "mb2" if mailbox_id == "mb1" else "mb1"
     assert await cache.token(other) == f"{other}-token-{1 if other == 'mb1' else 2}"
     assert await cache.token(mailbox_id) == f"{mailbox_id}-token-3"
+
+
+async def test_a_refused_token_is_named_to_the_next_fetch_only() -> None:
+    clock = FrozenClock(START)
+    auth = Auth(clock)
+    cache = AccessTokenCache(auth.fetch, clock=clock)
+    first = await cache.token("mb1")
+
+    cache.refuse("mb1")
+    second = await cache.token("mb1")
+    cache.forget("mb1")
+    await cache.token("mb1")
+    cache.refuse("mb1", "a-token-gmail-refused")
+    await cache.token("mb1")
+
+    assert second != first
+    assert auth.named_refused == ["", first, "", "a-token-gmail-refused"]
