@@ -127,6 +127,8 @@ PAGES_WITH_COMMANDS = [page for page in doc_pages() if runnable(page)]
 
 
 @pytest.mark.slow
+# The page's own bound (and the stack's start) inside; pytest's default 180 s ran out at load 28.
+@pytest.mark.timeout(PAGE_TIMEOUT_SECONDS + 120)
 @pytest.mark.parametrize("page", PAGES_WITH_COMMANDS, ids=lambda p: p.name)
 def test_the_commands_of_a_page_run_as_written(
     page: Path, docs_stack: Path, record_property: pytest.RecordProperty
