@@ -277,7 +277,10 @@ async def test_R9_refused_drops_over_smtp_are_logged_and_published_with_their_re
         assert not (event.subject or event.text_body or event.html_body or event.snippet or event.attachments)
         assert not event.bcc_drop.sender_user_id
     [from_stranger] = [e for e in refused if e.bcc_drop.refusal_reason.startswith("sender_not_a_user")]
-    assert {p.email for p in from_stranger.participants} == {"someone@crm.example.com", "customer@client.example"}
+    assert {p.email for p in from_stranger.participants} == {
+        "someone@crm.example.com",
+        "customer@client.example",
+    }
     assert b"Secret plan" not in from_stranger.SerializeToString()
     log = await stack.drop_log()
     assert [(row.accepted, row.reason.split(":")[0]) for row in log] == [
@@ -340,13 +343,16 @@ async def test_R9_submit_bcc_drop_over_grpc_is_internal_only_and_refuses_with_th
         )
     assert outsider.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
-    async def both_published() -> bool:
-        return len(stack.drops()) >= 2
+    async def all_published() -> bool:
+        return len(stack.drops()) >= 3
 
-    await eventually(both_published, within=15)
-    assert sorted(event.bcc_drop.drop_id for event in stack.drops()) == sorted(
+    await eventually(all_published, within=15)
+    assert sorted(e.bcc_drop.drop_id for e in stack.drops() if not e.bcc_drop.refusal_reason) == sorted(
         [accepted.drop_id, large.drop_id]
     )
+    # The stranger's refusal goes to threading too, with its reason (R16).
+    [refusal] = [e.bcc_drop.refusal_reason for e in stack.drops() if e.bcc_drop.refusal_reason]
+    assert refusal.startswith("sender_not_a_user: ")
 
 
 async def test_R9_bcc_address_is_stable_until_rotated_and_scoped_to_the_callers_location(
