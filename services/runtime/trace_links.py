@@ -8,6 +8,8 @@ it. An empty string means "no cause recorded" (nothing was traced, or the row pr
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from opentelemetry import trace
 from opentelemetry.trace import Link
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -24,6 +26,12 @@ def current_traceparent() -> str:
     carrier: dict[str, str] = {}
     _W3C.inject(carrier)
     value = carrier.get(TRACEPARENT_HEADER, "")
+    return value if len(value) <= TRACEPARENT_MAX_LENGTH else ""
+
+
+def traceparent_of(headers: Mapping[str, str]) -> str:
+    """The `traceparent` a producer put in a message's headers, to store with work it causes ("" when none)."""
+    value = headers.get(TRACEPARENT_HEADER, "")
     return value if len(value) <= TRACEPARENT_MAX_LENGTH else ""
 
 
