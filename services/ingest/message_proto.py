@@ -66,6 +66,7 @@ def normalized_message_to_proto(
     connections: Iterable[common_pb2.ConnectionSnapshot] = (),
     bcc_drop: events_pb2.BccDropInfo | None = None,
     observe_time: dt.datetime | None = None,
+    mailbox_account_type: int = 0,
 ) -> events_pb2.NormalizedMessage:
     """The event for `mail`; the worker supplies what MIME does not know (connections, drop, observation)."""
     event = events_pb2.NormalizedMessage(
@@ -93,6 +94,7 @@ def normalized_message_to_proto(
         defects=mail.defects,
         size_bytes=mail.size_bytes,
         snippet=mail.snippet,
+        mailbox_account_type=mailbox_account_type,
     )
     if mail.copy.internal_time is not None:
         event.internal_time.CopyFrom(to_timestamp(mail.copy.internal_time))

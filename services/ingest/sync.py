@@ -575,7 +575,10 @@ class MailboxSyncer:
             ),
         )
         event = normalized_message_to_proto(
-            mail, connections=work.connections, observe_time=self._clock.now()
+            mail,
+            connections=work.connections,
+            observe_time=self._clock.now(),
+            mailbox_account_type=work.mailbox.account_type,
         )
         if set(labels) & UNSYNCED_LABELS:
             _withhold_content(event)

@@ -19,6 +19,7 @@ from mailsync.v1 import events_pb2
 from services.runtime import subjects
 from services.runtime.clock import Clock, SystemClock
 from services.runtime.consumer import ConsumerSpec, Delivery, Outcome, RetryLater
+from services.runtime.instruments import mailbox_tier
 from services.runtime.outbox import StagedEvent, stage_many
 from services.runtime.streams import MESSAGES, SENDS
 from services.runtime.trace_links import traceparent_of
@@ -183,6 +184,7 @@ class ThreadingHandlers:
                 codec.content_of(event),
                 may_wait=self._may_wait(delivery),
                 traceparent=traceparent_of(delivery.headers),
+                mailbox_tier=mailbox_tier(event.mailbox_account_type),
             )
         if delivery.subject.startswith(_CHANGED):
             changed = delivery.parse(events_pb2.MessageChanged)

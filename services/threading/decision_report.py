@@ -1,5 +1,5 @@
 """What threading reports about each message it decided: one INFO log line per location decision (placed or not,
-with the rule, in the email's own trace), the decisions counter by rule, the sync lag of what it stored
+with the rule, in the email's own trace), the decisions counter by rule, source and mailbox tier, the sync lag of what it stored
 (from Gmail's internal date, and from the push when the message's trace carried the push's time as baggage), and
 for a Sent copy recognised as a CRM send's, a span in the copy's trace linked to the send's trace."""
 
@@ -45,6 +45,7 @@ def report_decisions(
                         "mailsync.rule": decision.rule_id,
                         "mailsync.synced": decision.synced,
                         "mailsync.source": source,
+                        "mailsync.mailbox_tier": operation.mailbox_tier,
                     },
                 )
                 log.info(

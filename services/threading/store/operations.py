@@ -19,6 +19,8 @@ class PlaceMessage:
     may_wait: bool = True
     # The W3C traceparent of the message's trace, kept with its attachments for the fetch to link to.
     traceparent: str = ""
+    # The tier of the mailbox the copy came from (consumer, workspace, unknown): a label of the decisions metric.
+    mailbox_tier: str = "unknown"
 
 
 @dataclass(frozen=True)
