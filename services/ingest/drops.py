@@ -11,8 +11,9 @@ drop_retention says) and its NormalizedMessage (on the transactional outbox, `Na
 after that commit: the drop is then durable, and the outbox relay publishes it. A refused drop gets a log line with
 the reason and, in the same transaction, a NormalizedMessage with `bcc_drop.refusal_reason` and only ids and
 addresses from its header (R18), so threading records the refusal for ListRefusedDrops and ExplainMessage (R16),
-whatever stage refused it: the SMTP session (size, line length, header size) or the R9 checks. A drop for an address that is not a location's
-current one (refused at RCPT over SMTP) names no location to explain to, so it is not logged.
+whatever stage refused it: the SMTP session (size, line length, header size) or the R9 checks. A drop for an
+address that is not a location's current one (refused at RCPT over SMTP) names no location to explain to, so it is
+not logged.
 """
 
 from __future__ import annotations
