@@ -11,6 +11,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from mailsync.v1 import auth_pb2 as _auth_pb2
 from mailsync.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
@@ -203,6 +204,7 @@ class NormalizedMessage(_message.Message):
     SNIPPET_FIELD_NUMBER: _builtins.int
     BCC_DROP_FIELD_NUMBER: _builtins.int
     OBSERVE_TIME_FIELD_NUMBER: _builtins.int
+    MAILBOX_ACCOUNT_TYPE_FIELD_NUMBER: _builtins.int
     mailbox_id: _builtins.str
     mailbox_email: _builtins.str
     gmail_message_id: _builtins.str
@@ -222,6 +224,10 @@ class NormalizedMessage(_message.Message):
     forwarded: _builtins.bool
     size_bytes: _builtins.int
     snippet: _builtins.str
+    mailbox_account_type: _auth_pb2.AccountType.ValueType
+    """The Google account tier of the mailbox the copy came from, as auth's GetMailbox says (UNSPECIFIED for drops
+    and when auth did not know): the `mailsync.mailbox_tier` label of threading's decisions metric.
+    """
     @_builtins.property
     def in_reply_to(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -283,10 +289,11 @@ class NormalizedMessage(_message.Message):
         snippet: _builtins.str = ...,
         bcc_drop: Global___BccDropInfo | None = ...,
         observe_time: _timestamp_pb2.Timestamp | None = ...,
+        mailbox_account_type: _auth_pb2.AccountType.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["bcc_drop", b"bcc_drop", "header_date", b"header_date", "internal_time", b"internal_time", "observe_time", b"observe_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachments", b"attachments", "auto_submitted", b"auto_submitted", "bcc_drop", b"bcc_drop", "body_truncated", b"body_truncated", "connections", b"connections", "defects", b"defects", "direction", b"direction", "forwarded", b"forwarded", "gmail_message_id", b"gmail_message_id", "gmail_thread_id", b"gmail_thread_id", "header_date", b"header_date", "history_id", b"history_id", "html_body", b"html_body", "in_reply_to", b"in_reply_to", "internal_time", b"internal_time", "label_ids", b"label_ids", "list_mail", b"list_mail", "mailbox_email", b"mailbox_email", "mailbox_id", b"mailbox_id", "observe_time", b"observe_time", "participants", b"participants", "references", b"references", "rfc_message_id", b"rfc_message_id", "size_bytes", b"size_bytes", "snippet", b"snippet", "source", b"source", "subject", b"subject", "text_body", b"text_body"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachments", b"attachments", "auto_submitted", b"auto_submitted", "bcc_drop", b"bcc_drop", "body_truncated", b"body_truncated", "connections", b"connections", "defects", b"defects", "direction", b"direction", "forwarded", b"forwarded", "gmail_message_id", b"gmail_message_id", "gmail_thread_id", b"gmail_thread_id", "header_date", b"header_date", "history_id", b"history_id", "html_body", b"html_body", "in_reply_to", b"in_reply_to", "internal_time", b"internal_time", "label_ids", b"label_ids", "list_mail", b"list_mail", "mailbox_account_type", b"mailbox_account_type", "mailbox_email", b"mailbox_email", "mailbox_id", b"mailbox_id", "observe_time", b"observe_time", "participants", b"participants", "references", b"references", "rfc_message_id", b"rfc_message_id", "size_bytes", b"size_bytes", "snippet", b"snippet", "source", b"source", "subject", b"subject", "text_body", b"text_body"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

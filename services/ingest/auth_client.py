@@ -59,6 +59,7 @@ class AuthServiceClient:
             mailbox_id=mailbox.mailbox_id,
             email=mailbox.email,
             connections=tuple(connection_from_proto(c) for c in mailbox.connections),
+            account_type=mailbox.account_type,
         )
 
     async def access_token(self, mailbox_id: str) -> str:

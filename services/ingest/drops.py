@@ -8,10 +8,12 @@ secret itself. A stolen token alone logs nothing: the sender must still be an au
 Hand-over: an accepted drop's log line, its content (only when it has attachments, for FetchAttachment, as long as
 drop_retention says) and its NormalizedMessage (on the transactional outbox, `Nats-Msg-Id` =
 `drop:<location>:<content digest>`) are written in one transaction, and the SMTP 250 / RPC answer is given only
-after that commit: the drop is then durable, and the outbox relay publishes it. Refused drops get a log line with
-the reason and publish nothing (threading never saw them; the log is the R16 record), whatever stage refused them:
-the SMTP session (size, line length, header size) or the R9 checks. A drop for an address that is not a location's
-current one (refused at RCPT over SMTP) names no location to explain to, so it is not logged.
+after that commit: the drop is then durable, and the outbox relay publishes it. A refused drop gets a log line with
+the reason and, in the same transaction, a NormalizedMessage with `bcc_drop.refusal_reason` and only ids and
+addresses from its header (R18), so threading records the refusal for ListRefusedDrops and ExplainMessage (R16),
+whatever stage refused it: the SMTP session (size, line length, header size) or the R9 checks. A drop for an
+address that is not a location's current one (refused at RCPT over SMTP) names no location to explain to, so it is
+not logged.
 """
 
 from __future__ import annotations
@@ -21,9 +23,8 @@ import datetime as dt
 import logging
 import uuid
 from dataclasses import dataclass
-from email import policy as email_policy
-from email.parser import BytesHeaderParser
 
+from mailsync.v1 import common_pb2
 from services.ingest import store
 from services.ingest.bcc_drop import AcceptedDrop, DropLocation
 from services.ingest.domain.bcc import (
@@ -32,12 +33,14 @@ from services.ingest.domain.bcc import (
     new_drop_token,
     token_digest,
 )
-from services.ingest.domain.mime_addresses import AddressReader
-from services.ingest.domain.mime_bounds import bound_raw_message
-from services.ingest.domain.mime_headers import raw_values
-from services.ingest.domain.mime_limits import MimeLimits
 from services.ingest.drop_retention import DropRetention
-from services.ingest.message_proto import bcc_drop_event, drop_msg_id, drop_subject
+from services.ingest.message_proto import (
+    bcc_drop_event,
+    drop_msg_id,
+    drop_subject,
+    refused_drop_event,
+    refused_drop_msg_id,
+)
 from services.runtime.clock import Clock, SystemClock
 from services.runtime.db import Database
 from services.runtime.instruments import instruments
@@ -95,21 +98,6 @@ class BccAddresses:
         )
 
 
-_LOG_LIMITS = MimeLimits()
-
-
-def _logged_ids(head: bytes) -> tuple[str, str]:
-    """The Message-ID and the first From address of a refused drop, from its header block only (R18)."""
-    block = head[: 256 * 1024].split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
-    headers = BytesHeaderParser(policy=email_policy.compat32).parsebytes(
-        bound_raw_message(block, _LOG_LIMITS).data, headersonly=True
-    )
-    message_ids = raw_values(headers, "message-id")
-    authors = AddressReader(_LOG_LIMITS).read(headers, "from", [])
-    author = authors[0].email if authors else ""
-    return (message_ids[0].strip()[:998] if message_ids else ""), author[:320]
-
-
 class OutboxDropSink:
     """The admission's DropSink: log line, kept content and the event in one transaction (see module doc)."""
 
@@ -150,7 +138,8 @@ class OutboxDropSink:
 
 
 class DropLog:
-    """The admission's RefusalLog over ingest's drop log (R16)."""
+    """The admission's RefusalLog: the drop log line (R16) and the refused drop's event for threading, which
+    records the refusal so ListRefusedDrops and ExplainMessage show it; both in one transaction."""
 
     def __init__(self, db: Database, *, clock: Clock | None = None) -> None:
         self._db = db
@@ -166,19 +155,40 @@ class DropLog:
         size: int,
         content_digest: str,
     ) -> None:
-        try:
-            rfc_message_id, author = await asyncio.to_thread(_logged_ids, head)
-        except Exception:  # a header the parser cannot read still gets its refusal logged
-            rfc_message_id, author = "", ""
+        now = self._clock.now()
+        drop_id = uuid.uuid4().hex
+        reason = f"{refused.reason.value}: {refused.explanation}"
+        # Reading the header never raises (what cannot be read becomes a defect), and it is work off the loop.
+        event = await asyncio.to_thread(
+            refused_drop_event,
+            head,
+            drop_id=drop_id,
+            location_id=location_id,
+            refusal_reason=reason,
+            content_digest=content_digest,
+            size_bytes=size,
+            observe_time=now,
+        )
+        author = next(
+            (p.email for p in event.participants if p.role == common_pb2.PARTICIPANT_ROLE_FROM),
+            envelope_sender,
+        )
         async with self._db.write() as session:
             await store.log_drop(
                 session,
-                drop_id=uuid.uuid4().hex,
+                drop_id=drop_id,
                 location_id=location_id,
                 content_digest=content_digest,
-                rfc_message_id=rfc_message_id,
-                sender=author or envelope_sender,
+                rfc_message_id=event.rfc_message_id[:998],
+                sender=author[:320],
                 accepted=False,
-                reason=f"{refused.reason.value}: {refused.explanation} ({size} bytes)",
-                now=self._clock.now(),
+                reason=f"{reason} ({size} bytes)",
+                now=now,
+            )
+            await stage(
+                session,
+                drop_subject(location_id),
+                event,
+                refused_drop_msg_id(location_id, drop_id),
+                clock=self._clock,
             )

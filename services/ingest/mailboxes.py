@@ -35,6 +35,8 @@ class MailboxInfo:
     mailbox_id: str
     email: str
     connections: tuple[ConnectionInfo, ...]
+    # auth's AccountType (mailsync.v1.AccountType; 0 when unknown), carried on each message for the decision metric.
+    account_type: int = 0
 
     @property
     def connected(self) -> tuple[ConnectionInfo, ...]:

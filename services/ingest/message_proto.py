@@ -66,6 +66,7 @@ def normalized_message_to_proto(
     connections: Iterable[common_pb2.ConnectionSnapshot] = (),
     bcc_drop: events_pb2.BccDropInfo | None = None,
     observe_time: dt.datetime | None = None,
+    mailbox_account_type: int = 0,
 ) -> events_pb2.NormalizedMessage:
     """The event for `mail`; the worker supplies what MIME does not know (connections, drop, observation)."""
     event = events_pb2.NormalizedMessage(
@@ -93,6 +94,7 @@ def normalized_message_to_proto(
         defects=mail.defects,
         size_bytes=mail.size_bytes,
         snippet=mail.snippet,
+        mailbox_account_type=mailbox_account_type,
     )
     if mail.copy.internal_time is not None:
         event.internal_time.CopyFrom(to_timestamp(mail.copy.internal_time))
@@ -124,6 +126,47 @@ def bcc_drop_event(
     return normalized_message_to_proto(mail, bcc_drop=bcc_drop_to_proto(drop), observe_time=observe_time)
 
 
+def refused_drop_event(
+    head: bytes,
+    *,
+    drop_id: str,
+    location_id: str,
+    refusal_reason: str,
+    content_digest: str,
+    size_bytes: int,
+    observe_time: dt.datetime,
+) -> events_pb2.NormalizedMessage:
+    """The NormalizedMessage a refused drop is published as, so threading can explain the refusal (R16): from the
+    header block of `head` only, and of that only ids and addresses (R18: no subject, body or attachment of a
+    drop that syncs nowhere ever leaves ingest)."""
+    mail = normalize_message(_header_block(head), source=MessageSource.BCC_DROP)
+    event = events_pb2.NormalizedMessage(
+        rfc_message_id=mail.rfc_message_id,
+        in_reply_to=mail.in_reply_to,
+        references=mail.references,
+        direction=common_pb2.DIRECTION_OUTBOUND,
+        participants=[participant_to_proto(p) for p in mail.participants],
+        source=common_pb2.MESSAGE_SOURCE_BCC_DROP,
+        size_bytes=size_bytes,
+        bcc_drop=events_pb2.BccDropInfo(
+            drop_id=drop_id,
+            location_id=location_id,
+            content_digest=content_digest,
+            refusal_reason=refusal_reason,
+        ),
+    )
+    if mail.header_date is not None:
+        event.header_date.CopyFrom(to_timestamp(mail.header_date))
+    event.observe_time.CopyFrom(to_timestamp(observe_time))
+    return event
+
+
+def _header_block(head: bytes) -> bytes:
+    # A refusal may come before the message was complete (the SMTP session's limits): its first bytes, cut at the
+    # blank line that ends the header, so the body is never parsed.
+    return head[: 256 * 1024].split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0] + b"\r\n\r\n"
+
+
 def drop_subject(location_id: str) -> str:
     """Drops share the normalized-message stream; their partition is the location (no mailbox)."""
     return subjects.normalized(f"drop-{location_id}")
@@ -132,3 +175,8 @@ def drop_subject(location_id: str) -> str:
 def drop_msg_id(location_id: str, content_digest: str) -> str:
     """The same content dropped twice into one location is one event (R15)."""
     return f"drop:{location_id}:{content_digest}"
+
+
+def refused_drop_msg_id(location_id: str, drop_id: str) -> str:
+    """Every refusal is its own record (the same text may be refused, fixed and accepted later)."""
+    return f"drop-refused:{location_id}:{drop_id}"

@@ -9,6 +9,7 @@ import datetime as dt
 import logging
 
 from nats.js import JetStreamContext
+from opentelemetry.trace import TracerProvider
 
 from services.ingest import store
 from services.ingest.sync_policy import SyncTiming
@@ -30,12 +31,14 @@ class SyncScheduler:
         interval_seconds: float = 1.0,
         batch: int = 500,
         clock: Clock | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         self._db = db
         self._js = js
         self._timing = timing
         self._batch = batch
         self._clock = clock or SystemClock()
+        self._tracer_provider = tracer_provider
         self._periodic = Periodic("sync-scheduler", self.queue_due, dt.timedelta(seconds=interval_seconds))
         self.run = self._periodic.run
         self.stop = self._periodic.stop
@@ -58,5 +61,8 @@ class SyncScheduler:
                 reason=check.reason,
                 msg_id=f"check:{check.mailbox_id}:{int(check.due_at.timestamp() * 1000)}",
                 now=now,
+                # The pass starts a trace of its own, linked to the pass that scheduled it (docs/observability.md).
+                caused_by=check.caused_by,
+                tracer_provider=self._tracer_provider,
             )
         return len(claimed)

@@ -67,6 +67,9 @@ class MailboxSyncRow(Base):
     last_audit_missing: Mapped[int] = mapped_column(Integer, default=0)
     # Why the scheduler queues the mailbox when next_attempt_at comes (RECHECK, POLL or RETRY).
     next_attempt_reason: Mapped[str] = mapped_column(String(16), default="POLL")
+    # The W3C traceparent of the pass that set next_attempt_at ("" when none): the queued pass links to it
+    # (runtime.trace_links). Kept in this row, which the pass writes anyway, so it costs no extra statement.
+    next_attempt_traceparent: Mapped[str] = mapped_column(String(128), default="", server_default="")
 
 
 class PublishedMessageRow(Base):
@@ -291,19 +294,36 @@ UNSCHEDULED_STATES = ("PAUSED_REAUTH", "STOPPED")
 
 
 async def begin_pass(
-    session: AsyncSession, lease: Lease, *, state: str, safety_check_at: dt.datetime
+    session: AsyncSession, lease: Lease, *, state: str, safety_check_at: dt.datetime, caused_by: str
 ) -> None:
-    """Fenced: the pass is running; if this worker dies, the scheduler queues the mailbox at `safety_check_at`."""
+    """Fenced: the pass is running; if this worker dies, the scheduler queues the mailbox at `safety_check_at`.
+    `caused_by` (every next check a pass sets): the pass's traceparent, which the queued pass links to."""
     await _fenced_update(
-        session, lease, state=state, next_attempt_at=safety_check_at, next_attempt_reason="POLL"
+        session,
+        lease,
+        state=state,
+        next_attempt_at=safety_check_at,
+        next_attempt_reason="POLL",
+        next_attempt_traceparent=caused_by,
     )
 
 
 async def finish_pass(
-    session: AsyncSession, lease: Lease, *, next_check_at: dt.datetime, next_check_reason: str
+    session: AsyncSession,
+    lease: Lease,
+    *,
+    next_check_at: dt.datetime,
+    next_check_reason: str,
+    caused_by: str,
 ) -> None:
     """Fenced: the pass ended well; the mailbox goes back to IDLE unless a connection event moved it meanwhile."""
-    await _fenced_update(session, lease, next_attempt_at=next_check_at, next_attempt_reason=next_check_reason)
+    await _fenced_update(
+        session,
+        lease,
+        next_attempt_at=next_check_at,
+        next_attempt_reason=next_check_reason,
+        next_attempt_traceparent=caused_by,
+    )
     row = MailboxSyncRow.__table__
     await session.execute(
         update(row)
@@ -321,6 +341,7 @@ async def record_failure(
     failures: int,
     retry_at: dt.datetime | None,
     now: dt.datetime,
+    caused_by: str,
 ) -> None:
     """Fenced: the pass failed (`failures` in a row); the mailbox waits until `retry_at` (None: until an event)."""
     await _fenced_update(
@@ -331,6 +352,7 @@ async def record_failure(
         consecutive_failures=failures,
         next_attempt_at=retry_at,
         next_attempt_reason="RETRY",
+        next_attempt_traceparent=caused_by,
         last_sync_at=now,
     )
 
@@ -356,7 +378,12 @@ async def set_state(
 ) -> None:
     """Unfenced: a connection event decides the mailbox's state (pause, stop, resume)."""
     row = MailboxSyncRow.__table__
-    values: dict[str, object] = {"state": state, "next_attempt_at": next_attempt_at}
+    # The event queues its own pass: the next check is no longer caused by the pass that had set it.
+    values: dict[str, object] = {
+        "state": state,
+        "next_attempt_at": next_attempt_at,
+        "next_attempt_traceparent": "",
+    }
     if reset_failures:
         values.update(consecutive_failures=0, last_error="")
     await session.execute(update(row).where(row.c.mailbox_id == mailbox_id).values(**values))
@@ -379,19 +406,27 @@ class DueCheck:
     mailbox_email: str
     due_at: dt.datetime
     reason: str
+    # The traceparent of the pass that scheduled the check ("" when none).
+    caused_by: str = ""
 
 
 async def due_checks(session: AsyncSession, *, now: dt.datetime, limit: int) -> list[DueCheck]:
     """Mailboxes whose next check (re-check, safety poll, retry after backoff) is due, oldest first."""
     row = MailboxSyncRow.__table__
     result = await session.execute(
-        select(row.c.mailbox_id, row.c.mailbox_email, row.c.next_attempt_at, row.c.next_attempt_reason)
+        select(
+            row.c.mailbox_id,
+            row.c.mailbox_email,
+            row.c.next_attempt_at,
+            row.c.next_attempt_reason,
+            row.c.next_attempt_traceparent,
+        )
         .where(row.c.next_attempt_at.is_not(None), row.c.next_attempt_at <= now)
         .where(row.c.state.not_in(UNSCHEDULED_STATES))
         .order_by(row.c.next_attempt_at)
         .limit(limit)
     )
-    return [DueCheck(r[0], r[1], _aware(r[2]), r[3]) for r in result.all()]
+    return [DueCheck(r[0], r[1], _aware(r[2]), r[3], r[4]) for r in result.all()]
 
 
 async def postpone_check(
@@ -402,7 +437,8 @@ async def postpone_check(
     result = await session.execute(
         update(row)
         .where(row.c.mailbox_id == check.mailbox_id, row.c.next_attempt_at <= now)
-        .values(next_attempt_at=until)
+        # The safety poll behind the queued pass is caused by nothing but the schedule.
+        .values(next_attempt_at=until, next_attempt_traceparent="")
         .returning(row.c.mailbox_id)
     )
     return result.first() is not None

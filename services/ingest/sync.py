@@ -57,6 +57,7 @@ from services.runtime.gmail import (
 from services.runtime.instruments import instruments
 from services.runtime.jetstream import Outgoing, is_duplicate, publish_all
 from services.runtime.protobuf_time import to_timestamp
+from services.runtime.trace_links import current_traceparent
 
 log = logging.getLogger(__name__)
 
@@ -258,6 +259,7 @@ class MailboxSyncer:
                 lease,
                 state=SyncState.RESYNCING if resync else SyncState.SYNCING,
                 safety_check_at=now + timing.safety_poll_interval,
+                caused_by=current_traceparent(),
             )
         start_history_id, start_time = scope
         mailbox_id = mailbox.mailbox_id
@@ -313,7 +315,13 @@ class MailboxSyncer:
                 latest_seen_history_id=work.cursor or 0,
                 now=self._clock.now(),
             )
-            await store.finish_pass(session, work.lease, next_check_at=next_at, next_check_reason=next_reason)
+            await store.finish_pass(
+                session,
+                work.lease,
+                next_check_at=next_at,
+                next_check_reason=next_reason,
+                caused_by=current_traceparent(),
+            )
             await store.release_lease(session, work.lease)
         return PassOutcome.SYNCED
 
@@ -342,6 +350,7 @@ class MailboxSyncer:
                 failures=failures,
                 retry_at=retry_at,
                 now=self._clock.now(),
+                caused_by=current_traceparent(),
             )
 
     def _token_rejected_hook(self, mailbox_id: str) -> Callable[[str], None]:
@@ -561,7 +570,10 @@ class MailboxSyncer:
             ),
         )
         event = normalized_message_to_proto(
-            mail, connections=work.connections, observe_time=self._clock.now()
+            mail,
+            connections=work.connections,
+            observe_time=self._clock.now(),
+            mailbox_account_type=work.mailbox.account_type,
         )
         if set(labels) & UNSYNCED_LABELS:
             _withhold_content(event)

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 from opentelemetry import metrics
 
+from mailsync.v1 import auth_pb2
+
 METER_NAME = "mailsync"
 # Histograms in seconds: from a fast RPC (milliseconds) to a sync lag of an hour.
 SECONDS_BUCKETS = (
@@ -79,7 +81,8 @@ def instruments() -> ProductInstruments:
         messages_decided=meter.create_counter(
             "mailsync.messages.decided",
             unit="{decision}",
-            description="Per-location decisions of threading: placed (synced) or not, by rule and source",
+            description="Per-location decisions of threading: placed (synced) or not, by rule, source and the "
+            "tier of the mailbox the copy came from",
         ),
         sync_lag=meter.create_histogram(
             "mailsync.sync.lag",
@@ -121,3 +124,16 @@ def instruments() -> ProductInstruments:
             description="BCC drops received over SMTP or gRPC, by outcome (accepted or the refusal reason)",
         ),
     )
+
+
+# `mailsync.mailbox_tier` label values by auth's AccountType: the same three the send limiter's metric uses, so the
+# label is bounded and reads the same on every metric that has it.
+_MAILBOX_TIERS: dict[int, str] = {
+    auth_pb2.ACCOUNT_TYPE_CONSUMER: "consumer",
+    auth_pb2.ACCOUNT_TYPE_WORKSPACE: "workspace",
+}
+
+
+def mailbox_tier(account_type: int) -> str:
+    """The `mailsync.mailbox_tier` label value of an AccountType ("unknown" when Google did not say)."""
+    return _MAILBOX_TIERS.get(account_type, "unknown")

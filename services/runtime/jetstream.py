@@ -19,7 +19,7 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode, TracerProvider
 
 from services.runtime import subjects
 
@@ -53,11 +53,13 @@ async def publish(
     message: Message,
     *,
     msg_id: str,
+    links: Sequence[Link] = (),
     tracer_provider: TracerProvider | None = None,
 ) -> PubAck:
-    """Publishes a protobuf event, de-duplicated by `msg_id`; `is_duplicate(ack)` tells a repeat."""
+    """Publishes a protobuf event, de-duplicated by `msg_id`; `is_duplicate(ack)` tells a repeat. `links` go on
+    the PRODUCER span: the trace that caused a publish made later (trace_links)."""
     return await publish_payload(
-        js, subject, message.SerializeToString(), msg_id=msg_id, tracer_provider=tracer_provider
+        js, subject, message.SerializeToString(), msg_id=msg_id, links=links, tracer_provider=tracer_provider
     )
 
 
@@ -69,6 +71,7 @@ async def publish_payload(
     msg_id: str,
     parent_headers: Mapping[str, str] | None = None,
     extra_headers: Mapping[str, str] | None = None,
+    links: Sequence[Link] = (),
     tracer_provider: TracerProvider | None = None,
 ) -> PubAck:
     """Publishes serialized bytes; `parent_headers` (a stored trace context) parents the span instead of the
@@ -80,6 +83,7 @@ async def publish_payload(
         f"publish {subjects.kind_of(subject)}",
         context=parent,
         kind=SpanKind.PRODUCER,
+        links=links,
         attributes={
             **subjects.key_attributes(subject),
             "messaging.system": "nats",

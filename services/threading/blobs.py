@@ -20,7 +20,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from opentelemetry import trace
+from opentelemetry.trace import TracerProvider
+
 from services.runtime.db import Database
+from services.runtime.trace_links import links_to
 from services.threading.store.attachments import (
     AttachmentToFetch,
     attachments_to_fetch,
@@ -143,8 +147,10 @@ class AttachmentCollector:
         batch: int = 20,
         max_attempts: int = 5,
         poll_interval: float = 5.0,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         self._db = db
+        self._tracer = trace.get_tracer(__name__, tracer_provider=tracer_provider)
         self._blobs = blobs
         self._fetcher = fetcher
         self._batch = batch
@@ -180,11 +186,7 @@ class AttachmentCollector:
         stored = 0
         for item in pending:
             try:
-                digest, size = await self._blobs.put(self._fetcher.fetch(item))
-                if item.expected_sha256 and item.expected_sha256 != digest:
-                    raise ValueError(
-                        f"content digest {digest} differs from the announced {item.expected_sha256}"
-                    )
+                digest, size = await self._fetch(item)
             except Exception as exc:
                 give_up = _give_up_reason(exc, item, self._max_attempts)
                 log.warning(
@@ -203,6 +205,24 @@ class AttachmentCollector:
                 await mark_fetched(session, item.message_id, item.attachment_id, digest, size)
             stored += 1
         return stored
+
+    async def _fetch(self, item: AttachmentToFetch) -> tuple[str, int]:
+        # A trace of its own (the collector runs long after the message's trace ended), linked to the trace that
+        # placed the message; the FetchAttachment call is its child.
+        with self._tracer.start_as_current_span(
+            "fetch attachment",
+            links=links_to(item.caused_by),
+            attributes={
+                "mailsync.location_id": item.location_id,
+                "mailsync.message_id": item.message_id,
+                "mailsync.attachment_id": item.attachment_id,
+                "mailsync.attempt": item.attempts + 1,
+            },
+        ):
+            digest, size = await self._blobs.put(self._fetcher.fetch(item))
+            if item.expected_sha256 and item.expected_sha256 != digest:
+                raise ValueError(f"content digest {digest} differs from the announced {item.expected_sha256}")
+            return digest, size
 
 
 def _give_up_reason(exc: Exception, item: AttachmentToFetch, max_attempts: int) -> str:

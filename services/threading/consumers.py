@@ -11,16 +11,20 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from opentelemetry import trace
+from opentelemetry.trace import TracerProvider
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailsync.v1 import events_pb2
 from services.runtime import subjects
 from services.runtime.clock import Clock, SystemClock
 from services.runtime.consumer import ConsumerSpec, Delivery, Outcome, RetryLater
+from services.runtime.instruments import mailbox_tier
 from services.runtime.outbox import StagedEvent, stage_many
 from services.runtime.streams import MESSAGES, SENDS
+from services.runtime.trace_links import traceparent_of
 from services.threading import codec
-from services.threading.decision_report import report_decisions
+from services.threading.decision_report import report_decisions, report_sent_copies
 from services.threading.domain.model import Decision
 from services.threading.domain.model import Outcome as RuleOutcome
 from services.threading.store.operations import (
@@ -121,8 +125,10 @@ class ThreadingHandlers:
         policy: WaitPolicy | None = None,
         clock: Clock | None = None,
         on_applied: BatchApplied | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         self._sync = sync
+        self._tracer = trace.get_tracer(__name__, tracer_provider=tracer_provider)
         self._policy = policy or WaitPolicy()
         self._clock = clock or SystemClock()
         self._on_applied = on_applied
@@ -155,7 +161,9 @@ class ThreadingHandlers:
         batch = await self._sync.apply_batch(operations)
         for index, result in zip(positions, batch.results, strict=True):
             outcomes[index] = self._outcome(deliveries[index], result)
-        report_decisions([deliveries[i] for i in positions], operations, batch.results, self._clock.now())
+        applied_deliveries = [deliveries[i] for i in positions]
+        report_decisions(applied_deliveries, operations, batch.results, self._clock.now())
+        report_sent_copies(applied_deliveries, operations, batch.applied.sent_copies, self._tracer)
         if self._on_applied is not None and (batch.applied.synced or batch.applied.created_contacts):
             self._on_applied(batch.applied)
         return outcomes
@@ -172,7 +180,11 @@ class ThreadingHandlers:
         if delivery.subject.startswith(_NORMALIZED):
             event = delivery.parse(events_pb2.NormalizedMessage)
             return PlaceMessage(
-                codec.incoming_message(event), codec.content_of(event), may_wait=self._may_wait(delivery)
+                codec.incoming_message(event),
+                codec.content_of(event),
+                may_wait=self._may_wait(delivery),
+                traceparent=traceparent_of(delivery.headers),
+                mailbox_tier=mailbox_tier(event.mailbox_account_type),
             )
         if delivery.subject.startswith(_CHANGED):
             changed = delivery.parse(events_pb2.MessageChanged)
@@ -197,7 +209,7 @@ class ThreadingHandlers:
         if delivery.subject.startswith(_PENDING):
             pending = delivery.parse(events_pb2.PendingSend)
             send = codec.crm_send_of(pending, fallback_time=self._clock.now())
-            return RecordPendingSend(send, codec.content_of(pending))
+            return RecordPendingSend(send, codec.content_of(pending), traceparent_of(delivery.headers))
         if delivery.subject.startswith(_SENT):
             sent = delivery.parse(events_pb2.SentMessage)
             send = codec.crm_send_of(sent.send, fallback_time=self._clock.now())
@@ -207,6 +219,7 @@ class ThreadingHandlers:
                 gmail_message_id=sent.gmail_message_id,
                 gmail_thread_id=sent.gmail_thread_id,
                 final_rfc_message_id=sent.final_rfc_message_id,
+                traceparent=traceparent_of(delivery.headers),
             )
         if delivery.subject.startswith(_FAILED):
             failed = delivery.parse(events_pb2.SendFailed)

@@ -226,6 +226,13 @@ def test_one_email_is_one_trace_and_every_queried_metric_is_emitted(
         for labels in series["mailsync_messages_decided_total"]
     }
     assert ("R2", "true") in decided and any(synced == "false" for _rule, synced in decided), decided
+    # The mailbox tier of a Gmail copy comes from auth's GetMailbox through ingest's event (a drop has none).
+    tiers = {
+        (labels["mailsync_source"], labels["mailsync_mailbox_tier"])
+        for labels in series["mailsync_messages_decided_total"]
+    }
+    assert {tier for source, tier in tiers if source == "gmail_sync"} <= {"consumer", "workspace"}, tiers
+    assert ("gmail_sync", "consumer") in tiers or ("gmail_sync", "workspace") in tiers, tiers
 
     # What the report and docs/observability.md show: the trace tree of the email and the metrics emitted.
     summary = {

@@ -760,9 +760,10 @@ def test_scenario_10_R9_drop_from_someone_who_is_not_a_user_creates_nothing(stac
     bcc_address = stack.bcc_address(location)
     outsider = stack.new_address("outsider", "elsewhere.test")
     target = stack.new_address("target", "elsewhere.test")
+    message_id = f"<{uuid.uuid4().hex}@elsewhere.test>"
     raw = (
         f"From: {outsider}\r\nTo: {target}\r\nBcc: {bcc_address}\r\nSubject: Log me\r\n"
-        f"Date: {email.utils.formatdate()}\r\nMessage-ID: <{uuid.uuid4().hex}@elsewhere.test>\r\n\r\nHello\r\n"
+        f"Date: {email.utils.formatdate()}\r\nMessage-ID: {message_id}\r\n\r\nHello\r\n"
     ).encode()
     # The same text claiming to come from the user, without the trusted host's authentication.
     forged = raw.replace(f"From: {outsider}".encode(), f"From: {mailbox}".encode())
@@ -774,5 +775,26 @@ def test_scenario_10_R9_drop_from_someone_who_is_not_a_user_creates_nothing(stac
 
     assert "not a user" in str(not_a_user.value)
     assert "not authenticated" in str(not_authenticated.value)
+
+    # R16: the location sees both refusals, with ingest's reason, in ListRefusedDrops and ExplainMessage.
+    def both_refusals_listed() -> list[threading_pb2.RefusedDrop]:
+        listed = stack.threading.ListRefusedDrops(
+            threading_pb2.ListRefusedDropsRequest(location_id=location, page_size=10)
+        ).refused_drops
+        assert len(listed) == 2, listed
+        return list(listed)
+
+    refused = eventually(both_refusals_listed)
+    assert {drop.rfc_message_id for drop in refused} == {message_id}
+    reasons = sorted(drop.reason for drop in refused)
+    assert "sender_not_a_user" in reasons[0] + reasons[1] and "not_authenticated" in reasons[0] + reasons[1]
+    assert all(drop.reason.startswith("BCC drop refused: ") for drop in refused), reasons
+    [from_outsider] = [drop for drop in refused if "sender_not_a_user" in drop.reason]
+    assert outsider in {p.email for p in from_outsider.participants}
+    explained = stack.explain(location, message_id)
+    assert explained.subject == ""
+    assert {(d.synced, d.rule_id) for d in explained.decisions} == {(False, "R9")}
+    # Nothing of it is stored as a message: no contact, no conversation, no message.
     assert stack.contacts(location) == []
     assert stack.conversations(location) == []
+    assert stack.all_messages(location) == []

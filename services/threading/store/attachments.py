@@ -22,6 +22,8 @@ class AttachmentToFetch:
     expected_sha256: str
     size_bytes: int
     attempts: int = 0
+    # The traceparent of the trace that placed the message ("" when none): the fetch's span links to it.
+    caused_by: str = ""
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ async def attachments_to_fetch(
             r.sha256,
             r.size_bytes,
             r.fetch_attempts,
+            r.placed_traceparent,
         )
         for r in rows
     ]

@@ -49,7 +49,7 @@ from services.threading.store.models import (
     UtcDateTime,
     table_of,
 )
-from services.threading.store.values import Applied, CreatedContact, SyncedMessage
+from services.threading.store.values import Applied, CreatedContact, SentCopy, SyncedMessage
 from services.threading.store.view import SendState
 
 # Insert order (the lock order). Claims are checked in the tables that have them.
@@ -132,6 +132,7 @@ class ChangeSet:
     feed: list[FeedDraft] = field(default_factory=list)
     created_contacts: list[CreatedContact] = field(default_factory=list)
     attachments_to_fetch: bool = False
+    sent_copies: list[SentCopy] = field(default_factory=list)
 
     # Collecting.
 
@@ -220,6 +221,7 @@ class ChangeSet:
             synced=tuple(synced),
             created_contacts=tuple(self.created_contacts),
             attachments_to_fetch=self.attachments_to_fetch,
+            sent_copies=tuple(self.sent_copies),
         )
 
     async def _write_updates(self, conn: AsyncConnection) -> None:

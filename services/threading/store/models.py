@@ -265,6 +265,9 @@ class AttachmentRow(Base):
     fetch_attempts: Mapped[int] = mapped_column(Integer, default=0)
     # Set when the content will never be served (its source has none, or every attempt failed): why, for readers.
     unavailable_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
+    # The W3C traceparent of the message's trace when it was placed ("" when untraced): the later fetch links to
+    # it (runtime.trace_links). Written with the row, so it costs no statement.
+    placed_traceparent: Mapped[str] = mapped_column(String(128), default="", server_default="")
     __table_args__ = (
         PrimaryKeyConstraint("message_id", "attachment_id", name="pk_attachments"),
         Index("ix_attachments_unfetched", "blob_sha256", "fetch_attempts"),
@@ -321,6 +324,9 @@ class CrmSendRow(Base):
     state: Mapped[str] = mapped_column(String(16))
     failure_reason: Mapped[str] = mapped_column(Text, default="")
     create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    # The W3C traceparent of the send's trace (from outbound's event): the Sent copy that Gmail's history brings
+    # back later, in a trace of its own, links to it.
+    send_traceparent: Mapped[str] = mapped_column(String(128), default="", server_default="")
     __table_args__ = (Index("ix_crm_sends_mailbox_state", "mailbox_id", "state"),)
 
 

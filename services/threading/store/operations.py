@@ -17,6 +17,10 @@ class PlaceMessage:
     content: MessageContent
     # False once the message was redelivered as often as the wait budget allows: the rules then decide anyway.
     may_wait: bool = True
+    # The W3C traceparent of the message's trace, kept with its attachments for the fetch to link to.
+    traceparent: str = ""
+    # The tier of the mailbox the copy came from (consumer, workspace, unknown): a label of the decisions metric.
+    mailbox_tier: str = "unknown"
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,8 @@ class RecordPendingSend:
 
     send: CrmSendInput
     content: MessageContent
+    # The W3C traceparent of the send's trace, kept with the send for its Sent copy to link to.
+    traceparent: str = ""
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,7 @@ class RecordSent:
     gmail_message_id: str
     gmail_thread_id: str
     final_rfc_message_id: str
+    traceparent: str = ""
 
 
 @dataclass(frozen=True)

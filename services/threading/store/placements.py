@@ -68,6 +68,7 @@ from services.threading.store.values import (
     CreatedContact,
     CrmSendInput,
     MessageContent,
+    SentCopy,
     crm_message_key,
     seen_key_of,
     send_seen_key,
@@ -154,7 +155,7 @@ class BatchPlacement:
         if isinstance(operation, RecordSent):
             self.record_sent(operation)
         elif isinstance(operation, RecordPendingSend):
-            self.record_pending_send(operation.send, operation.content)
+            self.record_pending_send(operation.send, operation.content, operation.traceparent)
         else:
             self.record_send_failed(operation)
         return SendRecorded()
@@ -174,7 +175,9 @@ class BatchPlacement:
         if decision.outcome is not Outcome.DECIDED:
             return decision
         landings = {
-            placement.location_id: self._land(message, operation.content, placement, key)
+            placement.location_id: self._land(
+                message, operation.content, placement, key, traceparent=operation.traceparent
+            )
             for placement in sorted(decision.placements, key=lambda p: p.location_id)
         }
         if decision.echo is not None:
@@ -240,6 +243,7 @@ class BatchPlacement:
         *,
         send_id: str = "",
         send_pending: bool = False,
+        traceparent: str = "",
     ) -> _Landing:
         view, changes = self._view, self._changes
         location = placement.location_id
@@ -292,7 +296,7 @@ class BatchPlacement:
                     new_row=row,
                 )
             )
-            self._write_message_parts(message, content, location, message_id)
+            self._write_message_parts(message, content, location, message_id, traceparent)
             changes.count_message(conversation_id, message_time)
             self._link_thread(thread_id, message_id, message_time)
             changes.feed.append(
@@ -446,7 +450,12 @@ class BatchPlacement:
             )
 
     def _write_message_parts(
-        self, message: IncomingMessage, content: MessageContent, location: str, message_id: str
+        self,
+        message: IncomingMessage,
+        content: MessageContent,
+        location: str,
+        message_id: str,
+        traceparent: str,
     ) -> None:
         changes = self._changes
         for p in _unique_participants(message.participants):
@@ -489,6 +498,7 @@ class BatchPlacement:
                     "blob_sha256": "",
                     "fetch_attempts": 0,
                     "unavailable_reason": "",
+                    "placed_traceparent": traceparent,
                 },
             )
             changes.attachments_to_fetch = True
@@ -557,6 +567,10 @@ class BatchPlacement:
         if stored is None:
             return
         send = self._view.sends.get(echo.send_id)
+        if send is not None:
+            self._changes.sent_copies.append(
+                SentCopy(message.mailbox_id, message.gmail_message_id, send.send_id, send.traceparent)
+            )
         self._add_gmail_copy(message, stored.location_id, stored.message_id)
         if message.message_id:
             # Gmail's Message-ID wins whenever it becomes known (outbound may not have been able to read it):
@@ -647,8 +661,9 @@ class BatchPlacement:
 
     # CRM sends (R6).
 
-    def record_pending_send(self, send: CrmSendInput, content: MessageContent) -> None:
-        """Records a CRM send in its location's conversation at once (once, whatever the redeliveries)."""
+    def record_pending_send(self, send: CrmSendInput, content: MessageContent, traceparent: str = "") -> None:
+        """Records a CRM send in its location's conversation at once (once, whatever the redeliveries);
+        `traceparent` is the send's trace, which its Sent copy and its attachments' fetch link to."""
         view = self._view
         recorded = view.sends.get(send.send_id)
         # `failed` came first (a redelivered `pending`): the attempt is still recorded, as failed.
@@ -684,6 +699,7 @@ class BatchPlacement:
                     "state": "pending",
                     "failure_reason": "",
                     "create_time": self._now,
+                    "send_traceparent": traceparent,
                 },
                 claim=True,
             )
@@ -697,6 +713,7 @@ class BatchPlacement:
                 "",
                 send.gmail_thread_id,
                 "pending",
+                traceparent=traceparent,
                 new_row=row,
             )
             view.add_send(state)
@@ -731,6 +748,7 @@ class BatchPlacement:
                 crm_message_key(send),
                 send_id=send.send_id,
                 send_pending=not failed_first,
+                traceparent=traceparent,
             )
             state.message_id = landing.message_id
             row["message_id"] = landing.message_id
@@ -746,7 +764,7 @@ class BatchPlacement:
     def record_sent(self, operation: RecordSent) -> None:
         """Gmail accepted the send: its ids now recognise the echo (R6); works even if `pending` was never seen."""
         send = operation.send
-        self.record_pending_send(send, operation.content)
+        self.record_pending_send(send, operation.content, operation.traceparent)
         state = self._view.sends[send.send_id]
         final = normalize_message_id(operation.final_rfc_message_id)
         state.state = "sent"
@@ -819,6 +837,7 @@ class BatchPlacement:
                     "state": "failed",
                     "failure_reason": operation.reason,
                     "create_time": self._now,
+                    "send_traceparent": "",
                 },
                 claim=True,
             )

@@ -258,6 +258,7 @@ _SEND_COLUMNS = (
     CrmSendRow.gmail_thread_id,
     CrmSendRow.state,
     CrmSendRow.failure_reason,
+    CrmSendRow.send_traceparent,
 )
 _SENDS_BY_ID = select(*_SEND_COLUMNS).where(_in(CrmSendRow.send_id))
 
@@ -407,6 +408,7 @@ async def _load_sends(conn: AsyncConnection, view: StoreView, wanted: _Wanted) -
                     row.gmail_thread_id,
                     row.state,
                     row.failure_reason,
+                    row.send_traceparent,
                 )
             )
     return list(view.sends.values())

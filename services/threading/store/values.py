@@ -75,6 +75,16 @@ class CreatedContact:
 
 
 @dataclass(frozen=True)
+class SentCopy:
+    """A Gmail copy recognised as a CRM send's (R6): which send, and the trace of that send to link to."""
+
+    mailbox_id: str
+    gmail_message_id: str
+    send_id: str
+    send_traceparent: str
+
+
+@dataclass(frozen=True)
 class Applied:
     """What a transaction changed, for the events the consumer stages in the same transaction."""
 
@@ -82,6 +92,7 @@ class Applied:
     created_contacts: tuple[CreatedContact, ...] = ()
     # Whether a placed message has attachments whose content is still to be fetched.
     attachments_to_fetch: bool = False
+    sent_copies: tuple[SentCopy, ...] = ()
 
     @property
     def placed_locations(self) -> frozenset[str]:

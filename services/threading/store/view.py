@@ -72,6 +72,8 @@ class SendState:
     # "pending", "sent" or "failed".
     state: str
     failure_reason: str = ""
+    # The send's W3C traceparent ("" when untraced or recorded before it was kept).
+    traceparent: str = ""
     new_row: dict[str, Any] | None = None
 
 

@@ -224,12 +224,15 @@ async def test_R9_drop_over_smtp_from_a_user_is_published_as_bcc_drop_once_and_i
     assert through_threading == ATTACHMENT
 
 
-async def test_R9_refused_drops_over_smtp_are_logged_with_their_reason_and_never_published(
+async def test_R9_refused_drops_over_smtp_are_logged_and_published_with_their_reason_and_no_content(
     stack: DropStack,
 ) -> None:
     address = await stack.address()
     stranger = drop_mail(
-        author="someone@crm.example.com", results=("mx.google.com; dmarc=pass header.from=crm.example.com",)
+        author="someone@crm.example.com",
+        results=("mx.google.com; dmarc=pass header.from=crm.example.com",),
+        subject="Secret plan",
+        attachment=ATTACHMENT,
     )
     with pytest.raises(smtplib.SMTPDataError) as refused:
         await stack.send(address, stranger)
@@ -257,11 +260,28 @@ async def test_R9_refused_drops_over_smtp_are_logged_with_their_reason_and_never
     await stack.send(rotated, drop_mail(subject="after rotation"))
 
     async def published() -> bool:
-        return len(stack.drops()) >= 1
+        return len(stack.drops()) >= 3
 
     await eventually(published, within=60)
     await asyncio.sleep(0.5)
-    assert [event.subject for event in stack.drops()] == ["after rotation"]
+    accepted = [event for event in stack.drops() if not event.bcc_drop.refusal_reason]
+    refused = [event for event in stack.drops() if event.bcc_drop.refusal_reason]
+    assert [event.subject for event in accepted] == ["after rotation"]
+    # The refusals reach threading with their reason (R16): ids and addresses only, nothing of the content (R18).
+    assert sorted(event.bcc_drop.refusal_reason.split(":")[0] for event in refused) == [
+        "not_authenticated",
+        "sender_not_a_user",
+    ]
+    for event in refused:
+        assert event.bcc_drop.location_id == "loc-1" and event.rfc_message_id.endswith("@crm.example.com>")
+        assert not (event.subject or event.text_body or event.html_body or event.snippet or event.attachments)
+        assert not event.bcc_drop.sender_user_id
+    [from_stranger] = [e for e in refused if e.bcc_drop.refusal_reason.startswith("sender_not_a_user")]
+    assert {p.email for p in from_stranger.participants} == {
+        "someone@crm.example.com",
+        "customer@client.example",
+    }
+    assert b"Secret plan" not in from_stranger.SerializeToString()
     log = await stack.drop_log()
     assert [(row.accepted, row.reason.split(":")[0]) for row in log] == [
         (False, "sender_not_a_user"),
@@ -323,13 +343,16 @@ async def test_R9_submit_bcc_drop_over_grpc_is_internal_only_and_refuses_with_th
         )
     assert outsider.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
-    async def both_published() -> bool:
-        return len(stack.drops()) >= 2
+    async def all_published() -> bool:
+        return len(stack.drops()) >= 3
 
-    await eventually(both_published, within=60)
-    assert sorted(event.bcc_drop.drop_id for event in stack.drops()) == sorted(
+    await eventually(all_published, within=60)
+    assert sorted(e.bcc_drop.drop_id for e in stack.drops() if not e.bcc_drop.refusal_reason) == sorted(
         [accepted.drop_id, large.drop_id]
     )
+    # The stranger's refusal goes to threading too, with its reason (R16).
+    [refusal] = [e.bcc_drop.refusal_reason for e in stack.drops() if e.bcc_drop.refusal_reason]
+    assert refusal.startswith("sender_not_a_user: ")
 
 
 async def test_R9_bcc_address_is_stable_until_rotated_and_scoped_to_the_callers_location(

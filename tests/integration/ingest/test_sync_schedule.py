@@ -7,6 +7,11 @@ import asyncio
 import datetime as dt
 from dataclasses import replace
 
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
 from services.ingest import store
 from services.ingest.work import queue_sync
 from services.runtime.gmail import RetryableGmailError
@@ -41,6 +46,53 @@ async def test_a_mailbox_that_had_work_is_rechecked_without_a_push(ingest_world:
 
     await eventually(lambda: published(world, [unpushed]), within=60)
     assert world.recorder.recorded.normalized_ids() == dict.fromkeys([*first, unpushed], 1)
+
+
+async def test_a_recheck_starts_its_own_trace_linked_to_the_pass_that_scheduled_it(
+    ingest_world: IngestWorld,
+) -> None:
+    world = ingest_world
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    world.sandbox.create_mailbox(ALICE)
+    mailbox = world.connect(ALICE)
+    world.start_workers(world.syncer(), count=1, tracer_provider=provider)
+    world.start_scheduler(tracer_provider=provider)
+    first = world.deliver(ALICE, copies=2)
+    await queue_sync(
+        world.js,
+        mailbox.mailbox_id,
+        "",
+        reason="PUSH",
+        msg_id=f"{mailbox.mailbox_id}:traced",
+        now=dt.datetime.now(dt.UTC),
+        tracer_provider=provider,
+    )
+    await eventually(lambda: published(world, first), within=10)
+
+    def passes() -> list:  # type: ignore[type-arg]
+        return [s for s in exporter.get_finished_spans() if s.name == "process mailbox.changed"]
+
+    def publishes() -> list:  # type: ignore[type-arg]
+        return [s for s in exporter.get_finished_spans() if s.name == "publish mailbox.changed"]
+
+    async def rechecked() -> bool:
+        return any(p.links for p in publishes()) and len({p.context.trace_id for p in passes()}) >= 2
+
+    await eventually(rechecked, within=15)
+    [pushed] = [p for p in publishes() if not p.links]
+    pushed_passes = {p.context.span_id for p in passes() if p.context.trace_id == pushed.context.trace_id}
+    [recheck_publish, *_] = [p for p in publishes() if p.links]
+    # The re-check is a trace of its own (not a child of a pass that ended seconds ago) ...
+    assert recheck_publish.kind == SpanKind.PRODUCER and recheck_publish.parent is None
+    assert recheck_publish.context.trace_id != pushed.context.trace_id
+    # ... whose first span links to the pushed pass that had work and scheduled it.
+    [link] = recheck_publish.links
+    assert link.context.trace_id == pushed.context.trace_id
+    assert link.context.span_id in pushed_passes
+    [recheck] = [p for p in passes() if p.context.trace_id == recheck_publish.context.trace_id]
+    assert recheck.parent is not None and recheck.parent.span_id == recheck_publish.context.span_id
 
 
 async def test_without_rechecks_an_unpushed_message_waits_for_the_safety_poll_negative_control(
