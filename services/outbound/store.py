@@ -168,16 +168,27 @@ def _insert(session: AsyncSession) -> Any:
     return upsert_insert(session)
 
 
+# The send's insert, built once per dialect: its values go in as parameters, so a send neither builds the statement
+# nor derives its cache key from thirty literal values again.
+_INSERT_SEND: dict[str, Any] = {}
+
+
+def _insert_send_statement(session: AsyncSession) -> Any:
+    dialect = session.get_bind().dialect.name
+    statement = _INSERT_SEND.get(dialect)
+    if statement is None:
+        statement = _INSERT_SEND[dialect] = (
+            _insert(session)(sends)
+            .on_conflict_do_nothing(index_elements=["location_id", "request_id"])
+            .returning(sends.c.send_id)
+        )
+    return statement
+
+
 async def insert_send(session: AsyncSession, values: dict[str, Any]) -> bool:
     """Inserts the send unless its (location, request id) exists; True when this call created it."""
     values = {**values, "recipients": json.dumps(list(values.get("recipients", ())))}
-    statement = (
-        _insert(session)(sends)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=["location_id", "request_id"])
-        .returning(sends.c.send_id)
-    )
-    return (await session.execute(statement)).first() is not None
+    return (await session.execute(_insert_send_statement(session), values)).first() is not None
 
 
 async def send_by_request(session: AsyncSession, location_id: str, request_id: str) -> SendRecord | None:
