@@ -96,8 +96,11 @@ class Database:
                 yield session
             return
         writer = self._brief_writer if brief and self._brief_writer is not None else self._writer
-        async with self._writer_queue.lock(), writer() as session, session.begin():
-            yield session
+        # The session is made before and closed after the lock is held: neither touches the database (it takes its
+        # connection at the first statement; the commit ended the transaction), so other writers need not wait.
+        async with writer() as session:
+            async with self._writer_queue.lock(), session.begin():
+                yield session
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
