@@ -26,6 +26,7 @@ from sqlalchemy import (
     String,
     Table,
     TypeDecorator,
+    bindparam,
     func,
     null,
     select,
@@ -310,11 +311,7 @@ class SendLedger:
         An upsert that updates on conflict row-locks on PostgreSQL like FOR UPDATE; on SQLite, being a write, it
         takes the database's write lock. Either way no other admission for the mailbox can interleave after it.
         """
-        statement = _upsert(session)(send_mailboxes).values(mailbox_id=mailbox_id)
-        statement = statement.on_conflict_do_update(
-            index_elements=["mailbox_id"], set_={"mailbox_id": statement.excluded.mailbox_id}
-        ).returning(*_MAILBOX_COLUMNS, _now(session))
-        return (await session.execute(statement)).one()
+        return (await session.execute(_lock_mailbox_statement(session), {"mailbox_id": mailbox_id})).one()
 
     def _in_window(self, mailbox_id: str, now: dt.datetime) -> tuple[Any, ...]:
         return (
@@ -344,6 +341,20 @@ _MAILBOX_COLUMNS = (
     send_mailboxes.c.account_type,
     send_mailboxes.c.blocked_until,
 )
+
+# The mailbox row's locking upsert, built once per dialect (every send runs it while holding the lock).
+_LOCK_MAILBOX: dict[str, Any] = {}
+
+
+def _lock_mailbox_statement(session: AsyncSession) -> Any:
+    dialect = session.get_bind().dialect.name
+    statement = _LOCK_MAILBOX.get(dialect)
+    if statement is None:
+        upsert = _upsert(session)(send_mailboxes).values(mailbox_id=bindparam("mailbox_id"))
+        statement = _LOCK_MAILBOX[dialect] = upsert.on_conflict_do_update(
+            index_elements=["mailbox_id"], set_={"mailbox_id": upsert.excluded.mailbox_id}
+        ).returning(*_MAILBOX_COLUMNS, _now(session))
+    return statement
 
 
 def _account_type(mailbox: Any) -> AccountType:

@@ -355,7 +355,7 @@ class OutboundSender:
         }
         self._working.add(send_id)
         try:
-            async with self._db.write() as session:
+            async with self._db.write(brief=True) as session:
                 if not await store.insert_send(session, values):
                     return None
                 await self._admit(session, sender, key, len(built.envelope_recipients))
@@ -441,7 +441,7 @@ class OutboundSender:
     ) -> SendRecord:
         assert progress.gmail is not None
         now = self._clock.now()
-        async with self._db.write() as session:
+        async with self._db.write(brief=True) as session:
             settled = await store.update_send_returning(
                 session,
                 record.send_id,

@@ -8,6 +8,7 @@ event. The ledger's own tables live in services.outbound.ledger and join the sam
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    bindparam,
     delete,
     or_,
     select,
@@ -168,16 +170,27 @@ def _insert(session: AsyncSession) -> Any:
     return upsert_insert(session)
 
 
+# The send's insert, built once per dialect: its values go in as parameters, so a send neither builds the statement
+# nor derives its cache key from thirty literal values again.
+_INSERT_SEND: dict[str, Any] = {}
+
+
+def _insert_send_statement(session: AsyncSession) -> Any:
+    dialect = session.get_bind().dialect.name
+    statement = _INSERT_SEND.get(dialect)
+    if statement is None:
+        statement = _INSERT_SEND[dialect] = (
+            _insert(session)(sends)
+            .on_conflict_do_nothing(index_elements=["location_id", "request_id"])
+            .returning(sends.c.send_id)
+        )
+    return statement
+
+
 async def insert_send(session: AsyncSession, values: dict[str, Any]) -> bool:
     """Inserts the send unless its (location, request id) exists; True when this call created it."""
     values = {**values, "recipients": json.dumps(list(values.get("recipients", ())))}
-    statement = (
-        _insert(session)(sends)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=["location_id", "request_id"])
-        .returning(sends.c.send_id)
-    )
-    return (await session.execute(statement)).first() is not None
+    return (await session.execute(_insert_send_statement(session), values)).first() is not None
 
 
 async def send_by_request(session: AsyncSession, location_id: str, request_id: str) -> SendRecord | None:
@@ -221,13 +234,33 @@ async def update_send_returning(
     **values: Any,
 ) -> SendRecord | None:
     """`update_send` answering with the changed send (None when nothing changed): no second read."""
-    statement = update(sends).where(sends.c.send_id == send_id)
+    statement = _update_send_statement(tuple(values), only_if_state is not None, only_if_owner is not None)
+    parameters = {f"{_NEW}{name}": value for name, value in values.items()}
+    parameters["send_id_is"] = send_id
     if only_if_state is not None:
-        statement = statement.where(sends.c.state.in_(only_if_state))
+        parameters["state_in"] = list(only_if_state)
     if only_if_owner is not None:
-        statement = statement.where(sends.c.lease_owner == only_if_owner)
-    row = (await session.execute(statement.values(**values).returning(*sends.columns))).first()
+        parameters["lease_owner_is"] = only_if_owner
+    row = (await session.execute(statement, parameters)).first()
     return None if row is None else _record(row)
+
+
+# Bound parameters of the new values; the conditions' are named apart, so no column name can collide with them.
+_NEW = "new_"
+
+
+@functools.lru_cache(maxsize=64)
+def _update_send_statement(columns: tuple[str, ...], if_state: bool, if_owner: bool) -> Any:
+    """An update of these columns, built once per shape: the values go in as parameters, so a send neither builds
+    it (coercing every value to its column) nor derives its cache key again."""
+    statement = update(sends).where(sends.c.send_id == bindparam("send_id_is"))
+    if if_state:
+        statement = statement.where(sends.c.state.in_(bindparam("state_in", expanding=True)))
+    if if_owner:
+        statement = statement.where(sends.c.lease_owner == bindparam("lease_owner_is"))
+    return statement.values(
+        {name: bindparam(f"{_NEW}{name}", type_=sends.c[name].type) for name in columns}
+    ).returning(*sends.columns)
 
 
 async def take_lease(

@@ -40,6 +40,7 @@ from services.runtime.db_tracing import instrument_engine
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _SQLITE_BEGIN = "mailsync_sqlite_begin"
+_SQLITE_BRIEF = "mailsync_sqlite_brief"
 DEFAULT_POOL_SIZE = 10
 DEFAULT_MAX_OVERFLOW = 20
 
@@ -72,6 +73,8 @@ class Database:
     schema: str | None
     _writer: async_sessionmaker[AsyncSession]
     _reader: async_sessionmaker[AsyncSession]
+    # Brief write transactions (see `write`); the same as _writer except on SQLite.
+    _brief_writer: async_sessionmaker[AsyncSession] | None = None
     # Set on SQLite only: the process's write transactions take turns (see the module docstring).
     _writer_queue: _WriterQueue | None = None
 
@@ -80,14 +83,24 @@ class Database:
         return self.engine.dialect.name
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncSession]:
-        """A read-write transaction, committed on success and rolled back on error."""
+    async def write(self, *, brief: bool = False) -> AsyncIterator[AsyncSession]:
+        """A read-write transaction, committed on success and rolled back on error.
+
+        `brief`: a few statements on indexed rows, none of them slow. On SQLite its statements then run on the event
+        loop's thread instead of one trip each to the driver's thread, and only a BEGIN that must wait for another
+        process's writer goes there (services.runtime.sqlite_connection): the process's other writers, queued for
+        the lock, no longer wait for this transaction's trips behind every other ready task of a busy loop.
+        """
         if self._writer_queue is None:
             async with self._writer() as session, session.begin():
                 yield session
             return
-        async with self._writer_queue.lock(), self._writer() as session, session.begin():
-            yield session
+        writer = self._brief_writer if brief and self._brief_writer is not None else self._writer
+        # The session is made before and closed after the lock is held: neither touches the database (it takes its
+        # connection at the first statement; the commit ended the transaction), so other writers need not wait.
+        async with writer() as session:
+            async with self._writer_queue.lock(), session.begin():
+                yield session
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -190,14 +203,25 @@ def open_database(
         namespace=schema or Path(parsed.database or "memory").stem,
     )
     writer = async_sessionmaker(engine, expire_on_commit=False)
+    brief_writer = None
     if writer_queue is not None:
+        brief_writer = async_sessionmaker(
+            engine.execution_options(**{_SQLITE_BRIEF: True}), expire_on_commit=False
+        )
         reading = engine.execution_options(**{_SQLITE_BEGIN: "DEFERRED"})
     else:
         # READ COMMITTED gives every statement its own snapshot anyway, so a read-only session loses nothing
         # without BEGIN and COMMIT, and saves their two round trips.
         reading = engine.execution_options(isolation_level="AUTOCOMMIT")
     reader = async_sessionmaker(reading, expire_on_commit=False)
-    return Database(engine=engine, schema=schema, _writer=writer, _reader=reader, _writer_queue=writer_queue)
+    return Database(
+        engine=engine,
+        schema=schema,
+        _writer=writer,
+        _reader=reader,
+        _brief_writer=brief_writer,
+        _writer_queue=writer_queue,
+    )
 
 
 def _create_private_file(path: Path) -> None:
@@ -224,11 +248,14 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        mode = conn.get_execution_options().get(_SQLITE_BEGIN, "IMMEDIATE")
+        options = conn.get_execution_options()
+        mode = options.get(_SQLITE_BEGIN, "IMMEDIATE")
         driver_connection = conn.connection.driver_connection
         if isinstance(driver_connection, sqlite_connection.OneTripConnection):
             # In the first statement's trip to the driver's thread, before it (services.runtime.sqlite_connection).
-            driver_connection.begin_with_next_statement(f"BEGIN {mode}")
+            driver_connection.begin_with_next_statement(
+                f"BEGIN {mode}", brief=mode == "IMMEDIATE" and bool(options.get(_SQLITE_BRIEF))
+            )
         else:
             conn.exec_driver_sql(f"BEGIN {mode}")
 

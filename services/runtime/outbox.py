@@ -214,7 +214,7 @@ class OutboxRelay:
             rows = (await session.execute(self._pending_query())).all()
         published = await self._publish_rows(rows)
         if published:
-            async with self._db.write() as session:
+            async with self._db.write(brief=True) as session:
                 await self._mark(session, published)
         return len(published)
 

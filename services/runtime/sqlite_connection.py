@@ -31,6 +31,9 @@ class OneTripCursor(aiosqlite.Cursor):
         self._fetched: list[Any] | None = None
 
     async def execute(self, sql: str, parameters: Iterable[Any] | None = None) -> OneTripCursor:
+        if self._one_trip_connection.runs_statements_here():
+            self._fetched = self._execute_and_fetch(None, sql, [] if parameters is None else parameters)
+            return self
         begin = self._one_trip_connection.take_pending_begin()
         self._fetched = await self._execute(
             self._execute_and_fetch, begin, sql, [] if parameters is None else parameters
@@ -38,6 +41,9 @@ class OneTripCursor(aiosqlite.Cursor):
         return self
 
     async def executemany(self, sql: str, parameters: Iterable[Iterable[Any]]) -> OneTripCursor:
+        if self._one_trip_connection.runs_statements_here():
+            self._execute_many(None, sql, parameters)
+            return self
         begin = self._one_trip_connection.take_pending_begin()
         await self._execute(self._execute_many, begin, sql, parameters)
         return self
@@ -91,20 +97,70 @@ class OneTripConnection(aiosqlite.Connection):
     """An aiosqlite connection whose cursors are OneTripCursors."""
 
     _pending_begin: str | None = None
+    # Set for a brief write transaction: once its BEGIN IMMEDIATE holds the write lock, its statements run here.
+    _brief: bool = False
 
-    def begin_with_next_statement(self, begin: str) -> None:
-        """Runs `begin` (e.g. "BEGIN IMMEDIATE") right before the next statement, in its trip."""
+    def begin_with_next_statement(self, begin: str, *, brief: bool = False) -> None:
+        """Runs `begin` (e.g. "BEGIN IMMEDIATE") right before the next statement, in its trip.
+
+        `brief`: a write transaction of a few statements on indexed rows. It runs on the calling thread (the event
+        loop's) without a trip to the driver's thread, unless its BEGIN finds another process holding the write
+        lock: that BEGIN, which may wait, goes to the driver's thread with the first statement, and only the later
+        statements run here. Once the transaction holds the write lock nothing makes its statements wait (in WAL
+        mode readers never block a writer). A trip costs little on an idle event loop, but on a busy one it waits
+        behind every ready task while the process's other writers queue for the lock (services.runtime.db): 20
+        concurrent sends held the lock about 5 ms per trip for 0.3 ms of SQLite work.
+        """
         self._pending_begin = begin
+        self._brief = brief
 
     def take_pending_begin(self) -> str | None:
         begin, self._pending_begin = self._pending_begin, None
         return begin
 
+    def runs_statements_here(self) -> bool:
+        """True when the next statement runs on the calling thread (a brief transaction holding the write lock)."""
+        if not self._brief:
+            return False
+        if self._pending_begin is not None:
+            if not self._begin_unless_busy(self._pending_begin):
+                return False
+            self._pending_begin = None
+        return self._conn.in_transaction
+
+    def _begin_unless_busy(self, begin: str) -> bool:
+        """Runs `begin` here if the write lock is free now; False (nothing begun) when another process holds it."""
+        connection = self._conn
+        waits = connection.execute("PRAGMA busy_timeout").fetchone()[0]
+        connection.execute("PRAGMA busy_timeout = 0")
+        try:
+            connection.execute(begin)
+        except sqlite3.OperationalError as error:
+            if error.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+                raise
+            return False
+        finally:
+            connection.execute(f"PRAGMA busy_timeout = {int(waits)}")
+        return True
+
+    def _in_brief_transaction(self) -> bool:
+        return self._brief and self._pending_begin is None and self._conn.in_transaction
+
     async def commit(self) -> None:
+        if self._in_brief_transaction():
+            self._brief = False
+            self._conn.commit()
+            return
+        self._brief = False
         if self._transaction_started():
             await super().commit()
 
     async def rollback(self) -> None:
+        if self._in_brief_transaction():
+            self._brief = False
+            self._conn.rollback()
+            return
+        self._brief = False
         # Also what the pool does to every connection it takes back, mostly after a commit: nothing to end then.
         if self._transaction_started():
             await super().rollback()
