@@ -22,6 +22,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    case,
     delete,
     func,
     select,
@@ -158,13 +159,52 @@ async def acquire_lease(
     One conditional UPDATE: PostgreSQL re-checks the condition on the locked row and SQLite serialises writers,
     so two replicas can never both succeed.
     """
+    return await _take_lease(session, mailbox_id, owner, now=now, ttl=ttl)
+
+
+async def start_pass(
+    session: AsyncSession,
+    mailbox_id: str,
+    owner: str,
+    *,
+    now: dt.datetime,
+    ttl: dt.timedelta,
+    state: str,
+    safety_check_at: dt.datetime,
+    caused_by: str,
+) -> Lease | None:
+    """Takes the lease (as `acquire_lease`) and marks the pass running in the same statement: if this worker
+    dies, the scheduler queues the mailbox at `safety_check_at`. `caused_by` (every next check a pass sets): the
+    pass's traceparent, which the queued pass links to. None when another worker holds the lease."""
+    return await _take_lease(
+        session,
+        mailbox_id,
+        owner,
+        now=now,
+        ttl=ttl,
+        state=state,
+        next_attempt_at=safety_check_at,
+        next_attempt_reason="POLL",
+        next_attempt_traceparent=caused_by,
+    )
+
+
+async def _take_lease(
+    session: AsyncSession,
+    mailbox_id: str,
+    owner: str,
+    *,
+    now: dt.datetime,
+    ttl: dt.timedelta,
+    **values: object,
+) -> Lease | None:
     row = MailboxSyncRow.__table__
     expires = now + ttl
     statement = (
         update(row)
         .where(row.c.mailbox_id == mailbox_id)
         .where((row.c.lease_owner.is_(None)) | (row.c.lease_expires_at < now) | (row.c.lease_owner == owner))
-        .values(lease_owner=owner, lease_expires_at=expires, fencing_token=row.c.fencing_token + 1)
+        .values(lease_owner=owner, lease_expires_at=expires, fencing_token=row.c.fencing_token + 1, **values)
         .returning(row.c.fencing_token)
     )
     token = (await session.execute(statement)).scalar_one_or_none()
@@ -216,6 +256,32 @@ async def record_progress(
 
     Call only after every publish up to `history_cursor` was acknowledged by JetStream.
     """
+    values = await _progress(
+        session,
+        lease,
+        published=published,
+        history_cursor=history_cursor,
+        skipped=skipped,
+        latest_seen_history_id=latest_seen_history_id,
+        now=now,
+    )
+    if lease_until is not None:
+        values["lease_expires_at"] = lease_until
+    # A lost lease raises here and the caller's transaction (the inserts above included) rolls back.
+    await _fenced_update(session, lease, **values)
+
+
+async def _progress(
+    session: AsyncSession,
+    lease: Lease,
+    *,
+    published: Sequence[PublishedEntry],
+    history_cursor: int | None,
+    skipped: int,
+    latest_seen_history_id: int,
+    now: dt.datetime,
+) -> dict[str, object]:
+    """Inserts the ledger entries; returns the row's values that record them and the cursor."""
     newly_published = await _insert_published(session, lease.mailbox_id, published, now)
     row = MailboxSyncRow.__table__
     greatest = func.max if session.get_bind().dialect.name == "sqlite" else func.greatest
@@ -229,13 +295,10 @@ async def record_progress(
         "last_error": "",
         "consecutive_failures": 0,
     }
-    if lease_until is not None:
-        values["lease_expires_at"] = lease_until
     if published:
         newest = max(entry.internal_ms for entry in published)
         values["last_synced_internal_ms"] = greatest(row.c.last_synced_internal_ms, newest)
-    # A lost lease raises here and the caller's transaction (the inserts above included) rolls back.
-    await _fenced_update(session, lease, **values)
+    return values
 
 
 async def _insert_published(
@@ -293,42 +356,42 @@ ACTIVE_PASS_STATES = ("SYNCING", "RESYNCING")
 UNSCHEDULED_STATES = ("PAUSED_REAUTH", "STOPPED")
 
 
-async def begin_pass(
-    session: AsyncSession, lease: Lease, *, state: str, safety_check_at: dt.datetime, caused_by: str
-) -> None:
-    """Fenced: the pass is running; if this worker dies, the scheduler queues the mailbox at `safety_check_at`.
-    `caused_by` (every next check a pass sets): the pass's traceparent, which the queued pass links to."""
-    await _fenced_update(
-        session,
-        lease,
-        state=state,
-        next_attempt_at=safety_check_at,
-        next_attempt_reason="POLL",
-        next_attempt_traceparent=caused_by,
-    )
-
-
 async def finish_pass(
     session: AsyncSession,
     lease: Lease,
     *,
+    published: Sequence[PublishedEntry],
+    history_cursor: int | None,
+    skipped: int,
+    latest_seen_history_id: int,
+    now: dt.datetime,
     next_check_at: dt.datetime,
     next_check_reason: str,
     caused_by: str,
 ) -> None:
-    """Fenced: the pass ended well; the mailbox goes back to IDLE unless a connection event moved it meanwhile."""
+    """Fenced, one UPDATE (after the ledger's INSERT of the last window, if any): the pass ended well. Its last
+    messages and the cursor (every publish up to it acknowledged), the next check, the lease given up, and the
+    mailbox back to IDLE unless a connection event moved it meanwhile (stopped or paused)."""
+    row = MailboxSyncRow.__table__
+    values = await _progress(
+        session,
+        lease,
+        published=published,
+        history_cursor=history_cursor,
+        skipped=skipped,
+        latest_seen_history_id=latest_seen_history_id,
+        now=now,
+    )
     await _fenced_update(
         session,
         lease,
+        **values,
         next_attempt_at=next_check_at,
         next_attempt_reason=next_check_reason,
         next_attempt_traceparent=caused_by,
-    )
-    row = MailboxSyncRow.__table__
-    await session.execute(
-        update(row)
-        .where(row.c.mailbox_id == lease.mailbox_id, row.c.state.in_(ACTIVE_PASS_STATES))
-        .values(state="IDLE")
+        state=case((row.c.state.in_(ACTIVE_PASS_STATES), "IDLE"), else_=row.c.state),
+        lease_owner=None,
+        lease_expires_at=None,
     )
 
 

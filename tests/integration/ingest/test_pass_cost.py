@@ -1,0 +1,101 @@
+"""What one sync pass costs ingest's database and auth, counted on the real engine: the fixed cost of a pass is
+what a thousand mailboxes' re-checks and polls multiply (docs/ingest.md, One sync pass). A regression that adds a
+statement, a write transaction or a GetMailbox per pass fails here."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import event
+
+from services.ingest.sync import PassOutcome
+from tests.fixtures.ingest_world import IngestWorld
+
+ALICE = "alice@example.com"
+_WRITES = ("INSERT", "UPDATE", "DELETE")
+
+
+@dataclass
+class PassCost:
+    statements: list[str] = field(default_factory=list)
+    # Transactions that changed something (each takes SQLite's single writer lock).
+    writes: int = 0
+    get_mailbox_calls: int = 0
+    _writing: bool = False
+
+
+@contextmanager
+def counted(world: IngestWorld) -> Iterator[PassCost]:
+    cost = PassCost()
+    engine = world.db.engine.sync_engine
+
+    def statement(_conn: Any, _cursor: Any, sql: str, *_args: Any) -> None:
+        verb = sql.lstrip().split(None, 1)[0].upper()
+        if verb in ("BEGIN", "COMMIT", "ROLLBACK", "PRAGMA"):
+            return
+        cost.statements.append(sql)
+        cost._writing = cost._writing or verb in _WRITES
+
+    def ended(_conn: Any) -> None:
+        cost.writes += cost._writing
+        cost._writing = False
+
+    asked = world.directory.get_mailbox
+
+    async def get_mailbox(**by: str) -> Any:
+        cost.get_mailbox_calls += 1
+        return await asked(**by)
+
+    world.directory.get_mailbox = get_mailbox  # type: ignore[method-assign]
+    event.listen(engine, "before_cursor_execute", statement)
+    event.listen(engine, "commit", ended)
+    event.listen(engine, "rollback", ended)
+    try:
+        yield cost
+    finally:
+        event.remove(engine, "before_cursor_execute", statement)
+        event.remove(engine, "commit", ended)
+        event.remove(engine, "rollback", ended)
+        world.directory.get_mailbox = asked  # type: ignore[method-assign]
+
+
+async def test_a_pass_with_new_mail_costs_two_writes_five_statements_and_one_get_mailbox(
+    ingest_world: IngestWorld,
+) -> None:
+    world = ingest_world
+    world.sandbox.create_mailbox(ALICE)
+    mailbox = world.connect(ALICE)
+    syncer = world.syncer()
+    assert await syncer.sync(mailbox.mailbox_id) is PassOutcome.SYNCED
+    world.deliver(ALICE, copies=3)
+
+    with counted(world) as cost:
+        assert await syncer.sync(mailbox.mailbox_id, "POLL") is PassOutcome.SYNCED
+
+    print(
+        f"pass with mail: {cost.writes} writes, {len(cost.statements)} statements, "
+        f"{cost.get_mailbox_calls} GetMailbox"
+    )
+    assert (cost.writes, len(cost.statements), cost.get_mailbox_calls) == (2, 5, 1), cost.statements
+
+
+async def test_a_pass_without_new_mail_costs_two_writes_and_no_call_to_auth(
+    ingest_world: IngestWorld,
+) -> None:
+    world = ingest_world
+    world.sandbox.create_mailbox(ALICE)
+    mailbox = world.connect(ALICE)
+    syncer = world.syncer()
+    assert await syncer.sync(mailbox.mailbox_id) is PassOutcome.SYNCED
+
+    with counted(world) as cost:
+        assert await syncer.sync(mailbox.mailbox_id, "POLL") is PassOutcome.SYNCED
+
+    print(
+        f"pass without mail: {cost.writes} writes, {len(cost.statements)} statements, "
+        f"{cost.get_mailbox_calls} GetMailbox"
+    )
+    assert (cost.writes, len(cost.statements), cost.get_mailbox_calls) == (2, 3, 0), cost.statements
