@@ -48,7 +48,8 @@ class MailboxSyncRow(Base):
     __tablename__ = "mailbox_sync"
 
     mailbox_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    mailbox_email: Mapped[str] = mapped_column(String(320))
+    # Indexed: a push names the mailbox by its address.
+    mailbox_email: Mapped[str] = mapped_column(String(320), index=True)
     # Gmail history id up to which every change is published; None after a history gap until the resync.
     history_cursor: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     state: Mapped[str] = mapped_column(String(32), default="IDLE")
@@ -71,6 +72,9 @@ class MailboxSyncRow(Base):
     # The W3C traceparent of the pass that set next_attempt_at ("" when none): the queued pass links to it
     # (runtime.trace_links). Kept in this row, which the pass writes anyway, so it costs no extra statement.
     next_attempt_traceparent: Mapped[str] = mapped_column(String(128), default="", server_default="")
+    # Raw (base64url) characters of the largest message the last pass fetched (0: none): the next pass sizes its
+    # first messages.get batch by it.
+    recent_message_chars: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class PublishedMessageRow(Base):
@@ -450,6 +454,21 @@ async def set_state(
     if reset_failures:
         values.update(consecutive_failures=0, last_error="")
     await session.execute(update(row).where(row.c.mailbox_id == mailbox_id).values(**values))
+
+
+async def note_push(session: AsyncSession, mailbox_email: str, history_id: int) -> str | None:
+    """A push named `history_id` for this Gmail address: remembered for the lag in the sync status, on the
+    mailbox ingest knows by that address; its id, or None when ingest has no row for the address."""
+    row = MailboxSyncRow.__table__
+    greatest = func.max if session.get_bind().dialect.name == "sqlite" else func.greatest
+    result = await session.execute(
+        update(row)
+        .where(row.c.mailbox_email == mailbox_email)
+        .values(latest_seen_history_id=greatest(row.c.latest_seen_history_id, history_id))
+        .returning(row.c.mailbox_id)
+    )
+    found = result.scalars().all()
+    return found[0] if len(found) == 1 else None
 
 
 async def note_seen_history(session: AsyncSession, mailbox_id: str, history_id: int) -> None:
