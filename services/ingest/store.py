@@ -511,19 +511,23 @@ async def due_checks(session: AsyncSession, *, now: dt.datetime, limit: int) -> 
     return [DueCheck(r[0], r[1], _aware(r[2]), r[3], r[4]) for r in result.all()]
 
 
-async def postpone_check(
-    session: AsyncSession, check: DueCheck, *, now: dt.datetime, until: dt.datetime
-) -> bool:
-    """Moves a due check to `until` if no other scheduler did (True: this caller queues the work item)."""
+async def postpone_checks(
+    session: AsyncSession, checks: Sequence[DueCheck], *, now: dt.datetime, until: dt.datetime
+) -> list[DueCheck]:
+    """Moves these due checks to `until`, in one UPDATE, unless another scheduler did; returns the ones moved here
+    (this caller queues their work items)."""
+    if not checks:
+        return []
     row = MailboxSyncRow.__table__
     result = await session.execute(
         update(row)
-        .where(row.c.mailbox_id == check.mailbox_id, row.c.next_attempt_at <= now)
+        .where(row.c.mailbox_id.in_([check.mailbox_id for check in checks]), row.c.next_attempt_at <= now)
         # The safety poll behind the queued pass is caused by nothing but the schedule.
         .values(next_attempt_at=until, next_attempt_traceparent="")
         .returning(row.c.mailbox_id)
     )
-    return result.first() is not None
+    moved = set(result.scalars())
+    return [check for check in checks if check.mailbox_id in moved]
 
 
 async def published_ids(session: AsyncSession, mailbox_id: str) -> set[str]:

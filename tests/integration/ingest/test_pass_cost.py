@@ -4,6 +4,7 @@ statement, a write transaction or a GetMailbox per pass fails here."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -11,7 +12,10 @@ from typing import Any
 
 from sqlalchemy import event
 
+from services.ingest import store
+from services.ingest.scheduler import SyncScheduler
 from services.ingest.sync import PassOutcome
+from services.runtime import streams
 from tests.fixtures.ingest_world import IngestWorld
 
 ALICE = "alice@example.com"
@@ -99,3 +103,25 @@ async def test_a_pass_without_new_mail_costs_two_writes_and_no_call_to_auth(
         f"{cost.get_mailbox_calls} GetMailbox"
     )
     assert (cost.writes, len(cost.statements), cost.get_mailbox_calls) == (2, 3, 0), cost.statements
+
+
+async def test_the_scheduler_queues_many_due_mailboxes_with_one_query_and_one_update(
+    ingest_world: IngestWorld,
+) -> None:
+    world = ingest_world
+    due_at = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5)
+    mailbox_ids = [f"mb-{i}" for i in range(20)]
+    async with world.db.write() as session:
+        for mailbox_id in mailbox_ids:
+            await store.ensure_mailbox(session, mailbox_id, f"{mailbox_id}@example.com")
+            await store.set_state(session, mailbox_id, "IDLE", next_attempt_at=due_at)
+    scheduler = SyncScheduler(db=world.db, js=world.js, timing=world.timing)
+
+    with counted(world) as cost:
+        queued = await scheduler.queue_due()
+
+    assert queued == len(mailbox_ids)
+    assert (cost.writes, len(cost.statements)) == (1, 2), cost.statements
+    info = await world.js.stream_info(streams.WORK.name)
+    assert info.state.messages == len(mailbox_ids)
+    assert await scheduler.queue_due() == 0, "the checks moved to the safety poll"
