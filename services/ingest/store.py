@@ -372,10 +372,12 @@ async def finish_pass(
     next_check_at: dt.datetime,
     next_check_reason: str,
     caused_by: str,
+    recent_message_chars: int | None = None,
 ) -> None:
     """Fenced, one UPDATE (after the ledger's INSERT of the last window, if any): the pass ended well. Its last
     messages and the cursor (every publish up to it acknowledged), the next check, the lease given up, and the
-    mailbox back to IDLE unless a connection event moved it meanwhile (stopped or paused)."""
+    mailbox back to IDLE unless a connection event moved it meanwhile (stopped or paused); `recent_message_chars`
+    (the largest message the pass fetched, None: it fetched none) sizes the next pass's first batch."""
     row = MailboxSyncRow.__table__
     values = await _progress(
         session,
@@ -386,6 +388,8 @@ async def finish_pass(
         latest_seen_history_id=latest_seen_history_id,
         now=now,
     )
+    if recent_message_chars is not None:
+        values["recent_message_chars"] = recent_message_chars
     await _fenced_update(
         session,
         lease,

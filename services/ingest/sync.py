@@ -62,11 +62,23 @@ from services.runtime.trace_links import current_traceparent
 log = logging.getLogger(__name__)
 
 BATCH_LIMIT = 25
-# A pass's first messages.get batch: what a message weighs is unknown until one comes back, and the Google client
-# holds a whole batch response in memory several times over while parsing it (25 mails of 10 MB: about 2.7 GB).
+# A pass's first messages.get batch when the mailbox's message sizes are unknown: the Google client holds a whole
+# batch response in memory several times over while parsing it (25 mails of 10 MB: about 2.7 GB).
 FIRST_BATCH = 2
+# The first batch when the last pass's largest message was small: a few new messages of ordinary mail come in one
+# round trip, and a first batch of 8 mails of the largest size that allows it stays within BATCH_CHARS.
+FIRST_BATCH_MAX = 8
 # Raw (base64url) characters one batch should bring back, judged by the largest message seen so far in the pass.
 BATCH_CHARS = 16 * 1024 * 1024
+
+
+def first_batch_size(recent_message_chars: int) -> int:
+    """messages.get in a pass's first batch, from the largest message of the mailbox's last pass (0: unknown)."""
+    if recent_message_chars <= 0:
+        return FIRST_BATCH
+    return max(1, min(FIRST_BATCH_MAX, BATCH_CHARS // recent_message_chars))
+
+
 SYNC_AFTER_PUBLISH = "ingest.sync.after_publish"
 REASON_NAMES = {
     events_pb2.MAILBOX_CHANGE_REASON_PUSH: "PUSH",
@@ -164,6 +176,8 @@ class _Pass:
     unrecorded: list[store.PublishedEntry] = field(default_factory=list)
     # messages.get per batch from here on: small while message sizes are unknown or large (see BATCH_CHARS).
     batch_size: int = FIRST_BATCH
+    # Raw characters of the largest message this pass fetched (0: none); the next pass's first batch is sized by it.
+    largest_message_chars: int = 0
 
     @property
     def mailbox_id(self) -> str:
@@ -322,6 +336,7 @@ class MailboxSyncer:
             ),
             cursor=cursor,
             mailbox=mailbox,
+            batch_size=first_batch_size(row.recent_message_chars),
         )
         try:
             if resync:
@@ -368,6 +383,7 @@ class MailboxSyncer:
                 next_check_at=next_at,
                 next_check_reason=next_reason,
                 caused_by=current_traceparent(),
+                recent_message_chars=work.largest_message_chars or None,
             )
         return PassOutcome.SYNCED
 
@@ -562,8 +578,9 @@ class MailboxSyncer:
     async def _fetch_raw(self, work: _Pass, ids: list[str]) -> dict[str, dict[str, Any]]:
         """messages.get format=raw in batches of at most 25, a bounded number in flight for this mailbox.
 
-        The pass starts with one small batch and sizes the next ones by the largest message seen, so a burst of
-        large mail is fetched a few at a time (bounded memory) and ordinary mail 25 at a time.
+        The pass starts with one small batch (sized by the largest message of the mailbox's last pass,
+        `first_batch_size`) and sizes the next ones by the largest message seen, so a burst of large mail is
+        fetched a few at a time (bounded memory) and ordinary mail 25 at a time.
 
         Messages Gmail no longer has are left out (deleted before we got to them), and so are messages Gmail
         refuses for good (logged); any other failure after the adapter's retries fails the pass, so the cursor
@@ -585,6 +602,7 @@ class MailboxSyncer:
             batches = [batch for batch in batches if batch]
             pending = pending[sum(len(batch) for batch in batches) :]
             largest = max(await asyncio.gather(*(fetch(batch) for batch in batches)))
+            work.largest_message_chars = max(work.largest_message_chars, largest)
             work.batch_size = max(1, min(BATCH_LIMIT, BATCH_CHARS // max(largest, 1)))
             if any(not isinstance(failure, PermanentGmailError) for failure in failures):
                 break  # the pass fails below; the rest is fetched by the next one

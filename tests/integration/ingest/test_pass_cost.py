@@ -125,3 +125,32 @@ async def test_the_scheduler_queues_many_due_mailboxes_with_one_query_and_one_up
     info = await world.js.stream_info(streams.WORK.name)
     assert info.state.messages == len(mailbox_ids)
     assert await scheduler.queue_due() == 0, "the checks moved to the safety poll"
+
+
+async def test_the_first_fetch_batch_is_sized_by_the_mailboxs_last_pass(ingest_world: IngestWorld) -> None:
+    """A few new messages of ordinary mail come in one messages.get batch (one HTTP request) once the mailbox's
+    last pass saw small mail; after a large one, the first batch is small again (bounded memory)."""
+    world = ingest_world
+    world.sandbox.create_mailbox(ALICE)
+    mailbox = world.connect(ALICE)
+    syncer = world.syncer()
+    world.deliver(ALICE, subject="small")
+    assert await syncer.sync(mailbox.mailbox_id) is PassOutcome.SYNCED
+
+    def batches() -> int:
+        return int(world.sandbox.admin.quota()["http_requests"].get("batch", 0))
+
+    before = batches()
+    world.deliver(ALICE, copies=6, subject="small again")
+    assert await syncer.sync(mailbox.mailbox_id, "POLL") is PassOutcome.SYNCED
+    assert batches() - before == 1, "6 small messages in one batch (with sizes unknown: 2, then 4)"
+
+    world.deliver(ALICE, subject="large", body="x" * (6 * 1024 * 1024 + 1))
+    assert await syncer.sync(mailbox.mailbox_id, "POLL") is PassOutcome.SYNCED
+    async with world.db.read() as session:
+        row = await store.get_sync_row(session, mailbox.mailbox_id)
+    assert row is not None and row.recent_message_chars > 6 * 1024 * 1024
+    before = batches()
+    world.deliver(ALICE, copies=3, subject="after the large one")
+    assert await syncer.sync(mailbox.mailbox_id, "POLL") is PassOutcome.SYNCED
+    assert batches() - before == 2, "the first batch holds 2 (16 M characters / the large one), then the rest"
