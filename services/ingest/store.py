@@ -179,7 +179,9 @@ async def start_pass(
 ) -> Lease | None:
     """Takes the lease (as `acquire_lease`) and marks the pass running in the same statement: if this worker
     dies, the scheduler queues the mailbox at `safety_check_at`. `caused_by` (every next check a pass sets): the
-    pass's traceparent, which the queued pass links to. None when another worker holds the lease."""
+    pass's traceparent, which the queued pass links to. None when another worker holds the lease. The size hint
+    for the first batch is cleared until the pass finishes: a pass that dies while fetching (killed for memory,
+    say) leaves the next one the cautious first batch instead of the same one again."""
     return await _take_lease(
         session,
         mailbox_id,
@@ -190,6 +192,7 @@ async def start_pass(
         next_attempt_at=safety_check_at,
         next_attempt_reason="POLL",
         next_attempt_traceparent=caused_by,
+        recent_message_chars=0,
     )
 
 

@@ -66,8 +66,9 @@ BATCH_LIMIT = 25
 # batch response in memory several times over while parsing it (25 mails of 10 MB: about 2.7 GB).
 FIRST_BATCH = 2
 # The first batch when the last pass's largest message was small: a few new messages of ordinary mail come in one
-# round trip, and a first batch of 8 mails of the largest size that allows it stays within BATCH_CHARS.
-FIRST_BATCH_MAX = 8
+# round trip. Sizes are not known before the fetch, so this is also how many large mails can arrive in it after
+# small ones: 4 keeps that worst case at twice the unknown-size one.
+FIRST_BATCH_MAX = 4
 # Raw (base64url) characters one batch should bring back, judged by the largest message seen so far in the pass.
 BATCH_CHARS = 16 * 1024 * 1024
 
@@ -383,7 +384,7 @@ class MailboxSyncer:
                 next_check_at=next_at,
                 next_check_reason=next_reason,
                 caused_by=current_traceparent(),
-                recent_message_chars=work.largest_message_chars or None,
+                recent_message_chars=work.largest_message_chars or row.recent_message_chars,
             )
         return PassOutcome.SYNCED
 

@@ -15,6 +15,7 @@ from sqlalchemy import event
 from services.ingest import store
 from services.ingest.scheduler import SyncScheduler
 from services.ingest.sync import PassOutcome
+from services.ingest.sync_policy import SyncState
 from services.runtime import streams
 from tests.fixtures.ingest_world import IngestWorld
 
@@ -141,9 +142,16 @@ async def test_the_first_fetch_batch_is_sized_by_the_mailboxs_last_pass(ingest_w
         return int(world.sandbox.admin.quota()["http_requests"].get("batch", 0))
 
     before = batches()
-    world.deliver(ALICE, copies=6, subject="small again")
+    world.deliver(ALICE, copies=4, subject="small again")
     assert await syncer.sync(mailbox.mailbox_id, "POLL") is PassOutcome.SYNCED
-    assert batches() - before == 1, "6 small messages in one batch (with sizes unknown: 2, then 4)"
+    assert batches() - before == 1, "4 small messages in one batch (with sizes unknown: 2, then 2)"
+
+    # A pass without new mail keeps the hint.
+    assert await syncer.sync(mailbox.mailbox_id, "POLL") is PassOutcome.SYNCED
+    before = batches()
+    world.deliver(ALICE, copies=4, subject="small once more")
+    assert await syncer.sync(mailbox.mailbox_id, "POLL") is PassOutcome.SYNCED
+    assert batches() - before == 1, "the empty pass between kept the small first batch"
 
     world.deliver(ALICE, subject="large", body="x" * (6 * 1024 * 1024 + 1))
     assert await syncer.sync(mailbox.mailbox_id, "POLL") is PassOutcome.SYNCED
@@ -154,3 +162,42 @@ async def test_the_first_fetch_batch_is_sized_by_the_mailboxs_last_pass(ingest_w
     world.deliver(ALICE, copies=3, subject="after the large one")
     assert await syncer.sync(mailbox.mailbox_id, "POLL") is PassOutcome.SYNCED
     assert batches() - before == 2, "the first batch holds 2 (16 M characters / the large one), then the rest"
+
+
+async def test_a_pass_that_dies_while_fetching_leaves_the_next_one_the_cautious_first_batch(
+    ingest_world: IngestWorld,
+) -> None:
+    """A pass killed mid-fetch (for memory, say) must not hand the next pass the same large first batch: taking
+    the lease clears the size hint, and only a finished pass sets it again."""
+    world = ingest_world
+    world.sandbox.create_mailbox(ALICE)
+    mailbox = world.connect(ALICE)
+    syncer = world.syncer()
+    world.deliver(ALICE, subject="small")
+    assert await syncer.sync(mailbox.mailbox_id) is PassOutcome.SYNCED
+    async with world.db.read() as session:
+        row = await store.get_sync_row(session, mailbox.mailbox_id)
+    assert row is not None and row.recent_message_chars > 0
+
+    # The dead pass: it took the lease and never finished.
+    now = dt.datetime.now(dt.UTC)
+    async with world.db.write() as session:
+        lease = await store.start_pass(
+            session,
+            mailbox.mailbox_id,
+            "a-worker-that-died",
+            now=now - dt.timedelta(hours=1),
+            ttl=dt.timedelta(seconds=1),
+            state=SyncState.SYNCING,
+            safety_check_at=now,
+            caused_by="",
+        )
+    assert lease is not None
+
+    def batches() -> int:
+        return int(world.sandbox.admin.quota()["http_requests"].get("batch", 0))
+
+    before = batches()
+    world.deliver(ALICE, copies=4, subject="after the dead pass")
+    assert await syncer.sync(mailbox.mailbox_id, "POLL") is PassOutcome.SYNCED
+    assert batches() - before == 2, "sizes unknown again: 2, then 2"

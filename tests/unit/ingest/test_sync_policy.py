@@ -96,7 +96,7 @@ def test_the_first_fetch_batch_is_sized_by_the_last_passs_largest_message() -> N
     from services.ingest.sync import BATCH_CHARS, FIRST_BATCH, FIRST_BATCH_MAX, first_batch_size
 
     assert first_batch_size(0) == FIRST_BATCH, "sizes unknown: two at a time"
-    assert first_batch_size(4_000) == FIRST_BATCH_MAX == 8, "ordinary mail: capped at 8"
+    assert first_batch_size(4_000) == FIRST_BATCH_MAX == 4, "ordinary mail: capped at 4"
     assert first_batch_size(BATCH_CHARS // 3) == 3
     assert first_batch_size(14 * 1024 * 1024) == 1, "a 10 MB mail (base64url): one at a time"
     assert first_batch_size(BATCH_CHARS * 4) == 1
