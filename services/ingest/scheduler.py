@@ -48,11 +48,10 @@ class SyncScheduler:
         now = self._clock.now()
         # Until the queued pass sets its own next check, the safety poll stands behind it.
         until = now + self._timing.safety_poll_interval
-        claimed: list[store.DueCheck] = []
+        # One query and one update for every due mailbox: a thousand mailboxes' checks cost two statements.
         async with self._db.write() as session:
-            for check in await store.due_checks(session, now=now, limit=self._batch):
-                if await store.postpone_check(session, check, now=now, until=until):
-                    claimed.append(check)
+            due = await store.due_checks(session, now=now, limit=self._batch)
+            claimed = await store.postpone_checks(session, due, now=now, until=until)
         for check in claimed:
             await queue_sync(
                 self._js,

@@ -22,6 +22,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    case,
     delete,
     func,
     select,
@@ -47,7 +48,8 @@ class MailboxSyncRow(Base):
     __tablename__ = "mailbox_sync"
 
     mailbox_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    mailbox_email: Mapped[str] = mapped_column(String(320))
+    # Indexed: a push names the mailbox by its address.
+    mailbox_email: Mapped[str] = mapped_column(String(320), index=True)
     # Gmail history id up to which every change is published; None after a history gap until the resync.
     history_cursor: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     state: Mapped[str] = mapped_column(String(32), default="IDLE")
@@ -70,6 +72,9 @@ class MailboxSyncRow(Base):
     # The W3C traceparent of the pass that set next_attempt_at ("" when none): the queued pass links to it
     # (runtime.trace_links). Kept in this row, which the pass writes anyway, so it costs no extra statement.
     next_attempt_traceparent: Mapped[str] = mapped_column(String(128), default="", server_default="")
+    # Raw (base64url) characters of the largest message the last pass fetched (0: none): the next pass sizes its
+    # first messages.get batch by it.
+    recent_message_chars: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class PublishedMessageRow(Base):
@@ -158,13 +163,55 @@ async def acquire_lease(
     One conditional UPDATE: PostgreSQL re-checks the condition on the locked row and SQLite serialises writers,
     so two replicas can never both succeed.
     """
+    return await _take_lease(session, mailbox_id, owner, now=now, ttl=ttl)
+
+
+async def start_pass(
+    session: AsyncSession,
+    mailbox_id: str,
+    owner: str,
+    *,
+    now: dt.datetime,
+    ttl: dt.timedelta,
+    state: str,
+    safety_check_at: dt.datetime,
+    caused_by: str,
+) -> Lease | None:
+    """Takes the lease (as `acquire_lease`) and marks the pass running in the same statement: if this worker
+    dies, the scheduler queues the mailbox at `safety_check_at`. `caused_by` (every next check a pass sets): the
+    pass's traceparent, which the queued pass links to. None when another worker holds the lease. The size hint
+    for the first batch is cleared until the pass finishes: a pass that dies while fetching (killed for memory,
+    say) leaves the next one the cautious first batch instead of the same one again."""
+    return await _take_lease(
+        session,
+        mailbox_id,
+        owner,
+        now=now,
+        ttl=ttl,
+        state=state,
+        next_attempt_at=safety_check_at,
+        next_attempt_reason="POLL",
+        next_attempt_traceparent=caused_by,
+        recent_message_chars=0,
+    )
+
+
+async def _take_lease(
+    session: AsyncSession,
+    mailbox_id: str,
+    owner: str,
+    *,
+    now: dt.datetime,
+    ttl: dt.timedelta,
+    **values: object,
+) -> Lease | None:
     row = MailboxSyncRow.__table__
     expires = now + ttl
     statement = (
         update(row)
         .where(row.c.mailbox_id == mailbox_id)
         .where((row.c.lease_owner.is_(None)) | (row.c.lease_expires_at < now) | (row.c.lease_owner == owner))
-        .values(lease_owner=owner, lease_expires_at=expires, fencing_token=row.c.fencing_token + 1)
+        .values(lease_owner=owner, lease_expires_at=expires, fencing_token=row.c.fencing_token + 1, **values)
         .returning(row.c.fencing_token)
     )
     token = (await session.execute(statement)).scalar_one_or_none()
@@ -216,6 +263,32 @@ async def record_progress(
 
     Call only after every publish up to `history_cursor` was acknowledged by JetStream.
     """
+    values = await _progress(
+        session,
+        lease,
+        published=published,
+        history_cursor=history_cursor,
+        skipped=skipped,
+        latest_seen_history_id=latest_seen_history_id,
+        now=now,
+    )
+    if lease_until is not None:
+        values["lease_expires_at"] = lease_until
+    # A lost lease raises here and the caller's transaction (the inserts above included) rolls back.
+    await _fenced_update(session, lease, **values)
+
+
+async def _progress(
+    session: AsyncSession,
+    lease: Lease,
+    *,
+    published: Sequence[PublishedEntry],
+    history_cursor: int | None,
+    skipped: int,
+    latest_seen_history_id: int,
+    now: dt.datetime,
+) -> dict[str, object]:
+    """Inserts the ledger entries; returns the row's values that record them and the cursor."""
     newly_published = await _insert_published(session, lease.mailbox_id, published, now)
     row = MailboxSyncRow.__table__
     greatest = func.max if session.get_bind().dialect.name == "sqlite" else func.greatest
@@ -229,13 +302,10 @@ async def record_progress(
         "last_error": "",
         "consecutive_failures": 0,
     }
-    if lease_until is not None:
-        values["lease_expires_at"] = lease_until
     if published:
         newest = max(entry.internal_ms for entry in published)
         values["last_synced_internal_ms"] = greatest(row.c.last_synced_internal_ms, newest)
-    # A lost lease raises here and the caller's transaction (the inserts above included) rolls back.
-    await _fenced_update(session, lease, **values)
+    return values
 
 
 async def _insert_published(
@@ -293,42 +363,46 @@ ACTIVE_PASS_STATES = ("SYNCING", "RESYNCING")
 UNSCHEDULED_STATES = ("PAUSED_REAUTH", "STOPPED")
 
 
-async def begin_pass(
-    session: AsyncSession, lease: Lease, *, state: str, safety_check_at: dt.datetime, caused_by: str
-) -> None:
-    """Fenced: the pass is running; if this worker dies, the scheduler queues the mailbox at `safety_check_at`.
-    `caused_by` (every next check a pass sets): the pass's traceparent, which the queued pass links to."""
-    await _fenced_update(
-        session,
-        lease,
-        state=state,
-        next_attempt_at=safety_check_at,
-        next_attempt_reason="POLL",
-        next_attempt_traceparent=caused_by,
-    )
-
-
 async def finish_pass(
     session: AsyncSession,
     lease: Lease,
     *,
+    published: Sequence[PublishedEntry],
+    history_cursor: int | None,
+    skipped: int,
+    latest_seen_history_id: int,
+    now: dt.datetime,
     next_check_at: dt.datetime,
     next_check_reason: str,
     caused_by: str,
+    recent_message_chars: int | None = None,
 ) -> None:
-    """Fenced: the pass ended well; the mailbox goes back to IDLE unless a connection event moved it meanwhile."""
+    """Fenced, one UPDATE (after the ledger's INSERT of the last window, if any): the pass ended well. Its last
+    messages and the cursor (every publish up to it acknowledged), the next check, the lease given up, and the
+    mailbox back to IDLE unless a connection event moved it meanwhile (stopped or paused); `recent_message_chars`
+    (the largest message the pass fetched, None: it fetched none) sizes the next pass's first batch."""
+    row = MailboxSyncRow.__table__
+    values = await _progress(
+        session,
+        lease,
+        published=published,
+        history_cursor=history_cursor,
+        skipped=skipped,
+        latest_seen_history_id=latest_seen_history_id,
+        now=now,
+    )
+    if recent_message_chars is not None:
+        values["recent_message_chars"] = recent_message_chars
     await _fenced_update(
         session,
         lease,
+        **values,
         next_attempt_at=next_check_at,
         next_attempt_reason=next_check_reason,
         next_attempt_traceparent=caused_by,
-    )
-    row = MailboxSyncRow.__table__
-    await session.execute(
-        update(row)
-        .where(row.c.mailbox_id == lease.mailbox_id, row.c.state.in_(ACTIVE_PASS_STATES))
-        .values(state="IDLE")
+        state=case((row.c.state.in_(ACTIVE_PASS_STATES), "IDLE"), else_=row.c.state),
+        lease_owner=None,
+        lease_expires_at=None,
     )
 
 
@@ -389,6 +463,21 @@ async def set_state(
     await session.execute(update(row).where(row.c.mailbox_id == mailbox_id).values(**values))
 
 
+async def note_push(session: AsyncSession, mailbox_email: str, history_id: int) -> str | None:
+    """A push named `history_id` for this Gmail address: remembered for the lag in the sync status, on the
+    mailbox ingest knows by that address; its id, or None when ingest has no row for the address."""
+    row = MailboxSyncRow.__table__
+    greatest = func.max if session.get_bind().dialect.name == "sqlite" else func.greatest
+    result = await session.execute(
+        update(row)
+        .where(row.c.mailbox_email == mailbox_email)
+        .values(latest_seen_history_id=greatest(row.c.latest_seen_history_id, history_id))
+        .returning(row.c.mailbox_id)
+    )
+    found = result.scalars().all()
+    return found[0] if len(found) == 1 else None
+
+
 async def note_seen_history(session: AsyncSession, mailbox_id: str, history_id: int) -> None:
     """A push named `history_id`: remembered for the lag in the sync status."""
     row = MailboxSyncRow.__table__
@@ -429,19 +518,23 @@ async def due_checks(session: AsyncSession, *, now: dt.datetime, limit: int) -> 
     return [DueCheck(r[0], r[1], _aware(r[2]), r[3], r[4]) for r in result.all()]
 
 
-async def postpone_check(
-    session: AsyncSession, check: DueCheck, *, now: dt.datetime, until: dt.datetime
-) -> bool:
-    """Moves a due check to `until` if no other scheduler did (True: this caller queues the work item)."""
+async def postpone_checks(
+    session: AsyncSession, checks: Sequence[DueCheck], *, now: dt.datetime, until: dt.datetime
+) -> list[DueCheck]:
+    """Moves these due checks to `until`, in one UPDATE, unless another scheduler did; returns the ones moved here
+    (this caller queues their work items)."""
+    if not checks:
+        return []
     row = MailboxSyncRow.__table__
     result = await session.execute(
         update(row)
-        .where(row.c.mailbox_id == check.mailbox_id, row.c.next_attempt_at <= now)
+        .where(row.c.mailbox_id.in_([check.mailbox_id for check in checks]), row.c.next_attempt_at <= now)
         # The safety poll behind the queued pass is caused by nothing but the schedule.
         .values(next_attempt_at=until, next_attempt_traceparent="")
         .returning(row.c.mailbox_id)
     )
-    return result.first() is not None
+    moved = set(result.scalars())
+    return [check for check in checks if check.mailbox_id in moved]
 
 
 async def published_ids(session: AsyncSession, mailbox_id: str) -> set[str]:

@@ -62,11 +62,24 @@ from services.runtime.trace_links import current_traceparent
 log = logging.getLogger(__name__)
 
 BATCH_LIMIT = 25
-# A pass's first messages.get batch: what a message weighs is unknown until one comes back, and the Google client
-# holds a whole batch response in memory several times over while parsing it (25 mails of 10 MB: about 2.7 GB).
+# A pass's first messages.get batch when the mailbox's message sizes are unknown: the Google client holds a whole
+# batch response in memory several times over while parsing it (25 mails of 10 MB: about 2.7 GB).
 FIRST_BATCH = 2
+# The first batch when the last pass's largest message was small: a few new messages of ordinary mail come in one
+# round trip. Sizes are not known before the fetch, so this is also how many large mails can arrive in it after
+# small ones: 4 keeps that worst case at twice the unknown-size one.
+FIRST_BATCH_MAX = 4
 # Raw (base64url) characters one batch should bring back, judged by the largest message seen so far in the pass.
 BATCH_CHARS = 16 * 1024 * 1024
+
+
+def first_batch_size(recent_message_chars: int) -> int:
+    """messages.get in a pass's first batch, from the largest message of the mailbox's last pass (0: unknown)."""
+    if recent_message_chars <= 0:
+        return FIRST_BATCH
+    return max(1, min(FIRST_BATCH_MAX, BATCH_CHARS // recent_message_chars))
+
+
 SYNC_AFTER_PUBLISH = "ingest.sync.after_publish"
 REASON_NAMES = {
     events_pb2.MAILBOX_CHANGE_REASON_PUSH: "PUSH",
@@ -137,21 +150,58 @@ class _Prepared:
     entry: store.PublishedEntry
 
 
+class _NotConnected(Exception):
+    """Auth, asked during the pass, lists no CONNECTED connection of the mailbox (any more)."""
+
+    def __init__(self, mailbox: MailboxInfo | None) -> None:
+        super().__init__("the mailbox has no CONNECTED connection")
+        self.awaiting_reauth = mailbox is not None and mailbox.awaiting_reauth
+
+
 @dataclass
 class _Pass:
     lease: store.Lease
-    mailbox: MailboxInfo
-    start_history_id: int
-    start_ms: int
     client: GmailClient
     cursor: int | None
-    connections: list[Any]
+    # What auth says about the mailbox: asked only when the pass needs it (a listing with something in it, a first
+    # pass, a resync, an audit), once, after Gmail's listing (R3); before that, ingest's own row is enough.
+    mailbox: MailboxInfo | None = None
+    # The mailbox was read after the pass's Gmail listing: its connections are what the listed mail goes to.
+    fresh: bool = False
+    connections: list[Any] = field(default_factory=list)
     had_work: bool = False
     # Gmail's clock reading when history was listed: the audit leaves newer messages to the next pass.
     listed_at_ms: int = 0
     skipped: int = 0
+    # The last published window, recorded in the pass's last transaction (or before anything reads the ledger).
+    unrecorded: list[store.PublishedEntry] = field(default_factory=list)
     # messages.get per batch from here on: small while message sizes are unknown or large (see BATCH_CHARS).
     batch_size: int = FIRST_BATCH
+    # Raw characters of the largest message this pass fetched (0: none); the next pass's first batch is sized by it.
+    largest_message_chars: int = 0
+
+    @property
+    def mailbox_id(self) -> str:
+        return self.lease.mailbox_id
+
+    @property
+    def known(self) -> MailboxInfo:
+        assert self.mailbox is not None, "the pass reads the mailbox before it needs it"
+        return self.mailbox
+
+    @property
+    def scope(self) -> tuple[int, dt.datetime]:
+        scope = sync_scope(self.known.connections)
+        assert scope is not None, "a mailbox without a CONNECTED connection ends the pass (_NotConnected)"
+        return scope
+
+    @property
+    def start_history_id(self) -> int:
+        return self.scope[0]
+
+    @property
+    def start_ms(self) -> int:
+        return int(self.scope[1].timestamp() * 1000)
 
 
 class MailboxSyncer:
@@ -194,55 +244,25 @@ class MailboxSyncer:
 
     async def sync(self, mailbox_id: str, reason: str = "POLL") -> PassOutcome:
         """One pass over the mailbox; never raises for Gmail trouble (that is recorded on the mailbox)."""
-        try:
-            mailbox = await self._directory.get_mailbox(mailbox_id=mailbox_id)
-        except GmailError as error:
-            raise RetryLater(self._config.timing.backoff_base.total_seconds(), str(error)) from error
-        if mailbox is None:
-            return PassOutcome.UNKNOWN_MAILBOX
         now = self._clock.now()
-        async with self._db.write() as session:
-            await store.ensure_mailbox(session, mailbox.mailbox_id, mailbox.email)
+        async with self._db.read() as session:
             row = await store.get_sync_row(session, mailbox_id)
-        last_sync = _aware(row.last_sync_at) if row is not None else None
+        mailbox: MailboxInfo | None = None
+        if row is None:
+            # Ingest has no row yet (no push or connection event made one): auth says whether it exists.
+            mailbox = await self._ask_auth(mailbox_id)
+            if mailbox is None:
+                return PassOutcome.UNKNOWN_MAILBOX
+            async with self._db.write() as session:
+                await store.ensure_mailbox(session, mailbox.mailbox_id, mailbox.email)
+                row = await store.get_sync_row(session, mailbox_id)
+            assert row is not None
+        last_sync = _aware(row.last_sync_at)
         if reason == "PUSH" and last_sync is not None and now - last_sync < self._config.min_push_interval:
             return PassOutcome.TOO_SOON
-        scope = sync_scope(mailbox.connections)
-        if scope is None:
-            # R10/R11: no CONNECTED connection left; R12: paused until one is reauthorized.
-            state = SyncState.PAUSED_REAUTH if mailbox.awaiting_reauth else SyncState.STOPPED
-            async with self._db.write() as session:
-                await store.set_state(session, mailbox_id, state)
-            return PassOutcome.PAUSED if state is SyncState.PAUSED_REAUTH else PassOutcome.STOPPED
-        # A holder name per pass: two workers of one process must not take the lease from each other.
-        self._passes += 1
-        owner = f"{self._config.owner}:{self._passes}"
-        async with self._db.write() as session:
-            lease = await store.acquire_lease(session, mailbox_id, owner, now=now, ttl=self._config.lease_ttl)
-        if lease is None:
-            return PassOutcome.BUSY
-        outcome: PassOutcome | None = None
-        try:
-            outcome = await self._leased_pass(lease, mailbox, scope, reason)
-            return outcome
-        except store.LeaseLost:
-            log.warning("lease lost mid-pass", extra={"mailbox_id": mailbox_id})
-            return PassOutcome.LEASE_LOST
-        finally:
-            # A pass that ended well gave the lease up in its last transaction.
-            if outcome is not PassOutcome.SYNCED:
-                async with self._db.write() as session:
-                    await store.release_lease(session, lease)
-
-    async def _leased_pass(
-        self, lease: store.Lease, mailbox: MailboxInfo, scope: tuple[int, dt.datetime], reason: str
-    ) -> PassOutcome:
-        now = self._clock.now()
-        timing = self._config.timing
-        async with self._db.read() as session:
-            row = await store.get_sync_row(session, mailbox.mailbox_id)
-        assert row is not None
-        cursor, failures, last_audit = row.history_cursor, row.consecutive_failures, row.last_audit_at
+        if row.state in store.UNSCHEDULED_STATES:
+            # R10/R11 stopped, R12 paused: only a connection event (connected, reauthorized) resumes the mailbox.
+            return PassOutcome.PAUSED if row.state == SyncState.PAUSED_REAUTH else PassOutcome.STOPPED
         waiting_until = _aware(row.next_attempt_at)
         if (
             reason == "PUSH"
@@ -253,21 +273,61 @@ class MailboxSyncer:
             # A failing mailbox is not hammered by its pushes; its retry is already scheduled.
             return PassOutcome.BACKING_OFF
         resync = reason == "RESYNC"
-        async with self._db.write() as session:
-            await store.begin_pass(
+        if resync or row.history_cursor is None:
+            # Where Gmail is read from (the earliest connection's start, R1) is needed before the listing.
+            mailbox = mailbox or await self._ask_auth(mailbox_id)
+            if mailbox is None or sync_scope(mailbox.connections) is None:
+                return await self._stop(mailbox_id, _NotConnected(mailbox))
+        # A holder name per pass: two workers of one process must not take the lease from each other.
+        self._passes += 1
+        owner = f"{self._config.owner}:{self._passes}"
+        async with self._db.write(brief=True) as session:
+            lease = await store.start_pass(
                 session,
-                lease,
+                mailbox_id,
+                owner,
+                now=now,
+                ttl=self._config.lease_ttl,
                 state=SyncState.RESYNCING if resync else SyncState.SYNCING,
-                safety_check_at=now + timing.safety_poll_interval,
+                safety_check_at=now + self._config.timing.safety_poll_interval,
                 caused_by=current_traceparent(),
             )
-        start_history_id, start_time = scope
-        mailbox_id = mailbox.mailbox_id
+        if lease is None:
+            return PassOutcome.BUSY
+        outcome: PassOutcome | None = None
+        try:
+            outcome = await self._leased_pass(lease, row, mailbox, resync)
+            return outcome
+        except store.LeaseLost:
+            log.warning("lease lost mid-pass", extra={"mailbox_id": mailbox_id})
+            return PassOutcome.LEASE_LOST
+        finally:
+            # A pass that ended well gave the lease up in its last transaction.
+            if outcome is not PassOutcome.SYNCED:
+                async with self._db.write() as session:
+                    await store.release_lease(session, lease)
+
+    async def _ask_auth(self, mailbox_id: str) -> MailboxInfo | None:
+        try:
+            return await self._directory.get_mailbox(mailbox_id=mailbox_id)
+        except GmailError as error:
+            raise RetryLater(self._config.timing.backoff_base.total_seconds(), str(error)) from error
+
+    async def _stop(self, mailbox_id: str, reason: _NotConnected) -> PassOutcome:
+        """R10/R11: no CONNECTED connection left; R12: paused until one is reauthorized."""
+        state = SyncState.PAUSED_REAUTH if reason.awaiting_reauth else SyncState.STOPPED
+        async with self._db.write() as session:
+            await store.set_state(session, mailbox_id, state)
+        return PassOutcome.PAUSED if state is SyncState.PAUSED_REAUTH else PassOutcome.STOPPED
+
+    async def _leased_pass(
+        self, lease: store.Lease, row: store.MailboxSyncRow, mailbox: MailboxInfo | None, resync: bool
+    ) -> PassOutcome:
+        timing = self._config.timing
+        cursor, failures, last_audit = row.history_cursor, row.consecutive_failures, row.last_audit_at
+        mailbox_id = lease.mailbox_id
         work = _Pass(
             lease=lease,
-            mailbox=mailbox,
-            start_history_id=start_history_id,
-            start_ms=int(start_time.timestamp() * 1000),
             client=GmailClient(
                 self._api,
                 self._token_source(mailbox_id),
@@ -276,14 +336,15 @@ class MailboxSyncer:
                 on_token_rejected=self._token_rejected_hook(mailbox_id),
             ),
             cursor=cursor,
-            connections=connections_to_proto(mailbox.connections),
+            mailbox=mailbox,
+            batch_size=first_batch_size(row.recent_message_chars),
         )
         try:
             if resync:
                 await self._resync(work, last_synced_ms=row.last_synced_internal_ms)
             else:
                 try:
-                    await self._history_pass(work, cursor if cursor is not None else start_history_id)
+                    await self._history_pass(work, cursor if cursor is not None else work.start_history_id)
                 except HistoryExpired:
                     async with self._db.write() as session:
                         await store.clear_cursor(session, lease)
@@ -291,7 +352,11 @@ class MailboxSyncer:
                     await self._resync(work, last_synced_ms=row.last_synced_internal_ms)
             if audit_due(_aware(last_audit), self._clock.now(), timing):
                 await self._audit(work)
+        except _NotConnected as stopped:
+            await self._record_unrecorded(work)
+            return await self._stop(mailbox_id, stopped)
         except PermanentAuthFailure as error:
+            await self._record_unrecorded(work)
             await self._record_failure(lease, SyncState.PAUSED_REAUTH, error, failures + 1, None)
             return PassOutcome.PAUSED
         except store.LeaseLost:
@@ -299,31 +364,47 @@ class MailboxSyncer:
         except (GmailError, nats.errors.Error, TimeoutError, OSError, BrokenProcessPool) as error:
             if isinstance(error, AccessTokenRejected):
                 # Gmail refused a token the directory may still have cached: the next pass asks for a new one.
-                self._tokens.forget_token(mailbox.mailbox_id)
+                self._tokens.forget_token(mailbox_id)
+            await self._record_unrecorded(work)
             plan = plan_after_failure(failures + 1, self._clock.now(), timing)
             await self._record_failure(lease, plan.state, error, failures + 1, plan.retry_at)
             return PassOutcome.FAILED
         next_at, next_reason = next_check_after_success(work.had_work, self._clock.now(), timing)
-        # One transaction: the cursor (every publish up to it is acknowledged), the next check, the lease given up.
+        # One transaction: the last window's ledger entries, the cursor (every publish up to it is acknowledged),
+        # the next check, the lease given up.
         async with self._db.write() as session:
-            await store.record_progress(
+            await store.finish_pass(
                 session,
                 work.lease,
-                published=[],
+                published=work.unrecorded,
                 history_cursor=work.cursor,
                 skipped=work.skipped,
                 latest_seen_history_id=work.cursor or 0,
                 now=self._clock.now(),
-            )
-            await store.finish_pass(
-                session,
-                work.lease,
                 next_check_at=next_at,
                 next_check_reason=next_reason,
                 caused_by=current_traceparent(),
+                recent_message_chars=work.largest_message_chars or row.recent_message_chars,
             )
-            await store.release_lease(session, work.lease)
         return PassOutcome.SYNCED
+
+    async def _record_unrecorded(self, work: _Pass) -> None:
+        """Writes the published window kept for the pass's last transaction (before the ledger is read, or when
+        the pass ends otherwise), and renews the lease with it."""
+        if not work.unrecorded:
+            return
+        async with self._db.write() as session:
+            await store.record_progress(
+                session,
+                work.lease,
+                published=work.unrecorded,
+                history_cursor=work.cursor,
+                skipped=work.skipped,
+                latest_seen_history_id=0,
+                now=self._clock.now(),
+                lease_until=self._clock.now() + self._config.lease_ttl,
+            )
+        work.unrecorded, work.skipped = [], 0
 
     async def _record_failure(
         self,
@@ -368,6 +449,12 @@ class MailboxSyncer:
     async def _history_pass(self, work: _Pass, cursor: int) -> None:
         work.listed_at_ms = int(self._clock.now().timestamp() * 1000)
         listing = await work.client.list_history(str(cursor))
+        if not listing.records:
+            work.cursor = int(listing.history_id)
+            return
+        # Read after the listing: a location connected meanwhile gets the listed mail (R3), a disconnected mailbox
+        # publishes nothing (R10, R11), and R1's earliest start is the current one.
+        await self._refresh_connections(work)
         mentioned = {
             change.get("message", {}).get("id")
             for record in listing.records
@@ -376,7 +463,7 @@ class MailboxSyncer:
         }
         mentioned.discard(None)
         async with self._db.read() as session:
-            published = await store.published_among(session, work.mailbox.mailbox_id, mentioned)
+            published = await store.published_among(session, work.mailbox_id, mentioned)
         plan = plan_history(
             listing.records, earliest_start_history_id=work.start_history_id, published=published
         )
@@ -392,7 +479,7 @@ class MailboxSyncer:
         self, work: _Pass, deltas: Sequence[LabelDelta], deletions: Sequence[Deletion]
     ) -> None:
         """R17: label changes and deletions of published messages, acknowledged before the cursor moves."""
-        mailbox_id = work.mailbox.mailbox_id
+        mailbox_id = work.mailbox_id
         now = to_timestamp(self._clock.now())
         events: list[tuple[str, events_pb2.MessageChanged]] = []
         for delta in deltas:
@@ -444,7 +531,7 @@ class MailboxSyncer:
     ) -> int:
         """Publishes the candidates window by window; the ledger (not the cursor) moves after each window."""
         published_total = 0
-        if candidates:
+        if candidates and not work.fresh:
             await self._refresh_connections(work)
         window = max(1, self._config.fetch_window)
         for start in range(0, len(candidates), window):
@@ -467,37 +554,34 @@ class MailboxSyncer:
             )
             del bodies
             entries = await self._publish_prepared(work, [ready for ready in prepared if ready is not None])
-            skipped = len(chunk) - len(entries)
             # Crash tests: every publish of the window acknowledged, none recorded in the ledger yet.
             fault_point(SYNC_AFTER_PUBLISH)
-            async with self._db.write() as session:
-                await store.record_progress(
-                    session,
-                    work.lease,
-                    published=entries,
-                    history_cursor=work.cursor,
-                    skipped=skipped,
-                    latest_seen_history_id=0,
-                    now=self._clock.now(),
-                    lease_until=self._clock.now() + self._config.lease_ttl,
-                )
+            # The previous window goes to the ledger now; this one waits for the next, or the pass's last
+            # transaction: a pass of one window costs no write of its own for it.
+            await self._record_unrecorded(work)
+            work.unrecorded = entries
+            work.skipped += len(chunk) - len(entries)
             published_total += len(entries)
             work.had_work = work.had_work or bool(entries)
         return published_total
 
     async def _refresh_connections(self, work: _Pass) -> None:
         """The locations a message goes to are read after Gmail listed it, not when the pass began: a location
-        connected between the two (R3) would otherwise miss mail delivered after its connect."""
-        mailbox = await self._directory.get_mailbox(mailbox_id=work.mailbox.mailbox_id)
-        if mailbox is not None:
-            work.mailbox = mailbox
-            work.connections = connections_to_proto(mailbox.connections)
+        connected between the two (R3) would otherwise miss mail delivered after its connect. Auth down is a
+        failure of the pass (it backs off): nothing is published without a current snapshot."""
+        mailbox = await self._directory.get_mailbox(mailbox_id=work.mailbox_id)
+        if mailbox is None or sync_scope(mailbox.connections) is None:
+            raise _NotConnected(mailbox)
+        work.mailbox = mailbox
+        work.connections = connections_to_proto(mailbox.connections)
+        work.fresh = True
 
     async def _fetch_raw(self, work: _Pass, ids: list[str]) -> dict[str, dict[str, Any]]:
         """messages.get format=raw in batches of at most 25, a bounded number in flight for this mailbox.
 
-        The pass starts with one small batch and sizes the next ones by the largest message seen, so a burst of
-        large mail is fetched a few at a time (bounded memory) and ordinary mail 25 at a time.
+        The pass starts with one small batch (sized by the largest message of the mailbox's last pass,
+        `first_batch_size`) and sizes the next ones by the largest message seen, so a burst of large mail is
+        fetched a few at a time (bounded memory) and ordinary mail 25 at a time.
 
         Messages Gmail no longer has are left out (deleted before we got to them), and so are messages Gmail
         refuses for good (logged); any other failure after the adapter's retries fails the pass, so the cursor
@@ -519,6 +603,7 @@ class MailboxSyncer:
             batches = [batch for batch in batches if batch]
             pending = pending[sum(len(batch) for batch in batches) :]
             largest = max(await asyncio.gather(*(fetch(batch) for batch in batches)))
+            work.largest_message_chars = max(work.largest_message_chars, largest)
             work.batch_size = max(1, min(BATCH_LIMIT, BATCH_CHARS // max(largest, 1)))
             if any(not isinstance(failure, PermanentGmailError) for failure in failures):
                 break  # the pass fails below; the rest is fetched by the next one
@@ -552,14 +637,14 @@ class MailboxSyncer:
         if check_start_time and internal_ms <= work.start_ms:
             # R1 on a resync: without history ids, the connection's start time decides.
             return None
-        mailbox_id = work.mailbox.mailbox_id
+        mailbox_id = work.mailbox_id
         gmail_id = candidate.gmail_message_id
         history_id = candidate.history_id or int(body.get("historyId", 0) or 0)
         mail = await self._normalizer.normalize(
             str(body.get("raw", "")),
             MailboxCopy(
                 mailbox_id=mailbox_id,
-                mailbox_email=work.mailbox.email,
+                mailbox_email=work.known.email,
                 gmail_message_id=gmail_id,
                 gmail_thread_id=str(body.get("threadId", "")),
                 history_id=history_id,
@@ -573,7 +658,7 @@ class MailboxSyncer:
             mail,
             connections=work.connections,
             observe_time=self._clock.now(),
-            mailbox_account_type=work.mailbox.account_type,
+            mailbox_account_type=work.known.account_type,
         )
         if set(labels) & UNSYNCED_LABELS:
             _withhold_content(event)
@@ -586,7 +671,7 @@ class MailboxSyncer:
         self, work: _Pass, prepared: Sequence[_Prepared]
     ) -> list[store.PublishedEntry]:
         """Publishes a window's events pipelined and returns their ledger entries once every ack is in."""
-        mailbox_id = work.mailbox.mailbox_id
+        mailbox_id = work.mailbox_id
         if self._observer is not None:
             for ready in prepared:
                 await self._observer.attempt(mailbox_id, ready.entry.gmail_message_id)
@@ -609,31 +694,37 @@ class MailboxSyncer:
     async def _resync(self, work: _Pass, *, last_synced_ms: int) -> None:
         """After a history gap (or on demand): the new cursor first, then every message since the last synced
         one (never before the earliest connection start) that was not published yet."""
+        if work.mailbox is None:
+            await self._refresh_connections(work)
         work.listed_at_ms = int(self._clock.now().timestamp() * 1000)
         profile = await work.client.get_profile()
         since_ms = max(
             work.start_ms, last_synced_ms - int(self._config.resync_overlap.total_seconds() * 1000)
         )
         missing = await self._unpublished_since(work, since_ms, self._config.resync_max_messages)
+        work.fresh = False  # the listing is newer than the snapshot that gave its start
         await self._fetch_and_publish(work, missing, check_start_time=True)
         new_cursor = int(profile.history_id)
         async with self._db.write() as session:
             await store.record_progress(
                 session,
                 work.lease,
-                published=[],
+                published=work.unrecorded,
                 history_cursor=new_cursor,
                 skipped=0,
                 latest_seen_history_id=new_cursor,
                 now=self._clock.now(),
             )
-        work.cursor = new_cursor
+        work.cursor, work.unrecorded = new_cursor, []
 
     async def _audit(self, work: _Pass) -> None:
         """Compares Gmail's recent messages with the published ledger; publishes (and counts) what is missing.
 
         Repairs carry their own Nats-Msg-Id: the original id may still sit in the duplicate window although the
         message never reached its consumer; threading stores a message once whatever the id (R15)."""
+        if work.mailbox is None:
+            # Read after the pass's history listing, which is older than every message the audit may publish.
+            await self._refresh_connections(work)
         now = self._clock.now()
         since_ms = max(work.start_ms, int((now - self._config.audit_window).timestamp() * 1000))
         missing = await self._unpublished_since(work, since_ms, self._config.audit_max_messages)
@@ -648,7 +739,7 @@ class MailboxSyncer:
         if repaired:
             log.warning(
                 "audit repaired messages missing from the ledger",
-                extra={"mailbox_id": work.mailbox.mailbox_id, "missing": repaired},
+                extra={"mailbox_id": work.mailbox_id, "missing": repaired},
             )
         async with self._db.write() as session:
             await store.record_audit(session, work.lease, now=now, missing=repaired)
@@ -657,8 +748,10 @@ class MailboxSyncer:
         # Gmail's after: takes seconds; the exact start is checked per message on its internalDate.
         stubs = await work.client.list_messages(f"after:{max(since_ms // 1000 - 1, 0)}", limit=limit)
         ids = [stub["id"] for stub in stubs if "id" in stub]
+        # What this pass published is compared too.
+        await self._record_unrecorded(work)
         async with self._db.read() as session:
-            published = await store.published_among(session, work.mailbox.mailbox_id, ids)
+            published = await store.published_among(session, work.mailbox_id, ids)
         # Listed newest first; published oldest first.
         return [_Candidate(gmail_id, 0) for gmail_id in reversed(ids) if gmail_id not in published]
 

@@ -122,6 +122,35 @@ async def test_handle_push_rpc_refuses_a_forged_token_and_queues_a_genuine_one(
     assert (answer.mailbox_id, answer.queued) == (mailbox.mailbox_id, True)
 
 
+async def test_a_push_finds_a_mailbox_ingest_knows_in_its_own_table_and_asks_auth_only_about_a_new_address(
+    ingest_world: IngestWorld, ingest_service: RunningIngest
+) -> None:
+    world = ingest_world
+    world.sandbox.create_mailbox(ALICE)
+    mailbox = world.connect(ALICE)
+    asked = world.directory.get_mailbox
+    by_address: list[str] = []
+
+    async def counting(*, mailbox_id: str = "", email: str = "") -> Any:
+        if email:
+            by_address.append(email)
+        return await asked(mailbox_id=mailbox_id, email=email)
+
+    world.directory.get_mailbox = counting  # type: ignore[method-assign]
+    async with aiohttp.ClientSession() as session:
+        first = await post_push(session, ingest_service.push_url, push_token(world), envelope(ALICE, 5))
+        assert by_address == [ALICE], "ingest had no row for the address yet: auth says whose it is"
+        later = [
+            await post_push(session, ingest_service.push_url, push_token(world), envelope(ALICE, 6 + i))
+            for i in range(3)
+        ]
+    assert (first, later) == (200, [200] * 3)
+    assert by_address == [ALICE]
+    async with world.db.read() as db_session:
+        row = await store.get_sync_row(db_session, mailbox.mailbox_id)
+    assert row is not None and row.latest_seen_history_id >= 8
+
+
 async def test_burst_of_200_messages_and_200_pushes_costs_at_most_10_history_lists(
     ingest_world: IngestWorld, ingest_service: RunningIngest
 ) -> None:

@@ -17,7 +17,7 @@ from services.ingest.connection_proto import connections_to_proto
 from services.ingest.sync import MailboxSyncer, PassOutcome
 from services.ingest.work import queue_sync
 from services.runtime import streams, subjects
-from services.runtime.gmail import RetryPolicy
+from services.runtime.gmail import RetryableGmailError, RetryPolicy
 from services.runtime.jetstream import publish
 from tests.fixtures.ingest_world import IngestWorld
 from tests.fixtures.messaging import eventually
@@ -277,3 +277,79 @@ async def test_audit_finds_and_repairs_a_message_removed_behind_ingests_back(
 def _no_faults_left(ingest_world: IngestWorld) -> Any:
     yield
     ingest_world.sandbox.admin.clear_faults()
+
+
+async def test_R11_a_disconnected_mailbox_without_new_mail_is_stopped_by_its_connection_event(
+    ingest_world: IngestWorld,
+) -> None:
+    """A pass that lists nothing asks auth nothing (its fixed cost, docs/ingest.md): a disconnect that Gmail has
+    no mail for is acted on by the connection event, which stops the mailbox; after that no pass calls Gmail."""
+    world = ingest_world
+    world.sandbox.create_mailbox(ALICE)
+    mailbox = world.connect(ALICE)
+    syncer = world.syncer()
+    assert await syncer.sync(mailbox.mailbox_id) is PassOutcome.SYNCED
+    disconnected = world.directory.set_state(mailbox.mailbox_id, "DISCONNECTED")
+    asked = world.directory.get_mailbox
+    calls: list[dict[str, str]] = []
+
+    async def counting(**by: str) -> Any:
+        calls.append(by)
+        return await asked(**by)
+
+    world.directory.get_mailbox = counting  # type: ignore[method-assign]
+
+    assert await syncer.sync(mailbox.mailbox_id) is PassOutcome.SYNCED
+    assert calls == [] and (await sync_row(world, mailbox.mailbox_id)).state == "IDLE"
+
+    world.start_connection_events()
+    event = events_pb2.ConnectionEvent(
+        event_id="ev-disconnect",
+        kind=events_pb2.CONNECTION_EVENT_KIND_DISCONNECTED,
+        mailbox_id=mailbox.mailbox_id,
+        mailbox_email=ALICE,
+        mailbox_connections=connections_to_proto(disconnected.connections),
+    )
+    await publish(
+        world.js, subjects.connection("disconnected", mailbox.mailbox_id), event, msg_id="ev-disconnect"
+    )
+
+    async def stopped() -> bool:
+        return (await sync_row(world, mailbox.mailbox_id)).state == "STOPPED"
+
+    await eventually(stopped, within=60)
+    world.deliver(ALICE, copies=2)
+    units = world.sandbox.admin.quota()["users"][ALICE]["total_units"]
+    assert await syncer.sync(mailbox.mailbox_id) is PassOutcome.STOPPED
+    assert world.sandbox.admin.quota()["users"][ALICE]["total_units"] == units
+    assert calls == [] and world.recorder.recorded.normalized == []
+
+
+async def test_auth_down_after_the_listing_backs_the_pass_off_and_publishes_nothing(
+    ingest_world: IngestWorld,
+) -> None:
+    """The mailbox's connections are read after Gmail's listing; without them nothing is published (R3): the pass
+    fails like a Gmail failure (BACKING_OFF, cursor kept), and the next pass once auth answers publishes the mail."""
+    world = ingest_world
+    world.sandbox.create_mailbox(ALICE)
+    mailbox = world.connect(ALICE)
+    syncer = world.syncer()
+    assert await syncer.sync(mailbox.mailbox_id) is PassOutcome.SYNCED
+    cursor = (await sync_row(world, mailbox.mailbox_id)).history_cursor
+    delivered = world.deliver(ALICE, copies=2)
+    asked = world.directory.get_mailbox
+
+    async def auth_down(**_by: str) -> Any:
+        raise RetryableGmailError("auth GetMailbox failed: UNAVAILABLE")
+
+    world.directory.get_mailbox = auth_down  # type: ignore[method-assign]
+    assert await syncer.sync(mailbox.mailbox_id) is PassOutcome.FAILED
+    row = await sync_row(world, mailbox.mailbox_id)
+    assert row.state == "BACKING_OFF" and "UNAVAILABLE" in row.last_error and row.history_cursor == cursor
+    assert row.lease_owner is None
+    assert world.recorder.recorded.normalized == []
+
+    world.directory.get_mailbox = asked  # type: ignore[method-assign]
+    assert await syncer.sync(mailbox.mailbox_id) is PassOutcome.SYNCED
+    await wait_published(world, delivered)
+    assert world.recorder.recorded.normalized_ids() == dict.fromkeys(delivered, 1)

@@ -90,3 +90,13 @@ def test_R11_R12_no_connected_connection_means_no_scope_and_reauth_is_told_apart
     assert sync_scope(paused.connections) is None and paused.awaiting_reauth
     assert sync_scope(stopped.connections) is None and not stopped.awaiting_reauth
     assert paused.connected_in("loc") and not stopped.connected_in("loc")
+
+
+def test_the_first_fetch_batch_is_sized_by_the_last_passs_largest_message() -> None:
+    from services.ingest.sync import BATCH_CHARS, FIRST_BATCH, FIRST_BATCH_MAX, first_batch_size
+
+    assert first_batch_size(0) == FIRST_BATCH, "sizes unknown: two at a time"
+    assert first_batch_size(4_000) == FIRST_BATCH_MAX == 4, "ordinary mail: capped at 4"
+    assert first_batch_size(BATCH_CHARS // 3) == 3
+    assert first_batch_size(14 * 1024 * 1024) == 1, "a 10 MB mail (base64url): one at a time"
+    assert first_batch_size(BATCH_CHARS * 4) == 1
