@@ -44,10 +44,8 @@ $(PROTOS_STAMP): $(PROTOS) tools/protogen.py $(STAMP)
 
 protos: $(PROTOS_STAMP)
 
-# The chaos tier is not part of `make test` yet: its restarted processes were stopped by a SIGTERM of unknown
-# origin in the merged product (docs/chaos.md, "Known failures"); `make test-chaos` runs its reduced profile.
 test: protos
-	$(PY) -m pytest -p no:cacheprovider $(PYTEST_PARALLEL) --ignore=tests/chaos $(PYTEST_ARGS)
+	$(PY) -m pytest -p no:cacheprovider $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 test-chaos: protos
 	$(PY) -m pytest -p no:cacheprovider tests/chaos $(PYTEST_ARGS)

@@ -38,6 +38,7 @@ from mailsync.v1 import common_pb2, outbound_pb2, outbound_pb2_grpc, threading_p
 from tests.fixtures.databases import _drop_schema
 from tests.fixtures.stack import AuthenticatedStub, E2EStack, running_product
 from tools.chaos_check import (
+    DUPLICATE_QUIET_SECONDS,
     Delivery,
     GmailCopy,
     SendOutcome,
@@ -45,6 +46,7 @@ from tools.chaos_check import (
     Verdict,
     check_inbound,
     check_sends,
+    count_settled,
     table,
 )
 from tools.run import SERVICES, Stack, grpc_health, tcp_health
@@ -60,6 +62,8 @@ CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
 RESTART_TIMEOUT_SECONDS = 90.0
+# A control's one injected copy: synced within a minute, plus the wait that tells a lasting duplicate (settle).
+CONTROL_TIMEOUT_SECONDS = 60.0 + DUPLICATE_QUIET_SECONDS
 # Settings of the chaos stack on top of the end-to-end tier's fast ones: enough send quota for the sequence, a
 # safety poll that picks up what a dropped push left behind within seconds, a lease a killed ingest gives up
 # soon, and outbound proving a send absent from Sent only after the sandbox's search index lag.
@@ -138,29 +142,64 @@ class CaseResult:
 # ---- processes ------------------------------------------------------------------------------------------------
 
 
+class ProcessExited(RuntimeError):
+    """A process of the stack exited that the driver did not kill: mail can no longer sync, so the case stops."""
+
+
+def exit_description(status: int) -> str:
+    """`exited with status 1`, or `was stopped by SIGTERM` for a process a signal ended (a negative status)."""
+    if status < 0:
+        try:
+            return f"was stopped by {signal.Signals(-status).name} (status {status})"
+        except ValueError:
+            return f"was stopped by signal {-status}"
+    return f"exited with status {status}"
+
+
 @dataclass
 class Killer:
-    """Kills processes of the running stack with SIGKILL and starts them again, counting the kills."""
+    """Kills processes of the running stack with SIGKILL and starts them again, counting the kills; and tells a
+    process that exited on its own (`check_processes`) from one it is restarting."""
 
     runner: Stack
     log: Callable[[str], None]
     kills: Counter[str] = field(default_factory=Counter)
+    # The processes being killed and restarted right now (the kill thread adds and removes them).
+    restarting: set[str] = field(default_factory=set)
 
     def kill_and_restart(self, name: str) -> None:
         managed = self.runner.managed(name)
         assert managed is not None and managed.process is not None, f"no process {name}"
-        os.kill(managed.pid, signal.SIGKILL)
-        managed.process.wait(timeout=30)
-        self.kills[name] += 1
-        self.log(f"killed {name} (-9), restarting")
-        managed.start()
-        deadline = time.monotonic() + RESTART_TIMEOUT_SECONDS
-        while not self._healthy(managed.name, managed.address):
-            if managed.exited() is not None:
-                raise RuntimeError(f"{name} exited after its restart:\n{managed.log_tail()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{name} not healthy {RESTART_TIMEOUT_SECONDS:g} s after its restart")
-            time.sleep(0.2)
+        self.restarting.add(name)
+        try:
+            os.kill(managed.pid, signal.SIGKILL)
+            managed.process.wait(timeout=30)
+            self.kills[name] += 1
+            self.log(f"killed {name} (-9), restarting")
+            managed.start()
+            deadline = time.monotonic() + RESTART_TIMEOUT_SECONDS
+            while not self._healthy(managed.name, managed.address):
+                status = managed.exited()
+                if status is not None:
+                    raise ProcessExited(
+                        f"{name} {exit_description(status)} after its restart; the end of "
+                        f"{managed.log_path}:\n{managed.log_tail(30)}"
+                    )
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{name} not healthy {RESTART_TIMEOUT_SECONDS:g} s after its restart")
+                time.sleep(0.2)
+        finally:
+            self.restarting.discard(name)
+
+    def check_processes(self) -> None:
+        """Raises ProcessExited when a process exited that is not being restarted by this killer."""
+        for managed in self.runner.processes:
+            status = managed.exited()
+            if status is not None and managed.name not in self.restarting:
+                raise ProcessExited(
+                    f"{managed.name} {exit_description(status)}, and the chaos driver did not kill it; the end "
+                    f"of {managed.log_path}:\n{managed.log_tail(30)}"
+                )
 
     @staticmethod
     def _healthy(name: str, address: str) -> bool:
@@ -200,6 +239,10 @@ def killing(
     worker.start()
     try:
         yield errors
+    except BaseException:
+        # The load stopped (a process exited, say): its progress will not reach the remaining kill moments.
+        done.set()
+        raise
     finally:
         worker.join(timeout=RESTART_TIMEOUT_SECONDS * 2)
         done.set()
@@ -285,23 +328,29 @@ def stored_count(threading_stub: Any, location_id: str) -> int:
         raise
 
 
-def settle(count: Callable[[], int], expected: int, timeout: float, quiet: float = 4.0) -> None:
-    """Waits (bounded) until `count` reached `expected` and stayed unchanged for `quiet` seconds, so a late
-    duplicate is counted too."""
+def settle(
+    count: Callable[[], int], expected: int, timeout: float, *, check: Callable[[], None] = lambda: None
+) -> None:
+    """Waits (bounded) until `count` reached `expected` and stayed unchanged long enough (`count_settled`), so a
+    late duplicate is counted too and a transient one is not; `check` raises when waiting longer is pointless."""
     deadline = time.monotonic() + timeout
     last, since = -1, time.monotonic()
     while time.monotonic() < deadline:
+        check()
         now = count()
         if now != last:
             last, since = now, time.monotonic()
-        elif now >= expected and time.monotonic() - since >= quiet:
+        elif count_settled(now, expected, time.monotonic() - since):
             return
         time.sleep(0.5)
 
 
-def read_stored(threading_stub: Any, location_id: str) -> list[StoredMessage]:
+def read_stored(
+    threading_stub: Any, location_id: str, *, check: Callable[[], None] = lambda: None
+) -> list[StoredMessage]:
     """The location's messages, retried while threading restarts."""
     for _ in range(60):
+        check()
         try:
             return stored_messages(threading_stub, location_id)
         except grpc.RpcError as error:
@@ -341,6 +390,9 @@ class Chaos:
         for problem in result.verdict.problems:
             self.log(f"  {problem}")
         return result
+
+    def _read_stored(self, location: str) -> list[StoredMessage]:
+        return read_stored(self.threading, location, check=self.killer.check_processes)
 
     # inbound ------------------------------------------------------------------------------------------------
 
@@ -383,6 +435,7 @@ class Chaos:
                 self.killer, kill_plan(self.rng, kills), lambda: len(deliveries) / len(plan)
             ) as errors:
                 for mailbox_index, number in plan:
+                    self.killer.check_processes()
                     address, contact_address, contact_id = senders[mailbox_index]
                     token = f"{case}-{number}"
                     answer = stack.deliver(
@@ -394,7 +447,10 @@ class Chaos:
             if errors:
                 raise errors[0]
             settle(
-                lambda: stored_count(self.threading, location), len(deliveries), self.profile.settle_timeout
+                lambda: stored_count(self.threading, location),
+                len(deliveries),
+                self.profile.settle_timeout,
+                check=self.killer.check_processes,
             )
         finally:
             if faults:
@@ -404,17 +460,20 @@ class Chaos:
             if drop_share:
                 stack.sandbox.settings(push_drop_share=0.0)
         killed = sum((self.killer.kills - before).values())
-        verdict = check_inbound(case, deliveries, read_stored(self.threading, location), kills=killed)
+        verdict = check_inbound(case, deliveries, self._read_stored(location), kills=killed)
         # Negative control: the first message arrives a second time (same sender, same token, a new Message-ID):
         # the same email shown twice, which the checker must count.
         first = deliveries[0]
         address, contact_address, _ = next(s for s in senders if s[2] == first.contact_id)
         number = first.token.rsplit("-", 1)[1]
         stack.deliver(address, contact_address, f"Order {number}", f"Hello, chaos-token:{first.token} here")
-        settle(lambda: stored_count(self.threading, location), len(deliveries) + 1, 60.0)
-        control = check_inbound(
-            f"{case} (control)", deliveries, read_stored(self.threading, location), kills=0
+        settle(
+            lambda: stored_count(self.threading, location),
+            len(deliveries) + 1,
+            CONTROL_TIMEOUT_SECONDS,
+            check=self.killer.check_processes,
         )
+        control = check_inbound(f"{case} (control)", deliveries, self._read_stored(location), kills=0)
         control.control = True
         return CaseResult(verdict, control)
 
@@ -461,7 +520,12 @@ class Chaos:
             )
 
         def send(index: int) -> SendOutcome:
-            answer = send_until_final(self.outbound, request(index), within=self.profile.settle_timeout)
+            answer = send_until_final(
+                self.outbound,
+                request(index),
+                within=self.profile.settle_timeout,
+                check=self.killer.check_processes,
+            )
             completed.append(index)
             sent = answer.state == outbound_pb2.SEND_STATE_SENT
             return SendOutcome(f"{case}-{index}", answer.send_id, sent, answer.gmail_message_id)
@@ -476,7 +540,7 @@ class Chaos:
         def crm_count() -> int:
             return stored_count(self.threading, location)
 
-        settle(crm_count, count, self.profile.settle_timeout)
+        settle(crm_count, count, self.profile.settle_timeout, check=self.killer.check_processes)
         verdict = self._check_sends(
             case, location, user.user_id, sender, recipient, outbound=outcomes, kills=killed
         )
@@ -485,7 +549,7 @@ class Chaos:
         stack.sandbox.user_send(
             sender, to=[recipient], subject=SEND_SUBJECT, body=f"Step 0 of the sequence. chaos-token:{case}-0"
         )
-        settle(crm_count, count + 1, 60.0)
+        settle(crm_count, count + 1, CONTROL_TIMEOUT_SECONDS, check=self.killer.check_processes)
         control = self._check_sends(
             f"{case} (control)", location, user.user_id, sender, recipient, outbound=outcomes, kills=0
         )
@@ -520,7 +584,7 @@ class Chaos:
             outbound,
             copies(sender, "SENT"),
             copies(recipient, "INBOX"),
-            read_stored(self.threading, location),
+            self._read_stored(location),
             quota.used,
             kills=kills,
         )
@@ -538,12 +602,17 @@ def call_until_answered(call: Callable[[], Any], within: float = 120.0) -> Any:
 
 
 def send_until_final(
-    outbound: Any, request: outbound_pb2.SendEmailRequest, within: float
+    outbound: Any,
+    request: outbound_pb2.SendEmailRequest,
+    within: float,
+    *,
+    check: Callable[[], None] = lambda: None,
 ) -> outbound_pb2.Send:
     """SendEmail with the same request id until the send is final (SENT or FAILED), through kills."""
     deadline = time.monotonic() + within
     last: outbound_pb2.Send | None = None
     while time.monotonic() < deadline:
+        check()
         try:
             last = outbound.SendEmail(request).send
         except grpc.RpcError as error:

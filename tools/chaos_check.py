@@ -108,6 +108,28 @@ TABLE_HEADER = (
 )
 
 
+# How long a CRM message count must stay unchanged before it is read: at the expected count, and above it. A count
+# above the expected one may be transient (a send's Sent copy placed by R5 before its `sent` record, merged into
+# the send's R6 message once threading's 30 s ack wait redelivers that record), so it only counts as a duplicate
+# once it held longer than that wait.
+SETTLED_QUIET_SECONDS = 4.0
+DUPLICATE_QUIET_SECONDS = 45.0
+
+
+def count_settled(
+    count: int,
+    expected: int,
+    unchanged_for: float,
+    *,
+    quiet: float = SETTLED_QUIET_SECONDS,
+    duplicate_quiet: float = DUPLICATE_QUIET_SECONDS,
+) -> bool:
+    """Whether a count that has been `count` for `unchanged_for` seconds is final enough to check."""
+    if count < expected:
+        return False
+    return unchanged_for >= (quiet if count == expected else duplicate_quiet)
+
+
 def table(verdicts: Iterable[Verdict]) -> str:
     rows = [TABLE_HEADER, *(v.row() for v in verdicts)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_HEADER))]

@@ -52,7 +52,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 from opentelemetry import context as otel_context
 from opentelemetry.trace import (
     Link,
@@ -80,6 +80,9 @@ M = TypeVar("M", bound=Message)
 _FAILURE_MEMORY = 10_000
 # Links a batch span carries (the OpenTelemetry SDK's default limit: more would be dropped anyway).
 _MAX_LINKS = 128
+# Waits between attempts to declare the durable consumer while JetStream does not answer (a restarting broker).
+_DECLARE_FIRST_DELAY = 0.5
+_DECLARE_MAX_DELAY = 5.0
 
 
 class RetryLater(Exception):
@@ -176,6 +179,19 @@ async def declare_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:
     await js.add_consumer(spec.stream, spec.config())
 
 
+def jetstream_unavailable(exc: BaseException) -> bool:
+    """Whether an error means JetStream did not answer yet (worth retrying), not that it refused the request.
+
+    A broker that was just (re)started accepts connections before JetStream has recovered its store: requests
+    then time out, find no responder or get 503; the connection may also be down. A real answer (a 400 for a bad
+    config, say) is not transient and must not be retried for ever."""
+    if isinstance(exc, ServiceUnavailableError):
+        return True
+    if isinstance(exc, APIError):
+        return False
+    return isinstance(exc, (TimeoutError, nats.errors.Error))
+
+
 class _PullLoop(ABC):
     """What both consumers share: fetching, settling waits and failures, dead letters and the advisory."""
 
@@ -210,7 +226,8 @@ class _PullLoop(ABC):
         self._stopping.set()
 
     async def run(self) -> None:
-        await declare_consumer(self._js, self._spec)
+        if not await self._declare_until_answered():
+            return
         advisories = await self._client.subscribe(
             f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self._spec.stream}.{self._spec.durable}",
             cb=self._on_max_deliveries,
@@ -244,6 +261,37 @@ class _PullLoop(ABC):
                 await subscription.unsubscribe()
             with contextlib.suppress(Exception):
                 await advisories.unsubscribe()
+
+    async def _declare_until_answered(self) -> bool:
+        """Declares the durable consumer, retrying while JetStream does not answer; False if stopped meanwhile.
+
+        Without the retry, a service started while nats-server restarts lost its consumer loop to the first
+        timed-out declare, and the service then stopped itself (docs/chaos.md)."""
+        delay = _DECLARE_FIRST_DELAY
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await declare_consumer(self._js, self._spec)
+            except Exception as exc:
+                if not jetstream_unavailable(exc):
+                    raise
+                log.warning(
+                    "declaring consumer %s on %s failed (attempt %s): %s; retrying in %.1f s",
+                    self._spec.durable,
+                    self._spec.stream,
+                    attempt,
+                    _describe(exc),
+                    delay,
+                )
+                await self._pause(delay)
+                if self._stopping.is_set():
+                    return False
+                delay = min(delay * 2, _DECLARE_MAX_DELAY)
+                continue
+            if attempt > 1:
+                log.warning("consumer %s declared after %s attempts", self._spec.durable, attempt)
+            return True
 
     def _fetch_recovered(self, failed_fetches: int) -> int:
         if failed_fetches:
@@ -523,6 +571,11 @@ class BatchConsumer(_PullLoop):
         except Exception as exc:
             # The effects are committed and idempotent: the redeliveries this causes are no-ops for the handler.
             log.warning("acks of %s messages from %s failed: %s", len(messages), self._spec.durable, exc)
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for a log: nats-py's timeouts and closed connections have empty messages."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 async def _quietly(operation: Awaitable[object]) -> None:

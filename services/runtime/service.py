@@ -418,7 +418,7 @@ async def serve(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signum, stop.set)
+            loop.add_signal_handler(signum, _stop_on_signal, signum, stop, settings.service_name)
     health_servicer = await starting_health_servicer()
     probes: HealthServer | None = None
     try:
@@ -446,6 +446,13 @@ async def serve(
         if probes is not None:
             await probes.stop()
         await telemetry.shutdown()
+
+
+def _stop_on_signal(signum: int, stop: asyncio.Event, service: str) -> None:
+    """Logs which signal stops the service (once), so a stop is told from a crash or a stop the service chose."""
+    if not stop.is_set():
+        log.info("stopping on %s", signal.Signals(signum).name, extra={"service": service})
+    stop.set()
 
 
 async def _start_probes(settings: ServiceSettings, servicer: health.aio.HealthServicer) -> HealthServer:

@@ -20,6 +20,7 @@ from services.runtime.clock import Clock, SystemClock
 from services.runtime.db import Database
 from services.threading.domain.model import Decision, IncomingMessage
 from services.threading.store.changes import ChangeSet, ConcurrentChange
+from services.threading.store.copy_locks import lock_copies
 from services.threading.store.operations import (
     ChangeGmailState,
     GmailChangeResult,
@@ -85,6 +86,8 @@ class MessageSync:
             try:
                 async with self._db.write() as session:
                     conn = await session.connection()
+                    # Before the view is read: a concurrent `sent` and its Sent copy see each other's commit.
+                    await lock_copies(conn, operations)
                     view = await load_view(conn, operations)
                     changes = ChangeSet()
                     results = BatchPlacement(view, changes, now=self._clock.now()).apply_all(operations)

@@ -442,11 +442,14 @@ class BatchPlacement:
             _thread_messages, {"thread_id": thread_id, "message_id": message_id, "message_time": when}
         )
 
-    def _add_rfc_id(self, location: str, rfc_message_id: str, message_id: str) -> None:
+    def _add_rfc_id(
+        self, location: str, rfc_message_id: str, message_id: str, *, claim: bool = False
+    ) -> None:
         if self._view.add_rfc_id(location, rfc_message_id, message_id):
             self._changes.insert(
                 _rfc_ids,
                 {"location_id": location, "rfc_message_id": rfc_message_id, "message_id": message_id},
+                claim=claim,
             )
 
     def _write_message_parts(
@@ -470,7 +473,9 @@ class BatchPlacement:
                 },
             )
         if message.message_id:
-            self._add_rfc_id(location, message.message_id, message_id)
+            # A claim: a send's message and a copy of the same email (R5) created side by side on two consumers
+            # would otherwise both commit, as two messages under one Message-ID (the view loaded this key).
+            self._add_rfc_id(location, message.message_id, message_id, claim=True)
         for rfc in message.referenced_ids:
             self._view.add_reference(location, rfc, message_id)
             changes.insert(

@@ -159,6 +159,9 @@ async def test_a_service_started_before_nats_waits_alive_and_not_ready_then_serv
     assert waiting[0]["setting"] == "MAILSYNC_NATS_URL"
     (reached,) = [r for r in records if r["message"] == "dependency reachable after waiting"]
     assert reached["failed_attempts"] >= 1
+    # The stop names its signal, so a stop is told from a crash or a service that stopped itself.
+    (stopping,) = [r for r in records if r["message"] == "stopping on SIGTERM"]
+    assert stopping["severity"] == "INFO"
 
 
 async def test_a_stop_while_waiting_ends_the_process_with_status_zero(

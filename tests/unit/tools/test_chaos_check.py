@@ -8,6 +8,8 @@ from dataclasses import replace
 import pytest
 
 from tools.chaos_check import (
+    DUPLICATE_QUIET_SECONDS,
+    SETTLED_QUIET_SECONDS,
     Delivery,
     GmailCopy,
     SendOutcome,
@@ -15,6 +17,7 @@ from tools.chaos_check import (
     Verdict,
     check_inbound,
     check_sends,
+    count_settled,
     table,
 )
 
@@ -151,3 +154,24 @@ def test_table_has_the_issue_columns_and_a_control_row_says_whether_it_was_caugh
         "result",
     ]
     assert rows[0].split()[-1] == "ok" and rows[1].split()[-1] == "caught" and rows[2].split()[-1] == "MISSED"
+
+
+@pytest.mark.parametrize(
+    ("count", "unchanged_for", "settled"),
+    [
+        (9, 600.0, False),  # short of the expected count: keep waiting
+        (10, SETTLED_QUIET_SECONDS - 0.5, False),
+        (10, SETTLED_QUIET_SECONDS, True),
+        # One above: an R5 record its send's `sent` merges after threading's 30 s ack wait, not yet a duplicate.
+        (11, SETTLED_QUIET_SECONDS, False),
+        (11, 30.0, False),
+        (11, DUPLICATE_QUIET_SECONDS, True),
+    ],
+)
+def test_a_count_above_the_expected_one_is_read_only_once_it_outlasted_the_ack_wait(
+    count: int, unchanged_for: float, settled: bool
+) -> None:
+    assert count_settled(count, 10, unchanged_for) is settled
+    assert DUPLICATE_QUIET_SECONDS > 30.0, (
+        "longer than threading's ack wait, after which a transient R5 merges"
+    )
