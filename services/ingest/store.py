@@ -380,7 +380,8 @@ async def finish_pass(
     """Fenced, one UPDATE (after the ledger's INSERT of the last window, if any): the pass ended well. Its last
     messages and the cursor (every publish up to it acknowledged), the next check, the lease given up, and the
     mailbox back to IDLE unless a connection event moved it meanwhile (stopped or paused); `recent_message_chars`
-    (the largest message the pass fetched, None: it fetched none) sizes the next pass's first batch."""
+    (the largest message the pass fetched, or the hint it started with when it fetched none; taking the lease
+    cleared it) sizes the next pass's first batch."""
     row = MailboxSyncRow.__table__
     values = await _progress(
         session,

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from sqlalchemy import event
 
 from services.ingest import store
@@ -67,43 +68,32 @@ def counted(world: IngestWorld) -> Iterator[PassCost]:
         world.directory.get_mailbox = asked  # type: ignore[method-assign]
 
 
-async def test_a_pass_with_new_mail_costs_two_writes_five_statements_and_one_get_mailbox(
-    ingest_world: IngestWorld,
+@pytest.mark.parametrize(
+    ("new_messages", "expected"),
+    [
+        pytest.param(3, (2, 5, 1), id="with new mail: 2 writes, 5 statements, one GetMailbox"),
+        pytest.param(0, (2, 3, 0), id="without new mail: 2 writes, 3 statements, no call to auth"),
+    ],
+)
+async def test_what_a_pass_costs_in_writes_statements_and_calls_to_auth(
+    ingest_world: IngestWorld, new_messages: int, expected: tuple[int, int, int]
 ) -> None:
     world = ingest_world
     world.sandbox.create_mailbox(ALICE)
     mailbox = world.connect(ALICE)
     syncer = world.syncer()
     assert await syncer.sync(mailbox.mailbox_id) is PassOutcome.SYNCED
-    world.deliver(ALICE, copies=3)
+    if new_messages:
+        world.deliver(ALICE, copies=new_messages)
 
     with counted(world) as cost:
         assert await syncer.sync(mailbox.mailbox_id, "POLL") is PassOutcome.SYNCED
 
     print(
-        f"pass with mail: {cost.writes} writes, {len(cost.statements)} statements, "
+        f"pass with {new_messages} new messages: {cost.writes} writes, {len(cost.statements)} statements, "
         f"{cost.get_mailbox_calls} GetMailbox"
     )
-    assert (cost.writes, len(cost.statements), cost.get_mailbox_calls) == (2, 5, 1), cost.statements
-
-
-async def test_a_pass_without_new_mail_costs_two_writes_and_no_call_to_auth(
-    ingest_world: IngestWorld,
-) -> None:
-    world = ingest_world
-    world.sandbox.create_mailbox(ALICE)
-    mailbox = world.connect(ALICE)
-    syncer = world.syncer()
-    assert await syncer.sync(mailbox.mailbox_id) is PassOutcome.SYNCED
-
-    with counted(world) as cost:
-        assert await syncer.sync(mailbox.mailbox_id, "POLL") is PassOutcome.SYNCED
-
-    print(
-        f"pass without mail: {cost.writes} writes, {len(cost.statements)} statements, "
-        f"{cost.get_mailbox_calls} GetMailbox"
-    )
-    assert (cost.writes, len(cost.statements), cost.get_mailbox_calls) == (2, 3, 0), cost.statements
+    assert (cost.writes, len(cost.statements), cost.get_mailbox_calls) == expected, cost.statements
 
 
 async def test_the_scheduler_queues_many_due_mailboxes_with_one_query_and_one_update(
@@ -138,30 +128,31 @@ async def test_the_first_fetch_batch_is_sized_by_the_mailboxs_last_pass(ingest_w
     world.deliver(ALICE, subject="small")
     assert await syncer.sync(mailbox.mailbox_id) is PassOutcome.SYNCED
 
-    def batches() -> int:
-        return int(world.sandbox.admin.quota()["http_requests"].get("batch", 0))
-
-    before = batches()
+    before = _batch_requests(world)
     world.deliver(ALICE, copies=4, subject="small again")
     assert await syncer.sync(mailbox.mailbox_id, "POLL") is PassOutcome.SYNCED
-    assert batches() - before == 1, "4 small messages in one batch (with sizes unknown: 2, then 2)"
+    assert _batch_requests(world) - before == 1, (
+        "4 small messages in one batch (with sizes unknown: 2, then 2)"
+    )
 
     # A pass without new mail keeps the hint.
     assert await syncer.sync(mailbox.mailbox_id, "POLL") is PassOutcome.SYNCED
-    before = batches()
+    before = _batch_requests(world)
     world.deliver(ALICE, copies=4, subject="small once more")
     assert await syncer.sync(mailbox.mailbox_id, "POLL") is PassOutcome.SYNCED
-    assert batches() - before == 1, "the empty pass between kept the small first batch"
+    assert _batch_requests(world) - before == 1, "the empty pass between kept the small first batch"
 
     world.deliver(ALICE, subject="large", body="x" * (6 * 1024 * 1024 + 1))
     assert await syncer.sync(mailbox.mailbox_id, "POLL") is PassOutcome.SYNCED
     async with world.db.read() as session:
         row = await store.get_sync_row(session, mailbox.mailbox_id)
     assert row is not None and row.recent_message_chars > 6 * 1024 * 1024
-    before = batches()
+    before = _batch_requests(world)
     world.deliver(ALICE, copies=3, subject="after the large one")
     assert await syncer.sync(mailbox.mailbox_id, "POLL") is PassOutcome.SYNCED
-    assert batches() - before == 2, "the first batch holds 2 (16 M characters / the large one), then the rest"
+    assert _batch_requests(world) - before == 2, (
+        "the first batch holds 2 (16 M characters / the large one), then the rest"
+    )
 
 
 async def test_a_pass_that_dies_while_fetching_leaves_the_next_one_the_cautious_first_batch(
@@ -194,10 +185,12 @@ async def test_a_pass_that_dies_while_fetching_leaves_the_next_one_the_cautious_
         )
     assert lease is not None
 
-    def batches() -> int:
-        return int(world.sandbox.admin.quota()["http_requests"].get("batch", 0))
-
-    before = batches()
+    before = _batch_requests(world)
     world.deliver(ALICE, copies=4, subject="after the dead pass")
     assert await syncer.sync(mailbox.mailbox_id, "POLL") is PassOutcome.SYNCED
-    assert batches() - before == 2, "sizes unknown again: 2, then 2"
+    assert _batch_requests(world) - before == 2, "sizes unknown again: 2, then 2"
+
+
+def _batch_requests(world: IngestWorld) -> int:
+    """Batched messages.get HTTP requests the sandbox has served."""
+    return int(world.sandbox.admin.quota()["http_requests"].get("batch", 0))
