@@ -23,6 +23,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    bindparam,
     delete,
     func,
     or_,
@@ -30,6 +31,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -281,7 +283,20 @@ class MailboxRecord:
     account_type: str = "UNKNOWN"
 
 
-def _mailbox_record(row: MailboxRow) -> MailboxRecord:
+# Every ingest pass and send asks for a mailbox and its connections (GetMailbox, GetConnection): built once, as Core
+# selects with bound ids, they skip the ORM's identity map and the per-call construction and cache-key walk of the
+# statement (GetMailbox's reads: 2.0 -> 1.7 ms of CPU, medians of three alternated runs on a loaded machine).
+_MAILBOX_BY_ID = select(MailboxRow.__table__).where(
+    MailboxRow.__table__.c.mailbox_id == bindparam("mailbox_id")
+)
+_CONNECTIONS_OF_MAILBOX = (
+    select(ConnectionRow.__table__)
+    .where(ConnectionRow.__table__.c.mailbox_id == bindparam("mailbox_id"))
+    .order_by(ConnectionRow.__table__.c.start_time, ConnectionRow.__table__.c.connection_id)
+)
+
+
+def _mailbox_record(row: MailboxRow | Row[Any]) -> MailboxRecord:
     return MailboxRecord(
         mailbox_id=row.mailbox_id,
         email=row.email,
@@ -323,7 +338,7 @@ async def ensure_mailbox(session: AsyncSession, email: str, *, new_mailbox_id: s
 
 
 async def get_mailbox(session: AsyncSession, mailbox_id: str) -> MailboxRecord | None:
-    row = await session.get(MailboxRow, mailbox_id)
+    row = (await session.execute(_MAILBOX_BY_ID, {"mailbox_id": mailbox_id})).first()
     return None if row is None else _mailbox_record(row)
 
 
@@ -583,7 +598,7 @@ async def rotate_token_keys(db: Database, cipher: TokenCipher, *, batch_size: in
 # Connections -----------------------------------------------------------------------------------------------------
 
 
-def _connection(row: ConnectionRow) -> Connection:
+def _connection(row: ConnectionRow | Row[Any]) -> Connection:
     start_time = _utc(row.start_time)
     change_time = _utc(row.state_change_time)
     assert start_time is not None and change_time is not None
@@ -685,11 +700,7 @@ async def connection_view(
 
 
 async def connections_of_mailbox(session: AsyncSession, mailbox_id: str) -> list[Connection]:
-    rows = await session.scalars(
-        select(ConnectionRow)
-        .where(ConnectionRow.mailbox_id == mailbox_id)
-        .order_by(ConnectionRow.start_time, ConnectionRow.connection_id)
-    )
+    rows = await session.execute(_CONNECTIONS_OF_MAILBOX, {"mailbox_id": mailbox_id})
     return [_connection(row) for row in rows]
 
 
