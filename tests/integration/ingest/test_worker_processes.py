@@ -35,14 +35,21 @@ class Reports:
         return [item for item in self.items if item["kind"] == kind]
 
 
-def write_config(world: IngestWorld, nats_url: str, target: DatabaseTarget, path: Path, owner: str) -> Path:
+def write_config(
+    world: IngestWorld,
+    nats_url: str,
+    target: DatabaseTarget,
+    path: Path,
+    owner: str,
+    lease_seconds: float = 3,
+) -> Path:
     config = {
         "owner": owner,
         "nats_url": nats_url,
         "database_url": target.url,
         "database_schema": target.schema or "",
         "sandbox_url": world.sandbox.url,
-        "lease_seconds": 3,
+        "lease_seconds": lease_seconds,
         "fetch_window": 50,
         "refresh_tokens": {mid: world.tokens.refresh_token(mid) for mid in world.directory.mailboxes},
         "mailboxes": [
@@ -112,7 +119,7 @@ async def test_worker_killed_mid_burst_and_restarted_loses_nothing_and_publishes
     )
     try:
         await queue(world, mailbox.mailbox_id, "burst")
-        assert await wait_for_exit(crashing, within=30) == -9
+        assert await wait_for_exit(crashing, within=120) == -9
         published_before_crash = len(reports.of("ack"))
         restarted = start_worker(config)
         try:
@@ -120,7 +127,7 @@ async def test_worker_killed_mid_burst_and_restarted_loses_nothing_and_publishes
             async def all_received() -> bool:
                 return set(world.recorder.recorded.normalized_ids()) >= set(delivered)
 
-            await eventually(all_received, within=60)
+            await eventually(all_received, within=120)
             await asyncio.sleep(0.5)
         finally:
             stop_worker(restarted)
@@ -155,8 +162,10 @@ async def test_two_worker_processes_never_process_one_mailbox_at_once(
         world.sandbox.create_mailbox(address)
         world.connect(address)
     world.sandbox.admin.set_faults("gmail.users.messages.get", latency_ms=20)
-    config_a = write_config(world, nats_server.url, database_target, tmp_path / "a.json", "process-a")
-    config_b = write_config(world, nats_server.url, database_target, tmp_path / "b.json", "process-b")
+    # Nobody is killed here, so a lease never has to expire: a pass starved longer than a short lease on a loaded
+    # machine would be taken over by design (fencing keeps its writes out), which is not what this test asks.
+    config_a = write_config(world, nats_server.url, database_target, tmp_path / "a.json", "process-a", 60)
+    config_b = write_config(world, nats_server.url, database_target, tmp_path / "b.json", "process-b", 60)
     processes = [start_worker(config_a), start_worker(config_b)]
     delivered: list[str] = []
     try:
@@ -164,7 +173,7 @@ async def test_two_worker_processes_never_process_one_mailbox_at_once(
         async def both_ready() -> bool:
             return len(reports.of("ready")) == 2
 
-        await eventually(both_ready, within=30)
+        await eventually(both_ready, within=120)
         for round_number in range(10):
             for address in addresses:
                 delivered += world.deliver(address, copies=5)
@@ -175,7 +184,7 @@ async def test_two_worker_processes_never_process_one_mailbox_at_once(
         async def all_received() -> bool:
             return set(world.recorder.recorded.normalized_ids()) >= set(delivered)
 
-        await eventually(all_received, within=60)
+        await eventually(all_received, within=120)
     finally:
         for process in processes:
             stop_worker(process)
