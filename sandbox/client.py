@@ -29,8 +29,11 @@ class AdminError(Exception):
 class AdminClient:
     """Every /admin endpoint as a method; bodies and answers are the JSON documented in docs/sandbox.md."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, timeout_seconds: float = 120.0) -> None:
         self.base_url = base_url.rstrip("/")
+        # A bound on a hung sandbox, not on a slow one: delivering five 10 MB mails took over 30 s with two test
+        # runs at once on two cores.
+        self.timeout_seconds = timeout_seconds
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
@@ -38,7 +41,7 @@ class AdminClient:
             self.base_url + path, data=data, method=method, headers={"Content-Type": "application/json"}
         )
         try:
-            with urllib.request.urlopen(request, timeout=30) as response:
+            with urllib.request.urlopen(request, timeout=self.timeout_seconds) as response:
                 return json.loads(response.read() or b"null")
         except urllib.error.HTTPError as error:
             raise AdminError(error.code, json.loads(error.read() or b"null")) from error
