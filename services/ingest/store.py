@@ -10,9 +10,10 @@ The published ledger keeps ids only (R18: no content), for R15 de-duplication, R
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple, TypeAlias
 
 from sqlalchemy import (
     BigInteger,
@@ -20,18 +21,22 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    Row,
     String,
+    Table,
     Text,
+    bindparam,
     case,
     delete,
     func,
+    not_,
     select,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from services.runtime.db import upsert_insert
+from services.runtime.db import constant_in, dialect_insert, once_per_dialect, upsert_insert
 from services.runtime.messaging_tables import add_runtime_tables
 
 _WHEN = DateTime(timezone=True)
@@ -86,6 +91,15 @@ class PublishedMessageRow(Base):
     history_id: Mapped[int] = mapped_column(BigInteger)
     internal_ms: Mapped[int] = mapped_column(BigInteger, default=0)
     published_at: Mapped[dt.datetime] = mapped_column(_WHEN)
+
+
+# The tables as Core sees them: the statements of a pass are Core statements built once (see `_NEW`).
+_SYNC: Table = MailboxSyncRow.__table__  # type: ignore[assignment]
+_LEDGER: Table = PublishedMessageRow.__table__  # type: ignore[assignment]
+
+# A mailbox's sync row as read: its columns as attributes (a Core row, not an ORM object: reading it costs no
+# identity map or instance state).
+SyncRow: TypeAlias = Row[Any]
 
 
 class BccAddressRow(Base):
@@ -145,14 +159,33 @@ def _insert(session: AsyncSession) -> Any:
     return upsert_insert(session)
 
 
+# Every statement a pass, the scheduler or a push runs is built once (per dialect, or per shape where its columns
+# vary) with bindparam() in place of its values, as outbound's are (services.runtime.db.once_per_dialect): built
+# anew with literal values, each call coerced every value and derived the statement's cache key from all of them,
+# and the ledger's multi-row INSERT was compiled again for every pass. Parameters of new values are named `new_`
+# and the column, those of conditions the column and `_is`, so that no name collides with a column's.
+_NEW = "new_"
+
+
+def _new_value(name: str) -> Any:
+    return bindparam(f"{_NEW}{name}", type_=_SYNC.c[name].type)
+
+
+def _greatest(dialect: str) -> Any:
+    return func.max if dialect == "sqlite" else func.greatest
+
+
+@once_per_dialect
+def _ensure_mailbox_statement(dialect: str) -> Any:
+    # The values come with the parameters (mailbox_id, mailbox_email), as in outbound's insert of a send.
+    return dialect_insert(dialect)(_SYNC).on_conflict_do_nothing(index_elements=["mailbox_id"])
+
+
 async def ensure_mailbox(session: AsyncSession, mailbox_id: str, mailbox_email: str) -> None:
     """Creates the mailbox's sync row if missing (idempotent)."""
-    statement = (
-        _insert(session)(MailboxSyncRow)
-        .values(mailbox_id=mailbox_id, mailbox_email=mailbox_email)
-        .on_conflict_do_nothing(index_elements=["mailbox_id"])
+    await session.execute(
+        _ensure_mailbox_statement(session), {"mailbox_id": mailbox_id, "mailbox_email": mailbox_email}
     )
-    await session.execute(statement)
 
 
 async def acquire_lease(
@@ -205,17 +238,29 @@ async def _take_lease(
     ttl: dt.timedelta,
     **values: object,
 ) -> Lease | None:
-    row = MailboxSyncRow.__table__
     expires = now + ttl
-    statement = (
+    values = {"lease_owner": owner, "lease_expires_at": expires, **values}
+    parameters = {f"{_NEW}{name}": value for name, value in values.items()}
+    parameters.update(mailbox_id_is=mailbox_id, owner_is=owner, now=now)
+    result = await session.execute(_take_lease_statement(tuple(values)), parameters)
+    token = result.scalar_one_or_none()
+    return None if token is None else Lease(mailbox_id, owner, int(token), expires)
+
+
+@functools.lru_cache(maxsize=8)
+def _take_lease_statement(columns: tuple[str, ...]) -> Any:
+    row = _SYNC
+    free = (
+        row.c.lease_owner.is_(None)
+        | (row.c.lease_expires_at < bindparam("now", type_=row.c.lease_expires_at.type))
+        | (row.c.lease_owner == bindparam("owner_is"))
+    )
+    return (
         update(row)
-        .where(row.c.mailbox_id == mailbox_id)
-        .where((row.c.lease_owner.is_(None)) | (row.c.lease_expires_at < now) | (row.c.lease_owner == owner))
-        .values(lease_owner=owner, lease_expires_at=expires, fencing_token=row.c.fencing_token + 1, **values)
+        .where(row.c.mailbox_id == bindparam("mailbox_id_is"), free)
+        .values(fencing_token=row.c.fencing_token + 1, **{name: _new_value(name) for name in columns})
         .returning(row.c.fencing_token)
     )
-    token = (await session.execute(statement)).scalar_one_or_none()
-    return None if token is None else Lease(mailbox_id, owner, int(token), expires)
 
 
 async def renew_lease(session: AsyncSession, lease: Lease, *, now: dt.datetime, ttl: dt.timedelta) -> Lease:
@@ -224,27 +269,83 @@ async def renew_lease(session: AsyncSession, lease: Lease, *, now: dt.datetime, 
     return Lease(lease.mailbox_id, lease.owner, lease.token, now + ttl)
 
 
+_RELEASE_LEASE = (
+    update(_SYNC)
+    .where(_SYNC.c.mailbox_id == bindparam("mailbox_id_is"), _SYNC.c.fencing_token == bindparam("token_is"))
+    .values(lease_owner=None, lease_expires_at=None)
+)
+
+
 async def release_lease(session: AsyncSession, lease: Lease) -> None:
     """Gives the lease up (no-op when it was already taken over)."""
-    row = MailboxSyncRow.__table__
-    await session.execute(
-        update(row)
-        .where(row.c.mailbox_id == lease.mailbox_id, row.c.fencing_token == lease.token)
-        .values(lease_owner=None, lease_expires_at=None)
-    )
+    await session.execute(_RELEASE_LEASE, {"mailbox_id_is": lease.mailbox_id, "token_is": lease.token})
+
+
+class _Added(NamedTuple):
+    """A fenced update's value for a counter: the column grows by `amount`."""
+
+    amount: int
+
+
+class _AtLeast(NamedTuple):
+    """A fenced update's value for a high-water mark: the column becomes `value` if that is greater."""
+
+    value: int
+
+
+class _IdleUnlessMoved(NamedTuple):
+    """The state's value at the end of a good pass: IDLE, unless a connection event moved the mailbox meanwhile
+    (stopped or paused) out of the pass's own states."""
+
+
+_CHANGES = (_Added, _AtLeast, _IdleUnlessMoved)
 
 
 async def _fenced_update(session: AsyncSession, lease: Lease, **values: object) -> None:
-    row = MailboxSyncRow.__table__
-    statement = (
+    """The fenced UPDATE of the lease's mailbox: `values` are plain values, or `_Added`, `_AtLeast` and
+    `_IdleUnlessMoved` for the columns that change relative to themselves."""
+    shape: list[tuple[str, type | None]] = []
+    parameters: dict[str, object] = {
+        "mailbox_id_is": lease.mailbox_id,
+        "token_is": lease.token,
+        "lease_owner_is": lease.owner,
+    }
+    for name, value in values.items():
+        shape.append((name, type(value) if isinstance(value, _CHANGES) else None))
+        if isinstance(value, _Added):
+            parameters[f"{_NEW}{name}"] = value.amount
+        elif isinstance(value, _AtLeast):
+            parameters[f"{_NEW}{name}"] = value.value
+        elif not isinstance(value, _IdleUnlessMoved):
+            parameters[f"{_NEW}{name}"] = value
+    statement = _fenced_update_statement(session.get_bind().dialect.name, tuple(shape))
+    if (await session.execute(statement, parameters)).first() is None:
+        raise LeaseLost(f"lease on mailbox {lease.mailbox_id} (token {lease.token}) was taken over")
+
+
+@functools.lru_cache(maxsize=64)
+def _fenced_update_statement(dialect: str, shape: tuple[tuple[str, type | None], ...]) -> Any:
+    """The fenced UPDATE of these columns, each (name, how it changes: None to a plain value, or one of the change
+    classes above), built once per shape."""
+    row = _SYNC
+    values: dict[str, Any] = {}
+    for name, how in shape:
+        column = row.c[name]
+        if how is _Added:
+            values[name] = column + _new_value(name)
+        elif how is _AtLeast:
+            values[name] = _greatest(dialect)(column, _new_value(name))
+        elif how is _IdleUnlessMoved:
+            values[name] = case((constant_in(column, ACTIVE_PASS_STATES), "IDLE"), else_=column)
+        else:
+            values[name] = _new_value(name)
+    return (
         update(row)
-        .where(row.c.mailbox_id == lease.mailbox_id, row.c.fencing_token == lease.token)
-        .where(row.c.lease_owner == lease.owner)
-        .values(**values)
+        .where(row.c.mailbox_id == bindparam("mailbox_id_is"), row.c.fencing_token == bindparam("token_is"))
+        .where(row.c.lease_owner == bindparam("lease_owner_is"))
+        .values(values)
         .returning(row.c.mailbox_id)
     )
-    if (await session.execute(statement)).first() is None:
-        raise LeaseLost(f"lease on mailbox {lease.mailbox_id} (token {lease.token}) was taken over")
 
 
 async def record_progress(
@@ -290,21 +391,18 @@ async def _progress(
 ) -> dict[str, object]:
     """Inserts the ledger entries; returns the row's values that record them and the cursor."""
     newly_published = await _insert_published(session, lease.mailbox_id, published, now)
-    row = MailboxSyncRow.__table__
-    greatest = func.max if session.get_bind().dialect.name == "sqlite" else func.greatest
     values: dict[str, object] = {
         "history_cursor": history_cursor,
         # Counted from the rows actually inserted, so a replayed pass does not count twice.
-        "messages_published": row.c.messages_published + newly_published,
-        "messages_skipped": row.c.messages_skipped + skipped,
-        "latest_seen_history_id": greatest(row.c.latest_seen_history_id, latest_seen_history_id),
+        "messages_published": _Added(newly_published),
+        "messages_skipped": _Added(skipped),
+        "latest_seen_history_id": _AtLeast(latest_seen_history_id),
         "last_sync_at": now,
         "last_error": "",
         "consecutive_failures": 0,
     }
     if published:
-        newest = max(entry.internal_ms for entry in published)
-        values["last_synced_internal_ms"] = greatest(row.c.last_synced_internal_ms, newest)
+        values["last_synced_internal_ms"] = _AtLeast(max(entry.internal_ms for entry in published))
     return values
 
 
@@ -313,26 +411,39 @@ async def _insert_published(
 ) -> int:
     if not published:
         return 0
-    table = PublishedMessageRow.__table__
+    # One row's INSERT executed with every row's parameters: the dialect's insertmanyvalues sends them as one
+    # multi-row statement (up to 1,000 rows; a window holds fewer), compiled once whatever the row count.
+    # RETURNING answers for the rows actually inserted, not those ON CONFLICT skipped.
     result = await session.execute(
-        _insert(session)(table)
-        .values(
-            [
-                {
-                    "mailbox_id": mailbox_id,
-                    "gmail_message_id": entry.gmail_message_id,
-                    "rfc_message_id": entry.rfc_message_id,
-                    "history_id": entry.history_id,
-                    "internal_ms": entry.internal_ms,
-                    "published_at": now,
-                }
-                for entry in published
-            ]
-        )
-        .on_conflict_do_nothing(index_elements=["mailbox_id", "gmail_message_id"])
-        .returning(table.c.gmail_message_id)
+        _insert_published_statement(session),
+        [
+            {
+                "mailbox_id": mailbox_id,
+                "gmail_message_id": entry.gmail_message_id,
+                "rfc_message_id": entry.rfc_message_id,
+                "history_id": entry.history_id,
+                "internal_ms": entry.internal_ms,
+                "published_at": now,
+            }
+            for entry in published
+        ],
     )
     return len(result.all())
+
+
+@once_per_dialect
+def _insert_published_statement(dialect: str) -> Any:
+    return (
+        dialect_insert(dialect)(_LEDGER)
+        .on_conflict_do_nothing(index_elements=["mailbox_id", "gmail_message_id"])
+        .returning(_LEDGER.c.gmail_message_id)
+    )
+
+
+_PUBLISHED_AMONG = select(_LEDGER.c.gmail_message_id).where(
+    _LEDGER.c.mailbox_id == bindparam("mailbox_id_is"),
+    _LEDGER.c.gmail_message_id.in_(bindparam("gmail_message_ids", expanding=True)),
+)
 
 
 async def published_among(session: AsyncSession, mailbox_id: str, gmail_ids: Iterable[str]) -> set[str]:
@@ -341,20 +452,19 @@ async def published_among(session: AsyncSession, mailbox_id: str, gmail_ids: Ite
     if not ids:
         return set()
     found: set[str] = set()
-    table = PublishedMessageRow.__table__
     for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
         result = await session.execute(
-            select(table.c.gmail_message_id).where(
-                table.c.mailbox_id == mailbox_id, table.c.gmail_message_id.in_(chunk)
-            )
+            _PUBLISHED_AMONG, {"mailbox_id_is": mailbox_id, "gmail_message_ids": ids[start : start + 500]}
         )
         found.update(result.scalars())
     return found
 
 
-async def get_sync_row(session: AsyncSession, mailbox_id: str) -> MailboxSyncRow | None:
-    return await session.get(MailboxSyncRow, mailbox_id)
+_SYNC_ROW = select(_SYNC).where(_SYNC.c.mailbox_id == bindparam("mailbox_id_is"))
+
+
+async def get_sync_row(session: AsyncSession, mailbox_id: str) -> SyncRow | None:
+    return (await session.execute(_SYNC_ROW, {"mailbox_id_is": mailbox_id})).first()
 
 
 # Sync pass bookkeeping ------------------------------------------------------------------------------------------
@@ -382,7 +492,6 @@ async def finish_pass(
     mailbox back to IDLE unless a connection event moved it meanwhile (stopped or paused); `recent_message_chars`
     (the largest message the pass fetched, or the hint it started with when it fetched none; taking the lease
     cleared it) sizes the next pass's first batch."""
-    row = MailboxSyncRow.__table__
     values = await _progress(
         session,
         lease,
@@ -401,7 +510,7 @@ async def finish_pass(
         next_attempt_at=next_check_at,
         next_attempt_reason=next_check_reason,
         next_attempt_traceparent=caused_by,
-        state=case((row.c.state.in_(ACTIVE_PASS_STATES), "IDLE"), else_=row.c.state),
+        state=_IdleUnlessMoved(),
         lease_owner=None,
         lease_expires_at=None,
     )
@@ -434,8 +543,7 @@ async def record_failure(
 
 async def clear_cursor(session: AsyncSession, lease: Lease) -> None:
     """Fenced: Gmail no longer has history from the cursor; the mailbox resyncs (counted, not failed)."""
-    row = MailboxSyncRow.__table__
-    await _fenced_update(session, lease, history_cursor=None, state="RESYNCING", resyncs=row.c.resyncs + 1)
+    await _fenced_update(session, lease, history_cursor=None, state="RESYNCING", resyncs=_Added(1))
 
 
 async def record_audit(session: AsyncSession, lease: Lease, *, now: dt.datetime, missing: int) -> None:
@@ -467,26 +575,39 @@ async def set_state(
 async def note_push(session: AsyncSession, mailbox_email: str, history_id: int) -> str | None:
     """A push named `history_id` for this Gmail address: remembered for the lag in the sync status, on the
     mailbox ingest knows by that address; its id, or None when ingest has no row for the address."""
-    row = MailboxSyncRow.__table__
-    greatest = func.max if session.get_bind().dialect.name == "sqlite" else func.greatest
     result = await session.execute(
-        update(row)
-        .where(row.c.mailbox_email == mailbox_email)
-        .values(latest_seen_history_id=greatest(row.c.latest_seen_history_id, history_id))
-        .returning(row.c.mailbox_id)
+        _note_push_statement(session),
+        {"mailbox_email_is": mailbox_email, f"{_NEW}latest_seen_history_id": history_id},
     )
     found = result.scalars().all()
     return found[0] if len(found) == 1 else None
 
 
+@once_per_dialect
+def _note_push_statement(dialect: str) -> Any:
+    return _seen_history(dialect, _SYNC.c.mailbox_email).returning(_SYNC.c.mailbox_id)
+
+
 async def note_seen_history(session: AsyncSession, mailbox_id: str, history_id: int) -> None:
     """A push named `history_id`: remembered for the lag in the sync status."""
-    row = MailboxSyncRow.__table__
-    greatest = func.max if session.get_bind().dialect.name == "sqlite" else func.greatest
     await session.execute(
-        update(row)
-        .where(row.c.mailbox_id == mailbox_id)
-        .values(latest_seen_history_id=greatest(row.c.latest_seen_history_id, history_id))
+        _note_seen_history_statement(session),
+        {"mailbox_id_is": mailbox_id, f"{_NEW}latest_seen_history_id": history_id},
+    )
+
+
+@once_per_dialect
+def _note_seen_history_statement(dialect: str) -> Any:
+    return _seen_history(dialect, _SYNC.c.mailbox_id)
+
+
+def _seen_history(dialect: str, key: Any) -> Any:
+    """Raises the latest history id a push named, on the row(s) whose `key` column is the parameter key_is."""
+    column = _SYNC.c.latest_seen_history_id
+    return (
+        update(_SYNC)
+        .where(key == bindparam(f"{key.name}_is"))
+        .values(latest_seen_history_id=_greatest(dialect)(column, _new_value(column.name)))
     )
 
 
@@ -502,21 +623,26 @@ class DueCheck:
 
 async def due_checks(session: AsyncSession, *, now: dt.datetime, limit: int) -> list[DueCheck]:
     """Mailboxes whose next check (re-check, safety poll, retry after backoff) is due, oldest first."""
-    row = MailboxSyncRow.__table__
-    result = await session.execute(
-        select(
-            row.c.mailbox_id,
-            row.c.mailbox_email,
-            row.c.next_attempt_at,
-            row.c.next_attempt_reason,
-            row.c.next_attempt_traceparent,
-        )
-        .where(row.c.next_attempt_at.is_not(None), row.c.next_attempt_at <= now)
-        .where(row.c.state.not_in(UNSCHEDULED_STATES))
-        .order_by(row.c.next_attempt_at)
-        .limit(limit)
-    )
+    result = await session.execute(_DUE_CHECKS, {"now": now, "limit": limit})
     return [DueCheck(r[0], r[1], _aware(r[2]), r[3], r[4]) for r in result.all()]
+
+
+_DUE_CHECKS = (
+    select(
+        _SYNC.c.mailbox_id,
+        _SYNC.c.mailbox_email,
+        _SYNC.c.next_attempt_at,
+        _SYNC.c.next_attempt_reason,
+        _SYNC.c.next_attempt_traceparent,
+    )
+    .where(
+        _SYNC.c.next_attempt_at.is_not(None),
+        _SYNC.c.next_attempt_at <= bindparam("now", type_=_SYNC.c.next_attempt_at.type),
+    )
+    .where(not_(constant_in(_SYNC.c.state, UNSCHEDULED_STATES)))
+    .order_by(_SYNC.c.next_attempt_at)
+    .limit(bindparam("limit"))
+)
 
 
 async def postpone_checks(
@@ -526,16 +652,24 @@ async def postpone_checks(
     (this caller queues their work items)."""
     if not checks:
         return []
-    row = MailboxSyncRow.__table__
     result = await session.execute(
-        update(row)
-        .where(row.c.mailbox_id.in_([check.mailbox_id for check in checks]), row.c.next_attempt_at <= now)
-        # The safety poll behind the queued pass is caused by nothing but the schedule.
-        .values(next_attempt_at=until, next_attempt_traceparent="")
-        .returning(row.c.mailbox_id)
+        _POSTPONE_CHECKS,
+        {"mailbox_ids": [check.mailbox_id for check in checks], "now": now, f"{_NEW}next_attempt_at": until},
     )
     moved = set(result.scalars())
     return [check for check in checks if check.mailbox_id in moved]
+
+
+_POSTPONE_CHECKS = (
+    update(_SYNC)
+    .where(
+        _SYNC.c.mailbox_id.in_(bindparam("mailbox_ids", expanding=True)),
+        _SYNC.c.next_attempt_at <= bindparam("now", type_=_SYNC.c.next_attempt_at.type),
+    )
+    # The safety poll behind the queued pass is caused by nothing but the schedule.
+    .values(next_attempt_at=_new_value("next_attempt_at"), next_attempt_traceparent="")
+    .returning(_SYNC.c.mailbox_id)
+)
 
 
 async def published_ids(session: AsyncSession, mailbox_id: str) -> set[str]:

@@ -321,7 +321,7 @@ class MailboxSyncer:
         return PassOutcome.PAUSED if state is SyncState.PAUSED_REAUTH else PassOutcome.STOPPED
 
     async def _leased_pass(
-        self, lease: store.Lease, row: store.MailboxSyncRow, mailbox: MailboxInfo | None, resync: bool
+        self, lease: store.Lease, row: store.SyncRow, mailbox: MailboxInfo | None, resync: bool
     ) -> PassOutcome:
         timing = self._config.timing
         cursor, failures, last_audit = row.history_cursor, row.consecutive_failures, row.last_audit_at

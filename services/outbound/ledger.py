@@ -45,7 +45,7 @@ from services.outbound.domain.quota import (
     quota_status,
     sends_that_must_leave,
 )
-from services.runtime.db import upsert_insert
+from services.runtime.db import dialect_insert, once_per_dialect, upsert_insert
 from services.runtime.instruments import instruments
 
 
@@ -342,19 +342,14 @@ _MAILBOX_COLUMNS = (
     send_mailboxes.c.blocked_until,
 )
 
+
 # The mailbox row's locking upsert, built once per dialect (every send runs it while holding the lock).
-_LOCK_MAILBOX: dict[str, Any] = {}
-
-
-def _lock_mailbox_statement(session: AsyncSession) -> Any:
-    dialect = session.get_bind().dialect.name
-    statement = _LOCK_MAILBOX.get(dialect)
-    if statement is None:
-        upsert = _upsert(session)(send_mailboxes).values(mailbox_id=bindparam("mailbox_id"))
-        statement = _LOCK_MAILBOX[dialect] = upsert.on_conflict_do_update(
-            index_elements=["mailbox_id"], set_={"mailbox_id": upsert.excluded.mailbox_id}
-        ).returning(*_MAILBOX_COLUMNS, _now(session))
-    return statement
+@once_per_dialect
+def _lock_mailbox_statement(dialect: str) -> Any:
+    upsert = dialect_insert(dialect)(send_mailboxes).values(mailbox_id=bindparam("mailbox_id"))
+    return upsert.on_conflict_do_update(
+        index_elements=["mailbox_id"], set_={"mailbox_id": upsert.excluded.mailbox_id}
+    ).returning(*_MAILBOX_COLUMNS, _clock(dialect))
 
 
 def _account_type(mailbox: Any) -> AccountType:
@@ -365,14 +360,15 @@ def _account_type(mailbox: Any) -> AccountType:
         return AccountType.UNKNOWN
 
 
-def _upsert(session: AsyncSession) -> Any:
-    return upsert_insert(session)
-
-
 def _now(session: AsyncSession) -> Any:
     """The database's clock as a column named "now": one clock for every replica, so their skew never moves
     the window's edge."""
-    if session.get_bind().dialect.name == "postgresql":
+    return _clock(session.get_bind().dialect.name)
+
+
+def _clock(dialect: str) -> Any:
+    """`_now` for a dialect named as `Database.dialect` names it."""
+    if dialect == "postgresql":
         # clock_timestamp(), not now(): now() is the transaction's start, possibly long before the lock was won.
         return func.clock_timestamp(type_=UtcDateTime).label("now")
     return func.strftime("%Y-%m-%d %H:%M:%f", "now", type_=UtcDateTime).label("now")

@@ -35,7 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.outbound.ledger import UtcDateTime, add_send_ledger_tables
-from services.runtime.db import upsert_insert
+from services.runtime.db import dialect_insert, once_per_dialect, upsert_insert
 from services.runtime.messaging_tables import add_runtime_tables
 
 metadata = MetaData()
@@ -172,19 +172,13 @@ def _insert(session: AsyncSession) -> Any:
 
 # The send's insert, built once per dialect: its values go in as parameters, so a send neither builds the statement
 # nor derives its cache key from thirty literal values again.
-_INSERT_SEND: dict[str, Any] = {}
-
-
-def _insert_send_statement(session: AsyncSession) -> Any:
-    dialect = session.get_bind().dialect.name
-    statement = _INSERT_SEND.get(dialect)
-    if statement is None:
-        statement = _INSERT_SEND[dialect] = (
-            _insert(session)(sends)
-            .on_conflict_do_nothing(index_elements=["location_id", "request_id"])
-            .returning(sends.c.send_id)
-        )
-    return statement
+@once_per_dialect
+def _insert_send_statement(dialect: str) -> Any:
+    return (
+        dialect_insert(dialect)(sends)
+        .on_conflict_do_nothing(index_elements=["location_id", "request_id"])
+        .returning(sends.c.send_id)
+    )
 
 
 async def insert_send(session: AsyncSession, values: dict[str, Any]) -> bool:

@@ -24,13 +24,13 @@ import hashlib
 import os
 import re
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import event
+from sqlalchemy import ColumnElement, event, literal_column
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -41,6 +41,9 @@ from services.runtime.db_tracing import instrument_engine
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _SQLITE_BEGIN = "mailsync_sqlite_begin"
 _SQLITE_BRIEF = "mailsync_sqlite_brief"
+# What `constant_in` writes into SQL as it is: letters, digits and underscores only (no quoting to get wrong).
+_CONSTANT = re.compile(r"^[A-Za-z0-9_]+$")
+_Statement = TypeVar("_Statement")
 DEFAULT_POOL_SIZE = 10
 DEFAULT_MAX_OVERFLOW = 20
 
@@ -123,9 +126,48 @@ class Database:
 
 def upsert_insert(session: AsyncSession) -> Any:
     """The dialect's `insert` (with on_conflict_do_nothing/do_update) for the session's database."""
+    return dialect_insert(session.get_bind().dialect.name)
+
+
+def dialect_insert(dialect: str) -> Any:
+    """`upsert_insert` for a dialect named as `Database.dialect` names it."""
     from sqlalchemy.dialects import postgresql, sqlite
 
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    return postgresql.insert if dialect == "postgresql" else sqlite.insert
+
+
+def once_per_dialect(build: Callable[[str], _Statement]) -> Callable[[AsyncSession], _Statement]:
+    """A statement built once per database dialect (`build` gets the dialect's name) and then reused.
+
+    A statement built anew on every call with its values as literals costs, each time, the coercion of every value
+    to its column and the derivation of its cache key from all of them (a multi-row VALUES is compiled again
+    whenever a value changes); built once with bindparam() in place of the values, it is compiled once and only
+    its parameters change. For statements whose shape varies (which columns, whether a condition applies), cache
+    the builder per shape instead (functools.lru_cache), with the dialect's name among its arguments.
+    """
+    built: dict[str, _Statement] = {}
+
+    def statement(session: AsyncSession) -> _Statement:
+        dialect = session.get_bind().dialect.name
+        found = built.get(dialect)
+        if found is None:
+            found = built[dialect] = build(dialect)
+        return found
+
+    return statement
+
+
+def constant_in(column: ColumnElement[Any], values: Iterable[str]) -> ColumnElement[bool]:
+    """`column IN ('A', 'B')` with the values written into the SQL, for a fixed list of the code's own constants.
+
+    `in_()` of a list renders an expanding parameter, which SQLAlchemy writes out on every execution even of a
+    cached statement; a constant list has no need to."""
+    literals = []
+    for value in values:
+        if not _CONSTANT.match(value):
+            raise ValueError(f"not a plain constant for SQL: {value!r}")
+        literals.append(literal_column(f"'{value}'", type_=column.type))
+    return column.in_(literals)
 
 
 def normalize_url(url: str) -> str:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 from services.ingest.store import (
     LeaseLost,
@@ -113,3 +115,65 @@ async def test_progress_moves_the_cursor_and_records_published_ids_once(db: Data
         assert row.lease_owner is None
         assert row.messages_published == 2
         assert await published_among(session, "mb1", ["g1", "g2", "g3"]) == {"g1", "g2"}
+
+
+async def test_a_window_replayed_in_part_counts_only_its_new_messages(db: Database) -> None:
+    async with db.write() as session:
+        lease = await acquire_lease(session, "mb1", "w1", now=NOW, ttl=TTL)
+    assert lease is not None
+    windows = [
+        [PublishedEntry("g1", "<a@x>", 101, 1000), PublishedEntry("g2", "", 102, 2000)],
+        # g2 again (a pass that published it, then failed before its cursor moved), with g3 new.
+        [PublishedEntry("g2", "", 102, 2000), PublishedEntry("g3", "<c@x>", 103, 3000)],
+    ]
+    for window in windows:
+        async with db.write() as session:
+            await record_progress(
+                session,
+                lease,
+                published=window,
+                history_cursor=window[-1].history_id,
+                skipped=0,
+                latest_seen_history_id=0,
+                now=NOW,
+            )
+    async with db.read() as session:
+        row = await get_sync_row(session, "mb1")
+        assert row is not None and row.messages_published == 3
+        assert await published_among(session, "mb1", ["g1", "g2", "g3"]) == {"g1", "g2", "g3"}
+
+
+async def test_the_ledger_insert_is_compiled_once_whatever_its_number_of_rows(db: Database) -> None:
+    """Each pass inserts its own number of ledger entries: a statement compiled per row count (a multi-row VALUES
+    of literal values) costs every pass a compilation. (SQLAlchemy compiles a one-row execution apart from a
+    many-row one, so that one is a second compilation, also made once.)"""
+    compiled_inserts: list[object] = []
+
+    def seen(_conn: Any, _cursor: Any, sql: str, _parameters: Any, context: Any, _many: bool) -> None:
+        if sql.lstrip().upper().startswith("INSERT INTO PUBLISHED_MESSAGES"):
+            compiled_inserts.append(context.compiled)
+
+    async with db.write() as session:
+        lease = await acquire_lease(session, "mb1", "w1", now=NOW, ttl=TTL)
+    assert lease is not None
+    event.listen(db.engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        for count in (2, 5, 3):
+            window = [PublishedEntry(f"g{count}-{i}", "", 100 + i, 1000 + i) for i in range(count)]
+            async with db.write() as session:
+                await record_progress(
+                    session,
+                    lease,
+                    published=window,
+                    history_cursor=100 + count,
+                    skipped=0,
+                    latest_seen_history_id=0,
+                    now=NOW,
+                )
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", seen)
+    assert len(compiled_inserts) == 3
+    assert len({id(compiled) for compiled in compiled_inserts}) == 1
+    async with db.read() as session:
+        row = await get_sync_row(session, "mb1")
+        assert row is not None and row.messages_published == 10

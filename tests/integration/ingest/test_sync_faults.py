@@ -25,7 +25,7 @@ from tests.fixtures.messaging import eventually
 ALICE = "alice@example.com"
 
 
-async def sync_row(world: IngestWorld, mailbox_id: str) -> store.MailboxSyncRow:
+async def sync_row(world: IngestWorld, mailbox_id: str) -> store.SyncRow:
     async with world.db.read() as session:
         row = await store.get_sync_row(session, mailbox_id)
     assert row is not None
