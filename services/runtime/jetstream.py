@@ -9,6 +9,7 @@ is used here: the SDK (exporters, sampling) is configured once per process by th
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,8 +30,12 @@ INSTRUMENTATION_NAME = "mailsync.runtime.nats"
 log = logging.getLogger(__name__)
 
 
+@functools.lru_cache(maxsize=8)
 def tracer(provider: TracerProvider | None = None) -> trace.Tracer:
-    """The runtime's tracer from the given provider, or from the process's global one."""
+    """The runtime's tracer from the given provider, or from the process's global one (a proxy until telemetry
+    is configured, which then follows the configured provider). Made once per provider: the SDK builds a new
+    tracer and instrumentation scope on every call, and a call per publish and per dead letter was about 3% of
+    threading's CPU under a burst."""
     return trace.get_tracer(INSTRUMENTATION_NAME, tracer_provider=provider)
 
 
