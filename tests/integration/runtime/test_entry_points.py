@@ -27,6 +27,10 @@ SANDBOX_ENDPOINTS = {
 }
 
 
+# Each case starts the service process up to three times.
+pytestmark = pytest.mark.timeout(900)
+
+
 def environment(tmp_path: Path, **variables: str) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("MAILSYNC_", "OTEL_"))}
     env.update(SANDBOX_ENDPOINTS)
@@ -52,7 +56,8 @@ def start(service: str, env: dict[str, str], *argv: str) -> subprocess.Completed
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        # A hang bound: a service's imports alone took tens of seconds with two test runs at once on two cores.
+        timeout=180,
     )
 
 
