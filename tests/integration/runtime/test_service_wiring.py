@@ -62,7 +62,8 @@ def dead_letters(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        # A hang bound: `migrate` took over 60 s beside a second test run on two cores.
+        timeout=240,
     )
 
 
