@@ -3,9 +3,14 @@ kept content of an accepted BCC drop, and the attachment cut out of it by its MI
 
 Only messages ingest published are served (the ledger says so), so the method cannot be used to read arbitrary
 mail of a connected mailbox. Every answer that is not content says whether it ever will be: NOT_FOUND for what
-will never be served (a message never published or gone from Gmail, a drop whose content is not kept, a part path
-the normalizer never described as an attachment), FAILED_PRECONDITION until a dead grant is renewed, UNAVAILABLE
-for a Gmail outage worth retrying.
+will never be served (a message gone from Gmail, a drop whose content is not kept, a part path the normalizer never
+described as an attachment), FAILED_PRECONDITION until a dead grant is renewed, UNAVAILABLE for a Gmail outage and
+for a message the ledger does not hold (yet).
+
+A message missing from the ledger is not final: a pass records its window's ledger entries after JetStream has
+acknowledged the publishes, in the next transaction, and a pass that dies in between publishes the window again on
+the next pass and records it then. Threading can place the message and ask for its attachment inside that gap (seen
+under two concurrent test runs), so the answer tells it to come back rather than to give up.
 """
 
 from __future__ import annotations
@@ -46,6 +51,12 @@ class MailboxNeedsReauth(FailedPrecondition):
 
 class GmailUnavailable(DependencyUnavailable):
     reason = "GMAIL_UNAVAILABLE"
+
+
+class MessageNotRecorded(DependencyUnavailable):
+    """The ledger does not hold the message: not published, or published and not recorded yet (see module doc)."""
+
+    reason = "MESSAGE_NOT_RECORDED"
 
 
 @dataclass(frozen=True)
@@ -97,8 +108,9 @@ class AttachmentSource:
         async with self._db.read() as session:
             published = await store.published_among(session, mailbox_id, [gmail_message_id])
         if gmail_message_id not in published:
-            raise AttachmentNotFound(
-                f"message {gmail_message_id!r} of mailbox {mailbox_id!r} was never published by ingest",
+            raise MessageNotRecorded(
+                f"message {gmail_message_id!r} of mailbox {mailbox_id!r} is not recorded as published by ingest; a "
+                "message just published is recorded within seconds, so retry with backoff",
                 mailbox_id=mailbox_id,
                 gmail_message_id=gmail_message_id,
             )

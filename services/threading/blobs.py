@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import hashlib
 import logging
 import os
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
 
+from services.runtime.clock import Clock, SystemClock
 from services.runtime.db import Database
 from services.runtime.trace_links import links_to
 from services.threading.store.attachments import (
@@ -136,7 +138,11 @@ class FolderBlobStore:
 
 
 class AttachmentCollector:
-    """Fetches the content of attachments of placed messages into the blob store, retrying a bounded number of times."""
+    """Fetches the content of attachments of placed messages into the blob store, retrying a bounded number of times
+    with a backoff per attachment: `retry_delay` after the first failure, doubling up to `max_retry_delay`. The
+    defaults (8 attempts, 5 s doubling to 5 min) keep trying for about ten minutes, which outlasts a redeploy of
+    ingest or a short Gmail outage; a source's "not yet" (ingest recording the message it just published) passes
+    on the first retry."""
 
     def __init__(
         self,
@@ -145,11 +151,17 @@ class AttachmentCollector:
         fetcher: AttachmentFetcher,
         *,
         batch: int = 20,
-        max_attempts: int = 5,
+        max_attempts: int = 8,
         poll_interval: float = 5.0,
+        retry_delay: float = 5.0,
+        max_retry_delay: float = 300.0,
+        clock: Clock | None = None,
         tracer_provider: TracerProvider | None = None,
     ) -> None:
         self._db = db
+        self._clock = clock or SystemClock()
+        self._retry_delay = retry_delay
+        self._max_retry_delay = max_retry_delay
         self._tracer = trace.get_tracer(__name__, tracer_provider=tracer_provider)
         self._blobs = blobs
         self._fetcher = fetcher
@@ -182,7 +194,9 @@ class AttachmentCollector:
     async def collect_once(self) -> int:
         """One pass over attachments still missing content; returns how many were stored."""
         async with self._db.read() as session:
-            pending = await attachments_to_fetch(session, limit=self._batch, max_attempts=self._max_attempts)
+            pending = await attachments_to_fetch(
+                session, limit=self._batch, max_attempts=self._max_attempts, now=self._clock.now()
+            )
         stored = 0
         for item in pending:
             try:
@@ -196,9 +210,14 @@ class AttachmentCollector:
                     "; it will never be available" if give_up else "",
                     exc,
                 )
+                delay = min(self._retry_delay * 2**item.attempts, self._max_retry_delay)
                 async with self._db.write() as session:
                     await mark_fetch_failed(
-                        session, item.message_id, item.attachment_id, give_up_reason=give_up
+                        session,
+                        item.message_id,
+                        item.attachment_id,
+                        retry_at=self._clock.now() + dt.timedelta(seconds=delay),
+                        give_up_reason=give_up,
                     )
                 continue
             async with self._db.write() as session:

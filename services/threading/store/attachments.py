@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.threading.store.models import AttachmentRow
@@ -38,8 +39,9 @@ class StoredAttachment:
 
 
 async def attachments_to_fetch(
-    session: AsyncSession, *, limit: int, max_attempts: int
+    session: AsyncSession, *, limit: int, max_attempts: int, now: dt.datetime
 ) -> list[AttachmentToFetch]:
+    """Attachments still without content that may be tried at `now` (none whose backoff runs past it)."""
     rows = (
         (
             await session.execute(
@@ -48,6 +50,7 @@ async def attachments_to_fetch(
                     AttachmentRow.blob_sha256 == "",
                     AttachmentRow.fetch_attempts < max_attempts,
                     AttachmentRow.unavailable_reason == "",
+                    or_(AttachmentRow.retry_at.is_(None), AttachmentRow.retry_at <= now),
                 )
                 .order_by(AttachmentRow.fetch_attempts, AttachmentRow.message_id, AttachmentRow.attachment_id)
                 .limit(limit)
@@ -85,11 +88,16 @@ async def mark_fetched(
 
 
 async def mark_fetch_failed(
-    session: AsyncSession, message_id: str, attachment_id: str, *, give_up_reason: str = ""
+    session: AsyncSession,
+    message_id: str,
+    attachment_id: str,
+    *,
+    retry_at: dt.datetime | None = None,
+    give_up_reason: str = "",
 ) -> None:
-    """One more failed attempt; with `give_up_reason` the attachment is final: never fetched again, and readers
-    are told why."""
-    values: dict[str, object] = {"fetch_attempts": AttachmentRow.fetch_attempts + 1}
+    """One more failed attempt, tried again no sooner than `retry_at`; with `give_up_reason` the attachment is
+    final: never fetched again, and readers are told why."""
+    values: dict[str, object] = {"fetch_attempts": AttachmentRow.fetch_attempts + 1, "retry_at": retry_at}
     if give_up_reason:
         values["unavailable_reason"] = give_up_reason
     await session.execute(

@@ -268,6 +268,8 @@ class AttachmentRow(Base):
     # The W3C traceparent of the message's trace when it was placed ("" when untraced): the later fetch links to
     # it (runtime.trace_links). Written with the row, so it costs no statement.
     placed_traceparent: Mapped[str] = mapped_column(String(128), default="", server_default="")
+    # After a failed attempt, not before this time (None: at once); the collector backs off per attachment.
+    retry_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True, default=None)
     __table_args__ = (
         PrimaryKeyConstraint("message_id", "attachment_id", name="pk_attachments"),
         Index("ix_attachments_unfetched", "blob_sha256", "fetch_attempts"),

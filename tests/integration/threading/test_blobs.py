@@ -3,6 +3,7 @@ messages have attachment rows, so only their content is ever fetched)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -123,6 +124,17 @@ async def test_issue16_an_attachment_its_source_has_no_content_for_is_final_afte
     assert stored is not None and stored.unavailable_reason == reason
 
 
+class SteppedClock:
+    def __init__(self) -> None:
+        self.time = T0
+
+    def now(self) -> dt.datetime:
+        return self.time
+
+    def advance(self, seconds: float) -> None:
+        self.time += dt.timedelta(seconds=seconds)
+
+
 async def test_an_attachment_that_fails_every_attempt_becomes_final_with_the_reason(
     threading_db, tmp_path: Path
 ) -> None:
@@ -133,13 +145,71 @@ async def test_an_attachment_that_fails_every_attempt_becomes_final_with_the_rea
         await upsert_contact(session, record, now=T0)
     await place_with_attachment(threading_db, sender="carol@example.com", rfc="<flaky@x>", sha="")
     fetcher = GoneFetcher(ConnectionError("ingest unreachable"))
+    clock = SteppedClock()
     collector = AttachmentCollector(
-        threading_db, FolderBlobStore(tmp_path / "blobs"), fetcher, max_attempts=3
+        threading_db, FolderBlobStore(tmp_path / "blobs"), fetcher, max_attempts=3, clock=clock
     )
     assert await collector.collect_once() == 0
     assert await _unavailable_reasons(threading_db) == [(1, "")]  # may still come
     for _ in range(4):
+        clock.advance(3600)
         await collector.collect_once()
     ((attempts, reason),) = await _unavailable_reasons(threading_db)
     assert attempts == 3 and "every one of 3 attempts" in reason and "ConnectionError" in reason
     assert len(fetcher.calls) == 3
+
+
+async def test_a_failed_attachment_waits_out_a_backoff_that_doubles_before_its_next_attempt(
+    threading_db, tmp_path: Path
+) -> None:
+    # Every placed batch wakes the collector; without a backoff a source's "not yet" (ingest recording a message it
+    # just published) used up every attempt within seconds and the attachment was given up for good.
+    async with threading_db.write() as session:
+        record = ContactRecord(
+            "c-1", "loc-a", "", (ContactEmail("carol@example.com", True),), "user-1", T0, 1, False
+        )
+        await upsert_contact(session, record, now=T0)
+    await place_with_attachment(threading_db, sender="carol@example.com", rfc="<later@x>", sha="")
+    fetcher = GoneFetcher(ConnectionError("ingest: not recorded as published yet"))
+    clock = SteppedClock()
+    collector = AttachmentCollector(
+        threading_db,
+        FolderBlobStore(tmp_path / "blobs"),
+        fetcher,
+        max_attempts=8,
+        retry_delay=5.0,
+        max_retry_delay=300.0,
+        clock=clock,
+    )
+    tried_at: list[float] = []
+    for second in range(0, 700):
+        clock.time = T0 + dt.timedelta(seconds=second)
+        before = len(fetcher.calls)
+        await collector.collect_once()
+        if len(fetcher.calls) > before:
+            tried_at.append(second)
+    assert tried_at == [0, 5, 15, 35, 75, 155, 315, 615]
+    ((attempts, reason),) = await _unavailable_reasons(threading_db)
+    assert attempts == 8 and "every one of 8 attempts" in reason
+
+    # A source that answers on its retry is stored then, with nothing given up.
+    await place_with_attachment(threading_db, sender="carol@example.com", rfc="<soon@x>", sha="")
+    answers_second_time = SecondTimeFetcher(CONTENT)
+    collector = AttachmentCollector(
+        threading_db, FolderBlobStore(tmp_path / "blobs"), answers_second_time, clock=clock
+    )
+    assert await collector.collect_once() == 0
+    assert await collector.collect_once() == 0  # still inside its first backoff
+    clock.advance(5)
+    assert await collector.collect_once() == 1
+    assert len(answers_second_time.calls) == 2
+
+
+class SecondTimeFetcher(Fetcher):
+    """Answers "not yet" the first time it is asked, then serves the content."""
+
+    def fetch(self, attachment: AttachmentToFetch) -> AsyncIterator[bytes]:
+        self.calls.append(attachment.message_id)
+        if len(self.calls) == 1:
+            raise ConnectionError("not recorded as published yet")
+        return chunks(self.data)
