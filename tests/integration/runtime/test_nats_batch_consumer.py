@@ -31,7 +31,7 @@ from services.runtime.deadletters import list_dead_letters
 from services.runtime.inbox import claim
 from services.runtime.jetstream import publish
 from services.runtime.streams import MESSAGES, declare_streams
-from tests.fixtures.messaging import eventually
+from tests.fixtures.messaging import HANG_BOUND_FLOOR_SECONDS, eventually
 
 MAILBOX = "mbx-b"
 FINE = [f"fine-{index}" for index in range(7)]
@@ -125,7 +125,7 @@ async def _running(consumer: BatchConsumer) -> AsyncIterator[BatchConsumer]:
         yield consumer
     finally:
         consumer.stop()
-        await asyncio.wait_for(task, timeout=20)
+        await asyncio.wait_for(task, timeout=HANG_BOUND_FLOOR_SECONDS)
 
 
 async def _effects(db: Database) -> list[str]:

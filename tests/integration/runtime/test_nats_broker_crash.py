@@ -17,7 +17,7 @@ from services.runtime.db import Database
 from services.runtime.inbox import claim
 from services.runtime.outbox import OutboxRelay, outbox_status, stage
 from services.runtime.streams import MESSAGES, declare_streams
-from tests.fixtures.messaging import eventually
+from tests.fixtures.messaging import HANG_BOUND_FLOOR_SECONDS, eventually
 from tests.fixtures.messaging_programs import PROGRAM_METADATA, effects_table
 
 SPEC = ConsumerSpec(
@@ -71,7 +71,7 @@ async def test_consumer_and_relay_survive_a_broker_crash_with_every_effect_exact
     finally:
         consumer.stop()
         relay.stop()
-        await asyncio.wait_for(asyncio.gather(*tasks), timeout=20)
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=HANG_BOUND_FLOOR_SECONDS)
 
     async with db.read() as session:
         rows = list((await session.execute(select(effects_table.c.msg_id))).scalars())

@@ -27,7 +27,7 @@ from services.runtime.deadletters import (
 from services.runtime.inbox import claim
 from services.runtime.jetstream import publish
 from services.runtime.streams import MESSAGES, declare_streams
-from tests.fixtures.messaging import eventually
+from tests.fixtures.messaging import HANG_BOUND_FLOOR_SECONDS, eventually
 
 MAILBOX = "mbx-c"
 
@@ -56,7 +56,7 @@ async def _running(
         yield consumer
     finally:
         consumer.stop()
-        await asyncio.wait_for(task, timeout=10)
+        await asyncio.wait_for(task, timeout=HANG_BOUND_FLOOR_SECONDS)
 
 
 async def _publish(js: JetStreamContext, text: str, msg_id: str) -> None:
@@ -217,12 +217,12 @@ async def test_stop_finishes_the_message_in_hand_and_acks_it(
     consumer = Consumer(nats_client, _spec(), slow, db=runtime_database, fetch_timeout=0.5)
     task = asyncio.create_task(consumer.run())
     await _publish(jetstream, "slow", "s-1")
-    await asyncio.wait_for(started.wait(), timeout=10)
+    await asyncio.wait_for(started.wait(), timeout=HANG_BOUND_FLOOR_SECONDS)
     consumer.stop()
     await asyncio.sleep(0.1)
     assert not task.done()
     release.set()
-    await asyncio.wait_for(task, timeout=10)
+    await asyncio.wait_for(task, timeout=HANG_BOUND_FLOOR_SECONDS)
 
     assert finished == ["s-1"]
     assert await _stream_empty(jetstream)

@@ -21,7 +21,7 @@ from services.runtime.consumer import Consumer, ConsumerSpec, Delivery
 from services.runtime.db import Database
 from services.runtime.jetstream import publish
 from services.runtime.streams import MESSAGES, declare_streams
-from tests.fixtures.messaging import eventually
+from tests.fixtures.messaging import HANG_BOUND_FLOOR_SECONDS, eventually
 from tests.fixtures.nats_server import NatsServer, nats_server_binary
 
 SPEC = ConsumerSpec(stream=MESSAGES.name, durable="late-attach", filter_subjects=(subjects.NORMALIZED_ALL,))
@@ -101,7 +101,9 @@ async def test_a_consumer_started_while_jetstream_does_not_answer_attaches_when_
     finally:
         consumer.stop()
         if task is not None:
-            await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), timeout=20)
+            await asyncio.wait_for(
+                asyncio.gather(task, return_exceptions=True), timeout=HANG_BOUND_FLOOR_SECONDS
+            )
         # The fixture stops the broker it started: make sure there is one to stop and to close the client on.
         if nats_server.process is None or nats_server.process.poll() is not None:
             nats_server.start()

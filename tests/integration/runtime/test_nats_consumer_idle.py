@@ -23,7 +23,7 @@ from services.runtime.consumer import (
 )
 from services.runtime.db import Database
 from services.runtime.jetstream import publish
-from tests.fixtures.messaging import eventually
+from tests.fixtures.messaging import HANG_BOUND_FLOOR_SECONDS, eventually
 
 FETCH_TIMEOUT = 0.1
 # Idle fetches each consumer goes through before a message arrives.
@@ -99,4 +99,6 @@ async def test_both_consumer_kinds_survive_idle_batch_fetches_and_handle_what_ar
     finally:
         for consumer in consumers:
             consumer.stop()
-        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=20)
+        await asyncio.wait_for(
+            asyncio.gather(*tasks, return_exceptions=True), timeout=HANG_BOUND_FLOOR_SECONDS
+        )

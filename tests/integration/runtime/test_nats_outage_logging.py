@@ -17,7 +17,7 @@ from services.runtime.consumer import Consumer, ConsumerSpec, Delivery
 from services.runtime.db import Database
 from services.runtime.jetstream import publish
 from services.runtime.streams import MESSAGES, declare_streams
-from tests.fixtures.messaging import eventually
+from tests.fixtures.messaging import HANG_BOUND_FLOOR_SECONDS, eventually
 
 SPEC = ConsumerSpec(stream=MESSAGES.name, durable="outage-log", filter_subjects=(subjects.NORMALIZED_ALL,))
 # Long enough for several reconnect attempts (every 0.5 s) and failed fetches (every second).
@@ -61,7 +61,7 @@ async def test_an_outage_is_logged_when_it_starts_and_when_it_ends(
         await eventually(second_handled, within=60)
     finally:
         consumer.stop()
-        await asyncio.wait_for(task, timeout=30)
+        await asyncio.wait_for(task, timeout=HANG_BOUND_FLOOR_SECONDS)
 
     client_lines = [r.getMessage() for r in caplog.records if r.name == "services.runtime.nats_client"]
     assert client_lines == ["NATS connection lost; reconnecting", "NATS connection back"], client_lines

@@ -22,6 +22,7 @@ from services.runtime.deadletters import list_dead_letters, record_dead_letter, 
 from services.runtime.jetstream import publish, trace_carrier
 from services.runtime.outbox import OutboxRelay, stage
 from services.runtime.streams import MESSAGES, declare_streams
+from tests.fixtures.messaging import HANG_BOUND_FLOOR_SECONDS
 
 SUBJECT = subjects.normalized("mbx-t")
 KIND = "message.normalized"
@@ -45,10 +46,10 @@ async def _consume_one(client: Client, db: Database, provider: TracerProvider) -
     consumer = Consumer(client, SPEC, handle, db=db, tracer_provider=provider, fetch_timeout=0.5)
     task = asyncio.create_task(consumer.run())
     try:
-        return await asyncio.wait_for(handled, timeout=10)
+        return await asyncio.wait_for(handled, timeout=HANG_BOUND_FLOOR_SECONDS)
     finally:
         consumer.stop()
-        await asyncio.wait_for(task, timeout=10)
+        await asyncio.wait_for(task, timeout=HANG_BOUND_FLOOR_SECONDS)
 
 
 def _span(exporter: InMemorySpanExporter, name: str) -> ReadableSpan:
@@ -126,10 +127,10 @@ async def test_each_message_of_a_batch_is_processed_in_its_own_producers_trace(
     consumer = BatchConsumer(nats_client, spec, handle, db=runtime_database, tracer_provider=provider)
     task = asyncio.create_task(consumer.run())
     try:
-        await asyncio.wait_for(both.wait(), timeout=20)
+        await asyncio.wait_for(both.wait(), timeout=HANG_BOUND_FLOOR_SECONDS)
     finally:
         consumer.stop()
-        await asyncio.wait_for(task, timeout=10)
+        await asyncio.wait_for(task, timeout=HANG_BOUND_FLOOR_SECONDS)
 
     message_spans = {
         span.attributes["mailsync.mailbox_id"]: span

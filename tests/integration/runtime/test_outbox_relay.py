@@ -17,7 +17,7 @@ from services.runtime.inbox import claim
 from services.runtime.messaging_tables import outbox_table
 from services.runtime.outbox import OutboxRelay, outbox_status, prune_published, stage
 from services.runtime.streams import MESSAGES, declare_streams
-from tests.fixtures.messaging import eventually
+from tests.fixtures.messaging import HANG_BOUND_FLOOR_SECONDS, eventually
 
 SUBJECT = subjects.normalized("mbx-o")
 
@@ -54,7 +54,7 @@ async def test_relay_wakes_on_commit_and_never_publishes_a_rolled_back_event(
         await eventually(published, within=60)
     finally:
         relay.stop()
-        await asyncio.wait_for(task, timeout=10)
+        await asyncio.wait_for(task, timeout=HANG_BOUND_FLOOR_SECONDS)
 
     stored = await jetstream.get_last_msg(MESSAGES.name, SUBJECT)
     assert events_pb2.NormalizedMessage.FromString(stored.data).subject == "kept"

@@ -22,6 +22,7 @@ from services.runtime.outbox import stage
 from services.runtime.streams import ALL_STREAMS
 from services.threading.app import build
 from services.threading.settings import ThreadingSettings
+from tests.fixtures.messaging import HANG_BOUND_FLOOR_SECONDS
 from tests.fixtures.services import service_settings
 
 
@@ -49,7 +50,7 @@ async def test_a_started_service_declares_the_streams_and_relays_its_outbox(
         event = events_pb2.ContactCreated(location_id="loc-a")
         async with running.components.database.write() as session:
             await stage(session, subject, event, msg_id="contact-created-1")
-        message = await asyncio.wait_for(received.get(), timeout=10)
+        message = await asyncio.wait_for(received.get(), timeout=HANG_BOUND_FLOOR_SECONDS)
         assert events_pb2.ContactCreated.FromString(message.data).location_id == "loc-a"
         assert message.headers["Nats-Msg-Id"] == "contact-created-1"
     finally:

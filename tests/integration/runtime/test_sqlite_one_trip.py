@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import text
 
 from services.runtime.db import Database, open_database
+from tests.fixtures.messaging import HANG_BOUND_FLOOR_SECONDS
 
 
 @pytest.fixture
@@ -171,7 +172,7 @@ async def test_a_brief_write_transaction_waits_for_another_process_writer_off_th
     assert not writing.done()
     other.execute("ROLLBACK")
     other.close()
-    await asyncio.wait_for(writing, timeout=60)
+    await asyncio.wait_for(writing, timeout=HANG_BOUND_FLOOR_SECONDS)
     # One trip: the BEGIN that waited, with the first statement; the second statement and COMMIT ran here.
     assert trips == ["_execute_and_fetch"]
     async with database.read() as session:

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from services.runtime.gmail import QuotaBudget, UserPacer, UserPacers
+from tests.fixtures.messaging import HANG_BOUND_FLOOR_SECONDS
 
 
 class ManualClock:
@@ -41,7 +42,7 @@ async def test_a_batch_waits_for_room_for_all_its_parts_instead_of_going_out_in_
     second.release()
     clock.now += 1.0
     pacer.wake()
-    grant = await asyncio.wait_for(third, timeout=30)
+    grant = await asyncio.wait_for(third, timeout=HANG_BOUND_FLOOR_SECONDS)
     assert (first.count, grant.count) == (25, 25)
 
 
@@ -65,7 +66,7 @@ async def test_units_stay_counted_until_a_window_after_the_answer() -> None:
     assert not waiting.done()  # answered, but less than a window ago
     clock.now += 1.0
     pacer.wake()  # what the pacer's own timer does when the window ends
-    grant = await asyncio.wait_for(waiting, timeout=30)
+    grant = await asyncio.wait_for(waiting, timeout=HANG_BOUND_FLOOR_SECONDS)
     assert grant.count == 1
 
 
