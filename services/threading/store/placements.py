@@ -504,6 +504,7 @@ class BatchPlacement:
                     "fetch_attempts": 0,
                     "unavailable_reason": "",
                     "placed_traceparent": traceparent,
+                    "retry_at": None,
                 },
             )
             changes.attachments_to_fetch = True
