@@ -17,6 +17,7 @@ the shortest time. A location's feed counter row stays locked until commit, so f
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -105,7 +106,13 @@ class _ConversationBump:
 
 
 def _key(table: Table, row: dict[str, Any]) -> tuple[Any, ...]:
-    return tuple(row[c.name] for c in table.primary_key.columns)
+    return tuple(row[name] for name in _primary_key_names(table))
+
+
+@functools.cache
+def _primary_key_names(table: Table) -> tuple[str, ...]:
+    # Walking `table.primary_key.columns` costs about 7 us a row (10% of threading's CPU under a burst).
+    return tuple(c.name for c in table.primary_key.columns)
 
 
 @dataclass
