@@ -7,9 +7,11 @@ import json
 import logging
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from opentelemetry.sdk.trace import TracerProvider
 
-from services.runtime.logging import configure_logging
+from services.runtime.logging import _SECRET_PATTERNS, REDACTED, configure_logging, redact_secrets
 
 
 def log_line(emit: object) -> dict[str, object]:
@@ -122,3 +124,49 @@ def test_aiosmtpd_debug_output_which_carries_message_lines_stays_off_at_debug() 
     finally:
         logging.getLogger().handlers.clear()
     assert "secret body" not in stream.getvalue() and "our own debug line" in stream.getvalue()
+
+
+def _every_pattern_applied(text: str) -> str:
+    for pattern, replacement in _SECRET_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+# Fragments that match each secret pattern, or nearly do, and ordinary log text around them.
+_FRAGMENTS = [
+    *SECRETS.values(),
+    "Bearer abc.def",
+    "BEARER xyz",
+    "?code=4/abcdefghijklmn",
+    "&state=opaque",
+    ";token=t0k3n",
+    "&client_secret=s",
+    "?assertion=a.b.c",
+    '"access_token": "ya29.a"',
+    "'refresh_token'='1//x'",
+    "ID_TOKEN: eyJa.eyJb.c",
+    "Authorization=abc",
+    "client_secret:xyz",
+    "x+abcdefghijklmnopqrstuvwxyz@d.test",
+    "2026-12-04T10:00:00.000+00:00",
+    "message placed",
+    '{"rule": "R2", "location_id": "loc-a"}',
+    "eyJ",
+    "1/",
+    "4",
+    "+",
+    "@",
+    "=",
+    " ",
+]
+
+
+@given(st.lists(st.sampled_from(_FRAGMENTS) | st.text(max_size=8), max_size=12).map("".join))
+def test_skipping_text_with_no_secret_marker_never_changes_what_redaction_returns(text: str) -> None:
+    # redact_secrets leaves text alone when no pattern's literal is in it; running every pattern must agree.
+    assert redact_secrets(text) == _every_pattern_applied(text)
+
+
+@pytest.mark.parametrize("fragment", [f for f in _FRAGMENTS if _every_pattern_applied(f) != f])
+def test_every_secret_shaped_fragment_is_redacted(fragment: str) -> None:
+    assert redact_secrets(fragment) != fragment and REDACTED in redact_secrets(fragment)
