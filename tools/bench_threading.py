@@ -49,9 +49,11 @@ from sqlalchemy import func, insert, select, text
 from mailsync.v1 import common_pb2, events_pb2
 from services.runtime import subjects
 from services.runtime.db import Database, ensure_schema, migrate, open_database
+from services.runtime.grpc_auth import CrmTokenSigner
 from services.runtime.jetstream import publish
 from services.runtime.messaging_tables import outbox_table
 from services.runtime.nats_client import connect
+from services.runtime.settings import CRM_PUBLIC_KEYS_VARIABLE
 from services.runtime.streams import MESSAGES, declare_streams
 from services.threading import codec
 from services.threading.app import MIGRATIONS_DIR
@@ -336,6 +338,7 @@ async def drain(
             **target.env(),
             "MAILSYNC_NATS_URL": nats.url,
             "MAILSYNC_SERVICE_TOKEN_KEYS": f"bench={keys}",
+            CRM_PUBLIC_KEYS_VARIABLE: CrmTokenSigner.generate("crm-bench").public_keys_text(),
             "MAILSYNC_THREADING_GRPC_PORT": "0",
             "MAILSYNC_THREADING_CONSUMER_BATCH_SIZE": str(batch),
         }
