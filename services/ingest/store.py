@@ -242,51 +242,58 @@ async def start_pass(
     lease up (it died, killed for memory while fetching, say), so the next pass starts with the cautious first
     batch instead of the same one again; a pass that ends otherwise without finishing clears it as it releases
     the lease (`release_lease`), and only a finished pass sets it again."""
-    values: dict[str, object] = {
-        "state": state,
-        "next_attempt_at": safety_check_at,
-        "next_attempt_reason": "POLL",
-        "next_attempt_traceparent": caused_by,
-    }
     expires = now + ttl
-    parameters = {
-        f"{_NEW}{name}": value
-        for name, value in {"lease_owner": owner, "lease_expires_at": expires, **values}.items()
+    parameters: dict[str, object] = {
+        f"{_NEW}lease_owner": owner,
+        f"{_NEW}lease_expires_at": expires,
+        f"{_NEW}state": state,
+        f"{_NEW}next_attempt_at": safety_check_at,
+        f"{_NEW}next_attempt_reason": "POLL",
+        f"{_NEW}next_attempt_traceparent": caused_by,
+        "mailbox_id_is": mailbox_id,
+        "owner_is": owner,
+        "now": now,
     }
-    parameters.update(mailbox_id_is=mailbox_id, owner_is=owner, now=now)
     if readiness is Readiness.SCHEDULED_FOR_PUSH:
         parameters["synced_before"] = now - push_interval
-    statement = _start_pass_statement(tuple(values), readiness)
-    row = (await session.execute(statement, parameters)).first()
+    row = (await session.execute(_start_pass_statement(readiness), parameters)).first()
     if row is None:
         return None
     return StartedPass(Lease(mailbox_id, owner, int(row.fencing_token), expires), row)
 
 
-@functools.lru_cache(maxsize=16)
-def _start_pass_statement(columns: tuple[str, ...], readiness: Readiness) -> Any:
+_PASS_START_COLUMNS = (
+    "lease_owner",
+    "lease_expires_at",
+    "state",
+    "next_attempt_at",
+    "next_attempt_reason",
+    "next_attempt_traceparent",
+)
+
+
+@functools.lru_cache(maxsize=4)
+def _start_pass_statement(readiness: Readiness) -> Any:
     row = _SYNC
     conditions = [row.c.mailbox_id == bindparam("mailbox_id_is"), _lease_free()]
     if readiness is not Readiness.LEASE_FREE:
         conditions += [not_(constant_in(row.c.state, UNSCHEDULED_STATES)), row.c.history_cursor.is_not(None)]
     if readiness is Readiness.SCHEDULED_FOR_PUSH:
-        now = bindparam("now", type_=row.c.next_attempt_at.type)
         conditions += [
             row.c.last_sync_at.is_(None)
             | (row.c.last_sync_at <= bindparam("synced_before", type_=row.c.last_sync_at.type)),
             not_(constant_in(row.c.state, RETRY_WAIT_STATES))
             | row.c.next_attempt_at.is_(None)
-            | (row.c.next_attempt_at <= now),
+            | (row.c.next_attempt_at <= bindparam("now", type_=row.c.next_attempt_at.type)),
         ]
     return (
         update(row)
         .where(*conditions)
         .values(
             fencing_token=row.c.fencing_token + 1,
-            lease_owner=_new_value("lease_owner"),
-            lease_expires_at=_new_value("lease_expires_at"),
+            # Cleared when the previous holder never gave the lease up (see start_pass).
             recent_message_chars=case((row.c.lease_owner.is_(None), row.c.recent_message_chars), else_=0),
-            **{name: _new_value(name) for name in columns},
+            **{name: _new_value(name) for name in _PASS_START_COLUMNS},
         )
         .returning(*row.c)
     )
