@@ -13,6 +13,7 @@ import datetime as dt
 import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, NamedTuple, TypeAlias
 
 from sqlalchemy import (
@@ -199,6 +200,25 @@ async def acquire_lease(
     return await _take_lease(session, mailbox_id, owner, now=now, ttl=ttl)
 
 
+@dataclass(frozen=True)
+class StartedPass:
+    """A pass's lease and its mailbox's row as the lease left it (cursor, counters, the first batch's size hint)."""
+
+    lease: Lease
+    row: SyncRow
+
+
+class Readiness(StrEnum):
+    """What else the row must say for `start_pass` to take the lease, besides the lease being free."""
+
+    # Nothing: the caller read the row and decided.
+    LEASE_FREE = "LEASE_FREE"
+    # Scheduled (neither stopped nor paused) and synced before (a cursor): the pass needs nothing asked first.
+    SCHEDULED = "SCHEDULED"
+    # As SCHEDULED, for a push: not synced within the push interval, and not waiting out a backoff.
+    SCHEDULED_FOR_PUSH = "SCHEDULED_FOR_PUSH"
+
+
 async def start_pass(
     session: AsyncSession,
     mailbox_id: str,
@@ -209,23 +229,83 @@ async def start_pass(
     state: str,
     safety_check_at: dt.datetime,
     caused_by: str,
-) -> Lease | None:
+    readiness: Readiness = Readiness.LEASE_FREE,
+    push_interval: dt.timedelta = dt.timedelta(0),
+) -> StartedPass | None:
     """Takes the lease (as `acquire_lease`) and marks the pass running in the same statement: if this worker
     dies, the scheduler queues the mailbox at `safety_check_at`. `caused_by` (every next check a pass sets): the
-    pass's traceparent, which the queued pass links to. None when another worker holds the lease. The size hint
-    for the first batch is cleared until the pass finishes: a pass that dies while fetching (killed for memory,
-    say) leaves the next one the cautious first batch instead of the same one again."""
-    return await _take_lease(
-        session,
-        mailbox_id,
-        owner,
-        now=now,
-        ttl=ttl,
-        state=state,
-        next_attempt_at=safety_check_at,
-        next_attempt_reason="POLL",
-        next_attempt_traceparent=caused_by,
-        recent_message_chars=0,
+    pass's traceparent, which the queued pass links to. None when another worker holds the lease, or the row is
+    not as `readiness` asks (then nothing changed).
+
+    The row comes back from the same statement, so a pass that needs nothing decided first (`Readiness.SCHEDULED`)
+    reads nothing before it. The size hint for the first batch is cleared when the previous holder never gave the
+    lease up (it died, killed for memory while fetching, say), so the next pass starts with the cautious first
+    batch instead of the same one again; a pass that ends otherwise without finishing clears it as it releases
+    the lease (`release_lease`), and only a finished pass sets it again."""
+    expires = now + ttl
+    parameters: dict[str, object] = {
+        f"{_NEW}lease_owner": owner,
+        f"{_NEW}lease_expires_at": expires,
+        f"{_NEW}state": state,
+        f"{_NEW}next_attempt_at": safety_check_at,
+        f"{_NEW}next_attempt_reason": "POLL",
+        f"{_NEW}next_attempt_traceparent": caused_by,
+        "mailbox_id_is": mailbox_id,
+        "owner_is": owner,
+        "now": now,
+    }
+    if readiness is Readiness.SCHEDULED_FOR_PUSH:
+        parameters["synced_before"] = now - push_interval
+    row = (await session.execute(_start_pass_statement(readiness), parameters)).first()
+    if row is None:
+        return None
+    return StartedPass(Lease(mailbox_id, owner, int(row.fencing_token), expires), row)
+
+
+_PASS_START_COLUMNS = (
+    "lease_owner",
+    "lease_expires_at",
+    "state",
+    "next_attempt_at",
+    "next_attempt_reason",
+    "next_attempt_traceparent",
+)
+
+
+@functools.lru_cache(maxsize=4)
+def _start_pass_statement(readiness: Readiness) -> Any:
+    row = _SYNC
+    conditions = [row.c.mailbox_id == bindparam("mailbox_id_is"), _lease_free()]
+    if readiness is not Readiness.LEASE_FREE:
+        conditions += [not_(constant_in(row.c.state, UNSCHEDULED_STATES)), row.c.history_cursor.is_not(None)]
+    if readiness is Readiness.SCHEDULED_FOR_PUSH:
+        conditions += [
+            row.c.last_sync_at.is_(None)
+            | (row.c.last_sync_at <= bindparam("synced_before", type_=row.c.last_sync_at.type)),
+            not_(constant_in(row.c.state, RETRY_WAIT_STATES))
+            | row.c.next_attempt_at.is_(None)
+            | (row.c.next_attempt_at <= bindparam("now", type_=row.c.next_attempt_at.type)),
+        ]
+    return (
+        update(row)
+        .where(*conditions)
+        .values(
+            fencing_token=row.c.fencing_token + 1,
+            # Cleared when the previous holder never gave the lease up (see start_pass).
+            recent_message_chars=case((row.c.lease_owner.is_(None), row.c.recent_message_chars), else_=0),
+            **{name: _new_value(name) for name in _PASS_START_COLUMNS},
+        )
+        .returning(*row.c)
+    )
+
+
+def _lease_free() -> Any:
+    """The lease is free, expired, or already the owner's (`owner_is`)."""
+    row = _SYNC
+    return (
+        row.c.lease_owner.is_(None)
+        | (row.c.lease_expires_at < bindparam("now", type_=row.c.lease_expires_at.type))
+        | (row.c.lease_owner == bindparam("owner_is"))
     )
 
 
@@ -236,31 +316,29 @@ async def _take_lease(
     *,
     now: dt.datetime,
     ttl: dt.timedelta,
-    **values: object,
 ) -> Lease | None:
     expires = now + ttl
-    values = {"lease_owner": owner, "lease_expires_at": expires, **values}
-    parameters = {f"{_NEW}{name}": value for name, value in values.items()}
-    parameters.update(mailbox_id_is=mailbox_id, owner_is=owner, now=now)
-    result = await session.execute(_take_lease_statement(tuple(values)), parameters)
-    token = result.scalar_one_or_none()
+    parameters = {
+        f"{_NEW}lease_owner": owner,
+        f"{_NEW}lease_expires_at": expires,
+        "mailbox_id_is": mailbox_id,
+        "owner_is": owner,
+        "now": now,
+    }
+    token = (await session.execute(_TAKE_LEASE, parameters)).scalar_one_or_none()
     return None if token is None else Lease(mailbox_id, owner, int(token), expires)
 
 
-@functools.lru_cache(maxsize=8)
-def _take_lease_statement(columns: tuple[str, ...]) -> Any:
-    row = _SYNC
-    free = (
-        row.c.lease_owner.is_(None)
-        | (row.c.lease_expires_at < bindparam("now", type_=row.c.lease_expires_at.type))
-        | (row.c.lease_owner == bindparam("owner_is"))
+_TAKE_LEASE = (
+    update(_SYNC)
+    .where(_SYNC.c.mailbox_id == bindparam("mailbox_id_is"), _lease_free())
+    .values(
+        fencing_token=_SYNC.c.fencing_token + 1,
+        lease_owner=_new_value("lease_owner"),
+        lease_expires_at=_new_value("lease_expires_at"),
     )
-    return (
-        update(row)
-        .where(row.c.mailbox_id == bindparam("mailbox_id_is"), free)
-        .values(fencing_token=row.c.fencing_token + 1, **{name: _new_value(name) for name in columns})
-        .returning(row.c.fencing_token)
-    )
+    .returning(_SYNC.c.fencing_token)
+)
 
 
 async def renew_lease(session: AsyncSession, lease: Lease, *, now: dt.datetime, ttl: dt.timedelta) -> Lease:
@@ -272,12 +350,13 @@ async def renew_lease(session: AsyncSession, lease: Lease, *, now: dt.datetime, 
 _RELEASE_LEASE = (
     update(_SYNC)
     .where(_SYNC.c.mailbox_id == bindparam("mailbox_id_is"), _SYNC.c.fencing_token == bindparam("token_is"))
-    .values(lease_owner=None, lease_expires_at=None)
+    .values(lease_owner=None, lease_expires_at=None, recent_message_chars=0)
 )
 
 
 async def release_lease(session: AsyncSession, lease: Lease) -> None:
-    """Gives the lease up (no-op when it was already taken over)."""
+    """Gives the lease up (no-op when it was already taken over). The pass did not finish: the first batch's size
+    hint is cleared, as `start_pass` clears it after a holder that died."""
     await session.execute(_RELEASE_LEASE, {"mailbox_id_is": lease.mailbox_id, "token_is": lease.token})
 
 
@@ -471,6 +550,8 @@ async def get_sync_row(session: AsyncSession, mailbox_id: str) -> SyncRow | None
 
 ACTIVE_PASS_STATES = ("SYNCING", "RESYNCING")
 UNSCHEDULED_STATES = ("PAUSED_REAUTH", "STOPPED")
+# A push does not start a pass of a mailbox in these states before its retry is due.
+RETRY_WAIT_STATES = ("BACKING_OFF", "FAILED")
 
 
 async def finish_pass(

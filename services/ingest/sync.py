@@ -158,6 +158,13 @@ class _NotConnected(Exception):
         self.awaiting_reauth = mailbox is not None and mailbox.awaiting_reauth
 
 
+@dataclass(frozen=True)
+class _MayStart:
+    """The row allows a pass; `mailbox`: auth's answer when it was asked before the lease (else None)."""
+
+    mailbox: MailboxInfo | None
+
+
 @dataclass
 class _Pass:
     lease: store.Lease
@@ -245,6 +252,61 @@ class MailboxSyncer:
     async def sync(self, mailbox_id: str, reason: str = "POLL") -> PassOutcome:
         """One pass over the mailbox; never raises for Gmail trouble (that is recorded on the mailbox)."""
         now = self._clock.now()
+        resync = reason == "RESYNC"
+        mailbox: MailboxInfo | None = None
+        started: store.StartedPass | None = None
+        if not resync:
+            # Most passes need nothing decided before the lease: one statement takes it only when the row says the
+            # pass may run, and brings the row back (a read of its own cost a transaction per pass).
+            readiness = store.Readiness.SCHEDULED_FOR_PUSH if reason == "PUSH" else store.Readiness.SCHEDULED
+            started = await self._start_pass(mailbox_id, now, resync, readiness)
+        if started is None:
+            # Why not (stopped, too soon, another worker's lease), or a pass that asks auth first: the row decides.
+            checked = await self._check_before_pass(mailbox_id, reason, now)
+            if isinstance(checked, PassOutcome):
+                return checked
+            mailbox = checked.mailbox
+            started = await self._start_pass(mailbox_id, now, resync, store.Readiness.LEASE_FREE)
+            if started is None:
+                return PassOutcome.BUSY
+        lease = started.lease
+        outcome: PassOutcome | None = None
+        try:
+            outcome = await self._leased_pass(lease, started.row, mailbox, resync)
+            return outcome
+        except store.LeaseLost:
+            log.warning("lease lost mid-pass", extra={"mailbox_id": mailbox_id})
+            return PassOutcome.LEASE_LOST
+        finally:
+            # A pass that ended well gave the lease up in its last transaction.
+            if outcome is not PassOutcome.SYNCED:
+                async with self._db.write() as session:
+                    await store.release_lease(session, lease)
+
+    async def _start_pass(
+        self, mailbox_id: str, now: dt.datetime, resync: bool, readiness: store.Readiness
+    ) -> store.StartedPass | None:
+        # A holder name per pass: two workers of one process must not take the lease from each other.
+        self._passes += 1
+        async with self._db.write(brief=True) as session:
+            return await store.start_pass(
+                session,
+                mailbox_id,
+                f"{self._config.owner}:{self._passes}",
+                now=now,
+                ttl=self._config.lease_ttl,
+                state=SyncState.RESYNCING if resync else SyncState.SYNCING,
+                safety_check_at=now + self._config.timing.safety_poll_interval,
+                caused_by=current_traceparent(),
+                readiness=readiness,
+                push_interval=self._config.min_push_interval,
+            )
+
+    async def _check_before_pass(
+        self, mailbox_id: str, reason: str, now: dt.datetime
+    ) -> PassOutcome | _MayStart:
+        """What the mailbox's row (made if missing) says before a pass: the outcome when there is none to run;
+        else the mailbox as auth knows it when a first pass or a resync needed asking."""
         async with self._db.read() as session:
             row = await store.get_sync_row(session, mailbox_id)
         mailbox: MailboxInfo | None = None
@@ -266,46 +328,18 @@ class MailboxSyncer:
         waiting_until = _aware(row.next_attempt_at)
         if (
             reason == "PUSH"
-            and row.state in (SyncState.BACKING_OFF, SyncState.FAILED)
+            and row.state in store.RETRY_WAIT_STATES
             and waiting_until is not None
             and waiting_until > now
         ):
             # A failing mailbox is not hammered by its pushes; its retry is already scheduled.
             return PassOutcome.BACKING_OFF
-        resync = reason == "RESYNC"
-        if resync or row.history_cursor is None:
+        if reason == "RESYNC" or row.history_cursor is None:
             # Where Gmail is read from (the earliest connection's start, R1) is needed before the listing.
             mailbox = mailbox or await self._ask_auth(mailbox_id)
             if mailbox is None or sync_scope(mailbox.connections) is None:
                 return await self._stop(mailbox_id, _NotConnected(mailbox))
-        # A holder name per pass: two workers of one process must not take the lease from each other.
-        self._passes += 1
-        owner = f"{self._config.owner}:{self._passes}"
-        async with self._db.write(brief=True) as session:
-            lease = await store.start_pass(
-                session,
-                mailbox_id,
-                owner,
-                now=now,
-                ttl=self._config.lease_ttl,
-                state=SyncState.RESYNCING if resync else SyncState.SYNCING,
-                safety_check_at=now + self._config.timing.safety_poll_interval,
-                caused_by=current_traceparent(),
-            )
-        if lease is None:
-            return PassOutcome.BUSY
-        outcome: PassOutcome | None = None
-        try:
-            outcome = await self._leased_pass(lease, row, mailbox, resync)
-            return outcome
-        except store.LeaseLost:
-            log.warning("lease lost mid-pass", extra={"mailbox_id": mailbox_id})
-            return PassOutcome.LEASE_LOST
-        finally:
-            # A pass that ended well gave the lease up in its last transaction.
-            if outcome is not PassOutcome.SYNCED:
-                async with self._db.write() as session:
-                    await store.release_lease(session, lease)
+        return _MayStart(mailbox)
 
     async def _ask_auth(self, mailbox_id: str) -> MailboxInfo | None:
         try:

@@ -7,11 +7,14 @@ import datetime as dt
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, update
 
 from services.ingest.store import (
     LeaseLost,
+    MailboxSyncRow,
     PublishedEntry,
+    Readiness,
+    StartedPass,
     acquire_lease,
     ensure_mailbox,
     get_sync_row,
@@ -19,6 +22,7 @@ from services.ingest.store import (
     published_among,
     record_progress,
     release_lease,
+    start_pass,
 )
 from services.runtime.db import Database, open_database
 
@@ -177,3 +181,117 @@ async def test_the_ledger_insert_is_compiled_once_whatever_its_number_of_rows(db
     async with db.read() as session:
         row = await get_sync_row(session, "mb1")
         assert row is not None and row.messages_published == 10
+
+
+PUSH_INTERVAL = dt.timedelta(seconds=1)
+
+
+async def _set_row(db: Database, **values: Any) -> None:
+    async with db.write() as session:
+        await session.execute(
+            update(MailboxSyncRow).where(MailboxSyncRow.mailbox_id == "mb1").values(**values)
+        )
+
+
+async def _start(db: Database, readiness: Readiness, owner: str = "w1") -> StartedPass | None:
+    async with db.write() as session:
+        return await start_pass(
+            session,
+            "mb1",
+            owner,
+            now=NOW,
+            ttl=TTL,
+            state="SYNCING",
+            safety_check_at=NOW + dt.timedelta(minutes=10),
+            caused_by="",
+            readiness=readiness,
+            push_interval=PUSH_INTERVAL,
+        )
+
+
+async def test_a_scheduled_mailbox_is_leased_and_its_row_comes_back_from_the_same_statement(
+    db: Database,
+) -> None:
+    await _set_row(db, history_cursor=41, state="IDLE", consecutive_failures=2, recent_message_chars=5000)
+    started = await _start(db, Readiness.SCHEDULED)
+    assert started is not None
+    assert (started.row.history_cursor, started.row.consecutive_failures) == (41, 2)
+    assert (started.row.state, started.row.lease_owner) == ("SYNCING", "w1")
+    assert started.lease.token == started.row.fencing_token
+    assert started.row.recent_message_chars == 5000, "the last pass finished: its size hint stands"
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        pytest.param({"history_cursor": 41, "state": "STOPPED"}, id="stopped (R10, R11)"),
+        pytest.param({"history_cursor": 41, "state": "PAUSED_REAUTH"}, id="paused (R12)"),
+        pytest.param(
+            {"history_cursor": None, "state": "IDLE"}, id="never synced: auth gives the start first"
+        ),
+    ],
+)
+async def test_a_mailbox_that_needs_deciding_first_is_not_leased_nor_changed(
+    db: Database, values: dict[str, Any]
+) -> None:
+    await _set_row(db, **values)
+    async with db.read() as session:
+        before = await get_sync_row(session, "mb1")
+    assert await _start(db, Readiness.SCHEDULED) is None
+    async with db.read() as session:
+        after = await get_sync_row(session, "mb1")
+    assert after == before
+    assert await _start(db, Readiness.LEASE_FREE) is not None, "once decided, the lease is free to take"
+
+
+@pytest.mark.parametrize(
+    ("values", "push_starts"),
+    [
+        pytest.param({"last_sync_at": NOW - PUSH_INTERVAL / 2}, False, id="synced within the push interval"),
+        pytest.param({"last_sync_at": NOW - PUSH_INTERVAL * 2}, True, id="synced before it"),
+        pytest.param(
+            {"state": "BACKING_OFF", "next_attempt_at": NOW + dt.timedelta(seconds=30)},
+            False,
+            id="backing off",
+        ),
+        pytest.param({"state": "FAILED", "next_attempt_at": NOW - TTL}, True, id="failed, its retry due"),
+        pytest.param({"state": "BACKING_OFF", "next_attempt_at": None}, True, id="backing off, no retry set"),
+    ],
+)
+async def test_a_push_starts_a_pass_only_when_the_mailbox_is_not_synced_too_recently_nor_backing_off(
+    db: Database, values: dict[str, Any], push_starts: bool
+) -> None:
+    await _set_row(db, history_cursor=41, **values)
+    started = await _start(db, Readiness.SCHEDULED_FOR_PUSH)
+    assert (started is not None) is push_starts
+    if started is None:
+        assert await _start(db, Readiness.SCHEDULED) is not None, "a re-check or poll is not held back"
+
+
+async def test_the_size_hint_is_cleared_after_a_holder_that_died_or_released_the_lease_unfinished(
+    db: Database,
+) -> None:
+    await _set_row(db, history_cursor=41, recent_message_chars=5000)
+    died = await _start(db, Readiness.SCHEDULED, owner="died")
+    assert died is not None and died.row.recent_message_chars == 5000
+    async with db.write() as session:
+        after_death = await start_pass(
+            session,
+            "mb1",
+            "w2",
+            now=NOW + TTL * 2,
+            ttl=TTL,
+            state="SYNCING",
+            safety_check_at=NOW,
+            caused_by="",
+            readiness=Readiness.SCHEDULED,
+        )
+    assert after_death is not None and after_death.row.recent_message_chars == 0, "the holder died mid-pass"
+
+    await _set_row(db, recent_message_chars=5000, lease_owner=None, lease_expires_at=None)
+    released = await _start(db, Readiness.SCHEDULED)
+    assert released is not None
+    async with db.write() as session:
+        await release_lease(session, released.lease)
+    again = await _start(db, Readiness.SCHEDULED, owner="w3")
+    assert again is not None and again.row.recent_message_chars == 0, "released without finishing"

@@ -3,8 +3,11 @@ label changes and deletions (R17), the cursor, and the ledger."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 from services.ingest import store
 from services.ingest.sync import PassOutcome
+from services.ingest.sync_policy import SyncState
 from tests.fixtures.ingest_world import IngestWorld
 from tests.fixtures.messaging import eventually
 
@@ -119,3 +122,60 @@ async def test_R3_a_location_connected_while_a_pass_runs_gets_the_mail_listed_af
     (event,) = world.recorder.recorded.normalized
     assert event.gmail_message_id == delivered[0]
     assert sorted(c.location_id for c in event.connections) == ["loc-a", "loc-b"]
+
+
+async def test_a_pass_that_may_not_run_yet_takes_no_lease_and_asks_gmail_nothing(
+    ingest_world: IngestWorld,
+) -> None:
+    """The lease is taken only when the row allows the pass (store.Readiness): a push too soon after a pass, a
+    lease another worker holds and a push while the mailbox backs off each end before Gmail is asked anything;
+    a re-check or poll of that backing-off mailbox runs."""
+    world = ingest_world
+    world.sandbox.create_mailbox(ALICE)
+    mailbox = world.connect(ALICE)
+    syncer = world.syncer(min_push_interval=dt.timedelta(minutes=5))
+    assert await syncer.sync(mailbox.mailbox_id) is PassOutcome.SYNCED
+    waiting = world.deliver(ALICE, subject="waits")
+    listings = _history_lists(world)
+
+    assert await syncer.sync(mailbox.mailbox_id, "PUSH") is PassOutcome.TOO_SOON
+
+    now = dt.datetime.now(dt.UTC)
+    async with world.db.write() as session:
+        other = await store.start_pass(
+            session,
+            mailbox.mailbox_id,
+            "another-worker",
+            now=now,
+            ttl=dt.timedelta(hours=1),
+            state=SyncState.SYNCING,
+            safety_check_at=now,
+            caused_by="",
+        )
+    assert other is not None
+    assert await syncer.sync(mailbox.mailbox_id, "POLL") is PassOutcome.BUSY
+    async with world.db.write() as session:
+        await store.release_lease(session, other.lease)
+        await store.set_state(
+            session, mailbox.mailbox_id, SyncState.BACKING_OFF, next_attempt_at=now + dt.timedelta(hours=1)
+        )
+    no_push_interval = world.syncer(owner="worker-2", min_push_interval=dt.timedelta(0))
+    assert await no_push_interval.sync(mailbox.mailbox_id, "PUSH") is PassOutcome.BACKING_OFF
+    assert _history_lists(world) == listings, "no pass that may not run lists Gmail's history"
+
+    assert await syncer.sync(mailbox.mailbox_id, "POLL") is PassOutcome.SYNCED
+    assert _history_lists(world) == listings + 1
+
+    async def published() -> bool:
+        return set(world.recorder.recorded.normalized_ids()) >= set(waiting)
+
+    await eventually(published, within=60)
+    async with world.db.read() as session:
+        row = await store.get_sync_row(session, mailbox.mailbox_id)
+    assert row is not None and row.state == "IDLE" and row.lease_owner is None
+
+
+def _history_lists(world: IngestWorld) -> int:
+    """history.list calls the sandbox has answered, over all its users."""
+    users = world.sandbox.admin.quota().get("users", {}).values()
+    return sum(int(u.get("methods", {}).get("gmail.users.history.list", {}).get("calls", 0)) for u in users)
