@@ -12,7 +12,7 @@ import datetime as dt
 import functools
 import re
 from dataclasses import dataclass
-from email.headerregistry import Address
+from email.headerregistry import Address, HeaderRegistry
 from email.message import EmailMessage
 from email.parser import BytesParser
 from email.policy import EmailPolicy
@@ -41,6 +41,28 @@ _FOLD_WIDTH = 78
 _SEND_ID = re.compile(r"^[0-9a-f]{8,64}$")
 # 36 bytes -> 48 base64 characters -> a 60-character encoded-word (RFC 2047 allows 75).
 _ENCODED_WORD_BYTES = 36
+
+
+class _HeaderClasses(HeaderRegistry):
+    """The stdlib's header factory, with each header's class composed once.
+
+    HeaderRegistry composes a new class (`type(...)` of the header's class and BaseHeader) on every lookup: for
+    each header set, each header read back, and each header count check when one is set, about a tenth of
+    building a message. The classes it composes are empty; one per header class serves every message."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._composed: dict[type, type] = {}
+
+    def __getitem__(self, name: str) -> type:
+        header_class = self.registry.get(name.lower(), self.default_class)
+        composed = self._composed.get(header_class)
+        if composed is None:
+            composed = self._composed[header_class] = super().__getitem__(name)
+        return composed
+
+
+_HEADER_CLASSES = _HeaderClasses()
 
 
 class _StrictPolicy(EmailPolicy):
@@ -140,7 +162,9 @@ def _fold_tokens(name: str, tokens: list[str], linesep: str) -> str:
     return linesep.join(lines) + linesep
 
 
-STRICT_POLICY = _StrictPolicy(linesep="\r\n", cte_type="7bit", raise_on_defect=True)
+STRICT_POLICY = _StrictPolicy(
+    linesep="\r\n", cte_type="7bit", raise_on_defect=True, header_factory=_HEADER_CLASSES
+)
 
 
 class _ReadBackPolicy(EmailPolicy):
@@ -157,7 +181,7 @@ class _ReadBackPolicy(EmailPolicy):
 
 # The default policy's own unfolding of a header value (str.splitlines would split at more than CR and LF).
 _LINE_BREAK = re.compile(r"\n|\r")
-READ_BACK_POLICY = _ReadBackPolicy()
+READ_BACK_POLICY = _ReadBackPolicy(header_factory=_HEADER_CLASSES)
 
 
 class BccHandling(Enum):
