@@ -85,6 +85,8 @@ class _StrictPolicy(EmailPolicy):
         return folded.encode("ascii") if folded else super().fold_binary(name, value)
 
     def _fold_our_way(self, name: str, value: Any) -> str | None:
+        if name.lower() in _MIME_STRUCTURE_HEADERS and hasattr(value, "name"):
+            return _folded_structure_header(self, name, value)
         if name.lower() in _ID_HEADERS:
             return _fold_ids(name, str(value), self.linesep)
         if name.lower() == "subject" and not _folds_safely_as_ascii(str(value)):
@@ -104,6 +106,13 @@ def _parsed_structure_header(factory: Any, name: str, value: str) -> Any:
     # A parsed header is an immutable str, so one parse serves every message. The lines were checked by the caller
     # (as EmailPolicy.header_store_parse checks them); a multipart boundary misses the cache, which is bounded.
     return factory(name, value)
+
+
+@functools.lru_cache(maxsize=128)
+def _folded_structure_header(policy: EmailPolicy, name: str, value: Any) -> str:
+    # The parsed header's own fold, as the stdlib folds it (EmailPolicy._fold of a header object), once per value:
+    # the same handful of values is folded on every message.
+    return value.fold(policy=policy)  # type: ignore[no-any-return]
 
 
 def _fold_ids(name: str, value: str, linesep: str) -> str:
@@ -267,7 +276,10 @@ def build_message(
 
 
 def _address(address: EmailAddress) -> Address:
-    return Address(display_name=address.display_name, addr_spec=address.email)
+    # Validated already (a dot-atom local part, an A-label domain): given as its parts, Address does not parse it
+    # again with the stdlib's header parser; the round-trip check still compares what a reader parses.
+    local_part, _, domain = address.email.rpartition("@")
+    return Address(display_name=address.display_name, username=local_part, domain=domain)
 
 
 def _set_body(message: EmailMessage, email: OutgoingEmail) -> None:
