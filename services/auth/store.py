@@ -23,6 +23,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    and_,
     bindparam,
     delete,
     func,
@@ -44,7 +45,7 @@ from services.auth.domain import (
     UserRecord,
     plan_user_upsert,
 )
-from services.runtime.db import Database, upsert_insert
+from services.runtime.db import Database, constant_in, upsert_insert
 from services.runtime.messaging_tables import add_runtime_tables
 
 _WHEN = DateTime(timezone=True)
@@ -670,32 +671,60 @@ class ConnectionView:
     user_display_name: str
 
 
+def _connection_view_statement(where: Any) -> Any:
+    """The connection, its mailbox's columns and its user's name: one row, `mailbox_found` NULL without a mailbox."""
+    connections = ConnectionRow.__table__
+    mailboxes = MailboxRow.__table__
+    users = UserRow.__table__
+    # The connection's own mailbox_id stands for the mailbox's (the join equates them), so names never collide.
+    mailbox_columns = [column for column in mailboxes.c if column.name != "mailbox_id"]
+    return (
+        select(
+            connections,
+            *mailbox_columns,
+            mailboxes.c.mailbox_id.label("mailbox_found"),
+            users.c.display_name.label("user_display_name"),
+        )
+        .select_from(connections)
+        .outerjoin(mailboxes, mailboxes.c.mailbox_id == connections.c.mailbox_id)
+        .outerjoin(users, users.c.user_id == connections.c.user_id)
+        .where(where)
+        .limit(1)
+    )
+
+
+# Outbound asks for the sender's connection on every send (R10): built once as Core selects with bound values, the
+# lookup skips the ORM's entity loading and the per-call construction and cache-key walk of the statement.
+_CONNECTION_VIEW_BY_ID = _connection_view_statement(
+    ConnectionRow.__table__.c.connection_id == bindparam("connection_id")
+)
+_CONNECTION_VIEW_ACTIVE = _connection_view_statement(
+    and_(
+        ConnectionRow.__table__.c.user_id == bindparam("user_id"),
+        ConnectionRow.__table__.c.location_id == bindparam("location_id"),
+        constant_in(ConnectionRow.__table__.c.state, sorted(s.value for s in ACTIVE_STATES)),
+    )
+)
+
+
 async def connection_view(
     session: AsyncSession, *, connection_id: str | None = None, user_id: str | None = None, location_id: str
 ) -> ConnectionView | None:
     """The connection named by id, or else the user's active one in the location, with its mailbox and its user's
     name, in one query (outbound asks for it on every send: R10, a replaced mailbox stops at once)."""
-    query = (
-        select(ConnectionRow, MailboxRow, UserRow.display_name)
-        .outerjoin(MailboxRow, MailboxRow.mailbox_id == ConnectionRow.mailbox_id)
-        .outerjoin(UserRow, UserRow.user_id == ConnectionRow.user_id)
-    )
     if connection_id:
-        query = query.where(ConnectionRow.connection_id == connection_id)
+        result = await session.execute(_CONNECTION_VIEW_BY_ID, {"connection_id": connection_id})
     else:
-        query = query.where(
-            ConnectionRow.user_id == user_id,
-            ConnectionRow.location_id == location_id,
-            ConnectionRow.state.in_([s.value for s in ACTIVE_STATES]),
+        result = await session.execute(
+            _CONNECTION_VIEW_ACTIVE, {"user_id": user_id, "location_id": location_id}
         )
-    row = (await session.execute(query.limit(1))).first()
+    row = result.first()
     if row is None:
         return None
-    connection, mailbox, display_name = row
     return ConnectionView(
-        _connection(connection),
-        None if mailbox is None else _mailbox_record(mailbox),
-        display_name or "",
+        _connection(row),
+        None if row.mailbox_found is None else _mailbox_record(row),
+        row.user_display_name or "",
     )
 
 

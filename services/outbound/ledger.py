@@ -168,20 +168,8 @@ class SendLedger:
         # One round trip while the lock is held: every statement here is paid once per send of the mailbox.
         window = (
             await session.execute(
-                select(
-                    select(func.count())
-                    .where(*self._in_window(mailbox_id, now))
-                    .scalar_subquery()
-                    .label("used"),
-                    select(send_ledger_entries.c.sent_at)
-                    .where(send_ledger_entries.c.idempotency_key == idempotency_key)
-                    .scalar_subquery()
-                    .label("previous_sent_at"),
-                    select(send_ledger_entries.c.mailbox_id)
-                    .where(send_ledger_entries.c.idempotency_key == idempotency_key)
-                    .scalar_subquery()
-                    .label("previous_mailbox_id"),
-                )
+                _WINDOW_AND_KEY,
+                {"mailbox_id": mailbox_id, "window_start": now - WINDOW, "idempotency_key": idempotency_key},
             )
         ).one()
         used = int(window.used)
@@ -208,9 +196,13 @@ class SendLedger:
         if not self._lock_mailbox:
             await self._ensure_mailbox_row(session, mailbox_id)
         await session.execute(
-            send_ledger_entries.insert().values(
-                mailbox_id=mailbox_id, idempotency_key=idempotency_key, sent_at=now, recipients=recipients
-            )
+            _INSERT_ENTRY,
+            {
+                "mailbox_id": mailbox_id,
+                "idempotency_key": idempotency_key,
+                "sent_at": now,
+                "recipients": recipients,
+            },
         )
         instruments().send_limiter_remaining.record(
             daily_limit - (used + 1), {"mailsync.mailbox_tier": _account_type(mailbox).value.lower()}
@@ -314,11 +306,7 @@ class SendLedger:
         return (await session.execute(_lock_mailbox_statement(session), {"mailbox_id": mailbox_id})).one()
 
     def _in_window(self, mailbox_id: str, now: dt.datetime) -> tuple[Any, ...]:
-        return (
-            send_ledger_entries.c.mailbox_id == mailbox_id,
-            send_ledger_entries.c.sent_at > now - WINDOW,
-            send_ledger_entries.c.released_at.is_(None),
-        )
+        return _window_conditions(mailbox_id, now - WINDOW)
 
     async def _count_window(self, session: AsyncSession, mailbox_id: str, now: dt.datetime) -> int:
         count = await session.scalar(select(func.count()).where(*self._in_window(mailbox_id, now)))
@@ -341,6 +329,34 @@ _MAILBOX_COLUMNS = (
     send_mailboxes.c.account_type,
     send_mailboxes.c.blocked_until,
 )
+
+
+# An admission's count of the mailbox's window and its key's earlier entry, in one statement built once with bound
+# values (built anew per send, it cost the coercion of each value and the derivation of its cache key).
+def _window_conditions(mailbox_id: Any, window_start: Any) -> tuple[Any, ...]:
+    """The mailbox's entries that count against its window (values, or bind parameters of a statement built once)."""
+    return (
+        send_ledger_entries.c.mailbox_id == mailbox_id,
+        send_ledger_entries.c.sent_at > window_start,
+        send_ledger_entries.c.released_at.is_(None),
+    )
+
+
+_WINDOW_AND_KEY = select(
+    select(func.count())
+    .where(*_window_conditions(bindparam("mailbox_id"), bindparam("window_start", type_=UtcDateTime)))
+    .scalar_subquery()
+    .label("used"),
+    select(send_ledger_entries.c.sent_at)
+    .where(send_ledger_entries.c.idempotency_key == bindparam("idempotency_key"))
+    .scalar_subquery()
+    .label("previous_sent_at"),
+    select(send_ledger_entries.c.mailbox_id)
+    .where(send_ledger_entries.c.idempotency_key == bindparam("idempotency_key"))
+    .scalar_subquery()
+    .label("previous_mailbox_id"),
+)
+_INSERT_ENTRY = send_ledger_entries.insert()
 
 
 # The mailbox row's locking upsert, built once per dialect (every send runs it while holding the lock).

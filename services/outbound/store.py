@@ -187,17 +187,22 @@ async def insert_send(session: AsyncSession, values: dict[str, Any]) -> bool:
     return (await session.execute(_insert_send_statement(session), values)).first() is not None
 
 
+# Every send first asks whether its request id is known: built once, with bound values (as `_insert_send_statement`).
+_SEND_BY_REQUEST = select(sends).where(
+    sends.c.location_id == bindparam("location_id"), sends.c.request_id == bindparam("request_id")
+)
+_SEND_BY_ID = select(sends).where(sends.c.send_id == bindparam("send_id"))
+
+
 async def send_by_request(session: AsyncSession, location_id: str, request_id: str) -> SendRecord | None:
     row = (
-        await session.execute(
-            select(sends).where(sends.c.location_id == location_id, sends.c.request_id == request_id)
-        )
+        await session.execute(_SEND_BY_REQUEST, {"location_id": location_id, "request_id": request_id})
     ).first()
     return None if row is None else _record(row)
 
 
 async def get_send(session: AsyncSession, send_id: str) -> SendRecord | None:
-    row = (await session.execute(select(sends).where(sends.c.send_id == send_id))).first()
+    row = (await session.execute(_SEND_BY_ID, {"send_id": send_id})).first()
     return None if row is None else _record(row)
 
 

@@ -1,7 +1,8 @@
 """The runtime's SQLite connections (one trip to the driver's thread per statement, BEGIN with the first statement)
 keep what the services rely on: a write transaction holds the database's write lock from its first statement to its
-end, a failed transaction leaves nothing, a read sees what was committed, rows, row counts and RETURNING come back. A brief write transaction does the same
-on the event loop's thread once it holds the lock, and waits for another process's writer off that thread."""
+end, a failed transaction leaves nothing, a read sees what was committed, rows, row counts and RETURNING come back. A
+brief write transaction does the same on the event loop's thread once it holds the lock, and waits for another
+process's writer off that thread. A read transaction ends (lets go of its snapshot) without a trip."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import aiosqlite
 import pytest
 from sqlalchemy import text
 
+from services.runtime import sqlite_connection
 from services.runtime.db import Database, open_database
 from tests.fixtures.messaging import HANG_BOUND_FLOOR_SECONDS
 
@@ -178,3 +180,105 @@ async def test_a_brief_write_transaction_waits_for_another_process_writer_off_th
     async with database.read() as session:
         names = (await session.execute(text("SELECT name FROM items"))).scalars().all()
     assert names == ["after the other writer!"]
+
+
+# -- read transactions: their end makes no trip ----------------------------------------------------------------
+
+
+def _checkpoint_blocked_by_a_reader(path: str) -> bool:
+    """Commits a row from another connection, then tries a full checkpoint: a reader's snapshot of the database
+    before that commit keeps the checkpoint from finishing."""
+    other = sqlite3.connect(path, timeout=0.2, isolation_level=None)
+    try:
+        other.execute("INSERT INTO items (name) VALUES ('from another connection')")
+        busy, _, _ = other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return bool(busy)
+    finally:
+        other.close()
+
+
+async def test_a_read_transaction_ends_without_a_trip_and_lets_go_of_its_snapshot(
+    database: Database, tmp_path: Path, trips: list[str]
+) -> None:
+    path = str(tmp_path / "one-trip.db")
+    async with database.write() as session:
+        await session.execute(text("INSERT INTO items (name) VALUES ('a')"))
+    trips.clear()
+    async with database.read() as session:
+        names = (await session.execute(text("SELECT name FROM items ORDER BY id"))).scalars().all()
+        blocked_while_reading = _checkpoint_blocked_by_a_reader(path)
+    assert names == ["a"]
+    # One trip, the statement's (the BEGIN rode along); the COMMIT ran here.
+    assert trips == ["_execute_and_fetch"]
+    assert blocked_while_reading
+    assert not _checkpoint_blocked_by_a_reader(path)
+
+
+async def test_a_read_session_that_writes_commits_on_the_driver_thread(
+    database: Database, trips: list[str]
+) -> None:
+    """A read session is not meant to write; if one does, its COMMIT (which writes) still goes to the driver's
+    thread, and what it wrote is kept."""
+    async with database.read() as session:
+        await session.execute(text("INSERT INTO items (name) VALUES ('written in a read session')"))
+    assert trips == ["_execute_and_fetch", "commit"]
+    async with database.read() as session:
+        names = (await session.execute(text("SELECT name FROM items"))).scalars().all()
+    assert names == ["written in a read session"]
+
+
+async def test_a_brief_read_makes_no_trip_and_reads_one_snapshot(
+    database: Database, tmp_path: Path, trips: list[str]
+) -> None:
+    async with database.write() as session:
+        await session.execute(text("INSERT INTO items (name) VALUES ('a')"))
+    trips.clear()
+    async with database.read(brief=True) as session:
+        first = (await session.execute(text("SELECT name FROM items ORDER BY id"))).scalars().all()
+        blocked_while_reading = _checkpoint_blocked_by_a_reader(str(tmp_path / "one-trip.db"))
+        # The other connection's commit came after the snapshot: the same transaction does not see it.
+        second = (await session.execute(text("SELECT name FROM items ORDER BY id"))).scalars().all()
+    assert trips == []
+    assert first == second == ["a"]
+    assert blocked_while_reading
+    async with database.read(brief=True) as session:
+        after = (await session.execute(text("SELECT name FROM items ORDER BY id"))).scalars().all()
+    assert after == ["a", "from another connection"]
+
+
+async def test_a_brief_read_waits_for_an_exclusive_lock_off_the_event_loop(
+    database: Database, tmp_path: Path, trips: list[str]
+) -> None:
+    """A connection in exclusive locking mode keeps readers out even in WAL mode: the brief read's first statement
+    then waits on the driver's thread (the event loop goes on) and reads once the lock is free."""
+    path = str(tmp_path / "one-trip.db")
+    await database.dispose()
+    # Opened before the other connection locks the file, touched only after (sqlite opens the file lazily).
+    connection = await sqlite_connection.connect(path, check_same_thread=False, timeout=30)
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("PRAGMA locking_mode = EXCLUSIVE")
+    other.execute("INSERT INTO items (name) VALUES ('exclusive')")
+    trips.clear()
+
+    async def read() -> list[str]:
+        connection.begin_with_next_statement("BEGIN DEFERRED", brief=True, read_only=True)
+        cursor = await connection.cursor()
+        await cursor.execute("SELECT name FROM items")
+        names = [row[0] for row in await cursor.fetchall()]
+        await connection.commit()
+        return names
+
+    try:
+        reading = asyncio.create_task(read())
+        # The loop keeps running while the read waits: these sleeps would never return if it blocked the loop.
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+        assert not reading.done()
+        other.close()
+        names = await asyncio.wait_for(reading, timeout=HANG_BOUND_FLOOR_SECONDS)
+        read_trips = list(trips)
+    finally:
+        await connection.close()
+    assert names == ["exclusive"]
+    # One trip: the BEGIN and the statement that waited; the COMMIT ran here.
+    assert read_trips == ["_execute_and_fetch"]
