@@ -139,6 +139,8 @@ async def test_a_pass_that_may_not_run_yet_takes_no_lease_and_asks_gmail_nothing
     listings = _history_lists(world)
 
     assert await syncer.sync(mailbox.mailbox_id, "PUSH") is PassOutcome.TOO_SOON
+    # It comes back when the interval since that pass ends, not a whole interval later.
+    assert 0 < await syncer.push_wait_seconds(mailbox.mailbox_id) < 300
 
     now = dt.datetime.now(dt.UTC)
     async with world.db.write() as session:
