@@ -52,6 +52,15 @@ class Fetcher:
         return chunks(self.data)
 
 
+async def add_carol(db) -> None:
+    """Carol, a contact of loc-a assigned to user-1: her mail is placed (R2)."""
+    async with db.write() as session:
+        record = ContactRecord(
+            "c-1", "loc-a", "", (ContactEmail("carol@example.com", True),), "user-1", T0, 1, False
+        )
+        await upsert_contact(session, record, now=T0)
+
+
 async def place_with_attachment(db, *, sender: str, rfc: str, sha: str) -> None:
     content = MessageContent(
         subject="s", attachments=(AttachmentInfo("1", "a.bin", size_bytes=1, sha256=sha),)
@@ -62,11 +71,7 @@ async def place_with_attachment(db, *, sender: str, rfc: str, sha: str) -> None:
 async def test_R18_only_placed_messages_are_fetched_and_a_wrong_digest_is_refused(
     threading_db, tmp_path: Path
 ) -> None:
-    async with threading_db.write() as session:
-        record = ContactRecord(
-            "c-1", "loc-a", "", (ContactEmail("carol@example.com", True),), "user-1", T0, 1, False
-        )
-        await upsert_contact(session, record, now=T0)
+    await add_carol(threading_db)
     good = hashlib.sha256(CONTENT).hexdigest()
     await place_with_attachment(threading_db, sender="carol@example.com", rfc="<ok@x>", sha=good)
     await place_with_attachment(threading_db, sender="stranger@example.com", rfc="<no@x>", sha=good)
@@ -104,11 +109,7 @@ async def _unavailable_reasons(db) -> list[tuple[int, str]]:
 async def test_issue16_an_attachment_its_source_has_no_content_for_is_final_after_one_answer(
     threading_db, tmp_path: Path
 ) -> None:
-    async with threading_db.write() as session:
-        record = ContactRecord(
-            "c-1", "loc-a", "", (ContactEmail("carol@example.com", True),), "user-1", T0, 1, False
-        )
-        await upsert_contact(session, record, now=T0)
+    await add_carol(threading_db)
     await place_with_attachment(threading_db, sender="carol@example.com", rfc="<gone@x>", sha="")
     fetcher = GoneFetcher(ContentUnavailable("ingest answered NOT_FOUND: no content for attachment 1"))
     collector = AttachmentCollector(
@@ -138,11 +139,7 @@ class SteppedClock:
 async def test_an_attachment_that_fails_every_attempt_becomes_final_with_the_reason(
     threading_db, tmp_path: Path
 ) -> None:
-    async with threading_db.write() as session:
-        record = ContactRecord(
-            "c-1", "loc-a", "", (ContactEmail("carol@example.com", True),), "user-1", T0, 1, False
-        )
-        await upsert_contact(session, record, now=T0)
+    await add_carol(threading_db)
     await place_with_attachment(threading_db, sender="carol@example.com", rfc="<flaky@x>", sha="")
     fetcher = GoneFetcher(ConnectionError("ingest unreachable"))
     clock = SteppedClock()
@@ -164,11 +161,7 @@ async def test_a_failed_attachment_waits_out_a_backoff_that_doubles_before_its_n
 ) -> None:
     # Every placed batch wakes the collector; without a backoff a source's "not yet" (ingest recording a message it
     # just published) used up every attempt within seconds and the attachment was given up for good.
-    async with threading_db.write() as session:
-        record = ContactRecord(
-            "c-1", "loc-a", "", (ContactEmail("carol@example.com", True),), "user-1", T0, 1, False
-        )
-        await upsert_contact(session, record, now=T0)
+    await add_carol(threading_db)
     await place_with_attachment(threading_db, sender="carol@example.com", rfc="<later@x>", sha="")
     fetcher = GoneFetcher(ConnectionError("ingest: not recorded as published yet"))
     clock = SteppedClock()
