@@ -42,6 +42,10 @@ EventSink = Callable[[AsyncSession, Applied], Awaitable[None]]
 
 # PostgreSQL SQLSTATEs after which the whole transaction is simply tried again.
 _RETRIABLE_SQLSTATES = frozenset({"40P01", "40001"})
+# Batches up to this many operations run as brief write transactions (on SQLite, their statements run on the event
+# loop's thread, not a trip each to the driver's): end to end most batches are this small, and their two dozen trips
+# were most of a batch's cost. A bigger batch's SQLite work would hold the loop too long.
+BRIEF_BATCH_OPERATIONS = 32
 
 
 async def _no_events(_session: AsyncSession, _applied: Applied) -> None:
@@ -84,7 +88,7 @@ class MessageSync:
         """Applies the operations in order in one transaction; raises (nothing written) when that fails."""
         for attempt in range(1, self._attempts + 1):
             try:
-                async with self._db.write() as session:
+                async with self._db.write(brief=len(operations) <= BRIEF_BATCH_OPERATIONS) as session:
                     conn = await session.connection()
                     # Before the view is read: a concurrent `sent` and its Sent copy see each other's commit.
                     await lock_copies(conn, operations)
