@@ -68,6 +68,7 @@ async def build(
         delay_seconds=settings.wait_delay_seconds,
         ack_wait_seconds=settings.consumer_ack_wait_seconds,
         batch_size=settings.consumer_batch_size,
+        linger_seconds=settings.consumer_linger_seconds,
     )
     handlers = ThreadingHandlers(
         MessageSync(db, events=outbox_events()), policy=policy, on_applied=on_applied

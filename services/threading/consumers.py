@@ -58,6 +58,8 @@ class WaitPolicy:
     ack_wait_seconds: float = 30.0
     # Messages fetched and applied in one transaction.
     batch_size: int = 256
+    # How long a short fetch of the messages consumer waits once for more (ConsumerSpec.linger).
+    linger_seconds: float = 0.0
 
 
 def message_consumer_spec(policy: WaitPolicy) -> ConsumerSpec:
@@ -70,6 +72,7 @@ def message_consumer_spec(policy: WaitPolicy) -> ConsumerSpec:
         # One more than the budget, so the deciding delivery can still fail and be retried.
         max_waits=policy.budget + 1,
         batch=policy.batch_size,
+        linger=policy.linger_seconds,
         max_ack_pending=max(1000, 4 * policy.batch_size),
     )
 

@@ -25,6 +25,8 @@ from services.runtime.consumer import (
     Delivery,
     Outcome,
     RetryLater,
+    declare_consumer,
+    fetch_more,
 )
 from services.runtime.db import Database
 from services.runtime.deadletters import list_dead_letters
@@ -251,3 +253,75 @@ async def test_negative_control_an_all_or_nothing_consumer_makes_the_batch_wait(
         await _waiting_message_does_not_hold_back(
             AllOrNothingConsumer, effects_db, jetstream, nats_client, within=8
         )
+
+
+# -- a short fetch topped up (ConsumerSpec.linger) -----------------------------------------------------------------
+
+
+async def _pull(js: JetStreamContext) -> Any:
+    await declare_consumer(js, _spec())
+    return await js.pull_subscribe_bind(durable="batch-test", stream=MESSAGES.name)
+
+
+def _texts(messages: Sequence[Msg]) -> list[str]:
+    return [events_pb2.NormalizedMessage.FromString(m.data).subject for m in messages]
+
+
+async def test_a_short_fetch_is_topped_up_with_what_arrived_since_in_stream_order(
+    jetstream: JetStreamContext,
+) -> None:
+    await _publish_all(jetstream, FINE[:2])
+    subscription = await _pull(jetstream)
+    first = await subscription.fetch(64, timeout=HANG_BOUND_FLOOR_SECONDS)
+    assert _texts(first) == FINE[:2]
+    await _publish_all(jetstream, FINE[2:5])
+
+    topped_up = await fetch_more(subscription, first, up_to=64, wait=HANG_BOUND_FLOOR_SECONDS)
+
+    assert _texts(topped_up) == FINE[:5]
+    sequences = [m.metadata.sequence.stream for m in topped_up]
+    assert sequences == sorted(sequences) == list(range(1, 6))
+
+
+async def test_a_top_up_takes_no_more_than_the_batch_and_leaves_the_rest_in_the_stream(
+    jetstream: JetStreamContext,
+) -> None:
+    await _publish_all(jetstream, FINE[:1])
+    subscription = await _pull(jetstream)
+    first = await subscription.fetch(64, timeout=HANG_BOUND_FLOOR_SECONDS)
+    await _publish_all(jetstream, FINE[1:6])
+
+    topped_up = await fetch_more(subscription, first, up_to=3, wait=HANG_BOUND_FLOOR_SECONDS)
+
+    assert _texts(topped_up) == FINE[:3]
+    rest = await subscription.fetch(64, timeout=HANG_BOUND_FLOOR_SECONDS)
+    assert _texts(rest) == FINE[3:6]
+
+
+async def test_a_top_up_that_finds_nothing_keeps_the_batch_as_it_was(jetstream: JetStreamContext) -> None:
+    await _publish_all(jetstream, FINE[:2])
+    subscription = await _pull(jetstream)
+    first = await subscription.fetch(64, timeout=HANG_BOUND_FLOOR_SECONDS)
+
+    assert _texts(await fetch_more(subscription, first, up_to=64, wait=0.2)) == FINE[:2]
+
+
+async def test_a_lingering_batch_consumer_applies_every_message_once(
+    effects_db: Database, jetstream: JetStreamContext, nats_client: Client
+) -> None:
+    # The loop path: every fetch is short here (one message at a time), so each is topped up before it is applied.
+    await declare_streams(jetstream)
+    calls: list[list[str]] = []
+    consumer = BatchConsumer(
+        nats_client, _spec(linger=0.05), _handler(effects_db, calls), db=effects_db, fetch_timeout=0.5
+    )
+    async with _running(consumer):
+        for text in FINE:
+            await _publish_all(jetstream, [text])
+
+        async def all_applied() -> bool:
+            return await _effects(effects_db) == sorted(FINE) and await _stream_holds(jetstream) == 0
+
+        await eventually(all_applied, within=HANG_BOUND_FLOOR_SECONDS)
+    applied = [msg_id for call in calls for msg_id in call]
+    assert sorted(applied) == sorted(FINE) and applied == FINE
