@@ -86,17 +86,32 @@ def last_json_object(text: str) -> Any:
 
 
 def stop_group(process: subprocess.Popen[str]) -> None:
-    """Stops the benchmark and whatever it started (servers, workers): they share its process group."""
-    for sig, wait in ((signal.SIGTERM, STOP_GRACE_SECONDS), (signal.SIGKILL, STOP_GRACE_SECONDS)):
+    """Stops the benchmark and whatever it started (servers, workers): they share its process group. Returns once
+    none of them runs: the benchmark itself may end before a child it started has (seen on a loaded machine)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(process.pid, sig)
         except ProcessLookupError:
             return
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        while time.monotonic() < deadline:
+            if process.poll() is not None and not running_in_group(process.pid):
+                return
+            time.sleep(0.05)
+
+
+def running_in_group(group: int) -> list[int]:
+    """The processes of a process group that still run (an exited child nobody reaped yet, a zombie, does not)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            process.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
             continue
+        state, process_group = fields[0], int(fields[2])
+        if process_group == group and state != "Z":
+            members.append(int(stat.parent.name))
+    return members
 
 
 def run_one(benchmark: Benchmark, budget: float, extra: list[str]) -> Outcome:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tools.bench import Benchmark, main, run_one, stop_group
+from tools.bench import Benchmark, main, run_one, running_in_group, stop_group
 
 SLEEPER_WITH_CHILD = (
     "import subprocess, sys, time\n"
@@ -39,31 +39,17 @@ def test_a_benchmark_over_its_budget_is_stopped_with_the_processes_it_started() 
     assert outcome.exit_code is not None
 
 
-def live_members(group: int) -> list[int]:
-    """Processes of the group that still run (an exited child nobody reaped stays a zombie: not running)."""
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        state, process_group = fields[0], int(fields[2])
-        if process_group == group and state != "Z":
-            members.append(int(stat.parent.name))
-    return members
-
-
 def test_stopping_a_benchmark_ends_its_whole_process_group() -> None:
     process = subprocess.Popen(
         [sys.executable, "-c", SLEEPER_WITH_CHILD], stdout=subprocess.PIPE, text=True, start_new_session=True
     )
     assert process.stdout is not None and process.stdout.readline() == "started\n"
     # Parent and child both run: the check below can fail.
-    assert len(live_members(process.pid)) == 2
+    assert len(running_in_group(process.pid)) == 2
 
     stop_group(process)
 
-    assert live_members(process.pid) == []
+    assert running_in_group(process.pid) == []
 
 
 def test_main_writes_every_outcome_to_a_timestamped_json_file(tmp_path: Path) -> None:
