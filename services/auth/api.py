@@ -246,7 +246,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self, request: auth_pb2.GetConnectionRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.GetConnectionResponse:
         location_id = _require_connection_name(request.location_id, request.connection_id, request.user_id)
-        async with self.db.read(brief=True) as session:
+        async with self.db.read() as session:
             view = await connection_view(
                 session,
                 connection_id=request.connection_id or None,

@@ -173,7 +173,7 @@ class OutboundSender:
         """Sends once per (location, request id); a repeated request answers with the first one's outcome."""
         require_ids(request)
         async with self._turns:
-            async with self._db.read(brief=True) as session:
+            async with self._db.read() as session:
                 existing = await store.send_by_request(session, request.location_id, request.request_id)
             if existing is not None:
                 return await self._replay(existing)

@@ -76,9 +76,8 @@ class Database:
     schema: str | None
     _writer: async_sessionmaker[AsyncSession]
     _reader: async_sessionmaker[AsyncSession]
-    # Brief write and read transactions (see `write` and `read`); set on SQLite only.
+    # Brief write transactions (see `write`); the same as _writer except on SQLite.
     _brief_writer: async_sessionmaker[AsyncSession] | None = None
-    _brief_reader: async_sessionmaker[AsyncSession] | None = None
     # Set on SQLite only: the process's write transactions take turns (see the module docstring).
     _writer_queue: _WriterQueue | None = None
 
@@ -107,16 +106,10 @@ class Database:
                 yield session
 
     @asynccontextmanager
-    async def read(self, *, brief: bool = False) -> AsyncIterator[AsyncSession]:
+    async def read(self) -> AsyncIterator[AsyncSession]:
         """A read-only session: never takes SQLite's write lock; on PostgreSQL it runs without a transaction
-        (each statement sees the latest commits, as in READ COMMITTED).
-
-        `brief`: a few statements on indexed rows. On SQLite they run on the event loop's thread, as a brief write's
-        do, unless taking the snapshot finds the database locked (then the first statement goes to the driver's
-        thread). A one-statement read on every request (auth's GetConnection on every send) then makes no trip.
-        """
-        reader = self._brief_reader if brief and self._brief_reader is not None else self._reader
-        async with reader() as session, session.begin():
+        (each statement sees the latest commits, as in READ COMMITTED)."""
+        async with self._reader() as session, session.begin():
             yield session
 
     async def ping(self) -> None:
@@ -252,15 +245,12 @@ def open_database(
         namespace=schema or Path(parsed.database or "memory").stem,
     )
     writer = async_sessionmaker(engine, expire_on_commit=False)
-    brief_writer = brief_reader = None
+    brief_writer = None
     if writer_queue is not None:
         brief_writer = async_sessionmaker(
             engine.execution_options(**{_SQLITE_BRIEF: True}), expire_on_commit=False
         )
         reading = engine.execution_options(**{_SQLITE_BEGIN: "DEFERRED"})
-        brief_reader = async_sessionmaker(
-            reading.execution_options(**{_SQLITE_BRIEF: True}), expire_on_commit=False
-        )
     else:
         # READ COMMITTED gives every statement its own snapshot anyway, so a read-only session loses nothing
         # without BEGIN and COMMIT, and saves their two round trips.
@@ -272,7 +262,6 @@ def open_database(
         _writer=writer,
         _reader=reader,
         _brief_writer=brief_writer,
-        _brief_reader=brief_reader,
         _writer_queue=writer_queue,
     )
 
@@ -308,7 +297,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
             # In the first statement's trip to the driver's thread, before it (services.runtime.sqlite_connection).
             driver_connection.begin_with_next_statement(
                 f"BEGIN {mode}",
-                brief=bool(options.get(_SQLITE_BRIEF)),
+                brief=mode == "IMMEDIATE" and bool(options.get(_SQLITE_BRIEF)),
                 read_only=mode == "DEFERRED",
             )
         else:

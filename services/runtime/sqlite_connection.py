@@ -113,8 +113,7 @@ class OneTripConnection(aiosqlite.Connection):
         behind every ready task while the process's other writers queue for the lock (services.runtime.db): 20
         concurrent sends held the lock about 5 ms per trip for 0.3 ms of SQLite work.
 
-        `read_only`: a read transaction (a deferred BEGIN); if it changed no row, its end makes no trip either. A
-        brief one takes its snapshot on the calling thread too (see `_begin_unless_busy`).
+        `read_only`: a read transaction (a deferred BEGIN); if it changed no row, its end makes no trip either.
         """
         self._pending_begin = begin
         self._brief = brief
@@ -125,8 +124,7 @@ class OneTripConnection(aiosqlite.Connection):
         return begin
 
     def runs_statements_here(self) -> bool:
-        """True when the next statement runs on the calling thread (a brief transaction holding the write lock, or
-        a brief read holding its snapshot)."""
+        """True when the next statement runs on the calling thread (a brief transaction holding the write lock)."""
         if not self._brief:
             return False
         if self._pending_begin is not None:
@@ -136,22 +134,15 @@ class OneTripConnection(aiosqlite.Connection):
         return self._conn.in_transaction
 
     def _begin_unless_busy(self, begin: str) -> bool:
-        """Runs `begin` here if the lock it takes is free now; False (nothing begun) when another connection holds
-        it. A write's BEGIN IMMEDIATE takes the write lock. A read's deferred BEGIN takes nothing, so its snapshot is
-        taken here at once by reading the schema cookie: in WAL mode only a connection in exclusive locking mode or
-        one recovering the log makes that wait, and once held no later statement of the transaction waits."""
+        """Runs `begin` here if the write lock is free now; False (nothing begun) when another process holds it."""
         connection = self._conn
         waits = connection.execute("PRAGMA busy_timeout").fetchone()[0]
         connection.execute("PRAGMA busy_timeout = 0")
         try:
             connection.execute(begin)
-            if self._changes_at_read_begin is not None:
-                connection.execute("PRAGMA schema_version")
         except sqlite3.OperationalError as error:
             if error.sqlite_errorcode != sqlite3.SQLITE_BUSY:
                 raise
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
             return False
         finally:
             connection.execute(f"PRAGMA busy_timeout = {int(waits)}")

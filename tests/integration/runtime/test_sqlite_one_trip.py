@@ -15,7 +15,6 @@ import aiosqlite
 import pytest
 from sqlalchemy import text
 
-from services.runtime import sqlite_connection
 from services.runtime.db import Database, open_database
 from tests.fixtures.messaging import HANG_BOUND_FLOOR_SECONDS
 
@@ -225,60 +224,3 @@ async def test_a_read_session_that_writes_commits_on_the_driver_thread(
     async with database.read() as session:
         names = (await session.execute(text("SELECT name FROM items"))).scalars().all()
     assert names == ["written in a read session"]
-
-
-async def test_a_brief_read_makes_no_trip_and_reads_one_snapshot(
-    database: Database, tmp_path: Path, trips: list[str]
-) -> None:
-    async with database.write() as session:
-        await session.execute(text("INSERT INTO items (name) VALUES ('a')"))
-    trips.clear()
-    async with database.read(brief=True) as session:
-        first = (await session.execute(text("SELECT name FROM items ORDER BY id"))).scalars().all()
-        blocked_while_reading = _checkpoint_blocked_by_a_reader(str(tmp_path / "one-trip.db"))
-        # The other connection's commit came after the snapshot: the same transaction does not see it.
-        second = (await session.execute(text("SELECT name FROM items ORDER BY id"))).scalars().all()
-    assert trips == []
-    assert first == second == ["a"]
-    assert blocked_while_reading
-    async with database.read(brief=True) as session:
-        after = (await session.execute(text("SELECT name FROM items ORDER BY id"))).scalars().all()
-    assert after == ["a", "from another connection"]
-
-
-async def test_a_brief_read_waits_for_an_exclusive_lock_off_the_event_loop(
-    database: Database, tmp_path: Path, trips: list[str]
-) -> None:
-    """A connection in exclusive locking mode keeps readers out even in WAL mode: the brief read's first statement
-    then waits on the driver's thread (the event loop goes on) and reads once the lock is free."""
-    path = str(tmp_path / "one-trip.db")
-    await database.dispose()
-    # Opened before the other connection locks the file, touched only after (sqlite opens the file lazily).
-    connection = await sqlite_connection.connect(path, check_same_thread=False, timeout=30)
-    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    other.execute("PRAGMA locking_mode = EXCLUSIVE")
-    other.execute("INSERT INTO items (name) VALUES ('exclusive')")
-    trips.clear()
-
-    async def read() -> list[str]:
-        connection.begin_with_next_statement("BEGIN DEFERRED", brief=True, read_only=True)
-        cursor = await connection.cursor()
-        await cursor.execute("SELECT name FROM items")
-        names = [row[0] for row in await cursor.fetchall()]
-        await connection.commit()
-        return names
-
-    try:
-        reading = asyncio.create_task(read())
-        # The loop keeps running while the read waits: these sleeps would never return if it blocked the loop.
-        for _ in range(20):
-            await asyncio.sleep(0.01)
-        assert not reading.done()
-        other.close()
-        names = await asyncio.wait_for(reading, timeout=HANG_BOUND_FLOOR_SECONDS)
-        read_trips = list(trips)
-    finally:
-        await connection.close()
-    assert names == ["exclusive"]
-    # One trip: the BEGIN and the statement that waited; the COMMIT ran here.
-    assert read_trips == ["_execute_and_fetch"]
