@@ -296,9 +296,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         if isinstance(driver_connection, sqlite_connection.OneTripConnection):
             # In the first statement's trip to the driver's thread, before it (services.runtime.sqlite_connection).
             driver_connection.begin_with_next_statement(
-                f"BEGIN {mode}",
-                brief=mode == "IMMEDIATE" and bool(options.get(_SQLITE_BRIEF)),
-                read_only=mode == "DEFERRED",
+                f"BEGIN {mode}", brief=mode == "IMMEDIATE" and bool(options.get(_SQLITE_BRIEF))
             )
         else:
             conn.exec_driver_sql(f"BEGIN {mode}")

@@ -99,10 +99,8 @@ class OneTripConnection(aiosqlite.Connection):
     _pending_begin: str | None = None
     # Set for a brief write transaction: once its BEGIN IMMEDIATE holds the write lock, its statements run here.
     _brief: bool = False
-    # Set for a read-only transaction: the connection's count of changed rows at its BEGIN (see `_ends_here`).
-    _changes_at_read_begin: int | None = None
 
-    def begin_with_next_statement(self, begin: str, *, brief: bool = False, read_only: bool = False) -> None:
+    def begin_with_next_statement(self, begin: str, *, brief: bool = False) -> None:
         """Runs `begin` (e.g. "BEGIN IMMEDIATE") right before the next statement, in its trip.
 
         `brief`: a write transaction of a few statements on indexed rows. It runs on the calling thread (the event
@@ -112,12 +110,9 @@ class OneTripConnection(aiosqlite.Connection):
         mode readers never block a writer). A trip costs little on an idle event loop, but on a busy one it waits
         behind every ready task while the process's other writers queue for the lock (services.runtime.db): 20
         concurrent sends held the lock about 5 ms per trip for 0.3 ms of SQLite work.
-
-        `read_only`: a read transaction (a deferred BEGIN); if it changed no row, its end makes no trip either.
         """
         self._pending_begin = begin
         self._brief = brief
-        self._changes_at_read_begin = self._conn.total_changes if read_only else None
 
     def take_pending_begin(self) -> str | None:
         begin, self._pending_begin = self._pending_begin, None
@@ -148,38 +143,24 @@ class OneTripConnection(aiosqlite.Connection):
             connection.execute(f"PRAGMA busy_timeout = {int(waits)}")
         return True
 
-    def _ends_here(self) -> bool:
-        """True when the open transaction's COMMIT or ROLLBACK runs on the calling thread, without a trip.
-
-        A brief write transaction holds the write lock, so its end waits for nothing. A read-only transaction that
-        changed no row only lets go of its snapshot: nothing to write, no lock to wait for (in WAL mode). Its trip
-        was half the cost of a one-statement read on a busy event loop (auth's GetConnection on every send)."""
-        if self._pending_begin is not None or self._connection is None or not self._conn.in_transaction:
-            return False
-        if self._brief:
-            return True
-        return (
-            self._changes_at_read_begin is not None
-            and self._conn.total_changes == self._changes_at_read_begin
-        )
+    def _in_brief_transaction(self) -> bool:
+        return self._brief and self._pending_begin is None and self._conn.in_transaction
 
     async def commit(self) -> None:
-        ends_here = self._ends_here()
-        self._brief = False
-        self._changes_at_read_begin = None
-        if ends_here:
+        if self._in_brief_transaction():
+            self._brief = False
             self._conn.commit()
             return
+        self._brief = False
         if self._transaction_started():
             await super().commit()
 
     async def rollback(self) -> None:
-        ends_here = self._ends_here()
-        self._brief = False
-        self._changes_at_read_begin = None
-        if ends_here:
+        if self._in_brief_transaction():
+            self._brief = False
             self._conn.rollback()
             return
+        self._brief = False
         # Also what the pool does to every connection it takes back, mostly after a commit: nothing to end then.
         if self._transaction_started():
             await super().rollback()

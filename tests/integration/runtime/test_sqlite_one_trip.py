@@ -1,8 +1,7 @@
 """The runtime's SQLite connections (one trip to the driver's thread per statement, BEGIN with the first statement)
 keep what the services rely on: a write transaction holds the database's write lock from its first statement to its
-end, a failed transaction leaves nothing, a read sees what was committed, rows, row counts and RETURNING come back. A
-brief write transaction does the same on the event loop's thread once it holds the lock, and waits for another
-process's writer off that thread. A read transaction ends (lets go of its snapshot) without a trip."""
+end, a failed transaction leaves nothing, a read sees what was committed, rows, row counts and RETURNING come back. A brief write transaction does the same
+on the event loop's thread once it holds the lock, and waits for another process's writer off that thread."""
 
 from __future__ import annotations
 
@@ -179,48 +178,3 @@ async def test_a_brief_write_transaction_waits_for_another_process_writer_off_th
     async with database.read() as session:
         names = (await session.execute(text("SELECT name FROM items"))).scalars().all()
     assert names == ["after the other writer!"]
-
-
-# -- read transactions: their end makes no trip ----------------------------------------------------------------
-
-
-def _checkpoint_blocked_by_a_reader(path: str) -> bool:
-    """Commits a row from another connection, then tries a full checkpoint: a reader's snapshot of the database
-    before that commit keeps the checkpoint from finishing."""
-    other = sqlite3.connect(path, timeout=0.2, isolation_level=None)
-    try:
-        other.execute("INSERT INTO items (name) VALUES ('from another connection')")
-        busy, _, _ = other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        return bool(busy)
-    finally:
-        other.close()
-
-
-async def test_a_read_transaction_ends_without_a_trip_and_lets_go_of_its_snapshot(
-    database: Database, tmp_path: Path, trips: list[str]
-) -> None:
-    path = str(tmp_path / "one-trip.db")
-    async with database.write() as session:
-        await session.execute(text("INSERT INTO items (name) VALUES ('a')"))
-    trips.clear()
-    async with database.read() as session:
-        names = (await session.execute(text("SELECT name FROM items ORDER BY id"))).scalars().all()
-        blocked_while_reading = _checkpoint_blocked_by_a_reader(path)
-    assert names == ["a"]
-    # One trip, the statement's (the BEGIN rode along); the COMMIT ran here.
-    assert trips == ["_execute_and_fetch"]
-    assert blocked_while_reading
-    assert not _checkpoint_blocked_by_a_reader(path)
-
-
-async def test_a_read_session_that_writes_commits_on_the_driver_thread(
-    database: Database, trips: list[str]
-) -> None:
-    """A read session is not meant to write; if one does, its COMMIT (which writes) still goes to the driver's
-    thread, and what it wrote is kept."""
-    async with database.read() as session:
-        await session.execute(text("INSERT INTO items (name) VALUES ('written in a read session')"))
-    assert trips == ["_execute_and_fetch", "commit"]
-    async with database.read() as session:
-        names = (await session.execute(text("SELECT name FROM items"))).scalars().all()
-    assert names == ["written in a read session"]
