@@ -256,7 +256,7 @@ class MailboxSyncer:
     async def push_wait_seconds(self, mailbox_id: str) -> float:
         """How long a push that came too soon waits: what is left of the interval since the last pass, not a whole
         interval (a push 0.9 s after a pass waited a further second, most of steady sync's latency)."""
-        async with self._db.read(brief=True) as session:
+        async with self._db.read() as session:
             row = await store.get_sync_row(session, mailbox_id)
         last_sync = _aware(row.last_sync_at) if row is not None else None
         interval = self._config.min_push_interval
