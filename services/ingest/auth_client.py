@@ -45,7 +45,10 @@ class AuthServiceClient:
         self._timeout = timeout_seconds
         self._tokens = AccessTokenCache(self._fetch_access_token, clock=self._clock)
 
-    async def get_mailbox(self, *, mailbox_id: str = "", email: str = "") -> MailboxInfo | None:
+    async def get_mailbox(
+        self, *, mailbox_id: str = "", email: str = "", fresh: bool = False
+    ) -> MailboxInfo | None:
+        # Every answer is asked of auth: `fresh` changes nothing here.
         try:
             answer = await self._stub.GetMailbox(
                 auth_pb2.GetMailboxRequest(mailbox_id=mailbox_id, email=email), timeout=self._timeout

@@ -55,10 +55,15 @@ class CachedMailboxes:
         self._events_seen = 0
         self._subscription: Subscription | None = None
 
-    async def get_mailbox(self, *, mailbox_id: str = "", email: str = "") -> MailboxInfo | None:
+    async def get_mailbox(
+        self, *, mailbox_id: str = "", email: str = "", fresh: bool = False
+    ) -> MailboxInfo | None:
         known_id = mailbox_id or self._id_by_email.get(email.lower(), "")
         cached = self._by_id.get(known_id)
-        if cached is not None and self._clock.now() - cached.fetched_at < self._ttl:
+        # The durable consumer that resumes a mailbox on a connection event and this cache's own subscription see
+        # the event independently: a pass may run before the cached snapshot is dropped, so a stop is confirmed
+        # with `fresh`.
+        if not fresh and cached is not None and self._clock.now() - cached.fetched_at < self._ttl:
             if not email or cached.mailbox.email == email.lower():
                 return cached.mailbox
         generation, events_seen = self._generation.get(known_id, 0), self._events_seen

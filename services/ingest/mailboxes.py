@@ -54,8 +54,11 @@ class MailboxInfo:
 
 
 class MailboxDirectory(Protocol):
-    async def get_mailbox(self, *, mailbox_id: str = "", email: str = "") -> MailboxInfo | None:
-        """The mailbox by id or Gmail address with all its connections; None when auth does not know it."""
+    async def get_mailbox(
+        self, *, mailbox_id: str = "", email: str = "", fresh: bool = False
+    ) -> MailboxInfo | None:
+        """The mailbox by id or Gmail address with all its connections; None when auth does not know it.
+        `fresh`: auth's answer now, never a kept one (a sync pass confirms a stop with it)."""
         ...
 
 

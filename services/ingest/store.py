@@ -81,6 +81,9 @@ class MailboxSyncRow(Base):
     # Raw (base64url) characters of the largest message the last pass fetched (0: none): the next pass sizes its
     # first messages.get batch by it.
     recent_message_chars: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # Bumped by every connection event that sets the state: a pass that decided to stop the mailbox on what auth
+    # said stops it only if no event changed the row since it read it (`stop_unless_changed`).
+    state_version: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class PublishedMessageRow(Base):
@@ -640,17 +643,32 @@ async def set_state(
     next_attempt_at: dt.datetime | None = None,
     reset_failures: bool = False,
 ) -> None:
-    """Unfenced: a connection event decides the mailbox's state (pause, stop, resume)."""
-    row = MailboxSyncRow.__table__
+    """Unfenced: a connection event decides the mailbox's state (pause, stop, resume), and says so in the row's
+    `state_version`, which fences a pass's own stop decided on an older answer."""
     # The event queues its own pass: the next check is no longer caused by the pass that had set it.
     values: dict[str, object] = {
         "state": state,
         "next_attempt_at": next_attempt_at,
         "next_attempt_traceparent": "",
+        "state_version": _SYNC.c.state_version + 1,
     }
     if reset_failures:
         values.update(consecutive_failures=0, last_error="")
-    await session.execute(update(row).where(row.c.mailbox_id == mailbox_id).values(**values))
+    await session.execute(update(_SYNC).where(_SYNC.c.mailbox_id == mailbox_id).values(**values))
+
+
+async def stop_unless_changed(
+    session: AsyncSession, mailbox_id: str, state: str, *, seen_version: int
+) -> bool:
+    """A pass stops (or pauses) the mailbox because auth listed no CONNECTED connection: only when no connection
+    event set the state since the pass read the row at `seen_version` (an answer from before a reconnect must not
+    stop the mailbox the reconnect resumed). False when an event came first: its own pass takes over."""
+    result = await session.execute(
+        update(_SYNC)
+        .where(_SYNC.c.mailbox_id == mailbox_id, _SYNC.c.state_version == seen_version)
+        .values(state=state, next_attempt_at=None, next_attempt_traceparent="")
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 async def note_push(session: AsyncSession, mailbox_email: str, history_id: int) -> str | None:

@@ -109,6 +109,8 @@ class PassOutcome(StrEnum):
     FAILED = "FAILED"
     LEASE_LOST = "LEASE_LOST"
     TOO_SOON = "TOO_SOON"
+    # A connection event changed the mailbox while the pass was stopping it: the event's own pass takes over.
+    CHANGED = "CHANGED"
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,10 @@ class _NotConnected(Exception):
         self.awaiting_reauth = mailbox is not None and mailbox.awaiting_reauth
 
 
+def _is_connected(mailbox: MailboxInfo | None) -> bool:
+    return mailbox is not None and sync_scope(mailbox.connections) is not None
+
+
 # A push that came too soon is not tried again sooner than this, whatever the clocks say.
 _SHORTEST_PUSH_WAIT_SECONDS = 0.05
 
@@ -167,6 +173,14 @@ class _MayStart:
     """The row allows a pass; `mailbox`: auth's answer when it was asked before the lease (else None)."""
 
     mailbox: MailboxInfo | None
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """What a pass attempt came to; `retry_in`: how long a push that came too soon waits, from the row it read."""
+
+    outcome: PassOutcome
+    retry_in: float = 0.0
 
 
 @dataclass
@@ -247,26 +261,24 @@ class MailboxSyncer:
 
     async def handle(self, delivery: Delivery) -> None:
         item = delivery.parse(events_pb2.MailboxChanged)
-        outcome = await self.sync(item.mailbox_id, REASON_NAMES.get(item.reason, "PUSH"))
-        if outcome is PassOutcome.BUSY:
+        attempt = await self._attempt(item.mailbox_id, REASON_NAMES.get(item.reason, "PUSH"))
+        if attempt.outcome is PassOutcome.BUSY:
             raise RetryLater(self._config.busy_retry_seconds, "another worker holds the mailbox")
-        if outcome is PassOutcome.TOO_SOON:
-            raise RetryLater(await self.push_wait_seconds(item.mailbox_id), "synced a moment ago")
+        if attempt.outcome is PassOutcome.TOO_SOON:
+            raise RetryLater(attempt.retry_in, "synced a moment ago")
 
-    async def push_wait_seconds(self, mailbox_id: str) -> float:
+    def _push_wait_seconds(self, last_sync: dt.datetime, now: dt.datetime) -> float:
         """How long a push that came too soon waits: what is left of the interval since the last pass, not a whole
         interval (a push 0.9 s after a pass waited a further second, most of steady sync's latency)."""
-        async with self._db.read() as session:
-            row = await store.get_sync_row(session, mailbox_id)
-        last_sync = _aware(row.last_sync_at) if row is not None else None
         interval = self._config.min_push_interval
-        if last_sync is None:
-            return interval.total_seconds()
-        left = interval - (self._clock.now() - last_sync)
+        left = interval - (now - last_sync)
         return min(max(left.total_seconds(), _SHORTEST_PUSH_WAIT_SECONDS), interval.total_seconds())
 
     async def sync(self, mailbox_id: str, reason: str = "POLL") -> PassOutcome:
         """One pass over the mailbox; never raises for Gmail trouble (that is recorded on the mailbox)."""
+        return (await self._attempt(mailbox_id, reason)).outcome
+
+    async def _attempt(self, mailbox_id: str, reason: str) -> _Attempt:
         now = self._clock.now()
         resync = reason == "RESYNC"
         mailbox: MailboxInfo | None = None
@@ -279,20 +291,20 @@ class MailboxSyncer:
         if started is None:
             # Why not (stopped, too soon, another worker's lease), or a pass that asks auth first: the row decides.
             checked = await self._check_before_pass(mailbox_id, reason, now)
-            if isinstance(checked, PassOutcome):
+            if isinstance(checked, _Attempt):
                 return checked
             mailbox = checked.mailbox
             started = await self._start_pass(mailbox_id, now, resync, store.Readiness.LEASE_FREE)
             if started is None:
-                return PassOutcome.BUSY
+                return _Attempt(PassOutcome.BUSY)
         lease = started.lease
         outcome: PassOutcome | None = None
         try:
             outcome = await self._leased_pass(lease, started.row, mailbox, resync)
-            return outcome
+            return _Attempt(outcome)
         except store.LeaseLost:
             log.warning("lease lost mid-pass", extra={"mailbox_id": mailbox_id})
-            return PassOutcome.LEASE_LOST
+            return _Attempt(PassOutcome.LEASE_LOST)
         finally:
             # A pass that ended well gave the lease up in its last transaction.
             if outcome is not PassOutcome.SYNCED:
@@ -320,7 +332,7 @@ class MailboxSyncer:
 
     async def _check_before_pass(
         self, mailbox_id: str, reason: str, now: dt.datetime
-    ) -> PassOutcome | _MayStart:
+    ) -> _Attempt | _MayStart:
         """What the mailbox's row (made if missing) says before a pass: the outcome when there is none to run;
         else the mailbox as auth knows it when a first pass or a resync needed asking."""
         async with self._db.read() as session:
@@ -330,17 +342,19 @@ class MailboxSyncer:
             # Ingest has no row yet (no push or connection event made one): auth says whether it exists.
             mailbox = await self._ask_auth(mailbox_id)
             if mailbox is None:
-                return PassOutcome.UNKNOWN_MAILBOX
+                return _Attempt(PassOutcome.UNKNOWN_MAILBOX)
             async with self._db.write() as session:
                 await store.ensure_mailbox(session, mailbox.mailbox_id, mailbox.email)
                 row = await store.get_sync_row(session, mailbox_id)
             assert row is not None
         last_sync = _aware(row.last_sync_at)
         if reason == "PUSH" and last_sync is not None and now - last_sync < self._config.min_push_interval:
-            return PassOutcome.TOO_SOON
+            return _Attempt(PassOutcome.TOO_SOON, self._push_wait_seconds(last_sync, now))
         if row.state in store.UNSCHEDULED_STATES:
             # R10/R11 stopped, R12 paused: only a connection event (connected, reauthorized) resumes the mailbox.
-            return PassOutcome.PAUSED if row.state == SyncState.PAUSED_REAUTH else PassOutcome.STOPPED
+            return _Attempt(
+                PassOutcome.PAUSED if row.state == SyncState.PAUSED_REAUTH else PassOutcome.STOPPED
+            )
         waiting_until = _aware(row.next_attempt_at)
         if (
             reason == "PUSH"
@@ -349,25 +363,38 @@ class MailboxSyncer:
             and waiting_until > now
         ):
             # A failing mailbox is not hammered by its pushes; its retry is already scheduled.
-            return PassOutcome.BACKING_OFF
+            return _Attempt(PassOutcome.BACKING_OFF)
         if reason == "RESYNC" or row.history_cursor is None:
             # Where Gmail is read from (the earliest connection's start, R1) is needed before the listing.
-            mailbox = mailbox or await self._ask_auth(mailbox_id)
-            if mailbox is None or sync_scope(mailbox.connections) is None:
-                return await self._stop(mailbox_id, _NotConnected(mailbox))
+            if not _is_connected(mailbox):
+                mailbox = await self._ask_auth(mailbox_id)
+            if not _is_connected(mailbox):
+                # Asked after the row was read: an event that resumes the mailbox later changes the row's version.
+                mailbox = await self._ask_auth(mailbox_id, fresh=True)
+            if not _is_connected(mailbox):
+                stopped = await self._stop(mailbox_id, _NotConnected(mailbox), seen_version=row.state_version)
+                return _Attempt(stopped)
         return _MayStart(mailbox)
 
-    async def _ask_auth(self, mailbox_id: str) -> MailboxInfo | None:
+    async def _ask_auth(self, mailbox_id: str, *, fresh: bool = False) -> MailboxInfo | None:
         try:
-            return await self._directory.get_mailbox(mailbox_id=mailbox_id)
+            return await self._directory.get_mailbox(mailbox_id=mailbox_id, fresh=fresh)
         except GmailError as error:
             raise RetryLater(self._config.timing.backoff_base.total_seconds(), str(error)) from error
 
-    async def _stop(self, mailbox_id: str, reason: _NotConnected) -> PassOutcome:
-        """R10/R11: no CONNECTED connection left; R12: paused until one is reauthorized."""
+    async def _stop(self, mailbox_id: str, reason: _NotConnected, *, seen_version: int) -> PassOutcome:
+        """R10/R11: no CONNECTED connection left; R12: paused until one is reauthorized. Auth's answer was asked
+        of auth itself (never a kept one) after the pass read the row at `seen_version`, so a connection event
+        that resumed the mailbox since then wins: the pass ends CHANGED and the event's own pass runs."""
         state = SyncState.PAUSED_REAUTH if reason.awaiting_reauth else SyncState.STOPPED
         async with self._db.write() as session:
-            await store.set_state(session, mailbox_id, state)
+            stopped = await store.stop_unless_changed(session, mailbox_id, state, seen_version=seen_version)
+        if not stopped:
+            log.info(
+                "a connection event changed the mailbox while a pass was stopping it",
+                extra={"mailbox_id": mailbox_id},
+            )
+            return PassOutcome.CHANGED
         return PassOutcome.PAUSED if state is SyncState.PAUSED_REAUTH else PassOutcome.STOPPED
 
     async def _leased_pass(
@@ -404,7 +431,7 @@ class MailboxSyncer:
                 await self._audit(work)
         except _NotConnected as stopped:
             await self._record_unrecorded(work)
-            return await self._stop(mailbox_id, stopped)
+            return await self._stop(mailbox_id, stopped, seen_version=row.state_version)
         except PermanentAuthFailure as error:
             await self._record_unrecorded(work)
             await self._record_failure(lease, SyncState.PAUSED_REAUTH, error, failures + 1, None)
@@ -620,7 +647,10 @@ class MailboxSyncer:
         connected between the two (R3) would otherwise miss mail delivered after its connect. Auth down is a
         failure of the pass (it backs off): nothing is published without a current snapshot."""
         mailbox = await self._directory.get_mailbox(mailbox_id=work.mailbox_id)
-        if mailbox is None or sync_scope(mailbox.connections) is None:
+        if not _is_connected(mailbox):
+            # A stop is decided on auth's answer now, never on a kept one (see `_stop`).
+            mailbox = await self._directory.get_mailbox(mailbox_id=work.mailbox_id, fresh=True)
+        if mailbox is None or not _is_connected(mailbox):
             raise _NotConnected(mailbox)
         work.mailbox = mailbox
         work.connections = connections_to_proto(mailbox.connections)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections import Counter
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -13,10 +14,12 @@ from sqlalchemy import delete, update
 
 from mailsync.v1 import events_pb2
 from services.ingest import store
+from services.ingest.connection_events import ConnectionEventHandler
 from services.ingest.connection_proto import connections_to_proto
 from services.ingest.sync import MailboxSyncer, PassOutcome
 from services.ingest.work import queue_sync
 from services.runtime import streams, subjects
+from services.runtime.consumer import Delivery
 from services.runtime.gmail import RetryableGmailError, RetryPolicy
 from services.runtime.jetstream import publish
 from tests.fixtures.ingest_world import IngestWorld
@@ -226,6 +229,80 @@ async def test_R11_a_mailbox_without_a_connected_connection_stops_syncing(ingest
     assert await syncer.sync(mailbox.mailbox_id) is PassOutcome.STOPPED
     assert (await sync_row(world, mailbox.mailbox_id)).state == "STOPPED"
     assert world.recorder.recorded.normalized == []
+
+
+async def test_R11_a_kept_answer_from_before_the_connection_does_not_stop_a_connected_mailbox(
+    ingest_world: IngestWorld,
+) -> None:
+    """Ingest's cache of auth's answers drops a snapshot when its own subscription sees the connection event, and
+    the consumer that resumes the mailbox sees the same event on its own: a pass may run in between. A stop is
+    decided on auth's answer now, so a connected mailbox syncs (a first pass, which asks auth before listing)."""
+    world = ingest_world
+    world.sandbox.create_mailbox(ALICE)
+    mailbox = world.connect(ALICE)
+    delivered = world.deliver(ALICE, subject="after the connect")
+    kept = replace(mailbox, connections=())
+    current = world.directory.get_mailbox
+    fresh_asks: list[str] = []
+
+    async def cache_behind_the_event(**by: Any) -> Any:
+        if not by.get("fresh"):
+            return kept
+        fresh_asks.append(by["mailbox_id"])
+        return await current(**by)
+
+    world.directory.get_mailbox = cache_behind_the_event  # type: ignore[method-assign]
+
+    assert await world.syncer().sync(mailbox.mailbox_id) is PassOutcome.SYNCED
+    assert fresh_asks, "the kept answer was confirmed with auth"
+    assert (await sync_row(world, mailbox.mailbox_id)).state == "IDLE"
+    await wait_published(world, delivered)
+
+
+async def test_R11_a_reconnect_while_a_pass_stops_the_mailbox_wins(ingest_world: IngestWorld) -> None:
+    """Auth answers that the mailbox has no connection; before the pass writes its stop, the connection event of a
+    reconnect resumes the mailbox. The pass's stop is fenced by the row's state version: it changes nothing, and
+    the mailbox syncs."""
+    world = ingest_world
+    world.sandbox.create_mailbox(ALICE)
+    mailbox = world.connect(ALICE)
+    disconnected = world.directory.set_state(mailbox.mailbox_id, "DISCONNECTED")
+    reconnect = events_pb2.ConnectionEvent(
+        event_id="ev-reconnect",
+        kind=events_pb2.CONNECTION_EVENT_KIND_CONNECTED,
+        mailbox_id=mailbox.mailbox_id,
+        mailbox_email=ALICE,
+        mailbox_connections=connections_to_proto(mailbox.connections),
+    )
+    answered = world.directory.get_mailbox
+    handler = ConnectionEventHandler(db=world.db, js=world.js)
+
+    async def reconnected_once_auth_answered(**by: Any) -> Any:
+        answer = await answered(**by)
+        if by.get("fresh") and answer is disconnected:
+            world.directory.mailboxes[mailbox.mailbox_id] = mailbox
+            await handler.handle(
+                Delivery(
+                    "test", "CONNECTIONS", 1, "event", reconnect.SerializeToString(), {}, "ev-reconnect", 1
+                )
+            )
+        return answer
+
+    world.directory.get_mailbox = reconnected_once_auth_answered  # type: ignore[method-assign]
+    delivered = world.deliver(ALICE, subject="after the reconnect")
+
+    assert await world.syncer().sync(mailbox.mailbox_id) is PassOutcome.CHANGED
+    row = await sync_row(world, mailbox.mailbox_id)
+    assert row.state == "IDLE" and row.state_version == 1 and row.lease_owner is None
+
+    # Negative control: the same answer with no event in between stops the mailbox.
+    world.directory.get_mailbox = answered  # type: ignore[method-assign]
+    assert await world.syncer().sync(mailbox.mailbox_id) is PassOutcome.SYNCED
+    await wait_published(world, delivered)
+    world.directory.set_state(mailbox.mailbox_id, "DISCONNECTED")
+    world.deliver(ALICE, subject="after the disconnect")
+    assert await world.syncer().sync(mailbox.mailbox_id) is PassOutcome.STOPPED
+    assert (await sync_row(world, mailbox.mailbox_id)).state == "STOPPED"
 
 
 async def test_audit_finds_and_repairs_a_message_removed_behind_ingests_back(

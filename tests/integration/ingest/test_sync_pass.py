@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
+
+from mailsync.v1 import events_pb2
 from services.ingest import store
 from services.ingest.sync import PassOutcome
 from services.ingest.sync_policy import SyncState
+from services.runtime.consumer import Delivery, RetryLater
 from tests.fixtures.ingest_world import IngestWorld
 from tests.fixtures.messaging import eventually
 
@@ -139,8 +143,10 @@ async def test_a_pass_that_may_not_run_yet_takes_no_lease_and_asks_gmail_nothing
     listings = _history_lists(world)
 
     assert await syncer.sync(mailbox.mailbox_id, "PUSH") is PassOutcome.TOO_SOON
-    # It comes back when the interval since that pass ends, not a whole interval later.
-    assert 0 < await syncer.push_wait_seconds(mailbox.mailbox_id) < 300
+    # The push comes back when the interval since that pass ends, not a whole interval later.
+    with pytest.raises(RetryLater) as too_soon:
+        await syncer.handle(_push_delivery(mailbox.mailbox_id))
+    assert 0 < too_soon.value.delay < 300
 
     now = dt.datetime.now(dt.UTC)
     async with world.db.write() as session:
@@ -181,3 +187,9 @@ def _history_lists(world: IngestWorld) -> int:
     """history.list calls the sandbox has answered, over all its users."""
     users = world.sandbox.admin.quota().get("users", {}).values()
     return sum(int(u.get("methods", {}).get("gmail.users.history.list", {}).get("calls", 0)) for u in users)
+
+
+def _push_delivery(mailbox_id: str) -> Delivery:
+    """A push's work item as the sync consumer hands it over."""
+    item = events_pb2.MailboxChanged(mailbox_id=mailbox_id, reason=events_pb2.MAILBOX_CHANGE_REASON_PUSH)
+    return Delivery("ingest-sync", "MAILBOX_WORK", 1, "work", item.SerializeToString(), {}, None, 1)

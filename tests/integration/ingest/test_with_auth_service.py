@@ -106,7 +106,9 @@ class CountingDirectory:
         self.auth = auth
         self.calls = 0
 
-    async def get_mailbox(self, *, mailbox_id: str = "", email: str = "") -> MailboxInfo | None:
+    async def get_mailbox(
+        self, *, mailbox_id: str = "", email: str = "", fresh: bool = False
+    ) -> MailboxInfo | None:
         self.calls += 1
         return await self.auth.get_mailbox(mailbox_id=mailbox_id, email=email)
 
@@ -159,6 +161,12 @@ async def test_mailbox_snapshots_are_asked_of_auth_once_and_dropped_by_the_mailb
         await eventually(sees_the_disconnect, within=30)
         stale = await deaf.get_mailbox(mailbox_id=first.mailbox_id)
         assert stale is not None and [c.state for c in stale.connections] == ["CONNECTED"]
+        # A stop is decided on a fresh answer, which even the deaf cache asks auth for (and keeps).
+        before = counting.calls
+        confirmed = await deaf.get_mailbox(mailbox_id=first.mailbox_id, fresh=True)
+        assert confirmed is not None and [c.state for c in confirmed.connections] == ["DISCONNECTED"]
+        assert counting.calls - before == 1
+        assert await deaf.get_mailbox(mailbox_id=first.mailbox_id) == confirmed
         mailbox_after = await cache.get_mailbox(mailbox_id=first.mailbox_id)
         assert mailbox_after is not None
         assert [c.state for c in mailbox_after.connections] == ["DISCONNECTED"]
