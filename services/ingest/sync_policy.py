@@ -8,6 +8,8 @@ import datetime as dt
 from dataclasses import dataclass
 from enum import StrEnum
 
+from services.runtime.backoff import doubling_delay
+
 
 class SyncState(StrEnum):
     IDLE = "IDLE"
@@ -54,7 +56,7 @@ def plan_after_failure(failures: int, now: dt.datetime, timing: SyncTiming) -> F
     """`failures` counts this one: a doubling delay, then FAILED with a slow retry."""
     if failures >= timing.failures_before_failed:
         return FailurePlan(SyncState.FAILED, now + timing.failed_retry)
-    delay = min(timing.backoff_base * (2 ** max(failures - 1, 0)), timing.backoff_max)
+    delay = doubling_delay(timing.backoff_base, timing.backoff_max, failures)
     return FailurePlan(SyncState.BACKING_OFF, now + delay)
 
 

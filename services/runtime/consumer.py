@@ -66,6 +66,7 @@ from opentelemetry.trace import (
 )
 
 from services.runtime import subjects
+from services.runtime.backoff import doubling_delay
 from services.runtime.clock import Clock, SystemClock
 from services.runtime.db import Database
 from services.runtime.deadletters import record_dead_letter
@@ -175,7 +176,7 @@ class ConsumerSpec:
         )
 
     def retry_delay_after(self, failures: int) -> float:
-        return min(self.retry_delay * 2 ** max(failures - 1, 0), self.max_retry_delay)
+        return doubling_delay(self.retry_delay, self.max_retry_delay, failures)
 
 
 async def declare_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:

@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from services.runtime.backoff import doubling_delay
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -42,7 +44,7 @@ class RetryPolicy:
     """0 waits forever."""
 
     def delay(self, failures: int, rng: random.Random) -> float:
-        ceiling = min(self.max_delay_seconds, self.first_delay_seconds * 2 ** max(failures - 1, 0))
+        ceiling = doubling_delay(self.first_delay_seconds, self.max_delay_seconds, failures)
         # Full jitter in the upper half: replicas that lost the same dependency do not retry in lockstep.
         return ceiling * (0.5 + rng.random() / 2)
 

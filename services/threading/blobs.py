@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
 
+from services.runtime.backoff import doubling_delay
 from services.runtime.clock import Clock, SystemClock
 from services.runtime.db import Database
 from services.runtime.trace_links import links_to
@@ -210,7 +211,7 @@ class AttachmentCollector:
                     "; it will never be available" if give_up else "",
                     exc,
                 )
-                delay = min(self._retry_delay * 2**item.attempts, self._max_retry_delay)
+                delay = doubling_delay(self._retry_delay, self._max_retry_delay, item.attempts + 1)
                 async with self._db.write() as session:
                     await mark_fetch_failed(
                         session,

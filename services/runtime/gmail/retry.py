@@ -8,6 +8,7 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from services.runtime.backoff import doubling_delay
 from services.runtime.clock import Clock, SystemClock
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -29,7 +30,7 @@ class RetryPolicy:
     max_wait: float = 120.0
 
     def backoff(self, retry_number: int, rng: random.Random) -> float:
-        ceiling = min(self.max_delay, self.base_delay * (2**retry_number))
+        ceiling = doubling_delay(self.base_delay, self.max_delay, retry_number + 1)
         return ceiling * (1.0 + self.jitter * rng.random())
 
 
