@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -116,6 +117,11 @@ class Delivery:
 
     def trace_context(self) -> otel_context.Context:
         """The trace context its producer sent: the trace of the email or send this message is part of."""
+        return self._producer_context
+
+    @functools.cached_property
+    def _producer_context(self) -> otel_context.Context:
+        # Read once: the batch's link, the message's span and the handler's log lines each ask for it.
         return extract_context(self.headers)
 
 
@@ -518,7 +524,7 @@ class BatchConsumer(_PullLoop):
         # One span for the batch, linked to the span that published each message (OpenTelemetry's batch form), up
         # to the number of links a span keeps.
         links = [
-            Link(get_current_span(extract_context(d.headers)).get_span_context())
+            Link(get_current_span(d.trace_context()).get_span_context())
             for d in deliveries[:_MAX_LINKS]
             if "traceparent" in d.headers
         ]

@@ -95,6 +95,30 @@ async def test_relay_publishes_in_staging_order_and_status_reports_the_backlog(
         assert (await session.execute(select(func.count()).select_from(outbox_table))).scalar_one() == 0
 
 
+async def test_a_refused_publish_stops_the_pass_there_and_the_next_pass_sends_it_and_the_rest_again(
+    runtime_database: Database, jetstream: JetStreamContext
+) -> None:
+    """Publishes go out pipelined, but only the acknowledged prefix is marked: an event no stream takes (the
+    server refuses it) holds back the events staged after it, which go again (de-duplicated) once it can land."""
+    await declare_streams(jetstream)
+    nowhere = "mailsync.v1.nowhere.outbox-test"
+    async with runtime_database.write() as session:
+        await stage(session, SUBJECT, events_pb2.NormalizedMessage(subject="first"), "p-1")
+        await stage(session, nowhere, events_pb2.NormalizedMessage(subject="refused"), "p-2")
+        await stage(session, SUBJECT, events_pb2.NormalizedMessage(subject="after"), "p-3")
+    relay = OutboxRelay(runtime_database, jetstream)
+
+    assert await relay.publish_pending() == 1
+    assert (await outbox_status(runtime_database)).pending == 2
+
+    await jetstream.add_stream(name="OUTBOX_TEST", subjects=[nowhere])
+    assert await relay.publish_pending() == 2
+    assert (await outbox_status(runtime_database)).pending == 0
+    # "after" landed in the first pass too: its second publish was only reported duplicate.
+    assert await _stream_count(jetstream) == 2
+    assert (await jetstream.stream_info("OUTBOX_TEST")).state.messages == 1
+
+
 async def test_claim_wins_once_per_consumer_and_message(runtime_database: Database) -> None:
     async with runtime_database.write() as session:
         assert await claim(session, "threading", "m-1") is True
