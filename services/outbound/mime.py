@@ -12,7 +12,7 @@ import datetime as dt
 import functools
 import re
 from dataclasses import dataclass
-from email.headerregistry import Address, HeaderRegistry
+from email.headerregistry import Address, AddressHeader, HeaderRegistry
 from email.message import EmailMessage
 from email.parser import BytesParser
 from email.policy import EmailPolicy
@@ -318,8 +318,11 @@ def _verify_round_trip(
         if not addresses:
             continue
         expected = [(_without_spaces(address.display_name), address.email) for address in addresses]
+        read_back = parsed[header]
+        if not isinstance(read_back, AddressHeader):
+            raise HeaderInjection(header.lower(), "the header does not read back as a list of addresses")
         actual = [
-            (_without_spaces(address.display_name), address.addr_spec) for address in parsed[header].addresses
+            (_without_spaces(address.display_name), address.addr_spec) for address in read_back.addresses
         ]
         if actual != expected:
             raise HeaderInjection(header.lower(), "the addresses do not survive serialization unchanged")
