@@ -316,11 +316,14 @@ class MailboxSyncer:
     ) -> store.StartedPass | None:
         # A holder name per pass: two workers of one process must not take the lease from each other.
         self._passes += 1
+        # Named before the wait for the write transaction: passes that waited together read the counter after
+        # it, got one name, and the lease, which is free for its own holder's name, went from one to the other.
+        owner = f"{self._config.owner}:{self._passes}"
         async with self._db.write(brief=True) as session:
             return await store.start_pass(
                 session,
                 mailbox_id,
-                f"{self._config.owner}:{self._passes}",
+                owner,
                 now=now,
                 ttl=self._config.lease_ttl,
                 state=SyncState.RESYNCING if resync else SyncState.SYNCING,
