@@ -16,6 +16,7 @@ from mailsync.v1 import events_pb2
 from services.ingest import store
 from services.ingest.connection_events import ConnectionEventHandler
 from services.ingest.connection_proto import connections_to_proto
+from services.ingest.mailboxes import MailboxInfo
 from services.ingest.sync import MailboxSyncer, PassOutcome
 from services.ingest.work import queue_sync
 from services.runtime import streams, subjects
@@ -33,6 +34,19 @@ async def sync_row(world: IngestWorld, mailbox_id: str) -> store.SyncRow:
         row = await store.get_sync_row(session, mailbox_id)
     assert row is not None
     return row
+
+
+def connection_event(
+    event_id: str, kind: events_pb2.ConnectionEventKind.ValueType, mailbox: MailboxInfo
+) -> events_pb2.ConnectionEvent:
+    """Auth's connection event of `kind` with the mailbox's connections as they are after it."""
+    return events_pb2.ConnectionEvent(
+        event_id=event_id,
+        kind=kind,
+        mailbox_id=mailbox.mailbox_id,
+        mailbox_email=mailbox.email,
+        mailbox_connections=connections_to_proto(mailbox.connections),
+    )
 
 
 async def wait_published(world: IngestWorld, gmail_ids: list[str], within: float = 30) -> None:
@@ -233,13 +247,7 @@ async def test_R12_invalid_grant_pauses_the_mailbox_and_reauthorized_resumes_wit
     world.start_connection_events()
     world.tokens.grant(mailbox.mailbox_id, ALICE)
     resumed = world.directory.set_state(mailbox.mailbox_id, "CONNECTED")
-    event = events_pb2.ConnectionEvent(
-        event_id="ev-1",
-        kind=events_pb2.CONNECTION_EVENT_KIND_REAUTHORIZED,
-        mailbox_id=mailbox.mailbox_id,
-        mailbox_email=ALICE,
-        mailbox_connections=connections_to_proto(resumed.connections),
-    )
+    event = connection_event("ev-1", events_pb2.CONNECTION_EVENT_KIND_REAUTHORIZED, resumed)
     await publish(world.js, subjects.connection("reauthorized", mailbox.mailbox_id), event, msg_id="ev-1")
 
     await wait_published(world, early + during)
@@ -301,13 +309,7 @@ async def test_R11_a_reconnect_while_a_pass_stops_the_mailbox_wins(ingest_world:
     world.sandbox.create_mailbox(ALICE)
     mailbox = world.connect(ALICE)
     disconnected = world.directory.set_state(mailbox.mailbox_id, "DISCONNECTED")
-    reconnect = events_pb2.ConnectionEvent(
-        event_id="ev-reconnect",
-        kind=events_pb2.CONNECTION_EVENT_KIND_CONNECTED,
-        mailbox_id=mailbox.mailbox_id,
-        mailbox_email=ALICE,
-        mailbox_connections=connections_to_proto(mailbox.connections),
-    )
+    reconnect = connection_event("ev-reconnect", events_pb2.CONNECTION_EVENT_KIND_CONNECTED, mailbox)
     answered = world.directory.get_mailbox
     handler = ConnectionEventHandler(db=world.db, js=world.js)
 
@@ -414,13 +416,7 @@ async def test_R11_a_disconnected_mailbox_without_new_mail_is_stopped_by_its_con
     assert calls == [] and (await sync_row(world, mailbox.mailbox_id)).state == "IDLE"
 
     world.start_connection_events()
-    event = events_pb2.ConnectionEvent(
-        event_id="ev-disconnect",
-        kind=events_pb2.CONNECTION_EVENT_KIND_DISCONNECTED,
-        mailbox_id=mailbox.mailbox_id,
-        mailbox_email=ALICE,
-        mailbox_connections=connections_to_proto(disconnected.connections),
-    )
+    event = connection_event("ev-disconnect", events_pb2.CONNECTION_EVENT_KIND_DISCONNECTED, disconnected)
     await publish(
         world.js, subjects.connection("disconnected", mailbox.mailbox_id), event, msg_id="ev-disconnect"
     )
