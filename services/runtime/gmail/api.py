@@ -131,9 +131,10 @@ class GmailApi:
         self._local = threading.local()
         # Passing an http object keeps the client from looking for application default credentials; every
         # request runs with its own authorised http (see `authorized_http`).
-        self.resource: Any = build_from_document(
-            load_discovery_document(self.endpoint.root_url), http=httplib2.Http()
-        )
+        document = load_discovery_document(self.endpoint.root_url)
+        self.resource: Any = build_from_document(document, http=httplib2.Http())
+        # Where batches go, as the client library works it out for its own batch requests.
+        self.batch_uri = f"{document['rootUrl']}{document.get('batchPath', 'batch')}"
         self._built = BuiltResources(self.resource)
 
     def users(self) -> Any:

@@ -11,11 +11,12 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from googleapiclient.http import BatchHttpRequest, MediaIoBaseUpload
+from googleapiclient.http import MediaIoBaseUpload
 from opentelemetry import metrics, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from services.runtime.gmail.api import GmailApi
+from services.runtime.gmail.batch import LeanBatchHttpRequest
 from services.runtime.gmail.errors import (
     AccessTokenRejected,
     GmailError,
@@ -476,7 +477,7 @@ class GmailClient:
                 answers[request_id] = exception if exception is not None else response
 
             users = self._api.users()
-            batch: BatchHttpRequest = self._api.resource.new_batch_http_request(callback=collect)
+            batch = LeanBatchHttpRequest(callback=collect, batch_uri=self._api.batch_uri)
             for message_id in message_ids:
                 params = self._get_params(message_id, format, metadata_headers)
                 batch.add(users.messages().get(**params), request_id=message_id)

@@ -13,6 +13,7 @@ def request_uris(api: GmailApi) -> tuple[str, str, str]:
     users = api.resource.users()
     plain = users.getProfile(userId="me").uri
     batch = api.resource.new_batch_http_request()._batch_uri
+    assert api.batch_uri == batch, "the lean batch goes where the library sends its own"
     media = MediaIoBaseUpload(
         io.BytesIO(b"Subject: x\r\n\r\nbody"), mimetype="message/rfc822", resumable=False
     )
