@@ -23,9 +23,10 @@ from services.outbound.sending import AFTER_GMAIL_ANSWER, BEFORE_GMAIL_SEND, Out
 from services.outbound.store import get_send, send_by_request
 from services.runtime.db import Database, open_database
 from services.runtime.faults import FAULTS_VARIABLE, STATE_DIR_VARIABLE
-from services.runtime.gmail import GmailApi, GmailEndpoint
+from services.runtime.gmail import GmailApi, GmailClient, GmailEndpoint
 from services.runtime.grpc_client import ServiceToken, open_channel
 from services.runtime.service import stop_service
+from tests.fixtures.messaging import HANG_BOUND_FLOOR_SECONDS
 from tests.fixtures.outbound_world import LOCATION, OutboundWorld, individual
 from tests.fixtures.services import ServiceProcess
 
@@ -184,13 +185,38 @@ async def test_R15_a_live_replica_takes_over_the_send_of_a_replica_that_died(
     assert [m["id"] for m in _sent_copies(world)] == [send.gmail_message_id]
 
 
+class SendsTogether(GmailMailboxes):
+    """Gmail clients whose sends wait until every sender of `gate` has reached its own send: each of them has
+    searched the Sent folder and found nothing by then, as no send went out before."""
+
+    def __init__(self, api: GmailApi, access_token: Any, gate: asyncio.Barrier) -> None:
+        super().__init__(api, access_token)
+        self._gate = gate
+
+    def client_for(self, mailbox_id: str) -> GmailClient:
+        client = super().client_for(mailbox_id)
+        send_raw = client.send_raw
+
+        async def send_once_all_are_sending(raw: bytes, *, thread_id: str | None = None) -> dict[str, Any]:
+            await asyncio.wait_for(self._gate.wait(), timeout=HANG_BOUND_FLOOR_SECONDS)
+            return await send_raw(raw, thread_id=thread_id)
+
+        client.send_raw = send_once_all_are_sending  # type: ignore[method-assign]
+        return client
+
+
 def _sender(
-    world: OutboundWorld, db: Database, owner: str, sleep: Any = asyncio.sleep
+    world: OutboundWorld, db: Database, owner: str, sends_together: asyncio.Barrier | None = None
 ) -> tuple[OutboundSender, list[Any]]:
     """An outbound sender in the test process, on the shared database, as a process with owner id `owner`."""
     channel = open_channel(world.settings.auth_target, token=ServiceToken(world.keys.internal, "outbound"))
     connections = AuthConnections(channel)
     api = GmailApi(GmailEndpoint(root_url=world.sandbox.url))
+    mailboxes = (
+        GmailMailboxes(api, connections.access_token)
+        if sends_together is None
+        else SendsTogether(api, connections.access_token, sends_together)
+    )
     config = SendingConfig(
         message_id_domain="crm.example.com",
         lease=dt.timedelta(seconds=TEN_MINUTES),
@@ -201,10 +227,9 @@ def _sender(
         db,
         SendLedger(),
         connections,
-        GmailMailboxes(api, connections.access_token),
+        mailboxes,
         config,
         liveness=LeaseOnlyLiveness(owner),
-        sleep=sleep,
     )
     return sender, [channel, api]
 
@@ -247,21 +272,15 @@ async def test_R15_negative_control_two_workers_with_one_owner_id_and_no_guard_s
     world = outbound_world
     await _crash(world, outbound_processes, tmp_path, BEFORE_GMAIL_SEND, send_lease_seconds=TEN_MINUTES)
     crashed = await _crashed_send(world)
-    # Both searched and found nothing before either waits out the index lag, and both search again at the same
-    # moment (so neither can find the other's copy): each computed its wait from its own first search, so without
-    # the second meeting the one that searched first would wake last, possibly after the other had sent.
-    both_searched = asyncio.Barrier(2)
-
-    async def sleep_after_both_searched(seconds: float) -> None:
-        await both_searched.wait()
-        await asyncio.sleep(seconds)
-        await both_searched.wait()
+    # Neither sends before both have searched Sent (after the index lag) and found nothing: without the gate, one
+    # could send before the other's search, which then finds the copy (the test depended on timing that way).
+    both_sending = asyncio.Barrier(2)
 
     async with _database(world) as db:
         # Two senders claiming to be the same process: the lease cannot tell them apart, only the in-process
         # guard of one sender could, and each has its own.
-        one, first_resources = _sender(world, db, "tester:1:0a0b0c0d", sleep_after_both_searched)
-        other, other_resources = _sender(world, db, "tester:1:0a0b0c0d", sleep_after_both_searched)
+        one, first_resources = _sender(world, db, "tester:1:0a0b0c0d", both_sending)
+        other, other_resources = _sender(world, db, "tester:1:0a0b0c0d", both_sending)
         try:
             await asyncio.gather(
                 one.recover(crashed.send_id, dead_owner=crashed.lease_owner),
