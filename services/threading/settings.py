@@ -84,7 +84,7 @@ class ThreadingSettings(ServiceSettings):
         le=1.0,
         description="When a fetch of the messages consumer comes back with fewer than a batch, how long it waits "
         "once for more before applying them (0: never): fuller batches cost less CPU per message, and each message "
-        "waits at most about twice this.",
+        "waits at most about this much longer.",
     )
     watch_poll_seconds: float = Field(
         default=1.0,

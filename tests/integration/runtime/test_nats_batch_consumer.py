@@ -24,6 +24,7 @@ from services.runtime.consumer import (
     ConsumerSpec,
     Delivery,
     Outcome,
+    TOP_UP_FETCH_SECONDS,
     RetryLater,
     declare_consumer,
     fetch_more,
@@ -309,6 +310,33 @@ async def test_a_top_up_that_finds_nothing_keeps_the_batch_as_it_was(jetstream: 
     first = await subscription.fetch(64, timeout=HANG_BOUND_FLOOR_SECONDS)
 
     assert _texts(await fetch_more(subscription, first, up_to=64, wait=0.2)) == FINE[:2]
+
+
+class _FetchWaits:
+    """A real pull subscription that records how long each fetch may wait."""
+
+    def __init__(self, subscription: Any) -> None:
+        self._subscription = subscription
+        self.waits: list[float] = []
+
+    async def fetch(self, batch: int, timeout: float) -> list[Msg]:
+        self.waits.append(timeout)
+        return list(await self._subscription.fetch(batch, timeout=timeout))
+
+
+async def test_a_top_up_lingers_once_and_then_takes_only_what_the_server_holds(
+    effects_db: Database, jetstream: JetStreamContext, nats_client: Client
+) -> None:
+    await _publish_all(jetstream, FINE[:1])
+    subscription = _FetchWaits(await _pull(jetstream))
+    first = await subscription.fetch(64, timeout=HANG_BOUND_FLOOR_SECONDS)
+    consumer = BatchConsumer(nats_client, _spec(linger=0.5), _handler(effects_db, []), db=effects_db)
+
+    topped_up = await consumer._top_up(subscription, first)
+
+    # Waiting the linger again in the fetch would make a message that came alone wait twice the linger.
+    assert subscription.waits[1:] == [TOP_UP_FETCH_SECONDS]
+    assert _texts(topped_up) == FINE[:1]
 
 
 async def test_a_lingering_batch_consumer_applies_every_message_once(
