@@ -190,6 +190,9 @@ def add_sync_pipeline(
         )
     )
     components.add_cleanup(normalizer.close)
+    scheduler = SyncScheduler(
+        db=db, js=js, timing=sync_timing(settings), interval_seconds=settings.scheduler_interval_seconds
+    )
     syncer = MailboxSyncer(
         db=db,
         js=js,
@@ -199,6 +202,7 @@ def add_sync_pipeline(
         config=sync_config(settings),
         observer=observer,
         normalizer=normalizer,
+        expect_check_in=scheduler.expect_check_in,
     )
     for index in range(settings.sync_workers):
         worker = Consumer(components.nats, sync_consumer_spec(), syncer.handle, db=db)
@@ -206,9 +210,6 @@ def add_sync_pipeline(
     events = ConnectionEventHandler(db=db, js=js)
     connection_consumer = Consumer(components.nats, connection_consumer_spec(), events.handle, db=db)
     components.add_background("connection-events", connection_consumer.run, connection_consumer.stop)
-    scheduler = SyncScheduler(
-        db=db, js=js, timing=sync_timing(settings), interval_seconds=settings.scheduler_interval_seconds
-    )
     components.add_background("sync-scheduler", scheduler.run, scheduler.stop)
 
     http = PushHttpServer(intake, settings.http_host, settings.http_port)

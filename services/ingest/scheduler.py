@@ -43,6 +43,10 @@ class SyncScheduler:
         self.run = self._periodic.run
         self.stop = self._periodic.stop
 
+    def expect_check_in(self, seconds: float) -> None:
+        """A check falls due in `seconds` (a pass set a re-check): it is queued then, not at the next tick."""
+        self._periodic.step_in(seconds)
+
     async def queue_due(self) -> int:
         """Queues a pass for every mailbox whose check is due; returns how many were queued."""
         now = self._clock.now()

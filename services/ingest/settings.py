@@ -79,7 +79,11 @@ class IngestSettings(ServiceSettings):
         description="A worker's hold on a mailbox; renewed while it works, taken over after.",
     )
     recheck_delay_seconds: float = Field(
-        default=5.0, ge=0, description="A mailbox that just had work is looked at again this soon."
+        default=0.25,
+        ge=0,
+        description="A mailbox that just had work is looked at again this soon (Google drops pushes above one a "
+        "second): its next message waits about this plus a pass, not for the next push. A re-check that finds "
+        "nothing ends the chain, so a busy spell costs one empty pass whatever this is.",
     )
     safety_poll_seconds: float = Field(
         default=600.0, gt=0, description="Every mailbox is looked at at least this often, pushes or not."
@@ -144,12 +148,14 @@ class IngestSettings(ServiceSettings):
     busy_retry_seconds: float = Field(
         default=1.0,
         gt=0,
-        description="How soon a work item for a mailbox another worker holds is tried again.",
+        description="How soon, at the longest, a work item for a mailbox another worker holds is tried again: first "
+        "after the re-check delay, then doubling up to this while the other pass runs.",
     )
     min_push_interval_seconds: float = Field(
-        default=1.0,
+        default=0.25,
         ge=0,
-        description="Pushes of a mailbox synced less than this ago wait and coalesce into one pass.",
+        description="Pushes of a mailbox synced less than this ago wait and coalesce into one pass (a repeated "
+        "push, or one right after a pass); longer, a push right after a re-check makes its mail wait for no gain.",
     )
     bcc_drop_domain: str = Field(
         default="drop.mailsync.localhost",

@@ -32,6 +32,7 @@ from services.ingest.mailboxes import AccessTokens, MailboxDirectory, MailboxInf
 from services.ingest.message_proto import normalized_message_to_proto
 from services.ingest.normalizer import MessageNormalizer, NormalizerConfig
 from services.ingest.sync_policy import (
+    CheckReason,
     SyncState,
     SyncTiming,
     audit_due,
@@ -39,6 +40,7 @@ from services.ingest.sync_policy import (
     plan_after_failure,
 )
 from services.runtime import subjects
+from services.runtime.backoff import doubling_delay
 from services.runtime.clock import Clock, SystemClock
 from services.runtime.consumer import Delivery, RetryLater
 from services.runtime.db import Database
@@ -120,8 +122,8 @@ class SyncConfig:
     lease_ttl: dt.timedelta = dt.timedelta(seconds=60)
     # How soon a work item for a mailbox another worker holds comes back.
     busy_retry_seconds: float = 1.0
-    # Pushes of a mailbox synced less than this ago wait and coalesce (Gmail itself pushes at most once a second).
-    min_push_interval: dt.timedelta = dt.timedelta(seconds=1)
+    # Pushes of a mailbox synced less than this ago wait and coalesce (a repeated push, or one right after a pass).
+    min_push_interval: dt.timedelta = dt.timedelta(seconds=0.25)
     # Messages fetched, published and recorded per step (the ledger moves after each step).
     fetch_window: int = 100
     # messages.get batches of one mailbox in flight at once (Gmail's per-user concurrency is small).
@@ -245,6 +247,7 @@ class MailboxSyncer:
         observer: PublishObserver | None = None,
         gmail_timing: RetryTiming | None = None,
         normalizer: MessageNormalizer | None = None,
+        expect_check_in: Callable[[float], None] | None = None,
     ) -> None:
         self._db = db
         self._js = js
@@ -258,14 +261,24 @@ class MailboxSyncer:
         self._passes = 0
         # Without a pool of its own (tests), everything is parsed inline.
         self._normalizer = normalizer or MessageNormalizer(NormalizerConfig(processes=0))
+        # Told when a pass set a re-check, so the scheduler queues it on time rather than at its next tick.
+        self._expect_check_in = expect_check_in
 
     async def handle(self, delivery: Delivery) -> None:
         item = delivery.parse(events_pb2.MailboxChanged)
         attempt = await self._attempt(item.mailbox_id, REASON_NAMES.get(item.reason, "PUSH"))
         if attempt.outcome is PassOutcome.BUSY:
-            raise RetryLater(self._config.busy_retry_seconds, "another worker holds the mailbox")
+            raise RetryLater(
+                self._busy_wait_seconds(delivery.num_delivered), "another worker holds the mailbox"
+            )
         if attempt.outcome is PassOutcome.TOO_SOON:
             raise RetryLater(attempt.retry_in, "synced a moment ago")
+
+    def _busy_wait_seconds(self, num_delivered: int) -> float:
+        """A pass holds the mailbox: soon first (most passes are short, and a push that came during one that found
+        nothing is the only word of new mail), then doubling up to `busy_retry_seconds` while a long pass runs."""
+        first = min(self._config.timing.recheck_delay.total_seconds(), self._config.busy_retry_seconds)
+        return doubling_delay(first, self._config.busy_retry_seconds, num_delivered)
 
     def _push_wait_seconds(self, last_sync: dt.datetime, now: dt.datetime) -> float:
         """How long a push that came too soon waits: what is left of the interval since the last pass, not a whole
@@ -466,6 +479,8 @@ class MailboxSyncer:
                 caused_by=current_traceparent(),
                 recent_message_chars=work.largest_message_chars or row.recent_message_chars,
             )
+        if next_reason is CheckReason.RECHECK and self._expect_check_in is not None:
+            self._expect_check_in(timing.recheck_delay.total_seconds())
         return PassOutcome.SYNCED
 
     async def _record_unrecorded(self, work: _Pass) -> None:

@@ -35,7 +35,7 @@ class SyncTiming:
 
     # Google drops notifications above one per second per mailbox: a mailbox that just had work is looked at
     # again this soon, so no message waits for the next push.
-    recheck_delay: dt.timedelta = dt.timedelta(seconds=5)
+    recheck_delay: dt.timedelta = dt.timedelta(seconds=0.25)
     # Every mailbox is looked at at least this often even when no push arrives.
     safety_poll_interval: dt.timedelta = dt.timedelta(minutes=10)
     backoff_base: dt.timedelta = dt.timedelta(seconds=30)

@@ -162,6 +162,15 @@ async def test_a_pass_that_may_not_run_yet_takes_no_lease_and_asks_gmail_nothing
         )
     assert other is not None
     assert await syncer.sync(mailbox.mailbox_id, "POLL") is PassOutcome.BUSY
+    # Most passes are short: a work item that finds one running comes back after the re-check delay (0.3 s in
+    # these tests), then doubling up to busy_retry_seconds while the pass goes on.
+    patient = world.syncer(owner="worker-3", busy_retry_seconds=2.0, min_push_interval=dt.timedelta(0))
+    waits = []
+    for num_delivered in (1, 2, 3, 10):
+        with pytest.raises(RetryLater) as busy:
+            await patient.handle(_push_delivery(mailbox.mailbox_id, num_delivered=num_delivered))
+        waits.append(busy.value.delay)
+    assert waits == pytest.approx([0.3, 0.6, 1.2, 2.0])
     async with world.db.write() as session:
         await store.release_lease(session, other.lease)
         await store.set_state(
@@ -189,7 +198,9 @@ def _history_lists(world: IngestWorld) -> int:
     return sum(int(u.get("methods", {}).get("gmail.users.history.list", {}).get("calls", 0)) for u in users)
 
 
-def _push_delivery(mailbox_id: str) -> Delivery:
-    """A push's work item as the sync consumer hands it over."""
+def _push_delivery(mailbox_id: str, *, num_delivered: int = 1) -> Delivery:
+    """A push's work item as the sync consumer hands it over (for the `num_delivered`th time)."""
     item = events_pb2.MailboxChanged(mailbox_id=mailbox_id, reason=events_pb2.MAILBOX_CHANGE_REASON_PUSH)
-    return Delivery("ingest-sync", "MAILBOX_WORK", 1, "work", item.SerializeToString(), {}, None, 1)
+    return Delivery(
+        "ingest-sync", "MAILBOX_WORK", 1, "work", item.SerializeToString(), {}, None, num_delivered
+    )

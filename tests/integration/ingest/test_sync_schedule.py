@@ -7,13 +7,16 @@ import asyncio
 import datetime as dt
 from dataclasses import replace
 
+from nats.aio.msg import Msg
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from mailsync.v1 import events_pb2
 from services.ingest import store
 from services.ingest.work import queue_sync
+from services.runtime import subjects
 from services.runtime.gmail import RetryableGmailError
 from tests.fixtures.ingest_world import IngestWorld
 from tests.fixtures.messaging import eventually
@@ -46,6 +49,31 @@ async def test_a_mailbox_that_had_work_is_rechecked_without_a_push(ingest_world:
 
     await eventually(lambda: published(world, [unpushed]), within=60)
     assert world.recorder.recorded.normalized_ids() == dict.fromkeys([*first, unpushed], 1)
+
+
+async def test_a_recheck_is_queued_when_it_falls_due_not_at_the_schedulers_next_tick(
+    ingest_world: IngestWorld,
+) -> None:
+    world = ingest_world
+    world.sandbox.create_mailbox(ALICE)
+    mailbox = world.connect(ALICE)
+    work_items: list[events_pb2.MailboxChanged] = []
+
+    async def seen(message: Msg) -> None:
+        work_items.append(events_pb2.MailboxChanged.FromString(message.data))
+
+    await world.nats.subscribe(subjects.mailbox_changed(mailbox.mailbox_id), cb=seen)
+    # The scheduler steps once as it starts and then once an hour: only the pass's word can bring the re-check.
+    scheduler = world.start_scheduler(interval=3600)
+    world.start_workers(world.syncer(expect_check_in=scheduler.expect_check_in), count=1)
+    first = world.deliver(ALICE, copies=2)
+    await push(world, mailbox.mailbox_id, "1")
+    await eventually(lambda: published(world, first), within=60)
+
+    async def rechecked() -> bool:
+        return any(item.reason == events_pb2.MAILBOX_CHANGE_REASON_RECHECK for item in work_items)
+
+    await eventually(rechecked, within=60)
 
 
 async def test_a_recheck_starts_its_own_trace_linked_to_the_pass_that_scheduled_it(

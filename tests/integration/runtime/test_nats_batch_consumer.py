@@ -19,12 +19,12 @@ from sqlalchemy import CheckConstraint, Column, MetaData, String, Table, insert,
 from mailsync.v1 import events_pb2
 from services.runtime import subjects
 from services.runtime.consumer import (
+    TOP_UP_FETCH_SECONDS,
     BatchConsumer,
     BatchHandler,
     ConsumerSpec,
     Delivery,
     Outcome,
-    TOP_UP_FETCH_SECONDS,
     RetryLater,
     declare_consumer,
     fetch_more,
@@ -228,7 +228,9 @@ async def test_a_waiting_message_in_a_batch_does_not_hold_back_the_others(
 ) -> None:
     await _publish_all(jetstream, [*FINE[:4], "wait", *FINE[4:]])
     calls: list[list[str]] = []
-    consumer = BatchConsumer(nats_client, _spec(), _handler(effects_db, calls), db=effects_db, fetch_timeout=0.5)
+    consumer = BatchConsumer(
+        nats_client, _spec(), _handler(effects_db, calls), db=effects_db, fetch_timeout=0.5
+    )
     async with _running(consumer):
 
         async def the_others_applied_and_acked_while_it_waits() -> bool:
@@ -319,7 +321,7 @@ class _FetchWaits:
         self._subscription = subscription
         self.waits: list[float] = []
 
-    async def fetch(self, batch: int, timeout: float) -> list[Msg]:
+    async def fetch(self, batch: int, timeout: float) -> list[Msg]:  # noqa: ASYNC109 (nats-py's signature)
         self.waits.append(timeout)
         return list(await self._subscription.fetch(batch, timeout=timeout))
 
