@@ -166,8 +166,9 @@ def _is_connected(mailbox: MailboxInfo | None) -> bool:
     return mailbox is not None and sync_scope(mailbox.connections) is not None
 
 
-# A push that came too soon is not tried again sooner than this, whatever the clocks say.
-_SHORTEST_PUSH_WAIT_SECONDS = 0.05
+# A work item that must wait (a push too soon, a mailbox another pass holds) is not tried again sooner than this,
+# whatever the clocks and settings say.
+_SHORTEST_WAIT_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -277,15 +278,17 @@ class MailboxSyncer:
     def _busy_wait_seconds(self, num_delivered: int) -> float:
         """A pass holds the mailbox: soon first (most passes are short, and a push that came during one that found
         nothing is the only word of new mail), then doubling up to `busy_retry_seconds` while a long pass runs."""
-        first = min(self._config.timing.recheck_delay.total_seconds(), self._config.busy_retry_seconds)
-        return doubling_delay(first, self._config.busy_retry_seconds, num_delivered)
+        ceiling = self._config.busy_retry_seconds
+        # Never 0 (a re-check delay of 0 is allowed): the item would come straight back while the pass runs.
+        first = min(max(self._config.timing.recheck_delay.total_seconds(), _SHORTEST_WAIT_SECONDS), ceiling)
+        return doubling_delay(first, ceiling, num_delivered)
 
     def _push_wait_seconds(self, last_sync: dt.datetime, now: dt.datetime) -> float:
         """How long a push that came too soon waits: what is left of the interval since the last pass, not a whole
         interval (a push 0.9 s after a pass waited a further second, most of steady sync's latency)."""
         interval = self._config.min_push_interval
         left = interval - (now - last_sync)
-        return min(max(left.total_seconds(), _SHORTEST_PUSH_WAIT_SECONDS), interval.total_seconds())
+        return min(max(left.total_seconds(), _SHORTEST_WAIT_SECONDS), interval.total_seconds())
 
     async def sync(self, mailbox_id: str, reason: str = "POLL") -> PassOutcome:
         """One pass over the mailbox; never raises for Gmail trouble (that is recorded on the mailbox)."""

@@ -4,6 +4,7 @@ label changes and deletions (R17), the cursor, and the ledger."""
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 
 import pytest
 
@@ -171,6 +172,16 @@ async def test_a_pass_that_may_not_run_yet_takes_no_lease_and_asks_gmail_nothing
             await patient.handle(_push_delivery(mailbox.mailbox_id, num_delivered=num_delivered))
         waits.append(busy.value.delay)
     assert waits == pytest.approx([0.3, 0.6, 1.2, 2.0])
+    # A re-check delay of 0 (allowed) must not send the item straight back while the pass runs.
+    eager = world.syncer(
+        owner="worker-4",
+        busy_retry_seconds=2.0,
+        min_push_interval=dt.timedelta(0),
+        timing=replace(world.timing, recheck_delay=dt.timedelta(0)),
+    )
+    with pytest.raises(RetryLater) as busy:
+        await eager.handle(_push_delivery(mailbox.mailbox_id))
+    assert busy.value.delay > 0
     async with world.db.write() as session:
         await store.release_lease(session, other.lease)
         await store.set_state(
