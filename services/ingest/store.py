@@ -765,8 +765,13 @@ _POSTPONE_CHECKS = (
         _SYNC.c.mailbox_id.in_(bindparam("mailbox_ids", expanding=True)),
         _SYNC.c.next_attempt_at <= bindparam("now", type_=_SYNC.c.next_attempt_at.type),
     )
-    # The safety poll behind the queued pass is caused by nothing but the schedule.
-    .values(next_attempt_at=_new_value("next_attempt_at"), next_attempt_traceparent="")
+    # The safety poll behind the queued pass is caused by nothing but the schedule, and is a poll: a re-check that
+    # finds nothing writes nothing (sync._look_before_leasing), so this is what the row says after it.
+    .values(
+        next_attempt_at=_new_value("next_attempt_at"),
+        next_attempt_reason="POLL",
+        next_attempt_traceparent="",
+    )
     .returning(_SYNC.c.mailbox_id)
 )
 

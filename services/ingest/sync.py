@@ -51,6 +51,7 @@ from services.runtime.gmail import (
     GmailClient,
     GmailError,
     HistoryExpired,
+    HistoryListing,
     PermanentAuthFailure,
     PermanentGmailError,
     RetryPolicy,
@@ -113,6 +114,8 @@ class PassOutcome(StrEnum):
     TOO_SOON = "TOO_SOON"
     # A connection event changed the mailbox while the pass was stopping it: the event's own pass takes over.
     CHANGED = "CHANGED"
+    # A re-check whose look at Gmail's history found nothing: nothing taken, nothing written.
+    NOTHING_NEW = "NOTHING_NEW"
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,15 @@ class _Candidate:
 class _Prepared:
     outgoing: Outgoing
     entry: store.PublishedEntry
+
+
+@dataclass(frozen=True)
+class _Listed:
+    """Gmail's history after `cursor`, listed before the lease (a re-check's look): the pass goes on from it."""
+
+    cursor: int
+    listing: HistoryListing
+    listed_at_ms: int
 
 
 class _NotConnected(Exception):
@@ -299,6 +311,12 @@ class MailboxSyncer:
         resync = reason == "RESYNC"
         mailbox: MailboxInfo | None = None
         started: store.StartedPass | None = None
+        listed: _Listed | None = None
+        if reason == "RECHECK":
+            looked = await self._look_before_leasing(mailbox_id, now)
+            if looked is PassOutcome.NOTHING_NEW:
+                return _Attempt(PassOutcome.NOTHING_NEW)
+            listed = looked if isinstance(looked, _Listed) else None
         if not resync:
             # Most passes need nothing decided before the lease: one statement takes it only when the row says the
             # pass may run, and brings the row back (a read of its own cost a transaction per pass).
@@ -316,7 +334,7 @@ class MailboxSyncer:
         lease = started.lease
         outcome: PassOutcome | None = None
         try:
-            outcome = await self._leased_pass(lease, started.row, mailbox, resync)
+            outcome = await self._leased_pass(lease, started.row, mailbox, resync, listed=listed)
             return _Attempt(outcome)
         except store.LeaseLost:
             log.warning("lease lost mid-pass", extra={"mailbox_id": mailbox_id})
@@ -326,6 +344,44 @@ class MailboxSyncer:
             if outcome is not PassOutcome.SYNCED:
                 async with self._db.write() as session:
                     await store.release_lease(session, lease)
+
+    async def _look_before_leasing(self, mailbox_id: str, now: dt.datetime) -> _Listed | PassOutcome | None:
+        """A re-check lists Gmail's history from the cursor before it takes the lease. Most re-checks end a busy
+        spell with nothing new, and such a one writes nothing (a pass would take the lease and give it back: two
+        write transactions on SQLite's one writer). With something new, the pass goes on from this listing. None:
+        the row asks for a pass of its own (not idle, no cursor, leased, audit due) or Gmail could not be asked;
+        the pass then runs as any other, and lists again."""
+        async with self._db.read() as session:
+            row = await store.get_sync_row(session, mailbox_id)
+        if (
+            row is None
+            or row.state != SyncState.IDLE
+            or row.history_cursor is None
+            or (row.lease_owner is not None and (_aware(row.lease_expires_at) or now) >= now)
+            or audit_due(_aware(row.last_audit_at), now, self._config.timing)
+        ):
+            return None
+        listed_at_ms = int(self._clock.now().timestamp() * 1000)
+        try:
+            listing = await self._gmail_client(mailbox_id).list_history(str(row.history_cursor))
+        except Exception as error:
+            log.info(
+                "a re-check could not look at Gmail first",
+                extra={"mailbox_id": mailbox_id, "error": repr(error)},
+            )
+            return None
+        if not listing.records:
+            return PassOutcome.NOTHING_NEW
+        return _Listed(row.history_cursor, listing, listed_at_ms)
+
+    def _gmail_client(self, mailbox_id: str) -> GmailClient:
+        return GmailClient(
+            self._api,
+            self._token_source(mailbox_id),
+            policy=self._config.gmail_policy,
+            timing=self._gmail_timing,
+            on_token_rejected=self._token_rejected_hook(mailbox_id),
+        )
 
     async def _start_pass(
         self, mailbox_id: str, now: dt.datetime, resync: bool, readiness: store.Readiness
@@ -417,20 +473,20 @@ class MailboxSyncer:
         return PassOutcome.PAUSED if state is SyncState.PAUSED_REAUTH else PassOutcome.STOPPED
 
     async def _leased_pass(
-        self, lease: store.Lease, row: store.SyncRow, mailbox: MailboxInfo | None, resync: bool
+        self,
+        lease: store.Lease,
+        row: store.SyncRow,
+        mailbox: MailboxInfo | None,
+        resync: bool,
+        *,
+        listed: _Listed | None = None,
     ) -> PassOutcome:
         timing = self._config.timing
         cursor, failures, last_audit = row.history_cursor, row.consecutive_failures, row.last_audit_at
         mailbox_id = lease.mailbox_id
         work = _Pass(
             lease=lease,
-            client=GmailClient(
-                self._api,
-                self._token_source(mailbox_id),
-                policy=self._config.gmail_policy,
-                timing=self._gmail_timing,
-                on_token_rejected=self._token_rejected_hook(mailbox_id),
-            ),
+            client=self._gmail_client(mailbox_id),
             cursor=cursor,
             mailbox=mailbox,
             batch_size=first_batch_size(row.recent_message_chars),
@@ -440,7 +496,11 @@ class MailboxSyncer:
                 await self._resync(work, last_synced_ms=row.last_synced_internal_ms)
             else:
                 try:
-                    await self._history_pass(work, cursor if cursor is not None else work.start_history_id)
+                    start = cursor if cursor is not None else work.start_history_id
+                    # The look before the lease is used only if no pass moved the cursor since.
+                    await self._history_pass(
+                        work, start, listed if listed and listed.cursor == start else None
+                    )
                 except HistoryExpired:
                     async with self._db.write() as session:
                         await store.clear_cursor(session, lease)
@@ -544,9 +604,12 @@ class MailboxSyncer:
 
     # History --------------------------------------------------------------------------------------------------
 
-    async def _history_pass(self, work: _Pass, cursor: int) -> None:
-        work.listed_at_ms = int(self._clock.now().timestamp() * 1000)
-        listing = await work.client.list_history(str(cursor))
+    async def _history_pass(self, work: _Pass, cursor: int, listed: _Listed | None = None) -> None:
+        if listed is not None:
+            work.listed_at_ms, listing = listed.listed_at_ms, listed.listing
+        else:
+            work.listed_at_ms = int(self._clock.now().timestamp() * 1000)
+            listing = await work.client.list_history(str(cursor))
         if not listing.records:
             work.cursor = int(listing.history_id)
             return

@@ -19,6 +19,7 @@ from services.ingest.sync import PassOutcome
 from services.ingest.sync_policy import SyncState
 from services.runtime import streams
 from tests.fixtures.ingest_world import IngestWorld
+from tests.fixtures.messaging import eventually
 
 ALICE = "alice@example.com"
 _WRITES = ("INSERT", "UPDATE", "DELETE")
@@ -69,14 +70,17 @@ def counted(world: IngestWorld) -> Iterator[PassCost]:
 
 
 @pytest.mark.parametrize(
-    ("new_messages", "expected"),
+    ("reason", "new_messages", "expected"),
     [
-        pytest.param(3, (2, 4, 1), id="with new mail: 2 writes, 4 statements, one GetMailbox"),
-        pytest.param(0, (2, 2, 0), id="without new mail: 2 writes, 2 statements, no call to auth"),
+        pytest.param("POLL", 3, (2, 4, 1, 1), id="with new mail: 2 writes, 4 statements, one GetMailbox"),
+        pytest.param("POLL", 0, (2, 2, 0, 1), id="without new mail: 2 writes, 2 statements, no call to auth"),
+        # A re-check looks at Gmail before it takes the lease (one read of the row), and goes on from that listing.
+        pytest.param("RECHECK", 3, (2, 5, 1, 1), id="a re-check with new mail: one listing, one read more"),
+        pytest.param("RECHECK", 0, (0, 1, 0, 1), id="a re-check without new mail: no write at all"),
     ],
 )
 async def test_what_a_pass_costs_in_writes_statements_and_calls_to_auth(
-    ingest_world: IngestWorld, new_messages: int, expected: tuple[int, int, int]
+    ingest_world: IngestWorld, reason: str, new_messages: int, expected: tuple[int, int, int, int]
 ) -> None:
     world = ingest_world
     world.sandbox.create_mailbox(ALICE)
@@ -85,15 +89,30 @@ async def test_what_a_pass_costs_in_writes_statements_and_calls_to_auth(
     assert await syncer.sync(mailbox.mailbox_id) is PassOutcome.SYNCED
     if new_messages:
         world.deliver(ALICE, copies=new_messages)
+    listings_before = _history_lists(world)
 
     with counted(world) as cost:
-        assert await syncer.sync(mailbox.mailbox_id, "POLL") is PassOutcome.SYNCED
+        outcome = await syncer.sync(mailbox.mailbox_id, reason)
 
+    listings = _history_lists(world) - listings_before
     print(
-        f"pass with {new_messages} new messages: {cost.writes} writes, {len(cost.statements)} statements, "
-        f"{cost.get_mailbox_calls} GetMailbox"
+        f"{reason} with {new_messages} new messages: {cost.writes} writes, {len(cost.statements)} statements, "
+        f"{cost.get_mailbox_calls} GetMailbox, {listings} history.list"
     )
-    assert (cost.writes, len(cost.statements), cost.get_mailbox_calls) == expected, cost.statements
+    assert outcome is (PassOutcome.SYNCED if new_messages or reason != "RECHECK" else PassOutcome.NOTHING_NEW)
+    assert (cost.writes, len(cost.statements), cost.get_mailbox_calls, listings) == expected, cost.statements
+    if new_messages:
+        # The first pass published the connect's message, if any; this one adds the new ones (once each).
+        async def all_published() -> bool:
+            return len(world.recorder.recorded.normalized_ids()) >= new_messages
+
+        await eventually(all_published)
+        assert set(world.recorder.recorded.normalized_ids().values()) == {1}
+
+
+def _history_lists(world: IngestWorld) -> int:
+    users = world.sandbox.admin.quota().get("users", {}).values()
+    return sum(int(u.get("methods", {}).get("gmail.users.history.list", {}).get("calls", 0)) for u in users)
 
 
 async def test_the_scheduler_queues_many_due_mailboxes_with_one_query_and_one_update(

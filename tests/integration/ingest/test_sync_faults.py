@@ -132,13 +132,13 @@ class OverlapTracker:
     def wrap(self, syncer: MailboxSyncer) -> MailboxSyncer:
         inner = syncer._leased_pass
 
-        async def tracked(lease: Any, mailbox: Any, scope: Any, reason: str) -> PassOutcome:
+        async def tracked(lease: Any, mailbox: Any, scope: Any, reason: str, **options: Any) -> PassOutcome:
             self.running[mailbox.mailbox_id] += 1
             self.most[mailbox.mailbox_id] = max(
                 self.most[mailbox.mailbox_id], self.running[mailbox.mailbox_id]
             )
             try:
-                return await inner(lease, mailbox, scope, reason)
+                return await inner(lease, mailbox, scope, reason, **options)
             finally:
                 self.running[mailbox.mailbox_id] -= 1
 

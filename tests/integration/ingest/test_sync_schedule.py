@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from dataclasses import replace
+from typing import Any
 
 from nats.aio.msg import Msg
 from opentelemetry.sdk.trace import TracerProvider
@@ -15,6 +16,7 @@ from opentelemetry.trace import SpanKind
 
 from mailsync.v1 import events_pb2
 from services.ingest import store
+from services.ingest.sync import PassOutcome
 from services.ingest.work import queue_sync
 from services.runtime import subjects
 from services.runtime.gmail import RetryableGmailError
@@ -74,6 +76,41 @@ async def test_a_recheck_is_queued_when_it_falls_due_not_at_the_schedulers_next_
         return any(item.reason == events_pb2.MAILBOX_CHANGE_REASON_RECHECK for item in work_items)
 
     await eventually(rechecked, within=60)
+
+
+async def test_a_recheck_that_finds_nothing_writes_nothing_and_the_safety_poll_stands_behind_it(
+    ingest_world: IngestWorld,
+) -> None:
+    world = ingest_world
+    world.sandbox.create_mailbox(ALICE)
+    mailbox = world.connect(ALICE)
+    syncer = world.syncer()
+    outcomes: list[tuple[str, PassOutcome]] = []
+    attempt = syncer._attempt
+
+    async def recorded(mailbox_id: str, reason: str) -> Any:
+        done = await attempt(mailbox_id, reason)
+        outcomes.append((reason, done.outcome))
+        return done
+
+    syncer._attempt = recorded  # type: ignore[method-assign]
+    world.start_workers(syncer, count=1)
+    world.start_scheduler()
+    first = world.deliver(ALICE, copies=2)
+    await push(world, mailbox.mailbox_id, "1")
+    await eventually(lambda: published(world, first), within=60)
+
+    async def a_recheck_found_nothing() -> bool:
+        return ("RECHECK", PassOutcome.NOTHING_NEW) in outcomes
+
+    await eventually(a_recheck_found_nothing, within=60)
+    async with world.db.read() as session:
+        row = await store.get_sync_row(session, mailbox.mailbox_id)
+    assert row is not None and row.state == "IDLE" and row.lease_owner is None
+    # The scheduler left a safety poll behind the re-check it queued; the re-check, finding nothing, kept it.
+    assert row.next_attempt_reason == "POLL"
+    due_in = (row.next_attempt_at.replace(tzinfo=dt.UTC) - dt.datetime.now(dt.UTC)).total_seconds()
+    assert 0 < due_in <= world.timing.safety_poll_interval.total_seconds()
 
 
 async def test_a_recheck_starts_its_own_trace_linked_to_the_pass_that_scheduled_it(
