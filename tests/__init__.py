@@ -1,0 +1,1 @@
+import services  # noqa: F401  (first: it turns gRPC's fork handlers off before anything imports grpc)
