@@ -52,9 +52,14 @@ class SyncScheduler:
         now = self._clock.now()
         # Until the queued pass sets its own next check, the safety poll stands behind it.
         until = now + self._timing.safety_poll_interval
-        # One query and one update for every due mailbox: a thousand mailboxes' checks cost two statements.
-        async with self._db.write() as session:
+        # One query and one update for every due mailbox: a thousand mailboxes' checks cost two statements. The
+        # query is read first, so a step with nothing due (most of an idle service's) takes no write lock; the
+        # update moves only checks still due, so schedulers that read the same ones queue each once.
+        async with self._db.read() as session:
             due = await store.due_checks(session, now=now, limit=self._batch)
+        if not due:
+            return 0
+        async with self._db.write() as session:
             claimed = await store.postpone_checks(session, due, now=now, until=until)
         for check in claimed:
             await queue_sync(
