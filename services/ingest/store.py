@@ -312,6 +312,13 @@ def _lease_free() -> Any:
     )
 
 
+def lease_is_free(row: SyncRow, now: dt.datetime) -> bool:
+    """What `_lease_free()` asks of a row in SQL, for a row already read: no holder, or an expired lease."""
+    return row.lease_owner is None or (
+        row.lease_expires_at is not None and _aware(row.lease_expires_at) < now
+    )
+
+
 async def _take_lease(
     session: AsyncSession,
     mailbox_id: str,

@@ -311,12 +311,10 @@ class MailboxSyncer:
         resync = reason == "RESYNC"
         mailbox: MailboxInfo | None = None
         started: store.StartedPass | None = None
-        listed: _Listed | None = None
-        if reason == "RECHECK":
-            looked = await self._look_before_leasing(mailbox_id, now)
-            if looked is PassOutcome.NOTHING_NEW:
-                return _Attempt(PassOutcome.NOTHING_NEW)
-            listed = looked if isinstance(looked, _Listed) else None
+        # A re-check looks at Gmail first; finding nothing, it ends here with nothing written.
+        listed = await self._look_before_leasing(mailbox_id, now) if reason == "RECHECK" else None
+        if listed is not None and not listed.listing.records:
+            return _Attempt(PassOutcome.NOTHING_NEW)
         if not resync:
             # Most passes need nothing decided before the lease: one statement takes it only when the row says the
             # pass may run, and brings the row back (a read of its own cost a transaction per pass).
@@ -345,7 +343,7 @@ class MailboxSyncer:
                 async with self._db.write() as session:
                     await store.release_lease(session, lease)
 
-    async def _look_before_leasing(self, mailbox_id: str, now: dt.datetime) -> _Listed | PassOutcome | None:
+    async def _look_before_leasing(self, mailbox_id: str, now: dt.datetime) -> _Listed | None:
         """A re-check lists Gmail's history from the cursor before it takes the lease. Most re-checks end a busy
         spell with nothing new, and such a one writes nothing (a pass would take the lease and give it back: two
         write transactions on SQLite's one writer). With something new, the pass goes on from this listing. None:
@@ -357,7 +355,7 @@ class MailboxSyncer:
             row is None
             or row.state != SyncState.IDLE
             or row.history_cursor is None
-            or (row.lease_owner is not None and (_aware(row.lease_expires_at) or now) >= now)
+            or not store.lease_is_free(row, now)
             or audit_due(_aware(row.last_audit_at), now, self._config.timing)
         ):
             return None
@@ -370,8 +368,6 @@ class MailboxSyncer:
                 extra={"mailbox_id": mailbox_id, "error": repr(error)},
             )
             return None
-        if not listing.records:
-            return PassOutcome.NOTHING_NEW
         return _Listed(row.history_cursor, listing, listed_at_ms)
 
     def _gmail_client(self, mailbox_id: str) -> GmailClient:
