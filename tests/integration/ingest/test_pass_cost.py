@@ -23,6 +23,7 @@ from tests.fixtures.messaging import eventually
 
 ALICE = "alice@example.com"
 _WRITES = ("INSERT", "UPDATE", "DELETE")
+HISTORY_LIST = "gmail.users.history.list"
 
 
 @dataclass
@@ -89,12 +90,12 @@ async def test_what_a_pass_costs_in_writes_statements_and_calls_to_auth(
     assert await syncer.sync(mailbox.mailbox_id) is PassOutcome.SYNCED
     if new_messages:
         world.deliver(ALICE, copies=new_messages)
-    listings_before = _history_lists(world)
+    listings_before = world.gmail_calls(ALICE, HISTORY_LIST)
 
     with counted(world) as cost:
         outcome = await syncer.sync(mailbox.mailbox_id, reason)
 
-    listings = _history_lists(world) - listings_before
+    listings = world.gmail_calls(ALICE, HISTORY_LIST) - listings_before
     print(
         f"{reason} with {new_messages} new messages: {cost.writes} writes, {len(cost.statements)} statements, "
         f"{cost.get_mailbox_calls} GetMailbox, {listings} history.list"
@@ -108,11 +109,6 @@ async def test_what_a_pass_costs_in_writes_statements_and_calls_to_auth(
 
         await eventually(all_published)
         assert set(world.recorder.recorded.normalized_ids().values()) == {1}
-
-
-def _history_lists(world: IngestWorld) -> int:
-    users = world.sandbox.admin.quota().get("users", {}).values()
-    return sum(int(u.get("methods", {}).get("gmail.users.history.list", {}).get("calls", 0)) for u in users)
 
 
 async def test_the_scheduler_queues_many_due_mailboxes_with_one_query_and_one_update(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from nats.aio.client import Client
@@ -38,6 +38,10 @@ from tests.fixtures.messaging import HANG_BOUND_FLOOR_SECONDS, eventually
 
 MAILBOX = "mbx-b"
 FINE = [f"fine-{index}" for index in range(7)]
+# Seven fine messages with one that waits (RetryLater) in the middle.
+WITH_A_WAITING_ONE = [*FINE[:4], "wait", *FINE[4:]]
+
+Consumed = TypeVar("Consumed", bound=BatchConsumer)
 
 TEST_METADATA = MetaData()
 # A value longer than 20 characters fails the statement, and with it the whole batch's transaction.
@@ -122,6 +126,13 @@ def _handler(db: Database, calls: list[list[str]]) -> BatchHandler:
     return handle
 
 
+def _consumer(
+    consumer_cls: type[Consumed], client: Client, db: Database, calls: list[list[str]], **spec: Any
+) -> Consumed:
+    """A batch consumer of the test's durable, applying with `_handler` (its calls recorded in `calls`)."""
+    return consumer_cls(client, _spec(**spec), _handler(db, calls), db=db, fetch_timeout=0.5)
+
+
 async def _publish_all(js: JetStreamContext, texts: list[str]) -> None:
     await declare_streams(js)
     for text in texts:
@@ -156,7 +167,7 @@ async def _run_with_poison(
     texts = [*FINE[:3], poison, *FINE[3:]]
     await _publish_all(js, texts)
     calls: list[list[str]] = []
-    consumer = consumer_cls(client, _spec(), _handler(db, calls), db=db, fetch_timeout=0.5)
+    consumer = _consumer(consumer_cls, client, db, calls)
     async with _running(consumer):
 
         async def every_message_settled() -> bool:
@@ -226,11 +237,8 @@ async def test_negative_control_without_the_split_a_failing_batch_applies_nothin
 async def test_a_waiting_message_in_a_batch_does_not_hold_back_the_others(
     effects_db: Database, jetstream: JetStreamContext, nats_client: Client
 ) -> None:
-    await _publish_all(jetstream, [*FINE[:4], "wait", *FINE[4:]])
-    calls: list[list[str]] = []
-    consumer = BatchConsumer(
-        nats_client, _spec(), _handler(effects_db, calls), db=effects_db, fetch_timeout=0.5
-    )
+    await _publish_all(jetstream, WITH_A_WAITING_ONE)
+    consumer = _consumer(BatchConsumer, nats_client, effects_db, [])
     async with _running(consumer):
 
         async def the_others_applied_and_acked_while_it_waits() -> bool:
@@ -246,11 +254,8 @@ async def test_a_waiting_message_in_a_batch_does_not_hold_back_the_others(
 async def test_negative_control_an_all_or_nothing_consumer_makes_the_batch_wait(
     effects_db: Database, jetstream: JetStreamContext, nats_client: Client
 ) -> None:
-    await _publish_all(jetstream, [*FINE[:4], "wait", *FINE[4:]])
-    calls: list[list[str]] = []
-    consumer = AllOrNothingConsumer(
-        nats_client, _spec(), _handler(effects_db, calls), db=effects_db, fetch_timeout=0.5
-    )
+    await _publish_all(jetstream, WITH_A_WAITING_ONE)
+    consumer = _consumer(AllOrNothingConsumer, nats_client, effects_db, [])
     async with _running(consumer):
 
         async def the_waiting_batch_settled() -> bool:
@@ -332,7 +337,7 @@ async def test_a_top_up_lingers_once_and_then_takes_only_what_the_server_holds(
     await _publish_all(jetstream, FINE[:1])
     subscription = _FetchWaits(await _pull(jetstream))
     first = await subscription.fetch(64, timeout=HANG_BOUND_FLOOR_SECONDS)
-    consumer = BatchConsumer(nats_client, _spec(linger=0.5), _handler(effects_db, []), db=effects_db)
+    consumer = _consumer(BatchConsumer, nats_client, effects_db, [], linger=0.5)
 
     topped_up = await consumer._top_up(subscription, first)
 
@@ -347,9 +352,7 @@ async def test_a_lingering_batch_consumer_applies_every_message_once(
     # The loop path: every fetch is short here (one message at a time), so each is topped up before it is applied.
     await declare_streams(jetstream)
     calls: list[list[str]] = []
-    consumer = BatchConsumer(
-        nats_client, _spec(linger=0.05), _handler(effects_db, calls), db=effects_db, fetch_timeout=0.5
-    )
+    consumer = _consumer(BatchConsumer, nats_client, effects_db, calls, linger=0.05)
     async with _running(consumer):
         for text in FINE:
             await _publish_all(jetstream, [text])
