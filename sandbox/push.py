@@ -18,7 +18,7 @@ import aiohttp
 
 from sandbox.errors import GoogleApiError, bad_request
 from sandbox.keys import SigningKey
-from sandbox.settings import SandboxClock, SandboxSettings
+from sandbox.settings import PUSH_OVER_RATE_DROP, SandboxClock, SandboxSettings
 from sandbox.state import HistoryRecord, Mailbox
 
 _TOPIC = re.compile(r"^projects/([^/]+)/topics/([^/]+)$")
@@ -79,6 +79,8 @@ class PushService:
         self.topics: dict[str, PushTarget] = {}
         self.watches: dict[str, Watch] = {}
         self.deliveries: list[DeliveryLog] = []
+        # Changes per address never notified because they came within the rate interval ("drop").
+        self.dropped_over_rate: dict[str, int] = {}
         self._pending: dict[str, int] = {}
         self._last_publish: dict[str, float] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
@@ -115,6 +117,7 @@ class PushService:
         self.watches.clear()
         self.topics.clear()
         self.deliveries.clear()
+        self.dropped_over_rate.clear()
         self._pending.clear()
         self._last_publish.clear()
         self._published.clear()
@@ -150,6 +153,7 @@ class PushService:
             "topics": {k: asdict(v) for k, v in self.topics.items()},
             "watches": {k: asdict(v) for k, v in self.watches.items()},
             "deliveries": [asdict(d) for d in self.deliveries],
+            "dropped_over_rate": dict(self.dropped_over_rate),
         }
 
     # -- watch / stop -----------------------------------------------------------------------------------------
@@ -199,12 +203,16 @@ class PushService:
         self._queue(mailbox.address, record.id)
 
     def _queue(self, address: str, history_id: int) -> None:
+        wait = self._last_publish.get(address, -1e9) + self.settings.push_min_interval_s - time.monotonic()
+        if wait > 0 and self.settings.push_over_rate == PUSH_OVER_RATE_DROP and address not in self._timers:
+            # Above Gmail's one notification a second per mailbox: this change is never notified.
+            self.dropped_over_rate[address] = self.dropped_over_rate.get(address, 0) + 1
+            return
         self._queued[address] = max(history_id, self._queued.get(address, 0))
         self._pending[address] = max(history_id, self._pending.get(address, 0))
         if address in self._timers:
             return
         loop = asyncio.get_running_loop()
-        wait = self._last_publish.get(address, -1e9) + self.settings.push_min_interval_s - time.monotonic()
         self._timers[address] = loop.call_later(max(0.0, wait), self._publish, address)
 
     def _publish(self, address: str) -> None:

@@ -10,6 +10,8 @@ from sandbox.errors import bad_request
 
 SENT_COPY_BEFORE_RESPONSE = "before_response"
 SENT_COPY_AFTER_RESPONSE = "after_response"
+PUSH_OVER_RATE_DROP = "drop"
+PUSH_OVER_RATE_DELAY = "delay"
 
 
 @dataclass
@@ -41,6 +43,10 @@ class SandboxSettings:
     access_token_lifetime_s: int = 3599
     watch_lifetime_s: int = 7 * 24 * 3600
     push_min_interval_s: float = 1.0
+    # A change within push_min_interval_s of the mailbox's last notification: "drop" never notifies it, as Gmail
+    # documents ("notifications above that rate will be dropped"); "delay" holds it back and sends one coalesced
+    # notification when the interval ends (kinder than Gmail: a client that misses the drop passes with it).
+    push_over_rate: str = PUSH_OVER_RATE_DROP
     push_retry_initial_s: float = 0.2
     push_retry_max_s: float = 10.0
     push_max_attempts: int = 8
@@ -62,6 +68,8 @@ class SandboxSettings:
             raise bad_request("quota_table must be 'legacy' or '2026'")
         if self.sent_copy_timing not in (SENT_COPY_BEFORE_RESPONSE, SENT_COPY_AFTER_RESPONSE):
             raise bad_request("sent_copy_timing must be 'before_response' or 'after_response'")
+        if self.push_over_rate not in (PUSH_OVER_RATE_DROP, PUSH_OVER_RATE_DELAY):
+            raise bad_request("push_over_rate must be 'drop' or 'delay'")
 
 
 class SandboxClock:

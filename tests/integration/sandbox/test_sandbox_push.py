@@ -27,7 +27,9 @@ def watched(gmail_sandbox: GmailSandbox, push_receiver: PushReceiver):
         audience="https://crm.test/push",
         service_account_email=PUSH_ACCOUNT,
     )
-    gmail_sandbox.admin.settings(push_min_interval_s=0.3, push_retry_initial_s=0.05)
+    # The tests here are about the push itself: changes over the rate wait rather than vanish, except in the test
+    # of the drop.
+    gmail_sandbox.admin.settings(push_min_interval_s=0.3, push_retry_initial_s=0.05, push_over_rate="delay")
     gmail = gmail_sandbox.gmail(ALICE)
     answer = (
         gmail.users()
@@ -74,10 +76,31 @@ def test_watch_answers_strings_and_pushes_immediately_with_verifiable_jwt(
         )
 
 
-def test_changes_are_coalesced_to_the_latest_history_id(
+def test_changes_above_the_rate_are_dropped_as_gmail_does(
     gmail_sandbox: GmailSandbox, push_receiver, watched
 ) -> None:
-    """https://developers.google.com/workspace/gmail/api/guides/push: at most one notification per second."""
+    """https://developers.google.com/workspace/gmail/api/guides/push: "a maximum notification rate of 1 event/sec.
+    Any user notifications above that rate will be dropped." Changes within the interval after the watch's own
+    notification are never notified; the first change after the interval is."""
+    [first] = push_receiver.wait_for(1)
+    # A long interval, so the changes below are inside it however slow the machine.
+    gmail_sandbox.admin.settings(push_min_interval_s=60, push_over_rate="drop")
+    for index in range(2):
+        gmail_sandbox.admin.deliver(ALICE, sender="x@outside.test", to=[ALICE], subject=f"s{index}", body="b")
+    assert gmail_sandbox.admin.push_report()["dropped_over_rate"] == {ALICE: 2}
+    gmail_sandbox.admin.settings(push_min_interval_s=0)
+    later = gmail_sandbox.admin.deliver(ALICE, sender="x@outside.test", to=[ALICE], subject="after", body="b")
+    pushes = push_receiver.wait_for(2)
+    assert [decoded(push)["historyId"] for push in pushes] == [
+        decoded(first)["historyId"],
+        int(later["historyId"]),
+    ]
+
+
+def test_changes_are_coalesced_to_the_latest_history_id_when_delayed(
+    gmail_sandbox: GmailSandbox, push_receiver, watched
+) -> None:
+    """push_over_rate "delay": changes within the interval wait and come as one notification of the latest."""
     push_receiver.wait_for(1)
     last = None
     for index in range(5):
