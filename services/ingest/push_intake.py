@@ -45,8 +45,9 @@ class PushIntake:
         await self._verifier.verify(token)
         note = parse_pubsub_message(data, pubsub_message_id)
         # A mailbox ingest syncs has a row (made by its connection event or its first pass): no call to auth.
+        pushed_at = self._clock.now()
         async with self._db.write(brief=True) as session:
-            mailbox_id = await store.note_push(session, note.email_address, note.history_id)
+            mailbox_id = await store.note_push(session, note.email_address, note.history_id, now=pushed_at)
         if mailbox_id is None:
             mailbox = await self._directory.get_mailbox(email=note.email_address)
             if mailbox is None:
@@ -55,7 +56,7 @@ class PushIntake:
             mailbox_id = mailbox.mailbox_id
             async with self._db.write() as session:
                 await store.ensure_mailbox(session, mailbox.mailbox_id, mailbox.email)
-                await store.note_seen_history(session, mailbox.mailbox_id, note.history_id)
+                await store.note_seen_history(session, mailbox.mailbox_id, note.history_id, now=pushed_at)
         await queue_sync(
             self._js,
             mailbox_id,

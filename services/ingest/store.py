@@ -84,6 +84,9 @@ class MailboxSyncRow(Base):
     # Bumped by every connection event that sets the state: a pass that decided to stop the mailbox on what auth
     # said stops it only if no event changed the row since it read it (`stop_unless_changed`).
     state_version: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # When the mailbox's last push came: Gmail drops the notification of a change made within a second of the one
+    # it sent, so the re-checks go on until that second is over (sync_policy.SyncTiming.gmail_push_interval).
+    last_push_at: Mapped[dt.datetime | None] = mapped_column(_WHEN, nullable=True)
 
 
 class PublishedMessageRow(Base):
@@ -678,12 +681,19 @@ async def stop_unless_changed(
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-async def note_push(session: AsyncSession, mailbox_email: str, history_id: int) -> str | None:
-    """A push named `history_id` for this Gmail address: remembered for the lag in the sync status, on the
-    mailbox ingest knows by that address; its id, or None when ingest has no row for the address."""
+async def note_push(
+    session: AsyncSession, mailbox_email: str, history_id: int, *, now: dt.datetime
+) -> str | None:
+    """A push named `history_id` for this Gmail address, come at `now`: remembered for the lag in the sync status
+    and for the re-checks, on the mailbox ingest knows by that address; its id, or None when ingest has no row for
+    the address."""
     result = await session.execute(
         _note_push_statement(session),
-        {"mailbox_email_is": mailbox_email, f"{_NEW}latest_seen_history_id": history_id},
+        {
+            "mailbox_email_is": mailbox_email,
+            f"{_NEW}latest_seen_history_id": history_id,
+            f"{_NEW}last_push_at": now,
+        },
     )
     found = result.scalars().all()
     return found[0] if len(found) == 1 else None
@@ -694,11 +704,17 @@ def _note_push_statement(dialect: str) -> Any:
     return _seen_history(dialect, _SYNC.c.mailbox_email).returning(_SYNC.c.mailbox_id)
 
 
-async def note_seen_history(session: AsyncSession, mailbox_id: str, history_id: int) -> None:
-    """A push named `history_id`: remembered for the lag in the sync status."""
+async def note_seen_history(
+    session: AsyncSession, mailbox_id: str, history_id: int, *, now: dt.datetime
+) -> None:
+    """A push named `history_id`, come at `now`: remembered for the lag in the sync status and the re-checks."""
     await session.execute(
         _note_seen_history_statement(session),
-        {"mailbox_id_is": mailbox_id, f"{_NEW}latest_seen_history_id": history_id},
+        {
+            "mailbox_id_is": mailbox_id,
+            f"{_NEW}latest_seen_history_id": history_id,
+            f"{_NEW}last_push_at": now,
+        },
     )
 
 
@@ -708,12 +724,16 @@ def _note_seen_history_statement(dialect: str) -> Any:
 
 
 def _seen_history(dialect: str, key: Any) -> Any:
-    """Raises the latest history id a push named, on the row(s) whose `key` column is the parameter key_is."""
+    """Raises the latest history id a push named and sets when it came, on the row(s) whose `key` column is the
+    parameter key_is."""
     column = _SYNC.c.latest_seen_history_id
     return (
         update(_SYNC)
         .where(key == bindparam(f"{key.name}_is"))
-        .values(latest_seen_history_id=_greatest(dialect)(column, _new_value(column.name)))
+        .values(
+            latest_seen_history_id=_greatest(dialect)(column, _new_value(column.name)),
+            last_push_at=_new_value("last_push_at"),
+        )
     )
 
 

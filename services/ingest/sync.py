@@ -36,6 +36,7 @@ from services.ingest.sync_policy import (
     SyncState,
     SyncTiming,
     audit_due,
+    look_again_at,
     next_check_after_success,
     plan_after_failure,
 )
@@ -116,6 +117,8 @@ class PassOutcome(StrEnum):
     CHANGED = "CHANGED"
     # A re-check whose look at Gmail's history found nothing: nothing taken, nothing written.
     NOTHING_NEW = "NOTHING_NEW"
+    # The same, made within the interval after the mailbox's last push: it looks again when the interval is over.
+    NOTHING_NEW_YET = "NOTHING_NEW_YET"
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,8 @@ class _Listed:
     cursor: int
     listing: HistoryListing
     listed_at_ms: int
+    # Found nothing, the mailbox is looked at again then (sync_policy.look_again_at); None: the re-checks end.
+    look_again_at: dt.datetime | None
 
 
 class _NotConnected(Exception):
@@ -209,7 +214,8 @@ class _Pass:
     # The mailbox was read after the pass's Gmail listing: its connections are what the listed mail goes to.
     fresh: bool = False
     connections: list[Any] = field(default_factory=list)
-    had_work: bool = False
+    # Messages, label changes and deletions the pass acted on: how soon the mailbox is looked at again.
+    changes: int = 0
     # Gmail's clock reading when history was listed: the audit leaves newer messages to the next pass.
     listed_at_ms: int = 0
     skipped: int = 0
@@ -286,6 +292,11 @@ class MailboxSyncer:
             )
         if attempt.outcome is PassOutcome.TOO_SOON:
             raise RetryLater(attempt.retry_in, "synced a moment ago")
+        if attempt.outcome is PassOutcome.NOTHING_NEW_YET:
+            # The work item itself comes back (nothing written); a push meanwhile replaces it on its subject.
+            raise RetryLater(
+                attempt.retry_in, "Gmail may yet have dropped a notification of the last push's interval"
+            )
 
     def _busy_wait_seconds(self, num_delivered: int) -> float:
         """A pass holds the mailbox: soon first (most passes are short, and a push that came during one that found
@@ -314,7 +325,7 @@ class MailboxSyncer:
         # A re-check looks at Gmail first; finding nothing, it ends here with nothing written.
         listed = await self._look_before_leasing(mailbox_id, now) if reason == "RECHECK" else None
         if listed is not None and not listed.listing.records:
-            return _Attempt(PassOutcome.NOTHING_NEW)
+            return self._nothing_new(listed)
         if not resync:
             # Most passes need nothing decided before the lease: one statement takes it only when the row says the
             # pass may run, and brings the row back (a read of its own cost a transaction per pass).
@@ -332,7 +343,9 @@ class MailboxSyncer:
         lease = started.lease
         outcome: PassOutcome | None = None
         try:
-            outcome = await self._leased_pass(lease, started.row, mailbox, resync, listed=listed)
+            outcome = await self._leased_pass(
+                lease, started.row, mailbox, resync, listed=listed, push_pass=reason == "PUSH"
+            )
             return _Attempt(outcome)
         except store.LeaseLost:
             log.warning("lease lost mid-pass", extra={"mailbox_id": mailbox_id})
@@ -359,7 +372,7 @@ class MailboxSyncer:
             or audit_due(_aware(row.last_audit_at), now, self._config.timing)
         ):
             return None
-        listed_at_ms = int(self._clock.now().timestamp() * 1000)
+        listed_at = self._clock.now()
         try:
             listing = await self._gmail_client(mailbox_id).list_history(str(row.history_cursor))
         except Exception as error:
@@ -368,7 +381,14 @@ class MailboxSyncer:
                 extra={"mailbox_id": mailbox_id, "error": repr(error)},
             )
             return None
-        return _Listed(row.history_cursor, listing, listed_at_ms)
+        again = look_again_at(_aware(row.last_push_at), listed_at, self._config.timing)
+        return _Listed(row.history_cursor, listing, int(listed_at.timestamp() * 1000), again)
+
+    def _nothing_new(self, listed: _Listed) -> _Attempt:
+        if listed.look_again_at is None:
+            return _Attempt(PassOutcome.NOTHING_NEW)
+        wait = (listed.look_again_at - self._clock.now()).total_seconds()
+        return _Attempt(PassOutcome.NOTHING_NEW_YET, max(wait, _SHORTEST_WAIT_SECONDS))
 
     def _gmail_client(self, mailbox_id: str) -> GmailClient:
         return GmailClient(
@@ -476,6 +496,7 @@ class MailboxSyncer:
         resync: bool,
         *,
         listed: _Listed | None = None,
+        push_pass: bool = False,
     ) -> PassOutcome:
         timing = self._config.timing
         cursor, failures, last_audit = row.history_cursor, row.consecutive_failures, row.last_audit_at
@@ -521,7 +542,17 @@ class MailboxSyncer:
             plan = plan_after_failure(failures + 1, self._clock.now(), timing)
             await self._record_failure(lease, plan.state, error, failures + 1, plan.retry_at)
             return PassOutcome.FAILED
-        next_at, next_reason = next_check_after_success(work.had_work, self._clock.now(), timing)
+        finished_at = self._clock.now()
+        next_at, next_reason = next_check_after_success(
+            work.changes,
+            finished_at,
+            timing,
+            last_push_at=_aware(row.last_push_at),
+            listed_at=dt.datetime.fromtimestamp(work.listed_at_ms / 1000, dt.UTC)
+            if work.listed_at_ms
+            else None,
+            push_pass=push_pass,
+        )
         # One transaction: the last window's ledger entries, the cursor (every publish up to it is acknowledged),
         # the next check, the lease given up.
         async with self._db.write() as session:
@@ -539,7 +570,7 @@ class MailboxSyncer:
                 recent_message_chars=work.largest_message_chars or row.recent_message_chars,
             )
         if next_reason is CheckReason.RECHECK and self._expect_check_in is not None:
-            self._expect_check_in(timing.recheck_delay.total_seconds())
+            self._expect_check_in((next_at - finished_at).total_seconds())
         return PassOutcome.SYNCED
 
     async def _record_unrecorded(self, work: _Pass) -> None:
@@ -627,7 +658,7 @@ class MailboxSyncer:
         await self._publish_changes(work, plan.label_deltas, plan.deletions)
         candidates = [_Candidate(m.gmail_message_id, m.added_history_id) for m in plan.fetch]
         await self._fetch_and_publish(work, candidates, check_start_time=False)
-        work.had_work = work.had_work or bool(plan.fetch or plan.label_deltas or plan.deletions)
+        work.changes += len(plan.fetch) + len(plan.label_deltas) + len(plan.deletions)
         work.skipped += len(plan.skipped)
         # Stored at the end of the pass, with the lease given up in the same transaction.
         work.cursor = int(listing.history_id)
@@ -719,7 +750,6 @@ class MailboxSyncer:
             work.unrecorded = entries
             work.skipped += len(chunk) - len(entries)
             published_total += len(entries)
-            work.had_work = work.had_work or bool(entries)
         return published_total
 
     async def _refresh_connections(self, work: _Pass) -> None:
@@ -863,7 +893,7 @@ class MailboxSyncer:
         )
         missing = await self._unpublished_since(work, since_ms, self._config.resync_max_messages)
         work.fresh = False  # the listing is newer than the snapshot that gave its start
-        await self._fetch_and_publish(work, missing, check_start_time=True)
+        work.changes += await self._fetch_and_publish(work, missing, check_start_time=True)
         new_cursor = int(profile.history_id)
         async with self._db.write() as session:
             await store.record_progress(
@@ -896,6 +926,7 @@ class MailboxSyncer:
             # Newer than the history listing: not missing, merely not listed yet; the next pass gets them.
             received_before_ms=work.listed_at_ms or None,
         )
+        work.changes += repaired
         if repaired:
             log.warning(
                 "audit repaired messages missing from the ledger",

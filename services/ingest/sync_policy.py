@@ -36,6 +36,9 @@ class SyncTiming:
     # Google drops notifications above one per second per mailbox: a mailbox that just had work is looked at
     # again this soon, so no message waits for the next push.
     recheck_delay: dt.timedelta = dt.timedelta(seconds=0.25)
+    # Gmail notifies a mailbox at most once in this interval and drops the notifications of the changes made
+    # within it (not delays them): the re-checks go on until the interval after the last push is over.
+    gmail_push_interval: dt.timedelta = dt.timedelta(seconds=1)
     # Every mailbox is looked at at least this often even when no push arrives.
     safety_poll_interval: dt.timedelta = dt.timedelta(minutes=10)
     backoff_base: dt.timedelta = dt.timedelta(seconds=30)
@@ -61,11 +64,41 @@ def plan_after_failure(failures: int, now: dt.datetime, timing: SyncTiming) -> F
 
 
 def next_check_after_success(
-    had_work: bool, now: dt.datetime, timing: SyncTiming
+    changes: int,
+    now: dt.datetime,
+    timing: SyncTiming,
+    *,
+    last_push_at: dt.datetime | None = None,
+    listed_at: dt.datetime | None = None,
+    push_pass: bool = False,
 ) -> tuple[dt.datetime, CheckReason]:
-    if had_work:
-        return now + timing.recheck_delay, CheckReason.RECHECK
-    return now + timing.safety_poll_interval, CheckReason.POLL
+    """After a pass that listed Gmail's history at `listed_at` (default: `now`) and acted on `changes` (messages,
+    label changes, deletions): a re-check soon while mail comes, else the safety poll, unless Gmail may have
+    dropped the notification of a change made since the listing (`look_again_at`). A push's pass (`push_pass`)
+    that acted on one change found what that push announced: nothing says mail comes faster than Gmail notifies,
+    so its one re-check waits for the push's interval to be over, the first moment a change whose notification
+    was dropped is sure to be listed."""
+    if changes <= 0:
+        again = look_again_at(last_push_at, listed_at or now, timing)
+        if again is None:
+            return now + timing.safety_poll_interval, CheckReason.POLL
+        return again, CheckReason.RECHECK
+    soon = now + timing.recheck_delay
+    if push_pass and changes == 1 and last_push_at is not None:
+        return max(soon, last_push_at + timing.gmail_push_interval), CheckReason.RECHECK
+    return soon, CheckReason.RECHECK
+
+
+def look_again_at(
+    last_push_at: dt.datetime | None, listed_at: dt.datetime, timing: SyncTiming
+) -> dt.datetime | None:
+    """A re-check whose listing (made at `listed_at`) found nothing ends the re-checks, unless it listed within the
+    interval after the last push: Gmail may have dropped the notification of a change made in what is left of it,
+    so the mailbox is looked at again when the interval is over (None: the re-checks end here)."""
+    if last_push_at is None:
+        return None
+    over = last_push_at + timing.gmail_push_interval
+    return over if listed_at < over else None
 
 
 def audit_due(last_audit_at: dt.datetime | None, now: dt.datetime, timing: SyncTiming) -> bool:

@@ -8,6 +8,7 @@ import datetime as dt
 from dataclasses import replace
 from typing import Any
 
+import pytest
 from nats.aio.msg import Msg
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -19,6 +20,7 @@ from services.ingest import store
 from services.ingest.sync import PassOutcome
 from services.ingest.work import queue_sync
 from services.runtime import subjects
+from services.runtime.consumer import Delivery, RetryLater
 from services.runtime.gmail import RetryableGmailError
 from tests.fixtures.ingest_world import IngestWorld
 from tests.fixtures.messaging import eventually
@@ -111,6 +113,67 @@ async def test_a_recheck_that_finds_nothing_writes_nothing_and_the_safety_poll_s
     assert row.next_attempt_reason == "POLL"
     due_in = (row.next_attempt_at.replace(tzinfo=dt.UTC) - dt.datetime.now(dt.UTC)).total_seconds()
     assert 0 < due_in <= world.timing.safety_poll_interval.total_seconds()
+
+
+async def note_push_now(world: IngestWorld, address: str) -> dt.datetime:
+    """What the push intake does when a push comes, without the HTTP and the token: the row notes when."""
+    pushed_at = dt.datetime.now(dt.UTC)
+    async with world.db.write() as session:
+        assert await store.note_push(session, address, 0, now=pushed_at) is not None
+    return pushed_at
+
+
+def a_work_item(mailbox_id: str, reason: int) -> Delivery:
+    item = events_pb2.MailboxChanged(mailbox_id=mailbox_id, reason=reason)
+    return Delivery("ingest-sync", "WORK", 1, "", item.SerializeToString(), {}, None, num_delivered=1)
+
+
+async def test_the_rechecks_go_on_until_the_last_push_interval_is_over_as_gmail_drops_the_pushes_within_it(
+    ingest_world: IngestWorld,
+) -> None:
+    """Gmail drops (not delays) the notification of a change made within its interval after the last one. A
+    re-check that finds nothing in that interval does not end the re-checks: its work item comes back when the
+    interval is over, and a change made meanwhile, of which no push tells, is found then. The interval is long
+    here (60 s) so that nothing below depends on how fast the machine is; the test drives each pass itself."""
+    world = ingest_world
+    world.timing = replace(world.timing, gmail_push_interval=dt.timedelta(seconds=60))
+    mailbox = world.connect(ALICE)
+    syncer = world.syncer(min_push_interval=dt.timedelta(0))  # a push right after the first pass runs at once
+    assert await syncer.sync(mailbox.mailbox_id, "POLL") is PassOutcome.SYNCED  # the row and its cursor
+    (announced,) = world.deliver(ALICE)
+    pushed_at = await note_push_now(world, ALICE)
+
+    assert await syncer.sync(mailbox.mailbox_id, "PUSH") is PassOutcome.SYNCED
+    assert await published(world, [announced])
+    async with world.db.read() as session:
+        row = await store.get_sync_row(session, mailbox.mailbox_id)
+    # One change, the one the push announced: the re-check waits for the interval, not the re-check delay.
+    assert row is not None and row.next_attempt_reason == "RECHECK"
+    assert row.next_attempt_at.replace(tzinfo=dt.UTC) == pushed_at + world.timing.gmail_push_interval
+
+    # A re-check now finds nothing, and says it looks again when the interval is over.
+    with pytest.raises(RetryLater) as waits:
+        await syncer.handle(a_work_item(mailbox.mailbox_id, events_pb2.MAILBOX_CHANGE_REASON_RECHECK))
+    left = (pushed_at + world.timing.gmail_push_interval - dt.datetime.now(dt.UTC)).total_seconds()
+    assert 0 < waits.value.delay <= 60 and abs(waits.value.delay - left) < 5
+
+    (unannounced,) = world.deliver(ALICE)  # its notification dropped: no push
+    assert await syncer.sync(mailbox.mailbox_id, "RECHECK") is PassOutcome.SYNCED
+    assert world.recorder.recorded.normalized_ids() == dict.fromkeys([announced, unannounced], 1)
+
+
+async def test_a_recheck_that_finds_nothing_after_the_last_push_interval_ends_the_rechecks(
+    ingest_world: IngestWorld,
+) -> None:
+    world = ingest_world
+    world.timing = replace(world.timing, gmail_push_interval=dt.timedelta(seconds=0))
+    mailbox = world.connect(ALICE)
+    syncer = world.syncer()
+    assert await syncer.sync(mailbox.mailbox_id, "POLL") is PassOutcome.SYNCED
+    await note_push_now(world, ALICE)
+    assert await syncer.sync(mailbox.mailbox_id, "RECHECK") is PassOutcome.NOTHING_NEW
+    # Through the work stream's handler: acknowledged, nothing to come back.
+    await syncer.handle(a_work_item(mailbox.mailbox_id, events_pb2.MAILBOX_CHANGE_REASON_RECHECK))
 
 
 async def test_a_recheck_starts_its_own_trace_linked_to_the_pass_that_scheduled_it(

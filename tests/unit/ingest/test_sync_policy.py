@@ -12,6 +12,7 @@ from services.ingest.sync_policy import (
     SyncState,
     SyncTiming,
     audit_due,
+    look_again_at,
     next_check_after_success,
     plan_after_failure,
 )
@@ -52,9 +53,76 @@ def test_backoff_never_exceeds_its_ceiling() -> None:
     assert plan_after_failure(10, NOW, timing).retry_at == NOW + dt.timedelta(seconds=90)
 
 
-def test_a_pass_with_work_is_rechecked_soon_and_one_without_waits_for_the_safety_poll() -> None:
-    assert next_check_after_success(True, NOW, TIMING) == (NOW + dt.timedelta(seconds=5), CheckReason.RECHECK)
-    assert next_check_after_success(False, NOW, TIMING) == (NOW + dt.timedelta(minutes=10), CheckReason.POLL)
+def seconds(value: float) -> dt.timedelta:
+    return dt.timedelta(seconds=value)
+
+
+# TIMING: re-checks 5 s after work, Gmail's push interval 1 s (the default), the safety poll 10 min.
+@pytest.mark.parametrize(
+    ("case", "changes", "push_pass", "last_push", "listed", "due", "reason"),
+    [
+        ("work, no push known", 3, False, None, 0, seconds(5), CheckReason.RECHECK),
+        ("nothing, no push known", 0, False, None, 0, dt.timedelta(minutes=10), CheckReason.POLL),
+        ("work of a re-check", 1, False, -0.2, 0, seconds(5), CheckReason.RECHECK),
+        ("several changes for one push", 2, True, -0.2, 0, seconds(5), CheckReason.RECHECK),
+        ("a push's one change, soon later than the push's interval", 1, True, -0.2, 0, seconds(5), "RECHECK"),
+        (
+            "nothing, listed after the last push's interval",
+            0,
+            True,
+            -1.5,
+            -0.1,
+            seconds(600),
+            CheckReason.POLL,
+        ),
+        ("nothing, listed within the last push's interval", 0, False, -0.4, -0.1, seconds(0.6), "RECHECK"),
+        ("nothing, listed exactly when the interval ended", 0, True, -1.0, 0, seconds(600), CheckReason.POLL),
+    ],
+)
+def test_after_a_pass_the_next_check_comes_soon_while_mail_comes_and_after_the_last_push_interval(
+    case: str,
+    changes: int,
+    push_pass: bool,
+    last_push: float | None,
+    listed: float,
+    due: dt.timedelta,
+    reason: str,
+) -> None:
+    answer = next_check_after_success(
+        changes,
+        NOW,
+        TIMING,
+        last_push_at=None if last_push is None else NOW + seconds(last_push),
+        listed_at=NOW + seconds(listed),
+        push_pass=push_pass,
+    )
+    assert answer == (NOW + due, reason), case
+
+
+def test_a_push_pass_with_one_change_is_rechecked_when_the_push_interval_is_over_not_sooner() -> None:
+    """Gmail drops the notifications of changes made within its interval after a push: a quick re-check would
+    look before such a change is made and end the re-checks; one at the interval's end sees it."""
+    quick = SyncTiming(recheck_delay=seconds(0.25), gmail_push_interval=seconds(1))
+    pushed = NOW - seconds(0.1)
+    assert next_check_after_success(1, NOW, quick, last_push_at=pushed, push_pass=True) == (
+        pushed + seconds(1),
+        CheckReason.RECHECK,
+    )
+    # Not a push's pass (a re-check found it): mail comes faster than the pushes say, so soon.
+    assert next_check_after_success(1, NOW, quick, last_push_at=pushed) == (NOW + seconds(0.25), "RECHECK")
+
+
+@pytest.mark.parametrize(
+    ("last_push", "listed", "again"),
+    [(None, 0, None), (-0.3, 0, 0.7), (-1.0, 0, None), (-2.0, 0, None), (-0.3, 0.8, None)],
+)
+def test_a_recheck_that_found_nothing_looks_again_only_if_it_listed_within_the_last_push_interval(
+    last_push: float | None, listed: float, again: float | None
+) -> None:
+    answer = look_again_at(
+        None if last_push is None else NOW + seconds(last_push), NOW + seconds(listed), TIMING
+    )
+    assert answer == (None if again is None else NOW + seconds(again))
 
 
 def test_audit_is_due_when_never_run_or_older_than_its_interval() -> None:
