@@ -442,6 +442,7 @@ def start_stack(database: str, var_dir: Path, run_id: str, args: argparse.Namesp
     sandbox = next(m for m in stack.processes if m.name == "sandbox")
     token = stack.crm_token()
     crm = Crm(addresses, sandbox.address, token)
+    crm.sandbox.settings(push_over_rate=args.sandbox_push)
     meter = ProcessMeter({m.name: m.pid for m in stack.processes})
     return Running(stack, crm, meter, StoredWatch(crm).start(), run_id)
 
@@ -1180,6 +1181,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=ROOT / "var" / "bench", help="where the JSON and plot go")
     parser.add_argument("--no-docs", action="store_true", help="leave docs/benchmarks.md and its plot alone")
     parser.add_argument("--keep", action="store_true", help="keep the stack's temporary folder (logs, data)")
+    parser.add_argument(
+        "--sandbox-push",
+        default="drop",
+        choices=("drop", "delay"),
+        help="a change within a second of the last push: drop its notification (Gmail) or delay it",
+    )
     args = parser.parse_args(argv)
     args.mailboxes = sorted({int(v) for v in str(args.mailboxes).split(",") if v})
     args.databases = [d for d in str(args.databases).split(",") if d]
