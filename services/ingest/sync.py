@@ -343,8 +343,15 @@ class MailboxSyncer:
         lease = started.lease
         outcome: PassOutcome | None = None
         try:
+            last_sync = _aware(started.row.last_sync_at)
             outcome = await self._leased_pass(
-                lease, started.row, mailbox, resync, listed=listed, push_pass=reason == "PUSH"
+                lease,
+                started.row,
+                mailbox,
+                resync,
+                listed=listed,
+                push_pass=reason == "PUSH",
+                idle_before=None if last_sync is None else now - last_sync,
             )
             return _Attempt(outcome)
         except store.LeaseLost:
@@ -497,6 +504,7 @@ class MailboxSyncer:
         *,
         listed: _Listed | None = None,
         push_pass: bool = False,
+        idle_before: dt.timedelta | None = None,
     ) -> PassOutcome:
         timing = self._config.timing
         cursor, failures, last_audit = row.history_cursor, row.consecutive_failures, row.last_audit_at
@@ -552,6 +560,7 @@ class MailboxSyncer:
             if work.listed_at_ms
             else None,
             push_pass=push_pass,
+            idle_before=idle_before,
         )
         # One transaction: the last window's ledger entries, the cursor (every publish up to it is acknowledged),
         # the next check, the lease given up.

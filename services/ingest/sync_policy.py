@@ -71,20 +71,25 @@ def next_check_after_success(
     last_push_at: dt.datetime | None = None,
     listed_at: dt.datetime | None = None,
     push_pass: bool = False,
+    idle_before: dt.timedelta | None = None,
 ) -> tuple[dt.datetime, CheckReason]:
     """After a pass that listed Gmail's history at `listed_at` (default: `now`) and acted on `changes` (messages,
     label changes, deletions): a re-check soon while mail comes, else the safety poll, unless Gmail may have
-    dropped the notification of a change made since the listing (`look_again_at`). A push's pass (`push_pass`)
-    that acted on one change found what that push announced: nothing says mail comes faster than Gmail notifies,
-    so its one re-check waits for the push's interval to be over, the first moment a change whose notification
-    was dropped is sure to be listed."""
+    dropped the notification of a change made since the listing (`look_again_at`).
+
+    A push's pass (`push_pass`) into a mailbox that had no pass for at least Gmail's push interval before it
+    (`idle_before`; None: never) that acted on one change found what that push announced: nothing says mail comes
+    faster than Gmail notifies, so its one re-check waits for the push's interval to be over, the first moment a
+    change whose notification was dropped is sure to be listed. In a mailbox that was busy a moment ago it would
+    break the quick re-checks that keep up with it."""
     if changes <= 0:
         again = look_again_at(last_push_at, listed_at or now, timing)
         if again is None:
             return now + timing.safety_poll_interval, CheckReason.POLL
         return again, CheckReason.RECHECK
     soon = now + timing.recheck_delay
-    if push_pass and changes == 1 and last_push_at is not None:
+    was_idle = idle_before is None or idle_before >= timing.gmail_push_interval
+    if push_pass and changes == 1 and last_push_at is not None and was_idle:
         return max(soon, last_push_at + timing.gmail_push_interval), CheckReason.RECHECK
     return soon, CheckReason.RECHECK
 

@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from sqlalchemy import update
 
 from mailsync.v1 import events_pb2
 from services.ingest import store
@@ -140,6 +141,12 @@ async def test_the_rechecks_go_on_until_the_last_push_interval_is_over_as_gmail_
     mailbox = world.connect(ALICE)
     syncer = world.syncer(min_push_interval=dt.timedelta(0))  # a push right after the first pass runs at once
     assert await syncer.sync(mailbox.mailbox_id, "POLL") is PassOutcome.SYNCED  # the row and its cursor
+    async with world.db.write() as session:  # and the mailbox has been quiet for an hour since
+        await session.execute(
+            update(store.MailboxSyncRow)
+            .where(store.MailboxSyncRow.mailbox_id == mailbox.mailbox_id)
+            .values(last_sync_at=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))
+        )
     (announced,) = world.deliver(ALICE)
     pushed_at = await note_push_now(world, ALICE)
 

@@ -104,12 +104,21 @@ def test_a_push_pass_with_one_change_is_rechecked_when_the_push_interval_is_over
     look before such a change is made and end the re-checks; one at the interval's end sees it."""
     quick = SyncTiming(recheck_delay=seconds(0.25), gmail_push_interval=seconds(1))
     pushed = NOW - seconds(0.1)
-    assert next_check_after_success(1, NOW, quick, last_push_at=pushed, push_pass=True) == (
-        pushed + seconds(1),
-        CheckReason.RECHECK,
+    at_the_end = (pushed + seconds(1), CheckReason.RECHECK)
+    soon = (NOW + seconds(0.25), CheckReason.RECHECK)
+    # The mailbox's first pass, or one after more than the interval without a pass: the push's one change.
+    assert next_check_after_success(1, NOW, quick, last_push_at=pushed, push_pass=True) == at_the_end
+    assert (
+        next_check_after_success(1, NOW, quick, last_push_at=pushed, push_pass=True, idle_before=seconds(1.2))
+        == at_the_end
+    )
+    # A pass ended 0.3 s before this one: the mailbox is busy, its quick re-checks go on.
+    assert (
+        next_check_after_success(1, NOW, quick, last_push_at=pushed, push_pass=True, idle_before=seconds(0.3))
+        == soon
     )
     # Not a push's pass (a re-check found it): mail comes faster than the pushes say, so soon.
-    assert next_check_after_success(1, NOW, quick, last_push_at=pushed) == (NOW + seconds(0.25), "RECHECK")
+    assert next_check_after_success(1, NOW, quick, last_push_at=pushed) == soon
 
 
 @pytest.mark.parametrize(
