@@ -214,8 +214,7 @@ class _Pass:
     # The mailbox was read after the pass's Gmail listing: its connections are what the listed mail goes to.
     fresh: bool = False
     connections: list[Any] = field(default_factory=list)
-    # Messages, label changes and deletions the pass acted on: how soon the mailbox is looked at again.
-    changes: int = 0
+    had_work: bool = False
     # Gmail's clock reading when history was listed: the audit leaves newer messages to the next pass.
     listed_at_ms: int = 0
     skipped: int = 0
@@ -343,16 +342,7 @@ class MailboxSyncer:
         lease = started.lease
         outcome: PassOutcome | None = None
         try:
-            last_sync = _aware(started.row.last_sync_at)
-            outcome = await self._leased_pass(
-                lease,
-                started.row,
-                mailbox,
-                resync,
-                listed=listed,
-                push_pass=reason == "PUSH",
-                idle_before=None if last_sync is None else now - last_sync,
-            )
+            outcome = await self._leased_pass(lease, started.row, mailbox, resync, listed=listed)
             return _Attempt(outcome)
         except store.LeaseLost:
             log.warning("lease lost mid-pass", extra={"mailbox_id": mailbox_id})
@@ -503,8 +493,6 @@ class MailboxSyncer:
         resync: bool,
         *,
         listed: _Listed | None = None,
-        push_pass: bool = False,
-        idle_before: dt.timedelta | None = None,
     ) -> PassOutcome:
         timing = self._config.timing
         cursor, failures, last_audit = row.history_cursor, row.consecutive_failures, row.last_audit_at
@@ -552,15 +540,13 @@ class MailboxSyncer:
             return PassOutcome.FAILED
         finished_at = self._clock.now()
         next_at, next_reason = next_check_after_success(
-            work.changes,
+            work.had_work,
             finished_at,
             timing,
             last_push_at=_aware(row.last_push_at),
             listed_at=dt.datetime.fromtimestamp(work.listed_at_ms / 1000, dt.UTC)
             if work.listed_at_ms
             else None,
-            push_pass=push_pass,
-            idle_before=idle_before,
         )
         # One transaction: the last window's ledger entries, the cursor (every publish up to it is acknowledged),
         # the next check, the lease given up.
@@ -667,7 +653,7 @@ class MailboxSyncer:
         await self._publish_changes(work, plan.label_deltas, plan.deletions)
         candidates = [_Candidate(m.gmail_message_id, m.added_history_id) for m in plan.fetch]
         await self._fetch_and_publish(work, candidates, check_start_time=False)
-        work.changes += len(plan.fetch) + len(plan.label_deltas) + len(plan.deletions)
+        work.had_work = work.had_work or bool(plan.fetch or plan.label_deltas or plan.deletions)
         work.skipped += len(plan.skipped)
         # Stored at the end of the pass, with the lease given up in the same transaction.
         work.cursor = int(listing.history_id)
@@ -759,6 +745,7 @@ class MailboxSyncer:
             work.unrecorded = entries
             work.skipped += len(chunk) - len(entries)
             published_total += len(entries)
+            work.had_work = work.had_work or bool(entries)
         return published_total
 
     async def _refresh_connections(self, work: _Pass) -> None:
@@ -902,7 +889,7 @@ class MailboxSyncer:
         )
         missing = await self._unpublished_since(work, since_ms, self._config.resync_max_messages)
         work.fresh = False  # the listing is newer than the snapshot that gave its start
-        work.changes += await self._fetch_and_publish(work, missing, check_start_time=True)
+        await self._fetch_and_publish(work, missing, check_start_time=True)
         new_cursor = int(profile.history_id)
         async with self._db.write() as session:
             await store.record_progress(
@@ -935,7 +922,6 @@ class MailboxSyncer:
             # Newer than the history listing: not missing, merely not listed yet; the next pass gets them.
             received_before_ms=work.listed_at_ms or None,
         )
-        work.changes += repaired
         if repaired:
             log.warning(
                 "audit repaired messages missing from the ledger",

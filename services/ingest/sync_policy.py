@@ -64,34 +64,22 @@ def plan_after_failure(failures: int, now: dt.datetime, timing: SyncTiming) -> F
 
 
 def next_check_after_success(
-    changes: int,
+    had_work: bool,
     now: dt.datetime,
     timing: SyncTiming,
     *,
     last_push_at: dt.datetime | None = None,
     listed_at: dt.datetime | None = None,
-    push_pass: bool = False,
-    idle_before: dt.timedelta | None = None,
 ) -> tuple[dt.datetime, CheckReason]:
-    """After a pass that listed Gmail's history at `listed_at` (default: `now`) and acted on `changes` (messages,
-    label changes, deletions): a re-check soon while mail comes, else the safety poll, unless Gmail may have
-    dropped the notification of a change made since the listing (`look_again_at`).
-
-    A push's pass (`push_pass`) into a mailbox that had no pass for at least Gmail's push interval before it
-    (`idle_before`; None: never) that acted on one change found what that push announced: nothing says mail comes
-    faster than Gmail notifies, so its one re-check waits for the push's interval to be over, the first moment a
-    change whose notification was dropped is sure to be listed. In a mailbox that was busy a moment ago it would
-    break the quick re-checks that keep up with it."""
-    if changes <= 0:
+    """After a pass that listed Gmail's history at `listed_at` (default: `now`): a re-check soon when it had work
+    (mail is coming), else the safety poll, unless Gmail may have dropped the notification of a change made since
+    the listing (`look_again_at`)."""
+    if not had_work:
         again = look_again_at(last_push_at, listed_at or now, timing)
         if again is None:
             return now + timing.safety_poll_interval, CheckReason.POLL
         return again, CheckReason.RECHECK
-    soon = now + timing.recheck_delay
-    was_idle = idle_before is None or idle_before >= timing.gmail_push_interval
-    if push_pass and changes == 1 and last_push_at is not None and was_idle:
-        return max(soon, last_push_at + timing.gmail_push_interval), CheckReason.RECHECK
-    return soon, CheckReason.RECHECK
+    return now + timing.recheck_delay, CheckReason.RECHECK
 
 
 def look_again_at(

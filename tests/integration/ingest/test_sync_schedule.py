@@ -14,7 +14,6 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
-from sqlalchemy import update
 
 from mailsync.v1 import events_pb2
 from services.ingest import store
@@ -141,24 +140,12 @@ async def test_the_rechecks_go_on_until_the_last_push_interval_is_over_as_gmail_
     mailbox = world.connect(ALICE)
     syncer = world.syncer(min_push_interval=dt.timedelta(0))  # a push right after the first pass runs at once
     assert await syncer.sync(mailbox.mailbox_id, "POLL") is PassOutcome.SYNCED  # the row and its cursor
-    async with world.db.write() as session:  # and the mailbox has been quiet for an hour since
-        await session.execute(
-            update(store.MailboxSyncRow)
-            .where(store.MailboxSyncRow.mailbox_id == mailbox.mailbox_id)
-            .values(last_sync_at=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))
-        )
     (announced,) = world.deliver(ALICE)
     pushed_at = await note_push_now(world, ALICE)
-
     assert await syncer.sync(mailbox.mailbox_id, "PUSH") is PassOutcome.SYNCED
     assert await published(world, [announced])
-    async with world.db.read() as session:
-        row = await store.get_sync_row(session, mailbox.mailbox_id)
-    # One change, the one the push announced: the re-check waits for the interval, not the re-check delay.
-    assert row is not None and row.next_attempt_reason == "RECHECK"
-    assert row.next_attempt_at.replace(tzinfo=dt.UTC) == pushed_at + world.timing.gmail_push_interval
 
-    # A re-check now finds nothing, and says it looks again when the interval is over.
+    # The re-check after that work finds nothing, and says it looks again when the interval is over.
     with pytest.raises(RetryLater) as waits:
         await syncer.handle(a_work_item(mailbox.mailbox_id, events_pb2.MAILBOX_CHANGE_REASON_RECHECK))
     left = (pushed_at + world.timing.gmail_push_interval - dt.datetime.now(dt.UTC)).total_seconds()
@@ -167,6 +154,23 @@ async def test_the_rechecks_go_on_until_the_last_push_interval_is_over_as_gmail_
     (unannounced,) = world.deliver(ALICE)  # its notification dropped: no push
     assert await syncer.sync(mailbox.mailbox_id, "RECHECK") is PassOutcome.SYNCED
     assert world.recorder.recorded.normalized_ids() == dict.fromkeys([announced, unannounced], 1)
+
+
+async def test_a_pass_that_finds_nothing_within_the_last_push_interval_leaves_a_recheck_for_its_end(
+    ingest_world: IngestWorld,
+) -> None:
+    world = ingest_world
+    world.timing = replace(world.timing, gmail_push_interval=dt.timedelta(seconds=60))
+    mailbox = world.connect(ALICE)
+    syncer = world.syncer(min_push_interval=dt.timedelta(0))
+    assert await syncer.sync(mailbox.mailbox_id, "POLL") is PassOutcome.SYNCED
+    pushed_at = await note_push_now(world, ALICE)
+    # A push whose change a re-check already took: its pass finds nothing.
+    assert await syncer.sync(mailbox.mailbox_id, "PUSH") is PassOutcome.SYNCED
+    async with world.db.read() as session:
+        row = await store.get_sync_row(session, mailbox.mailbox_id)
+    assert row is not None and row.next_attempt_reason == "RECHECK"
+    assert row.next_attempt_at.replace(tzinfo=dt.UTC) == pushed_at + world.timing.gmail_push_interval
 
 
 async def test_a_recheck_that_finds_nothing_after_the_last_push_interval_ends_the_rechecks(

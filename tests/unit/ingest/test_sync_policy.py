@@ -59,66 +59,34 @@ def seconds(value: float) -> dt.timedelta:
 
 # TIMING: re-checks 5 s after work, Gmail's push interval 1 s (the default), the safety poll 10 min.
 @pytest.mark.parametrize(
-    ("case", "changes", "push_pass", "last_push", "listed", "due", "reason"),
+    ("case", "had_work", "last_push", "listed", "due", "reason"),
     [
-        ("work, no push known", 3, False, None, 0, seconds(5), CheckReason.RECHECK),
-        ("nothing, no push known", 0, False, None, 0, dt.timedelta(minutes=10), CheckReason.POLL),
-        ("work of a re-check", 1, False, -0.2, 0, seconds(5), CheckReason.RECHECK),
-        ("several changes for one push", 2, True, -0.2, 0, seconds(5), CheckReason.RECHECK),
-        ("a push's one change, soon later than the push's interval", 1, True, -0.2, 0, seconds(5), "RECHECK"),
+        ("work, no push known", True, None, 0, seconds(5), CheckReason.RECHECK),
+        ("work, a push a moment ago", True, -0.2, 0, seconds(5), CheckReason.RECHECK),
+        ("nothing, no push known", False, None, 0, dt.timedelta(minutes=10), CheckReason.POLL),
+        ("nothing, listed after the last push's interval", False, -1.5, -0.1, seconds(600), CheckReason.POLL),
         (
-            "nothing, listed after the last push's interval",
-            0,
-            True,
-            -1.5,
+            "nothing, listed within the last push's interval",
+            False,
+            -0.4,
             -0.1,
-            seconds(600),
-            CheckReason.POLL,
+            seconds(0.6),
+            CheckReason.RECHECK,
         ),
-        ("nothing, listed within the last push's interval", 0, False, -0.4, -0.1, seconds(0.6), "RECHECK"),
-        ("nothing, listed exactly when the interval ended", 0, True, -1.0, 0, seconds(600), CheckReason.POLL),
+        ("nothing, listed exactly when the interval ended", False, -1.0, 0, seconds(600), CheckReason.POLL),
     ],
 )
-def test_after_a_pass_the_next_check_comes_soon_while_mail_comes_and_after_the_last_push_interval(
-    case: str,
-    changes: int,
-    push_pass: bool,
-    last_push: float | None,
-    listed: float,
-    due: dt.timedelta,
-    reason: str,
+def test_after_a_pass_the_next_check_comes_soon_after_work_and_after_the_last_push_interval_after_none(
+    case: str, had_work: bool, last_push: float | None, listed: float, due: dt.timedelta, reason: str
 ) -> None:
     answer = next_check_after_success(
-        changes,
+        had_work,
         NOW,
         TIMING,
         last_push_at=None if last_push is None else NOW + seconds(last_push),
         listed_at=NOW + seconds(listed),
-        push_pass=push_pass,
     )
     assert answer == (NOW + due, reason), case
-
-
-def test_a_push_pass_with_one_change_is_rechecked_when_the_push_interval_is_over_not_sooner() -> None:
-    """Gmail drops the notifications of changes made within its interval after a push: a quick re-check would
-    look before such a change is made and end the re-checks; one at the interval's end sees it."""
-    quick = SyncTiming(recheck_delay=seconds(0.25), gmail_push_interval=seconds(1))
-    pushed = NOW - seconds(0.1)
-    at_the_end = (pushed + seconds(1), CheckReason.RECHECK)
-    soon = (NOW + seconds(0.25), CheckReason.RECHECK)
-    # The mailbox's first pass, or one after more than the interval without a pass: the push's one change.
-    assert next_check_after_success(1, NOW, quick, last_push_at=pushed, push_pass=True) == at_the_end
-    assert (
-        next_check_after_success(1, NOW, quick, last_push_at=pushed, push_pass=True, idle_before=seconds(1.2))
-        == at_the_end
-    )
-    # A pass ended 0.3 s before this one: the mailbox is busy, its quick re-checks go on.
-    assert (
-        next_check_after_success(1, NOW, quick, last_push_at=pushed, push_pass=True, idle_before=seconds(0.3))
-        == soon
-    )
-    # Not a push's pass (a re-check found it): mail comes faster than the pushes say, so soon.
-    assert next_check_after_success(1, NOW, quick, last_push_at=pushed) == soon
 
 
 @pytest.mark.parametrize(
