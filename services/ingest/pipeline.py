@@ -49,6 +49,11 @@ def sync_consumer_spec() -> ConsumerSpec:
         max_deliver=5,
         # A busy mailbox's item waits (RetryLater) many times; each new push replaces it anyway.
         max_waits=100_000,
+        # A waiting item (a re-check that looks again when the second after the last push is over, a push that
+        # found a pass running) holds its slot until it comes back. The stream keeps one item per mailbox, so the
+        # mailboxes bound what is pending; JetStream's default (1,000) would stall the consumer behind a burst
+        # over more mailboxes than that, for up to a second.
+        max_ack_pending=1_000_000,
         retry_delay=1.0,
         max_retry_delay=30.0,
     )
