@@ -17,7 +17,8 @@ from opentelemetry.trace import SpanKind
 
 from mailsync.v1 import events_pb2
 from services.ingest import store
-from services.ingest.sync import PassOutcome
+from services.ingest.mailboxes import MailboxInfo
+from services.ingest.sync import MailboxSyncer, PassOutcome
 from services.ingest.work import queue_sync
 from services.runtime import subjects
 from services.runtime.consumer import Delivery, RetryLater
@@ -128,6 +129,18 @@ def a_work_item(mailbox_id: str, reason: int) -> Delivery:
     return Delivery("ingest-sync", "WORK", 1, "", item.SerializeToString(), {}, None, num_delivered=1)
 
 
+async def a_synced_mailbox(
+    world: IngestWorld, gmail_push_seconds: float
+) -> tuple[MailboxInfo, MailboxSyncer]:
+    """Alice's mailbox after its first pass (its row and cursor), with Gmail's push interval as given; a push
+    right after that pass runs at once (no min_push_interval)."""
+    world.timing = replace(world.timing, gmail_push_interval=dt.timedelta(seconds=gmail_push_seconds))
+    mailbox = world.connect(ALICE)
+    syncer = world.syncer(min_push_interval=dt.timedelta(0))
+    assert await syncer.sync(mailbox.mailbox_id, "POLL") is PassOutcome.SYNCED
+    return mailbox, syncer
+
+
 async def test_the_rechecks_go_on_until_the_last_push_interval_is_over_as_gmail_drops_the_pushes_within_it(
     ingest_world: IngestWorld,
 ) -> None:
@@ -136,10 +149,7 @@ async def test_the_rechecks_go_on_until_the_last_push_interval_is_over_as_gmail_
     interval is over, and a change made meanwhile, of which no push tells, is found then. The interval is long
     here (60 s) so that nothing below depends on how fast the machine is; the test drives each pass itself."""
     world = ingest_world
-    world.timing = replace(world.timing, gmail_push_interval=dt.timedelta(seconds=60))
-    mailbox = world.connect(ALICE)
-    syncer = world.syncer(min_push_interval=dt.timedelta(0))  # a push right after the first pass runs at once
-    assert await syncer.sync(mailbox.mailbox_id, "POLL") is PassOutcome.SYNCED  # the row and its cursor
+    mailbox, syncer = await a_synced_mailbox(world, gmail_push_seconds=60)
     (announced,) = world.deliver(ALICE)
     pushed_at = await note_push_now(world, ALICE)
     assert await syncer.sync(mailbox.mailbox_id, "PUSH") is PassOutcome.SYNCED
@@ -160,10 +170,7 @@ async def test_a_pass_that_finds_nothing_within_the_last_push_interval_leaves_a_
     ingest_world: IngestWorld,
 ) -> None:
     world = ingest_world
-    world.timing = replace(world.timing, gmail_push_interval=dt.timedelta(seconds=60))
-    mailbox = world.connect(ALICE)
-    syncer = world.syncer(min_push_interval=dt.timedelta(0))
-    assert await syncer.sync(mailbox.mailbox_id, "POLL") is PassOutcome.SYNCED
+    mailbox, syncer = await a_synced_mailbox(world, gmail_push_seconds=60)
     pushed_at = await note_push_now(world, ALICE)
     # A push whose change a re-check already took: its pass finds nothing.
     assert await syncer.sync(mailbox.mailbox_id, "PUSH") is PassOutcome.SYNCED
@@ -177,10 +184,7 @@ async def test_a_recheck_that_finds_nothing_after_the_last_push_interval_ends_th
     ingest_world: IngestWorld,
 ) -> None:
     world = ingest_world
-    world.timing = replace(world.timing, gmail_push_interval=dt.timedelta(seconds=0))
-    mailbox = world.connect(ALICE)
-    syncer = world.syncer()
-    assert await syncer.sync(mailbox.mailbox_id, "POLL") is PassOutcome.SYNCED
+    mailbox, syncer = await a_synced_mailbox(world, gmail_push_seconds=0)
     await note_push_now(world, ALICE)
     assert await syncer.sync(mailbox.mailbox_id, "RECHECK") is PassOutcome.NOTHING_NEW
     # Through the work stream's handler: acknowledged, nothing to come back.
