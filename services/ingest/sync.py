@@ -166,9 +166,9 @@ class _Listed:
 
     cursor: int
     listing: HistoryListing
-    listed_at_ms: int
-    # Found nothing, the mailbox is looked at again then (sync_policy.look_again_at); None: the re-checks end.
-    look_again_at: dt.datetime | None
+    listed_at: dt.datetime
+    # When the mailbox's last push came, as the row said before the listing (None: no push yet).
+    last_push_at: dt.datetime | None
 
 
 class _NotConnected(Exception):
@@ -216,7 +216,7 @@ class _Pass:
     connections: list[Any] = field(default_factory=list)
     had_work: bool = False
     # Gmail's clock reading when history was listed: the audit leaves newer messages to the next pass.
-    listed_at_ms: int = 0
+    listed_at: dt.datetime | None = None
     skipped: int = 0
     # The last published window, recorded in the pass's last transaction (or before anything reads the ledger).
     unrecorded: list[store.PublishedEntry] = field(default_factory=list)
@@ -228,6 +228,11 @@ class _Pass:
     @property
     def mailbox_id(self) -> str:
         return self.lease.mailbox_id
+
+    @property
+    def listed_at_ms(self) -> int:
+        """Gmail's clock reading of the listing in milliseconds (0: not listed yet), as internalDate counts."""
+        return int(self.listed_at.timestamp() * 1000) if self.listed_at else 0
 
     @property
     def known(self) -> MailboxInfo:
@@ -378,13 +383,14 @@ class MailboxSyncer:
                 extra={"mailbox_id": mailbox_id, "error": repr(error)},
             )
             return None
-        again = look_again_at(_aware(row.last_push_at), listed_at, self._config.timing)
-        return _Listed(row.history_cursor, listing, int(listed_at.timestamp() * 1000), again)
+        return _Listed(row.history_cursor, listing, listed_at, _aware(row.last_push_at))
 
     def _nothing_new(self, listed: _Listed) -> _Attempt:
-        if listed.look_again_at is None:
+        """A re-check's look found nothing: the re-checks end, or it looks again (sync_policy.look_again_at)."""
+        again = look_again_at(listed.last_push_at, listed.listed_at, self._config.timing)
+        if again is None:
             return _Attempt(PassOutcome.NOTHING_NEW)
-        wait = (listed.look_again_at - self._clock.now()).total_seconds()
+        wait = (again - self._clock.now()).total_seconds()
         return _Attempt(PassOutcome.NOTHING_NEW_YET, max(wait, _SHORTEST_WAIT_SECONDS))
 
     def _gmail_client(self, mailbox_id: str) -> GmailClient:
@@ -544,9 +550,7 @@ class MailboxSyncer:
             finished_at,
             timing,
             last_push_at=_aware(row.last_push_at),
-            listed_at=dt.datetime.fromtimestamp(work.listed_at_ms / 1000, dt.UTC)
-            if work.listed_at_ms
-            else None,
+            listed_at=work.listed_at,
         )
         # One transaction: the last window's ledger entries, the cursor (every publish up to it is acknowledged),
         # the next check, the lease given up.
@@ -628,9 +632,9 @@ class MailboxSyncer:
 
     async def _history_pass(self, work: _Pass, cursor: int, listed: _Listed | None = None) -> None:
         if listed is not None:
-            work.listed_at_ms, listing = listed.listed_at_ms, listed.listing
+            work.listed_at, listing = listed.listed_at, listed.listing
         else:
-            work.listed_at_ms = int(self._clock.now().timestamp() * 1000)
+            work.listed_at = self._clock.now()
             listing = await work.client.list_history(str(cursor))
         if not listing.records:
             work.cursor = int(listing.history_id)
@@ -882,7 +886,7 @@ class MailboxSyncer:
         one (never before the earliest connection start) that was not published yet."""
         if work.mailbox is None:
             await self._refresh_connections(work)
-        work.listed_at_ms = int(self._clock.now().timestamp() * 1000)
+        work.listed_at = self._clock.now()
         profile = await work.client.get_profile()
         since_ms = max(
             work.start_ms, last_synced_ms - int(self._config.resync_overlap.total_seconds() * 1000)
