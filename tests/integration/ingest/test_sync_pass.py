@@ -8,12 +8,11 @@ from dataclasses import replace
 
 import pytest
 
-from mailsync.v1 import events_pb2
 from services.ingest import store
 from services.ingest.sync import PassOutcome
 from services.ingest.sync_policy import SyncState
-from services.runtime.consumer import Delivery, RetryLater
-from tests.fixtures.ingest_world import IngestWorld
+from services.runtime.consumer import RetryLater
+from tests.fixtures.ingest_world import IngestWorld, work_item_delivery
 from tests.fixtures.messaging import eventually
 
 ALICE = "alice@example.com"
@@ -146,7 +145,7 @@ async def test_a_pass_that_may_not_run_yet_takes_no_lease_and_asks_gmail_nothing
     assert await syncer.sync(mailbox.mailbox_id, "PUSH") is PassOutcome.TOO_SOON
     # The push comes back when the interval since that pass ends, not a whole interval later.
     with pytest.raises(RetryLater) as too_soon:
-        await syncer.handle(_push_delivery(mailbox.mailbox_id))
+        await syncer.handle(work_item_delivery(mailbox.mailbox_id))
     assert 0 < too_soon.value.delay < 300
 
     now = dt.datetime.now(dt.UTC)
@@ -169,7 +168,7 @@ async def test_a_pass_that_may_not_run_yet_takes_no_lease_and_asks_gmail_nothing
     waits = []
     for num_delivered in (1, 2, 3, 10):
         with pytest.raises(RetryLater) as busy:
-            await patient.handle(_push_delivery(mailbox.mailbox_id, num_delivered=num_delivered))
+            await patient.handle(work_item_delivery(mailbox.mailbox_id, num_delivered=num_delivered))
         waits.append(busy.value.delay)
     assert waits == pytest.approx([0.3, 0.6, 1.2, 2.0])
     # A re-check delay of 0 (allowed) must not send the item straight back while the pass runs.
@@ -180,7 +179,7 @@ async def test_a_pass_that_may_not_run_yet_takes_no_lease_and_asks_gmail_nothing
         timing=replace(world.timing, recheck_delay=dt.timedelta(0)),
     )
     with pytest.raises(RetryLater) as busy:
-        await eager.handle(_push_delivery(mailbox.mailbox_id))
+        await eager.handle(work_item_delivery(mailbox.mailbox_id))
     assert busy.value.delay > 0
     async with world.db.write() as session:
         await store.release_lease(session, other.lease)
@@ -207,11 +206,3 @@ def _history_lists(world: IngestWorld) -> int:
     """history.list calls the sandbox has answered, over all its users."""
     users = world.sandbox.admin.quota().get("users", {}).values()
     return sum(int(u.get("methods", {}).get("gmail.users.history.list", {}).get("calls", 0)) for u in users)
-
-
-def _push_delivery(mailbox_id: str, *, num_delivered: int = 1) -> Delivery:
-    """A push's work item as the sync consumer hands it over (for the `num_delivered`th time)."""
-    item = events_pb2.MailboxChanged(mailbox_id=mailbox_id, reason=events_pb2.MAILBOX_CHANGE_REASON_PUSH)
-    return Delivery(
-        "ingest-sync", "MAILBOX_WORK", 1, "work", item.SerializeToString(), {}, None, num_delivered
-    )

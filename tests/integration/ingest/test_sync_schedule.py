@@ -21,9 +21,9 @@ from services.ingest.mailboxes import MailboxInfo
 from services.ingest.sync import MailboxSyncer, PassOutcome
 from services.ingest.work import queue_sync
 from services.runtime import subjects
-from services.runtime.consumer import Delivery, RetryLater
+from services.runtime.consumer import RetryLater
 from services.runtime.gmail import RetryableGmailError
-from tests.fixtures.ingest_world import IngestWorld
+from tests.fixtures.ingest_world import IngestWorld, work_item_delivery
 from tests.fixtures.messaging import eventually
 
 ALICE = "alice@example.com"
@@ -124,11 +124,6 @@ async def note_push_now(world: IngestWorld, address: str) -> dt.datetime:
     return pushed_at
 
 
-def a_work_item(mailbox_id: str, reason: int) -> Delivery:
-    item = events_pb2.MailboxChanged(mailbox_id=mailbox_id, reason=reason)
-    return Delivery("ingest-sync", "WORK", 1, "", item.SerializeToString(), {}, None, num_delivered=1)
-
-
 async def a_synced_mailbox(
     world: IngestWorld, gmail_push_seconds: float
 ) -> tuple[MailboxInfo, MailboxSyncer]:
@@ -157,7 +152,7 @@ async def test_the_rechecks_go_on_until_the_last_push_interval_is_over_as_gmail_
 
     # The re-check after that work finds nothing, and says it looks again when the interval is over.
     with pytest.raises(RetryLater) as waits:
-        await syncer.handle(a_work_item(mailbox.mailbox_id, events_pb2.MAILBOX_CHANGE_REASON_RECHECK))
+        await syncer.handle(work_item_delivery(mailbox.mailbox_id, events_pb2.MAILBOX_CHANGE_REASON_RECHECK))
     left = (pushed_at + world.timing.gmail_push_interval - dt.datetime.now(dt.UTC)).total_seconds()
     assert 0 < waits.value.delay <= 60 and abs(waits.value.delay - left) < 5
 
@@ -188,7 +183,7 @@ async def test_a_recheck_that_finds_nothing_after_the_last_push_interval_ends_th
     await note_push_now(world, ALICE)
     assert await syncer.sync(mailbox.mailbox_id, "RECHECK") is PassOutcome.NOTHING_NEW
     # Through the work stream's handler: acknowledged, nothing to come back.
-    await syncer.handle(a_work_item(mailbox.mailbox_id, events_pb2.MAILBOX_CHANGE_REASON_RECHECK))
+    await syncer.handle(work_item_delivery(mailbox.mailbox_id, events_pb2.MAILBOX_CHANGE_REASON_RECHECK))
 
 
 async def test_a_recheck_starts_its_own_trace_linked_to_the_pass_that_scheduled_it(
